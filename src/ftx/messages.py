@@ -1,0 +1,407 @@
+"""The ftx messages and their encoding inside frames. Sans-IO.
+
+Every frame payload starts with one *kind* byte. DATA carries raw file bytes after it; every other
+kind carries a UTF-8 JSON object. Kinds from 0x80 up are extensions that a receiver which does
+not know them ignores; an unknown kind below 0x80 is a protocol error. Unknown JSON fields are
+ignored. ``docs/protocol.md`` is the full specification.
+
+:func:`decode_message` raises :class:`~ftx.errors.RemoteProtocolError` for anything malformed and
+nothing else; :func:`encode_message` returns the payload as a tuple of buffers, so that file
+bytes go out without being copied (see :meth:`ftx.framing.FramedChannel.send_parts`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ftx.errors import RemoteProtocolError
+from ftx.framing import Buffer
+
+__all__ = [
+    "MAX_PATH_BYTES",
+    "Data",
+    "Entry",
+    "EntryType",
+    "Error",
+    "FileEnd",
+    "FileHeader",
+    "Get",
+    "Hello",
+    "Kind",
+    "ListDir",
+    "ListEnd",
+    "ListEntries",
+    "Message",
+    "decode_message",
+    "encode_message",
+]
+
+MAX_PATH_BYTES: Final = 4096
+_MAX_INT: Final = (1 << 63) - 1
+_MAX_SHORT_STRING: Final = 256
+_MAX_MESSAGE_CHARS: Final = 4096
+_MAX_FEATURES: Final = 64
+_FIRST_EXTENSION_KIND: Final = 0x80
+
+
+class Kind(enum.IntEnum):
+    """The first byte of every frame payload."""
+
+    HELLO = 0x01
+    ERROR = 0x02
+    GET = 0x10
+    LIST = 0x11
+    FILE = 0x20
+    DATA = 0x21
+    END = 0x22
+    ENTRIES = 0x30
+    LIST_END = 0x31
+
+
+class EntryType(enum.StrEnum):
+    """What a directory entry is. Symbolic links are reported as such, not followed."""
+
+    FILE = "file"
+    DIRECTORY = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first message in each direction.
+
+    The client lists every major version it speaks in ``versions``; the server answers with the
+    one it chose, alone. ``features`` names optional extensions; only those both sides list are
+    in use. ``max_frame_size`` is the largest frame payload the sender accepts.
+    """
+
+    versions: tuple[int, ...]
+    features: frozenset[str] = frozenset()
+    max_frame_size: int = 1 << 20
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Ask for the regular file at ``path``, from byte ``offset`` on.
+
+    With ``identity`` set, the server refuses with ``changed`` unless the file still has that
+    identity (how a resume makes sure it continues the same file). ``digest`` names the digest
+    algorithm for the end message, or is ``None`` for no digest.
+    """
+
+    request_id: int
+    path: str
+    offset: int = 0
+    identity: str | None = None
+    digest: str | None = "sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class ListDir:
+    """Ask for the entries of the directory at ``path`` ("" is the served root)."""
+
+    request_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """The answer to :class:`Get`: ``size - offset`` bytes of DATA follow, then :class:`FileEnd`.
+
+    ``identity`` is an opaque token that changes whenever the file changes.
+    """
+
+    request_id: int
+    size: int
+    mtime_ns: int
+    identity: str
+    offset: int = 0
+    mode: int = 0o644
+    digest: str | None = "sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A chunk of file content (no request id: it belongs to the file being sent)."""
+
+    data: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class FileEnd:
+    """The end of a file: ``digest`` is the hex digest of the *whole* file (from byte 0)."""
+
+    request_id: int
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One directory entry. ``name`` is a single path component."""
+
+    name: str
+    type: EntryType
+    size: int
+    mtime_ns: int
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntries:
+    """A page of entries answering :class:`ListDir`; more pages may follow, then :class:`ListEnd`."""
+
+    request_id: int
+    entries: tuple[Entry, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class ListEnd:
+    """The end of a listing; ``count`` entries were sent in all."""
+
+    request_id: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A refusal. With a ``request_id`` it ends that request and the connection goes on; with
+    ``None`` it concerns the whole connection, which the sender then closes."""
+
+    request_id: int | None
+    code: str
+    message: str
+
+
+Message = Hello | Get | ListDir | FileHeader | Data | FileEnd | ListEntries | ListEnd | Error
+
+_DATA_PREFIX: Final = bytes([Kind.DATA])
+
+
+def encode_message(message: Message) -> tuple[Buffer, ...]:
+    """Return the frame payload for ``message``, as buffers to send back to back."""
+    if isinstance(message, Data):
+        return (_DATA_PREFIX, message.data)
+    kind, body = _to_json(message)
+    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return (bytes([kind]) + encoded.encode("utf-8"),)
+
+
+def _entry_to_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "type": str(entry.type),
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "mode": entry.mode,
+    }
+
+
+def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
+    match message:
+        case Hello():
+            return Kind.HELLO, {
+                "protocol": "ftx",
+                "versions": list(message.versions),
+                "features": sorted(message.features),
+                "max_frame_size": message.max_frame_size,
+                "agent": message.agent,
+            }
+        case Get():
+            return Kind.GET, {
+                "id": message.request_id,
+                "path": message.path,
+                "offset": message.offset,
+                "identity": message.identity,
+                "digest": message.digest,
+            }
+        case ListDir():
+            return Kind.LIST, {"id": message.request_id, "path": message.path}
+        case FileHeader():
+            return Kind.FILE, {
+                "id": message.request_id,
+                "size": message.size,
+                "mtime_ns": message.mtime_ns,
+                "identity": message.identity,
+                "offset": message.offset,
+                "mode": message.mode,
+                "digest": message.digest,
+            }
+        case FileEnd():
+            return Kind.END, {"id": message.request_id, "digest": message.digest}
+        case ListEntries():
+            entries = [_entry_to_json(entry) for entry in message.entries]
+            return Kind.ENTRIES, {"id": message.request_id, "entries": entries}
+        case ListEnd():
+            return Kind.LIST_END, {"id": message.request_id, "count": message.count}
+        case Error():
+            body = {"id": message.request_id, "code": message.code, "message": message.message}
+            return Kind.ERROR, body
+    raise TypeError(f"not an ftx message: {message!r}")
+
+
+def decode_message(payload: Buffer) -> Message | None:
+    """Decode one frame payload. Returns ``None`` for an extension kind this version ignores.
+
+    Raises:
+        RemoteProtocolError: the payload is not a valid message. Nothing else is raised,
+            whatever the payload.
+    """
+    view = memoryview(payload)
+    if view.nbytes == 0:
+        raise RemoteProtocolError("empty message")
+    kind_byte = view[0]
+    if kind_byte == Kind.DATA:
+        return Data(view[1:])
+    try:
+        kind = Kind(kind_byte)
+    except ValueError:
+        if kind_byte >= _FIRST_EXTENSION_KIND:
+            return None
+        raise RemoteProtocolError(f"unknown message kind 0x{kind_byte:02x}") from None
+    return _from_json(kind, _parse_object(view[1:]))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _parse_object(body: memoryview) -> dict[str, Any]:
+    try:
+        text = str(body, "utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"message body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RemoteProtocolError("message body is not a JSON object")
+    return value
+
+
+def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
+    match kind:
+        case Kind.HELLO:
+            if obj.get("protocol") != "ftx":
+                raise RemoteProtocolError("the peer does not speak the ftx protocol")
+            versions = obj.get("versions")
+            if not isinstance(versions, list) or not 1 <= len(versions) <= _MAX_FEATURES:
+                raise RemoteProtocolError("'versions' must be a non-empty list")
+            features = obj.get("features", [])
+            if not isinstance(features, list) or len(features) > _MAX_FEATURES:
+                raise RemoteProtocolError("'features' must be a list")
+            return Hello(
+                versions=tuple(_as_int(v, "versions", 0, 1 << 16) for v in versions),
+                features=frozenset(_as_str(f, "features", _MAX_SHORT_STRING) for f in features),
+                max_frame_size=_int(obj, "max_frame_size", 0, (1 << 32) - 1),
+                agent=_str(obj, "agent", _MAX_SHORT_STRING, default=""),
+            )
+        case Kind.GET:
+            return Get(
+                request_id=_request_id(obj),
+                path=_path(obj),
+                offset=_int(obj, "offset", 0, _MAX_INT, default=0),
+                identity=_optional_str(obj, "identity"),
+                digest=_optional_str(obj, "digest", default="sha256"),
+            )
+        case Kind.LIST:
+            return ListDir(request_id=_request_id(obj), path=_path(obj))
+        case Kind.FILE:
+            return FileHeader(
+                request_id=_request_id(obj),
+                size=_int(obj, "size", 0, _MAX_INT),
+                mtime_ns=_int(obj, "mtime_ns", -_MAX_INT, _MAX_INT),
+                identity=_str(obj, "identity", _MAX_SHORT_STRING),
+                offset=_int(obj, "offset", 0, _MAX_INT, default=0),
+                mode=_int(obj, "mode", 0, 0o7777, default=0o644),
+                digest=_optional_str(obj, "digest"),
+            )
+        case Kind.END:
+            return FileEnd(request_id=_request_id(obj), digest=_optional_str(obj, "digest"))
+        case Kind.ENTRIES:
+            raw_entries = obj.get("entries")
+            if not isinstance(raw_entries, list):
+                raise RemoteProtocolError("'entries' must be a list")
+            entries = tuple(_entry(raw) for raw in raw_entries)
+            return ListEntries(request_id=_request_id(obj), entries=entries)
+        case Kind.LIST_END:
+            return ListEnd(request_id=_request_id(obj), count=_int(obj, "count", 0, _MAX_INT))
+        case Kind.ERROR:
+            raw_id = obj.get("id")
+            return Error(
+                request_id=None if raw_id is None else _request_id(obj),
+                code=_str(obj, "code", _MAX_SHORT_STRING),
+                message=_str(obj, "message", _MAX_MESSAGE_CHARS, default=""),
+            )
+        case Kind.DATA:  # pragma: no cover - handled before JSON parsing
+            raise AssertionError("DATA has no JSON body")
+
+
+def _entry(raw: object) -> Entry:
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("a directory entry must be a JSON object")
+    raw_type = _str(raw, "type", _MAX_SHORT_STRING)
+    try:
+        entry_type = EntryType(raw_type)
+    except ValueError:
+        entry_type = EntryType.OTHER  # a type from a later version: show it, do not fail
+    return Entry(
+        name=_str(raw, "name", MAX_PATH_BYTES),
+        type=entry_type,
+        size=_int(raw, "size", 0, _MAX_INT, default=0),
+        mtime_ns=_int(raw, "mtime_ns", -_MAX_INT, _MAX_INT, default=0),
+        mode=_int(raw, "mode", 0, 0o7777, default=0),
+    )
+
+
+_MISSING: Final = object()
+
+
+def _as_int(value: object, name: str, low: int, high: int) -> int:
+    # bool is an int subclass in Python, but JSON true is not a number.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RemoteProtocolError(f"'{name}' must be an integer from {low} to {high}")
+    return value
+
+
+def _int(obj: dict[str, Any], name: str, low: int, high: int, default: object = _MISSING) -> int:
+    value = obj.get(name, default)
+    if value is _MISSING:
+        raise RemoteProtocolError(f"'{name}' is missing")
+    return _as_int(value, name, low, high)
+
+
+def _as_str(value: object, name: str, max_chars: int) -> str:
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise RemoteProtocolError(f"'{name}' must be a string of at most {max_chars} characters")
+    try:
+        # JSON escapes can smuggle lone surrogates into a str; they are not text.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RemoteProtocolError(f"'{name}' is not valid Unicode text") from None
+    return value
+
+
+def _str(obj: dict[str, Any], name: str, max_chars: int, default: object = _MISSING) -> str:
+    value = obj.get(name, default)
+    if value is _MISSING:
+        raise RemoteProtocolError(f"'{name}' is missing")
+    return _as_str(value, name, max_chars)
+
+
+def _optional_str(obj: dict[str, Any], name: str, default: str | None = None) -> str | None:
+    value = obj.get(name, default)
+    return None if value is None else _as_str(value, name, _MAX_SHORT_STRING)
+
+
+def _request_id(obj: dict[str, Any]) -> int:
+    return _int(obj, "id", 0, (1 << 32) - 1)
+
+
+def _path(obj: dict[str, Any]) -> str:
+    path = _str(obj, "path", MAX_PATH_BYTES)
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise RemoteProtocolError(f"'path' is longer than {MAX_PATH_BYTES} bytes")
+    return path

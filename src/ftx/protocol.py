@@ -1,0 +1,372 @@
+"""The ftx protocol state machines. Sans-IO, in the style of h11.
+
+A :class:`ClientProtocol` and a :class:`ServerProtocol` each check that the messages going out
+and coming in follow the protocol: the handshake first, then requests answered in order, every
+file header followed by exactly the announced number of DATA bytes, and so on. They turn
+frame payloads into :mod:`ftx.messages` objects and back, and never do I/O; the trio code in
+:mod:`ftx.client` and :mod:`ftx.server` moves the payloads.
+
+Misuse on our side raises :class:`~ftx.errors.LocalProtocolError` (nothing was sent); anything
+wrong that the peer sends raises :class:`~ftx.errors.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
+from ftx.messages import (
+    Data,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    Hello,
+    ListDir,
+    ListEnd,
+    ListEntries,
+    Message,
+    decode_message,
+    encode_message,
+)
+
+__all__ = [
+    "DIGEST_ALGORITHMS",
+    "MIN_FRAME_SIZE",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "ClientProtocol",
+    "ErrorCode",
+    "ServerProtocol",
+]
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+# A peer must accept frames at least this large, so that a file chunk or a listing page fits.
+MIN_FRAME_SIZE: Final = 64 * 1024
+DIGEST_ALGORITHMS: Final = frozenset({"sha256"})
+# How many requests a client may have outstanding (pipelined) at once.
+MAX_PENDING_REQUESTS: Final = 1024
+
+
+class ErrorCode(enum.StrEnum):
+    """The error codes of the protocol. A peer may send codes this version does not know."""
+
+    NOT_FOUND = "not-found"
+    NOT_A_FILE = "not-a-file"
+    PERMISSION_DENIED = "permission-denied"
+    OUTSIDE_ROOT = "outside-root"
+    BAD_REQUEST = "bad-request"
+    BUSY = "busy"
+    CHANGED = "changed"
+    INTERNAL = "internal"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    SHUTTING_DOWN = "shutting-down"
+
+
+class _Phase(enum.Enum):
+    AWAIT_HEADER = enum.auto()  # a GET was sent, no FILE yet
+    DATA = enum.auto()  # FILE received, DATA bytes still due
+    LISTING = enum.auto()  # a LIST was sent, entries may come
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Get | ListDir
+    phase: _Phase
+    remaining: int = 0
+
+
+class _Responses:
+    """Tracks the requests one side has outstanding and checks the answers to them in order.
+
+    Shared by both roles: the client checks what it receives, the server what it sends. ``fail``
+    is the exception type to raise on a violation (Remote on the client, Local on the server).
+    """
+
+    def __init__(self, fail: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
+        self._fail = fail
+        self._pending: deque[_Pending] = deque()
+        self._ids: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, request: Get | ListDir, fail: type[Exception]) -> None:
+        if request.request_id in self._ids:
+            raise fail(f"request id {request.request_id} is already in use")
+        if len(self._pending) >= MAX_PENDING_REQUESTS:
+            raise fail(f"more than {MAX_PENDING_REQUESTS} requests outstanding")
+        phase = _Phase.AWAIT_HEADER if isinstance(request, Get) else _Phase.LISTING
+        self._pending.append(_Pending(request, phase))
+        self._ids.add(request.request_id)
+
+    @property
+    def current(self) -> Get | ListDir | None:
+        return self._pending[0].request if self._pending else None
+
+    def _finish(self) -> None:
+        done = self._pending.popleft()
+        self._ids.discard(done.request.request_id)
+
+    def check(self, message: Message) -> None:  # noqa: C901 - one branch per message kind
+        if isinstance(message, Error) and message.request_id is None:
+            return  # concerns the whole connection; the caller closes
+        if not self._pending:
+            raise self._fail(f"{type(message).__name__} without a request to answer")
+        head = self._pending[0]
+        if isinstance(message, Data):
+            if head.phase is not _Phase.DATA:
+                raise self._fail("file data outside of a file")
+            size = memoryview(message.data).nbytes
+            if size > head.remaining:
+                raise self._fail(f"{size} bytes of data where {head.remaining} remained")
+            head.remaining -= size
+            return
+        request_id = getattr(message, "request_id", None)
+        if request_id != head.request.request_id:
+            raise self._fail(
+                f"{type(message).__name__} for request {request_id} while request "
+                f"{head.request.request_id} is being answered"
+            )
+        match message, head.phase:
+            case Error(), _:
+                self._finish()
+            case FileHeader(), _Phase.AWAIT_HEADER:
+                assert isinstance(head.request, Get)
+                if message.offset != head.request.offset or message.offset > message.size:
+                    raise self._fail("the file header does not match the requested offset")
+                head.phase = _Phase.DATA
+                head.remaining = message.size - message.offset
+            case FileEnd(), _Phase.DATA:
+                if head.remaining:
+                    raise self._fail(f"the file ended with {head.remaining} bytes still due")
+                self._finish()
+            case ListEntries(), _Phase.LISTING:
+                pass
+            case ListEnd(), _Phase.LISTING:
+                self._finish()
+            case _:
+                raise self._fail(f"unexpected {type(message).__name__}")
+
+
+class _Protocol:
+    def __init__(self, hello: Hello) -> None:
+        self.local_hello: Final = hello
+        self.peer_hello: Hello | None = None
+        self.closed = False
+
+    @property
+    def version(self) -> int | None:
+        """The major version in use, once the handshake is done."""
+        raise NotImplementedError
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The optional features both sides support (empty before the handshake)."""
+        if self.peer_hello is None:
+            return frozenset()
+        return self.local_hello.features & self.peer_hello.features
+
+    @property
+    def peer_max_frame_size(self) -> int:
+        """The largest frame payload the peer accepts."""
+        if self.peer_hello is None:
+            return MIN_FRAME_SIZE
+        return self.peer_hello.max_frame_size
+
+    def _encode(self, message: Message) -> tuple[Buffer, ...]:
+        parts = encode_message(message)
+        size = sum(memoryview(part).nbytes for part in parts)
+        if self.peer_hello is not None and size > self.peer_hello.max_frame_size:
+            raise LocalProtocolError(
+                f"a {type(message).__name__} of {size} bytes exceeds the peer's frame limit"
+            )
+        return parts
+
+    def _decode(self, payload: Buffer) -> Message | None:
+        if self.closed:
+            raise RemoteProtocolError("message after the connection was closed with an error")
+        return decode_message(payload)
+
+    def _check_peer_hello(self, hello: Hello) -> None:
+        if hello.max_frame_size < MIN_FRAME_SIZE:
+            raise RemoteProtocolError(
+                f"the peer's frame limit of {hello.max_frame_size} bytes is below the "
+                f"minimum of {MIN_FRAME_SIZE}"
+            )
+        self.peer_hello = hello
+
+
+class ClientProtocol(_Protocol):
+    """The client side: sends HELLO and requests, checks the server's answers.
+
+    Call :meth:`send` for each message to send and frame what it returns; pass each frame
+    payload received to :meth:`receive`.
+    """
+
+    def __init__(
+        self,
+        *,
+        features: frozenset[str] = frozenset(),
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        agent: str = "",
+    ) -> None:
+        super().__init__(Hello(SUPPORTED_VERSIONS, features, max_frame_size, agent))
+        self._hello_sent = False
+        self._responses = _Responses(RemoteProtocolError)
+        self._next_id = 1
+
+    @property
+    def version(self) -> int | None:
+        return None if self.peer_hello is None else self.peer_hello.versions[0]
+
+    def new_request_id(self) -> int:
+        """A request id not used before on this connection."""
+        request_id = self._next_id
+        self._next_id = (self._next_id + 1) % (1 << 32)
+        return request_id
+
+    def send(self, message: Message) -> tuple[Buffer, ...]:
+        """Check that ``message`` may be sent now and return its frame payload.
+
+        The first message must be :attr:`local_hello`; then requests (:class:`~ftx.messages.Get`,
+        :class:`~ftx.messages.ListDir`), which may be pipelined.
+
+        Raises:
+            LocalProtocolError: the message may not be sent now.
+        """
+        if self.closed:
+            raise LocalProtocolError("the connection was closed with an error")
+        if not self._hello_sent:
+            if message != self.local_hello:
+                raise LocalProtocolError("the client must send its HELLO first")
+            self._hello_sent = True
+        elif isinstance(message, Get | ListDir):
+            if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
+                raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
+            self._responses.add(message, LocalProtocolError)
+        else:
+            raise LocalProtocolError(f"a client cannot send {type(message).__name__}")
+        return self._encode(message)
+
+    def receive(self, payload: Buffer) -> Message | None:
+        """Decode and check one frame payload from the server.
+
+        Returns the message, or ``None`` for an extension message to ignore.
+
+        Raises:
+            RemoteProtocolError: the payload is malformed or out of order.
+        """
+        message = self._decode(payload)
+        if message is None:
+            return None
+        if self.peer_hello is None:
+            if isinstance(message, Error) and message.request_id is None:
+                self.closed = True
+                return message
+            if not isinstance(message, Hello):
+                raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
+            if len(message.versions) != 1 or message.versions[0] not in SUPPORTED_VERSIONS:
+                raise RemoteProtocolError(f"the server chose an unknown version {message.versions}")
+            self._check_peer_hello(message)
+            return message
+        self._responses.check(message)
+        if isinstance(message, Error) and message.request_id is None:
+            self.closed = True
+        return message
+
+    @property
+    def pending_requests(self) -> int:
+        """How many requests are still waiting for (the end of) their answer."""
+        return len(self._responses)
+
+
+class ServerProtocol(_Protocol):
+    """The server side: checks HELLO and requests, and the answers the server sends.
+
+    After :meth:`receive` returns the client's :class:`~ftx.messages.Hello`, :attr:`version` is
+    the version chosen, or ``None`` if the client speaks none that we do: then send an
+    ``unsupported-version`` :class:`~ftx.messages.Error` and close.
+    """
+
+    def __init__(
+        self,
+        *,
+        features: frozenset[str] = frozenset(),
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        agent: str = "",
+    ) -> None:
+        super().__init__(Hello((PROTOCOL_VERSION,), features, max_frame_size, agent))
+        self._version: int | None = None
+        self._hello_sent = False
+        self._requests = _Responses(LocalProtocolError)
+
+    @property
+    def version(self) -> int | None:
+        return self._version
+
+    def hello_reply(self) -> Hello:
+        """The HELLO to send back once the client's HELLO arrived and a version was chosen."""
+        if self._version is None:
+            raise LocalProtocolError("no version was agreed")
+        return Hello((self._version,), *_hello_fields(self.local_hello))
+
+    def receive(self, payload: Buffer) -> Message | None:
+        """Decode and check one frame payload from the client.
+
+        Returns the message, or ``None`` for an extension message to ignore.
+
+        Raises:
+            RemoteProtocolError: the payload is malformed or breaks the protocol.
+        """
+        message = self._decode(payload)
+        if message is None:
+            return None
+        if self.peer_hello is None:
+            if not isinstance(message, Hello):
+                raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
+            self._check_peer_hello(message)
+            common = set(message.versions) & set(SUPPORTED_VERSIONS)
+            self._version = max(common) if common else None
+            return message
+        if not self._hello_sent:
+            raise RemoteProtocolError("request before the handshake finished")
+        if not isinstance(message, Get | ListDir):
+            raise RemoteProtocolError(f"a client cannot send {type(message).__name__}")
+        self._requests.add(message, RemoteProtocolError)
+        return message
+
+    @property
+    def current_request(self) -> Get | ListDir | None:
+        """The oldest request not yet fully answered: the one to answer next."""
+        return self._requests.current
+
+    def send(self, message: Message) -> tuple[Buffer, ...]:
+        """Check that ``message`` may be sent now and return its frame payload.
+
+        Raises:
+            LocalProtocolError: the message may not be sent now (e.g. more DATA than the file
+                header announced, or an answer to a request that is not the current one).
+        """
+        if self.closed:
+            raise LocalProtocolError("the connection was closed with an error")
+        if isinstance(message, Error) and message.request_id is None:
+            self.closed = True
+        elif isinstance(message, Hello):
+            if self._hello_sent or message != self.hello_reply():
+                raise LocalProtocolError("HELLO is sent once, as hello_reply() gives it")
+            self._hello_sent = True
+        elif not self._hello_sent:
+            raise LocalProtocolError("HELLO must be sent first")
+        else:
+            self._requests.check(message)
+        return self._encode(message)
+
+
+def _hello_fields(hello: Hello) -> tuple[frozenset[str], int, str]:
+    return hello.features, hello.max_frame_size, hello.agent
