@@ -181,14 +181,15 @@ class FrameDecoder:
         if self._payload_size is None:
             if available < HEADER_SIZE:
                 return HEADER_SIZE - available
-            (size,) = _HEADER.unpack_from(self._buffer, self._start)
+            size: int = _HEADER.unpack_from(self._buffer, self._start)[0]
             return max(0, HEADER_SIZE + size - available)
         return max(0, self._payload_size - available)
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes received and not yet returned in a frame (headers included)."""
-        return len(self._buffer) - self._start + (HEADER_SIZE if self._payload_size is not None else 0)
+        header = HEADER_SIZE if self._payload_size is not None else 0
+        return len(self._buffer) - self._start + header
 
 
 class _ConflictDetector:

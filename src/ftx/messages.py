@@ -153,7 +153,7 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class ListEntries:
-    """A page of entries answering :class:`ListDir`; more pages may follow, then :class:`ListEnd`."""
+    """A page of entries answering :class:`ListDir`; more may follow, then :class:`ListEnd`."""
 
     request_id: int
     entries: tuple[Entry, ...] = field(default_factory=tuple)

@@ -113,7 +113,7 @@ class _Responses:
         done = self._pending.popleft()
         self._ids.discard(done.request.request_id)
 
-    def check(self, message: Message) -> None:  # noqa: C901 - one branch per message kind
+    def check(self, message: Message) -> None:
         if isinstance(message, Error) and message.request_id is None:
             return  # concerns the whole connection; the caller closes
         if not self._pending:
