@@ -1,0 +1,344 @@
+"""The ftx client: download files and list directories from an ftx server.
+
+::
+
+    async with ftx.connect("127.0.0.1", 3890) as client:
+        result = await client.get("docs/report.pdf", "report.pdf", progress=print)
+        entries = await client.list("docs")
+
+A download is written to ``DEST.part``, checked against the server's SHA-256 of the whole file,
+flushed to disk and only then renamed to ``DEST``: a failed or interrupted download never leaves
+a file at ``DEST`` that looks complete, and never replaces an existing one before the new copy
+is verified. The local name comes from the caller's arguments only, never from the server.
+
+Progress is reported through a callback; drawing it is the caller's business (the CLI uses tqdm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ftx._version import __version__
+from ftx.errors import (
+    ConnectionLostError,
+    IncompleteFrameError,
+    IntegrityError,
+    LocalFileError,
+    RemoteError,
+    RemoteProtocolError,
+)
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FramedChannel
+from ftx.fs import PartFile
+from ftx.messages import (
+    Data,
+    Entry,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    Hello,
+    ListDir,
+    ListEnd,
+    ListEntries,
+    Message,
+)
+from ftx.protocol import ClientProtocol
+
+__all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
+
+ProgressCallback = Callable[[int, int], object]
+"""Called as ``progress(bytes_done, bytes_total)`` as a download advances."""
+
+DEFAULT_IDLE_TIMEOUT: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """What :meth:`Client.get` saved."""
+
+    path: str
+    dest: Path
+    size: int
+    mtime_ns: int
+    digest: str | None
+    seconds: float
+
+
+def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> Path:
+    """Where a download of ``remote_path`` goes: ``dest``, or inside it if it is a directory,
+    or the remote file's name in the current directory when ``dest`` is ``None``.
+
+    The name is taken from the path the user asked for, never from anything a server says.
+
+    Raises:
+        LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``).
+    """
+    name = posixpath.basename(posixpath.normpath(remote_path.rstrip("/") or "."))
+    if dest is not None and not Path(dest).is_dir():
+        return Path(dest)
+    if name in ("", ".", "..", "/"):
+        raise LocalFileError(f"{remote_path!r} names no file: give a destination with -o")
+    return Path(dest if dest is not None else ".") / name
+
+
+def _check_destination(target: Path, *, overwrite: bool) -> None:
+    # Checked before asking the server, so a doomed download costs nothing; PartFile.publish
+    # checks again at the moment of renaming.
+    if not overwrite and os.path.lexists(target):
+        raise LocalFileError(f"{target} already exists (use --force to replace)")
+    if not target.parent.is_dir():
+        raise LocalFileError(f"cannot save to {target}: {target.parent} is not a directory")
+
+
+class Client:
+    """A client connection over any :class:`trio.abc.Stream` (see :func:`connect` for TCP).
+
+    Requests from several tasks are answered one after the other. After a transfer breaks (the
+    connection is lost, the server misbehaves, the local disk fails) the client is closed.
+
+    Args:
+        stream: a connected stream to an ftx server; the client owns it from now on.
+        max_frame_size: the largest frame accepted from the server.
+        idle_timeout: seconds the server may stay silent while an answer is due before
+            :exc:`~ftx.errors.ConnectionLostError` is raised (``math.inf`` to wait forever).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
+        self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
+        self._protocol = ClientProtocol(max_frame_size=max_frame_size, agent=f"ftx/{__version__}")
+        self._idle_timeout = idle_timeout
+        self._lock = trio.Lock()
+        self._closed = False
+
+    @property
+    def server_hello(self) -> Hello | None:
+        """The server's HELLO (its version, features and agent), once the handshake is done."""
+        return self._protocol.peer_hello
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection. Idempotent."""
+        self._closed = True
+        await self._channel.aclose()
+
+    async def handshake(self) -> Hello:
+        """Exchange HELLO with the server (done by :func:`connect`); return the server's.
+
+        Raises:
+            RemoteError: the server refused the connection (``busy``, ``unsupported-version``).
+            RemoteProtocolError: the peer does not speak ftx.
+            ConnectionLostError: the connection closed or the server stayed silent.
+        """
+        async with self._lock:
+            if self._protocol.peer_hello is not None:
+                return self._protocol.peer_hello
+            await self._send(self._protocol.local_hello)
+            message = await self._receive()
+            if not isinstance(message, Hello):  # pragma: no cover - ClientProtocol ensures it
+                raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
+            return message
+
+    async def get(
+        self,
+        path: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        overwrite: bool = False,
+        verify: bool = True,
+        preserve_mtime: bool = True,
+    ) -> Download:
+        """Download the file at ``path`` on the server to ``dest`` (see :func:`local_destination`).
+
+        Args:
+            path: the file's path on the server, relative to the served directory.
+            dest: the local file or directory to save it to.
+            progress: called with ``(bytes_done, bytes_total)`` as data arrives.
+            overwrite: replace ``dest`` if it exists (after the new copy is verified).
+            verify: ask for and check the SHA-256 of the whole file (turn off only to measure).
+            preserve_mtime: give the local file the server file's modification time.
+
+        Raises:
+            RemoteError: the server refused (not found, outside the root, changed, ...).
+            IntegrityError: the data received does not match the server's digest.
+            LocalFileError: ``dest`` exists (without ``overwrite``) or cannot be written.
+            ConnectionLostError: the connection broke before the file was complete.
+            RemoteProtocolError: the server broke the protocol.
+        """
+        target = local_destination(path, dest)
+        _check_destination(target, overwrite=overwrite)
+        async with self._lock:
+            await self._check_open()
+            started = time.monotonic()
+            request_id = self._protocol.new_request_id()
+            await self._send(Get(request_id, path, digest="sha256" if verify else None))
+            header = await self._receive()
+            if isinstance(header, Error):
+                raise RemoteError(header.code, header.message)
+            assert isinstance(header, FileHeader)
+            part = PartFile(target)
+            try:
+                part.open()
+                digest = await self._receive_file(header, part, progress, verify=verify)
+                part.publish(
+                    overwrite=overwrite, mtime_ns=header.mtime_ns if preserve_mtime else None
+                )
+            except BaseException:
+                part.close()
+                if self._protocol.pending_requests:
+                    await self._fail()  # the rest of this answer is still on its way: give up
+                raise
+            return Download(
+                path, target, header.size, header.mtime_ns, digest, time.monotonic() - started
+            )
+
+    async def _receive_file(
+        self, header: FileHeader, part: PartFile, progress: ProgressCallback | None, verify: bool
+    ) -> str | None:
+        hasher = hashlib.sha256()
+        done, total = 0, header.size
+        if progress is not None:
+            progress(done, total)
+        while True:
+            try:
+                message = await self._receive()
+            except BaseException:
+                if done == 0:
+                    part.discard()  # nothing worth keeping
+                raise
+            if isinstance(message, Data):
+                part.write(message.data)
+                if verify:
+                    hasher.update(message.data)
+                done += memoryview(message.data).nbytes
+                if progress is not None:
+                    progress(done, total)
+            elif isinstance(message, Error):
+                part.discard()  # e.g. the file changed mid-way: these bytes are of no use
+                raise RemoteError(message.code, message.message)
+            else:
+                assert isinstance(message, FileEnd)
+                break
+        if verify and message.digest != hasher.hexdigest():
+            part.discard()
+            raise IntegrityError(
+                f"{header.size}-byte download does not match the server's SHA-256: "
+                f"expected {message.digest}, got {hasher.hexdigest()}; nothing was saved"
+            )
+        return message.digest if verify else None
+
+    async def list(self, path: str = "") -> list[Entry]:
+        """Return the entries of the directory at ``path`` on the server ("" is the root), or
+        the one entry of ``path`` if it is not a directory. Unsorted.
+
+        Raises:
+            RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        async with self._lock:
+            await self._check_open()
+            request_id = self._protocol.new_request_id()
+            await self._send(ListDir(request_id, path))
+            entries: list[Entry] = []
+            while True:
+                message = await self._receive()
+                if isinstance(message, ListEntries):
+                    entries.extend(message.entries)
+                elif isinstance(message, Error):
+                    raise RemoteError(message.code, message.message)
+                else:
+                    assert isinstance(message, ListEnd)
+                    if message.count != len(entries):
+                        raise RemoteProtocolError(
+                            f"the listing announced {message.count} entries but sent {len(entries)}"
+                        )
+                    return entries
+
+    async def _check_open(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionLostError("this connection was closed after an earlier failure")
+        if self._protocol.peer_hello is None:
+            raise RuntimeError("handshake() first (ftx.connect does it)")
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self._channel.send_parts(*self._protocol.send(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
+
+    async def _receive(self) -> Message:
+        """The next message from the server; any failure closes the client."""
+        try:
+            while True:
+                with trio.fail_after(self._idle_timeout):
+                    payload = await self._channel.receive()
+                message = self._protocol.receive(payload)
+                if message is not None:
+                    break
+        except trio.TooSlowError:
+            await self._fail()
+            raise ConnectionLostError(
+                f"the server sent nothing for {self._idle_timeout:g} seconds"
+            ) from None
+        except (trio.EndOfChannel, IncompleteFrameError) as exc:
+            await self._fail()
+            raise ConnectionLostError("the server closed the connection") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
+        except RemoteProtocolError:
+            await self._fail()
+            raise
+        if isinstance(message, Error) and message.request_id is None:
+            await self._fail()
+            raise RemoteError(message.code, message.message)
+        return message
+
+    async def _fail(self) -> None:
+        self._closed = True
+        await trio.aclose_forcefully(self._channel)
+
+
+@asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+) -> AsyncIterator[Client]:
+    """Connect to the ftx server at ``host``:``port`` over TCP and shake hands.
+
+    IPv4 and IPv6 addresses and host names all work (trio tries every address, Happy Eyeballs
+    style). To bound the time spent connecting, wrap the call in :func:`trio.fail_after`.
+
+    Raises:
+        OSError: the connection could not be made (refused, unreachable, unknown host).
+        RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`.
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    async with Client(stream, max_frame_size=max_frame_size, idle_timeout=idle_timeout) as client:
+        await client.handshake()
+        yield client

@@ -1,0 +1,444 @@
+"""The file system, as the server and the client may touch it.
+
+:class:`ServedRoot` is the server's view of the directory it serves. Every lookup walks the
+requested path one component at a time from a descriptor of the root, with ``O_NOFOLLOW`` and
+``dir_fd``, and checks the opened file with ``fstat``: a path can never lead outside the root,
+even when a directory is swapped for a symbolic link between the check and the open.
+``Path.resolve()`` followed by a prefix check would be open to exactly that race.
+
+Symbolic links inside the root are resolved here, not by the kernel: a relative link whose
+target stays inside the root is followed; an absolute link, or one that climbs out of the root,
+is refused with ``outside-root`` without ever touching its target.
+
+:class:`PartFile` is the client's side: a download is written to ``DEST.part`` and appears at
+``DEST`` only once it is complete, verified, flushed to disk and renamed into place.
+
+Everything here blocks; the trio layers call it through :func:`trio.to_thread.run_sync` where a
+call may take long. POSIX only (it needs ``dir_fd`` support).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from ftx.errors import LocalFileError
+from ftx.framing import Buffer
+from ftx.messages import Entry, EntryType
+from ftx.protocol import ErrorCode
+
+__all__ = ["DirectoryListing", "FsError", "OpenedFile", "PartFile", "ServedRoot", "file_identity"]
+
+MAX_SYMLINKS: Final = 40
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: should a FIFO slip in between the check and the open, the open must not hang.
+_FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class FsError(Exception):
+    """A lookup was refused. ``code`` is the protocol error code to answer with; ``message``
+    names only the path the client asked for, never anything of the server's own layout."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def split_request_path(path: str) -> list[str]:
+    """Check a requested path lexically and return its components.
+
+    Raises:
+        FsError: ``bad-request`` for a NUL byte or a backslash; ``outside-root`` for an absolute
+            path or a ``..`` that climbs above the root. The answer depends only on the string,
+            never on what exists on disk.
+    """
+    if "\x00" in path:
+        raise FsError(ErrorCode.BAD_REQUEST, "the path contains a NUL byte")
+    if "\\" in path:
+        raise FsError(ErrorCode.BAD_REQUEST, f"{path!r} contains a backslash; separate with '/'")
+    if path.startswith("/"):
+        raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} is absolute; paths are relative")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
+    return parts
+
+
+def file_identity(st: os.stat_result) -> str:
+    """An opaque token that changes whenever the file's content or metadata change.
+
+    It is stable across server restarts, so that a resume can check it continues the same file.
+    ctime is in it because it changes on every write, even one that restores the mtime.
+    """
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _os_error(exc: OSError, path: str) -> FsError:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return FsError(ErrorCode.PERMISSION_DENIED, f"permission denied: {path!r}")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+        return FsError(ErrorCode.NOT_FOUND, f"no such file or directory: {path!r}")
+    return FsError(ErrorCode.INTERNAL, f"cannot open {path!r}: {os.strerror(exc.errno or 0)}")
+
+
+@dataclass(slots=True)
+class OpenedFile:
+    """A regular file opened for reading, with the metadata it had when it was opened."""
+
+    fd: int
+    stat: os.stat_result
+
+    @property
+    def size(self) -> int:
+        return self.stat.st_size
+
+    @property
+    def identity(self) -> str:
+        return file_identity(self.stat)
+
+    def read_into(self, buffer: bytearray | memoryview, offset: int) -> int:
+        """Read from ``offset`` into ``buffer``; return how many bytes were read (0 at EOF)."""
+        return os.preadv(self.fd, [buffer], offset)
+
+    def changed(self) -> bool:
+        """True if the file's size, mtime or ctime differ from when it was opened."""
+        now = os.fstat(self.fd)
+        return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+            self.stat.st_size,
+            self.stat.st_mtime_ns,
+            self.stat.st_ctime_ns,
+        )
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class DirectoryListing:
+    """The entries of one directory, read page by page so that memory stays bounded."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._iterator = os.scandir(fd)
+
+    def next_page(self, max_entries: int) -> list[Entry]:
+        """Return up to ``max_entries`` more entries; an empty list at the end."""
+        page: list[Entry] = []
+        for dir_entry in self._iterator:
+            try:
+                st = dir_entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed while we list: it is no longer there to show
+            entry = _entry(dir_entry.name, st)
+            if entry is not None:
+                page.append(entry)
+                if len(page) >= max_entries:
+                    break
+        return page
+
+    def close(self) -> None:
+        self._iterator.close()
+        os.close(self._fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _entry(name: str, st: os.stat_result) -> Entry | None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # not valid UTF-8 on disk: the protocol cannot name it
+    if stat.S_ISLNK(st.st_mode):
+        kind = EntryType.SYMLINK
+    elif stat.S_ISDIR(st.st_mode):
+        kind = EntryType.DIRECTORY
+    elif stat.S_ISREG(st.st_mode):
+        kind = EntryType.FILE
+    else:
+        kind = EntryType.OTHER
+    size = st.st_size if kind is EntryType.FILE else 0
+    return Entry(name, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+
+
+class ServedRoot:
+    """A directory served read-only: every lookup stays inside it.
+
+    Args:
+        path: the directory to serve. It is opened once, here; if it is later renamed or
+            replaced, the server goes on serving the directory it opened.
+
+    Raises:
+        OSError: ``path`` cannot be opened as a directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path: Final = Path(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType
+    ) -> None:
+        self.close()
+
+    def open_file(self, path: str) -> OpenedFile:
+        """Open the regular file at ``path`` (relative to the root) for reading.
+
+        Raises:
+            FsError: with code ``outside-root``, ``bad-request``, ``not-found``,
+                ``permission-denied`` or ``not-a-file`` (directories, FIFOs, devices, sockets).
+        """
+        with self._walk(path) as (dir_fd, name, st):
+            if name is None or stat.S_ISDIR(st.st_mode):
+                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is not a regular file")
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _raced_or(exc, path) from None
+            opened = OpenedFile(fd, os.fstat(fd))
+            if not stat.S_ISREG(opened.stat.st_mode) or not _same_file(opened.stat, st):
+                opened.close()
+                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+            return opened
+
+    def list_directory(self, path: str) -> DirectoryListing | Entry:
+        """Open the directory at ``path`` for listing, or return the entry of a non-directory.
+
+        Raises:
+            FsError: as :meth:`open_file` does (except ``not-a-file``).
+        """
+        with self._walk(path) as (dir_fd, name, st):
+            if name is not None and not stat.S_ISDIR(st.st_mode):
+                entry = _entry(name, st)
+                if entry is None:  # pragma: no cover - the request itself was valid UTF-8
+                    raise FsError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
+                return entry
+            try:
+                fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _raced_or(exc, path) from None
+            if not _same_file(os.fstat(fd), st):
+                os.close(fd)
+                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+            return DirectoryListing(fd)
+
+    def _walk(self, path: str) -> _Walk:
+        return _Walk(self._fd, path)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _raced_or(exc: OSError, path: str) -> FsError:
+    if exc.errno == errno.ELOOP:  # it was swapped for a symbolic link after we looked
+        return FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+    return _os_error(exc, path)
+
+
+class _Walk:
+    """Resolves a requested path to (directory fd, last component, its lstat) inside the root.
+
+    The last component is ``None`` when the path names the root itself. Directory descriptors
+    opened on the way are closed when the ``with`` block ends.
+    """
+
+    def __init__(self, root_fd: int, path: str) -> None:
+        self._root_fd = root_fd
+        self._path = path
+        self._stack: list[int] = []  # descriptors of the directories below the root, owned
+
+    def __enter__(self) -> tuple[int, str | None, os.stat_result]:
+        try:
+            return self._resolve()
+        except BaseException:
+            self._close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        while self._stack:
+            os.close(self._stack.pop())
+
+    @property
+    def _current(self) -> int:
+        return self._stack[-1] if self._stack else self._root_fd
+
+    def _resolve(self) -> tuple[int, str | None, os.stat_result]:
+        path = self._path
+        todo = deque(split_request_path(path))
+        links = 0
+        while todo:
+            name = todo.popleft()
+            if name == "..":
+                if not self._stack:
+                    raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the root")
+                os.close(self._stack.pop())
+                continue
+            try:
+                st = os.stat(name, dir_fd=self._current, follow_symlinks=False)
+            except OSError as exc:
+                raise _os_error(exc, path) from None
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise FsError(ErrorCode.NOT_FOUND, f"{path!r}: too many symbolic links")
+                todo.extendleft(reversed(self._link_components(name, path)))
+                continue
+            if not todo:
+                return self._current, name, st
+            if not stat.S_ISDIR(st.st_mode):
+                raise FsError(ErrorCode.NOT_FOUND, f"no such file or directory: {path!r}")
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=self._current)
+            except OSError as exc:
+                raise _raced_or(exc, path) from None
+            self._stack.append(fd)
+            if not _same_file(os.fstat(fd), st):
+                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+        return self._current, None, os.fstat(self._current)
+
+    def _link_components(self, name: str, path: str) -> list[str]:
+        try:
+            target = os.readlink(name, dir_fd=self._current)
+        except OSError as exc:
+            raise _raced_or(exc, path) from None
+        if target.startswith("/"):
+            # Refused without looking: the answer must not depend on what exists out there.
+            raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
+        return [part for part in target.split("/") if part not in ("", ".")]
+
+
+class PartFile:
+    """A download in progress: written to ``DEST.part``, published at ``DEST`` when complete.
+
+    :meth:`open` takes an exclusive lock on the part file, so two downloads to the same
+    destination cannot interleave. :meth:`publish` flushes the data to disk, then renames it into
+    place atomically (without replacing an existing ``DEST`` unless asked to). Until then
+    ``DEST`` is untouched. All methods raise :class:`~ftx.errors.LocalFileError` on failure.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str]) -> None:
+        self.dest: Final = Path(dest)
+        self.part_path: Final = self.dest.with_name(self.dest.name + ".part")
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        """Create (or take over) the part file, empty, and lock it."""
+        try:
+            fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LocalFileError(f"another download to {self.dest} is in progress") from None
+        # Truncate only once the lock is ours, never under another download's feet.
+        os.ftruncate(fd, 0)
+        self._fd = fd
+
+    def write(self, data: Buffer) -> None:
+        """Append ``data`` to the part file."""
+        if self._fd is None:
+            raise RuntimeError("the part file is not open")
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
+
+    def publish(self, *, overwrite: bool = False, mtime_ns: int | None = None) -> None:
+        """Flush the part file to disk and rename it to ``DEST``; close it.
+
+        Args:
+            overwrite: replace ``DEST`` if it exists; otherwise an existing ``DEST`` is an error
+                and is left as it was.
+            mtime_ns: the modification time to give the file (nanoseconds), or ``None``.
+        """
+        fd = self._fd
+        if fd is None:
+            raise RuntimeError("the part file is not open")
+        try:
+            os.fsync(fd)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            if overwrite:
+                os.replace(self.part_path, self.dest)
+            else:
+                _link_without_replacing(self.part_path, self.dest)
+            _fsync_directory(self.dest.parent)
+        except FileExistsError as exc:
+            raise LocalFileError(f"{self.dest} already exists (use --force to replace)") from exc
+        except OSError as exc:
+            raise LocalFileError(f"cannot save {self.dest}: {exc.strerror}") from exc
+        finally:
+            self.close()
+
+    def discard(self) -> None:
+        """Close and delete the part file (its content is worthless)."""
+        self.close()
+        self.part_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the part file and release the lock, keeping what was written."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _link_without_replacing(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # No hard links on this file system (FAT, some FUSE): check, then rename.
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if dest.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+        os.replace(source, dest)
+    else:
+        source.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
