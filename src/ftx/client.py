@@ -100,7 +100,7 @@ def _check_destination(target: Path, *, overwrite: bool) -> None:
         raise LocalFileError(f"cannot save to {target}: {target.parent} is not a directory")
 
 
-class Client:
+class Client(trio.abc.AsyncResource):
     """A client connection over any :class:`trio.abc.Stream` (see :func:`connect` for TCP).
 
     Requests from several tasks are answered one after the other. After a transfer breaks (the
@@ -130,12 +130,6 @@ class Client:
     def server_hello(self) -> Hello | None:
         """The server's HELLO (its version, features and agent), once the handshake is done."""
         return self._protocol.peer_hello
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection. Idempotent."""

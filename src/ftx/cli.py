@@ -1,0 +1,488 @@
+"""The ``ftx`` command: ``ftx serve``, ``ftx get`` and ``ftx ls``.
+
+The only module that knows about argparse and tqdm. User mistakes and remote errors print one
+line on stderr and exit with a code from :class:`ExitCode`; there are no tracebacks for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import errno
+import logging
+import os
+import shlex
+import socket
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+import ftx
+from ftx.errors import (
+    ConnectionLostError,
+    FtxError,
+    IntegrityError,
+    LocalFileError,
+    RemoteError,
+    RemoteProtocolError,
+)
+from ftx.messages import Entry, EntryType
+from ftx.protocol import ErrorCode
+from ftx.server import DEFAULT_PORT
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+
+class ExitCode(enum.IntEnum):
+    """What ``ftx`` exits with; documented in docs/user-guide.md."""
+
+    OK = 0
+    FAILURE = 1  # anything not listed below, e.g. an internal server error
+    USAGE = 2  # bad arguments, a directory that cannot be served
+    NETWORK = 3  # cannot connect or listen, connection lost, timed out
+    NOT_FOUND = 4  # the server has no such file, or refuses the path
+    PERMISSION = 5  # the server may not read the file
+    INTEGRITY = 6  # the data did not verify, or the file changed during the transfer
+    PROTOCOL = 7  # the peer does not speak ftx, or not a version we speak
+    LOCAL_FILE = 8  # the destination exists, or cannot be written (disk full, ...)
+    BUSY = 9  # the server is busy or shutting down: try again later
+    INTERRUPTED = 130  # Ctrl-C
+
+
+_REMOTE_EXIT_CODES: Final[dict[str, ExitCode]] = {
+    ErrorCode.NOT_FOUND: ExitCode.NOT_FOUND,
+    ErrorCode.NOT_A_FILE: ExitCode.NOT_FOUND,
+    ErrorCode.OUTSIDE_ROOT: ExitCode.NOT_FOUND,
+    ErrorCode.BAD_REQUEST: ExitCode.NOT_FOUND,
+    ErrorCode.PERMISSION_DENIED: ExitCode.PERMISSION,
+    ErrorCode.CHANGED: ExitCode.INTEGRITY,
+    ErrorCode.BUSY: ExitCode.BUSY,
+    ErrorCode.SHUTTING_DOWN: ExitCode.BUSY,
+    ErrorCode.UNSUPPORTED_VERSION: ExitCode.PROTOCOL,
+}
+
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit code to use."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped.
+
+    Names and messages that come from a server go through this before reaching the terminal,
+    so that escape sequences in them cannot rewrite what the user sees.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``HOST``, ``HOST:PORT``, ``[IPV6]``, ``[IPV6]:PORT`` or a bare IPv6 address."""
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected [IPV6] or [IPV6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:  # a host name, an IPv4 address, or a bare IPv6 address (several colons)
+        host, port_text = text, ""
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: the host is missing")
+    return Address(host, _port(port_text) if port_text else DEFAULT_PORT)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftx",
+        description="Fast, verified file transfer. Serve a directory with 'ftx serve DIR'; "
+        "fetch a file from it with 'ftx get HOST PATH'.",
+        epilog="Run 'ftx COMMAND --help' for the options of a command. "
+        "Exit codes are listed in docs/user-guide.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"ftx {ftx.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the files under a directory, read-only",
+        description="Serve the regular files under DIR, read-only, until interrupted (Ctrl-C). "
+        "Nothing outside DIR is ever served: symbolic links that lead out are refused.",
+    )
+    serve.add_argument("directory", metavar="DIR", help="the directory to serve")
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="the address to listen on (default: every interface, IPv4 and IPv6)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"the TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
+    )
+    _add_verbosity(serve)
+
+    get = commands.add_parser(
+        "get",
+        help="download a file",
+        description="Download the file at PATH from the ftx server at HOST. It is written to "
+        "DEST.part, verified against the server's SHA-256, and only then renamed to DEST.",
+    )
+    get.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
+    get.add_argument("path", metavar="PATH", help="the file's path on the server")
+    get.add_argument(
+        "-o",
+        "--output",
+        metavar="DEST",
+        help="where to save it: a file name, or an existing directory "
+        "(default: the file's name, in the current directory)",
+    )
+    get.add_argument(
+        "-f", "--force", action="store_true", help="replace DEST if it exists (once verified)"
+    )
+    _add_timeout(get)
+    _add_verbosity(get)
+
+    ls = commands.add_parser(
+        "ls",
+        help="list a directory on the server",
+        description="List the entries of the directory at PATH on the server (default: the "
+        "served directory itself).",
+    )
+    ls.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
+    ls.add_argument("path", metavar="PATH", nargs="?", default="", help="the directory to list")
+    ls.add_argument(
+        "-l", "--long", action="store_true", help="show type, permissions, size and time"
+    )
+    _add_timeout(ls)
+    _add_verbosity(ls)
+    return parser
+
+
+_ADDRESS_HELP: Final = (
+    f"the server, e.g. 192.168.1.7, example.org:4000 or [::1]:4000 (default port: {DEFAULT_PORT})"
+)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    group.add_argument("-v", "--verbose", action="store_true", help="print debugging details")
+
+
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up when connecting, or when the server stays silent, for this long "
+        f"(default: {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ftx`` command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    commands: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
+        "serve": _serve,
+        "get": _get,
+        "ls": _ls,
+    }
+    try:
+        trio.run(commands[args.command], args)
+    except KeyboardInterrupt:
+        if args.command == "serve":
+            _say(args, "ftx: stopped")
+            return ExitCode.OK
+        print("ftx: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BaseException as exc:
+        message, code = _describe(exc, args)
+        print(f"ftx: {message}", file=sys.stderr)
+        return code
+    return ExitCode.OK
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCode]:
+    exc = _unwrap(exc)
+    match exc:
+        case CliError():
+            return str(exc), exc.code
+        case RemoteError():
+            code = _REMOTE_EXIT_CODES.get(exc.code, ExitCode.FAILURE)
+            return f"{printable(exc.message)} [{printable(exc.code)}]", code
+        case IntegrityError():
+            return str(exc), ExitCode.INTEGRITY
+        case LocalFileError():
+            return str(exc), ExitCode.LOCAL_FILE
+        case ConnectionLostError():
+            return f"{args.address}: {exc}", ExitCode.NETWORK
+        case RemoteProtocolError():
+            where = getattr(args, "address", "the peer")
+            return f"{where} does not speak the ftx protocol ({exc})", ExitCode.PROTOCOL
+        case FtxError():
+            return str(exc), ExitCode.FAILURE
+        case KeyboardInterrupt():
+            return "interrupted", ExitCode.INTERRUPTED
+        case OSError():
+            return _describe_os_error(exc), ExitCode.FAILURE
+    raise exc  # a bug: let the traceback show
+
+
+def _describe_os_error(exc: OSError) -> str:
+    name = f" {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{name}"
+
+
+# --- ftx serve --------------------------------------------------------------------------------
+
+
+def _open_server(directory: str) -> tuple[ftx.Server, Path]:
+    root = Path(directory)
+    if not root.is_dir():
+        raise CliError(f"cannot serve {root}: not a directory", ExitCode.USAGE)
+    try:
+        return ftx.Server(root), root.resolve()
+    except OSError as exc:
+        raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server, root = _open_server(args.directory)
+    try:
+        listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+    except OSError as exc:
+        raise CliError(_describe_listen_error(exc, args), ExitCode.NETWORK) from None
+    addresses = [_listener_address(listener) for listener in listeners]
+    print(
+        f"ftx {ftx.__version__} serving {root} (read-only) on " + ", ".join(map(str, addresses)),
+        flush=True,
+    )
+    example = _example_file(root)
+    port = addresses[0].port
+    host = args.host if args.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+    print(f"get a file with:  ftx get {Address(host, port)} {example}", flush=True)
+    if host == "127.0.0.1" and args.host is None:
+        print("(from another machine, use this machine's address instead of 127.0.0.1)")
+    try:
+        await server.serve_listeners(listeners)
+    finally:
+        server.root.close()
+
+
+def _listener_address(listener: trio.SocketListener) -> Address:
+    host, port = listener.socket.getsockname()[:2]
+    return Address(host, port)
+
+
+def _example_file(root: Path) -> str:
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_file())
+    except OSError:
+        names = []
+    visible = [name for name in names if not name.startswith(".")]
+    return shlex.quote((visible or ["FILE"])[0])
+
+
+def _describe_listen_error(exc: OSError, args: argparse.Namespace) -> str:
+    where = f"port {args.port}" + (f" on {args.host}" if args.host else "")
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: it is already in use (pick another with --port)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: {args.host} is not an address of this machine"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: unknown host {args.host!r}"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+# --- ftx get / ls -----------------------------------------------------------------------------
+
+
+async def _connect(args: argparse.Namespace) -> ftx.Client:
+    address: Address = args.address
+    try:
+        with trio.fail_after(args.timeout):
+            stream = await trio.open_tcp_stream(address.host, address.port)
+    except trio.TooSlowError:
+        raise CliError(
+            f"cannot connect to {address}: no answer within {args.timeout:g} seconds",
+            ExitCode.NETWORK,
+        ) from None
+    except OSError as exc:
+        raise CliError(_describe_connect_error(exc, address), ExitCode.NETWORK) from None
+    client = ftx.Client(stream, idle_timeout=args.timeout)
+    try:
+        await client.handshake()
+    except BaseException:
+        await trio.aclose_forcefully(client)
+        raise
+    return client
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The individual errors behind a failed connection attempt (trio tries every address)."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return [leaf for sub in cause.exceptions for leaf in _leaf_errors(sub) or [sub]]
+    return [exc]
+
+
+def _describe_connect_error(exc: OSError, address: Address) -> str:
+    errors = _leaf_errors(exc)
+    prefix = f"cannot connect to {address}"
+    if any(isinstance(error, socket.gaierror) for error in errors):
+        return f"{prefix}: unknown host {address.host!r}"
+    if any(isinstance(error, ConnectionRefusedError) for error in errors):
+        return f"{prefix}: connection refused (is 'ftx serve' running there, on that port?)"
+    numbers = {getattr(error, "errno", None) for error in errors}
+    if numbers & {errno.ENETUNREACH, errno.EHOSTUNREACH}:
+        return f"{prefix}: the host is unreachable from here"
+    if errno.ETIMEDOUT in numbers:
+        return f"{prefix}: timed out"
+    return f"{prefix}: {exc.strerror or exc}"
+
+
+async def _get(args: argparse.Namespace) -> None:
+    client = await _connect(args)
+    bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=args.path)
+    async with client:
+        try:
+            result = await client.get(
+                args.path, args.output, progress=bar.update, overwrite=args.force
+            )
+        finally:
+            bar.close()
+    timing = ""
+    if result.size >= 2**20 and result.seconds > 0:
+        rate = result.size / result.seconds / 2**20
+        timing = f" in {result.seconds:.2f} s, {rate:.1f} MiB/s"
+    _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), sha256 {result.digest}")
+
+
+class _ProgressBar:
+    """A tqdm bar drawn on stderr, created when the size of the download is known."""
+
+    def __init__(self, *, enabled: bool, label: str) -> None:
+        self._enabled = enabled
+        self._label = printable(label)
+        self._bar: Any = None
+        self._shown = 0
+
+    def update(self, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm  # only when a bar is drawn: keeps start-up fast
+
+            self._bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=self._label,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        self._bar.update(done - self._shown)
+        self._shown = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+async def _ls(args: argparse.Namespace) -> None:
+    client = await _connect(args)
+    async with client:
+        entries = await client.list(args.path)
+    entries.sort(key=lambda entry: entry.name)
+    for entry in entries:
+        print(_format_entry(entry) if args.long else _short_name(entry))
+
+
+def _short_name(entry: Entry) -> str:
+    suffix = "/" if entry.type is EntryType.DIRECTORY else ""
+    return printable(entry.name) + suffix
+
+
+_TYPE_BITS: Final = {
+    EntryType.FILE: stat.S_IFREG,
+    EntryType.DIRECTORY: stat.S_IFDIR,
+    EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.OTHER: 0,
+}
+
+
+def _format_entry(entry: Entry) -> str:
+    mode = stat.filemode(_TYPE_BITS[entry.type] | entry.mode)
+    if entry.type is EntryType.OTHER:
+        mode = "?" + mode[1:]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime_ns / 1e9))
+    return f"{mode} {entry.size:>12} {when} {_short_name(entry)}"
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
