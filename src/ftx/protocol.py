@@ -245,14 +245,16 @@ class ClientProtocol(_Protocol):
         if not self._hello_sent:
             if message != self.local_hello:
                 raise LocalProtocolError("the client must send its HELLO first")
+            parts = self._encode(message)
             self._hello_sent = True
         elif isinstance(message, Get | ListDir):
             if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
                 raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
+            parts = self._encode(message)  # first: a message too large changes no state
             self._responses.add(message, LocalProtocolError)
         else:
             raise LocalProtocolError(f"a client cannot send {type(message).__name__}")
-        return self._encode(message)
+        return parts
 
     def receive(self, payload: Buffer) -> Message | None:
         """Decode and check one frame payload from the server.

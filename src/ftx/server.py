@@ -159,8 +159,12 @@ class _Session:
     async def _send(self, message: _Message) -> None:
         await self._channel.send_parts(*self._protocol.send(message))
 
-    async def _receive(self) -> _Message | None:
-        return self._protocol.receive(await self._channel.receive())
+    async def _receive(self) -> _Message:
+        """The next message from the client, skipping extensions this version ignores."""
+        while True:
+            message = self._protocol.receive(await self._channel.receive())
+            if message is not None:
+                return message
 
     async def farewell(self, code: ErrorCode, message: str) -> None:
         """Tell the client why the connection is being closed, if it can still be told."""
@@ -172,10 +176,9 @@ class _Session:
 
     async def run(self) -> None:
         try:
-            hello = await self._receive()
+            await self._receive()  # HELLO: the protocol accepts nothing else first
         except trio.EndOfChannel:
             return
-        assert hello is not None  # the protocol accepts nothing but HELLO first
         if self._protocol.version is None:
             versions = ", ".join(map(str, SUPPORTED_VERSIONS))
             await self.farewell(
