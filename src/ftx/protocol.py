@@ -357,6 +357,7 @@ class ServerProtocol(_Protocol):
         """
         if self.closed:
             raise LocalProtocolError("the connection was closed with an error")
+        parts = self._encode(message)  # first: a message too large changes no state
         if isinstance(message, Error) and message.request_id is None:
             self.closed = True
         elif isinstance(message, Hello):
@@ -367,7 +368,7 @@ class ServerProtocol(_Protocol):
             raise LocalProtocolError("HELLO must be sent first")
         else:
             self._requests.check(message)
-        return self._encode(message)
+        return parts
 
 
 def _hello_fields(hello: Hello) -> tuple[frozenset[str], int, str]:
