@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ftx.errors import RemoteProtocolError
+from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
 
 __all__ = [
@@ -183,12 +183,32 @@ _DATA_PREFIX: Final = bytes([Kind.DATA])
 
 
 def encode_message(message: Message) -> tuple[Buffer, ...]:
-    """Return the frame payload for ``message``, as buffers to send back to back."""
+    """Return the frame payload for ``message``, as buffers to send back to back.
+
+    The payload is checked with the same rules :func:`decode_message` applies, so that nothing
+    is sent that a conforming peer would have to reject. The free text of an :class:`Error` has
+    any lone surrogate (an undecodable file name, say) escaped rather than refused.
+
+    Raises:
+        LocalProtocolError: a field is out of range or a string is not valid Unicode.
+    """
     if isinstance(message, Data):
         return (_DATA_PREFIX, message.data)
+    if isinstance(message, Error):
+        text = message.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        message = Error(message.request_id, message.code, text)
     kind, body = _to_json(message)
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return (bytes([kind]) + encoded.encode("utf-8"),)
+    try:
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        payload = bytes([kind]) + encoded.encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
+    try:
+        _from_json(kind, _parse_object(memoryview(payload)[1:]))
+    except RemoteProtocolError as exc:
+        name = type(message).__name__
+        raise LocalProtocolError(f"refusing to send an invalid {name}: {exc}") from None
+    return (payload,)
 
 
 def _entry_to_json(entry: Entry) -> dict[str, Any]:

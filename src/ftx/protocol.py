@@ -79,6 +79,7 @@ class _Pending:
     request: Get | ListDir
     phase: _Phase
     remaining: int = 0
+    entries_seen: int = 0
 
 
 class _Responses:
@@ -147,8 +148,13 @@ class _Responses:
                     raise self._fail(f"the file ended with {head.remaining} bytes still due")
                 self._finish()
             case ListEntries(), _Phase.LISTING:
-                pass
+                head.entries_seen += len(message.entries)
             case ListEnd(), _Phase.LISTING:
+                if message.count != head.entries_seen:
+                    raise self._fail(
+                        f"the listing ended with a count of {message.count} after "
+                        f"{head.entries_seen} entries"
+                    )
                 self._finish()
             case _:
                 raise self._fail(f"unexpected {type(message).__name__}")

@@ -1,0 +1,135 @@
+"""Shared fixtures for the end-to-end tests: a populated directory to serve, and a real server
+on the loopback interface, started in the pytest-trio ``nursery`` fixture.
+
+Trio fixtures are function-scoped (pytest-trio runs each test in its own ``trio.run``); only the
+64 MiB file, which is plain bytes on disk, is made once per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+import ftx
+
+SAMPLE_FILES = Path(__file__).resolve().parent.parent / "sample_files"
+
+BIG_SIZE = 64 * 1024 * 1024
+MEDIUM_SIZE = 2 * 1024 * 1024 + 12345  # not a multiple of the chunk size
+SMALL_TEXT = b"hello from the served root\n"
+UNICODE_NAME = "name with spaces, caf\u00e9 \u2014 \u65e5\u672c.txt"
+UNICODE_TEXT = "r\u00e9sum\u00e9 \u2603\n".encode()
+SECRET_TEXT = b"this file is outside the served root\n"
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BigFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+@pytest.fixture(scope="session")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> BigFile:
+    """A 64 MiB file of random bytes, made once per session."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    rng = random.Random(20261125)
+    digest = hashlib.sha256()
+    with path.open("wb") as file:
+        for _ in range(BIG_SIZE >> 20):
+            block = rng.randbytes(1 << 20)
+            digest.update(block)
+            file.write(block)
+    return BigFile(path, BIG_SIZE, digest.hexdigest())
+
+
+@pytest.fixture
+def served_root(tmp_path: Path, big_file: BigFile) -> Path:
+    """A directory to serve (``tmp_path / "root"``), with::
+
+        small.txt             a short text file
+        empty.bin             an empty file
+        medium.bin            ~2 MiB of random bytes
+        big.bin               64 MiB of random bytes (a hard link to the session's file)
+        <UNICODE_NAME>        a name with spaces and non-ASCII characters
+        sub/inner.txt
+        sub/deeper/leaf.txt
+        sub/up-link           -> ../small.txt      (relative, stays inside: followed)
+        link-in               -> small.txt         (followed)
+        link-out              -> /etc/passwd       (absolute: refused)
+        link-up               -> ../secret.txt     (climbs out: refused)
+        fifo                  a named pipe         (not a regular file: refused)
+
+    ``tmp_path / "secret.txt"``, next to the root, must never be served.
+    """
+    (tmp_path / "secret.txt").write_bytes(SECRET_TEXT)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "small.txt").write_bytes(SMALL_TEXT)
+    (root / "empty.bin").write_bytes(b"")
+    (root / "medium.bin").write_bytes(random.Random(7).randbytes(MEDIUM_SIZE))
+    try:
+        os.link(big_file.path, root / "big.bin")
+    except OSError:  # no hard links across these directories: copy instead
+        shutil.copyfile(big_file.path, root / "big.bin")
+    (root / UNICODE_NAME).write_bytes(UNICODE_TEXT)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "sub" / "inner.txt").write_bytes(b"inner\n")
+    (root / "sub" / "deeper" / "leaf.txt").write_bytes(b"leaf\n" * 100)
+    (root / "sub" / "up-link").symlink_to("../small.txt")
+    (root / "link-in").symlink_to("small.txt")
+    (root / "link-out").symlink_to("/etc/passwd")
+    (root / "link-up").symlink_to("../secret.txt")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+StartServer = Callable[..., Awaitable[tuple[str, int]]]
+
+
+@pytest.fixture
+def start_server(nursery: trio.Nursery) -> StartServer:
+    """``await start_server(root, host="127.0.0.1", **kwargs)`` runs :func:`ftx.serve` on port 0
+    in the test's nursery (cancelled when the test ends) and returns ``(host, port)``."""
+
+    async def start(
+        root: str | os.PathLike[str], host: str = "127.0.0.1", **kwargs: object
+    ) -> tuple[str, int]:
+        async def run(task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+            await ftx.serve(root, host, 0, task_status=task_status, **kwargs)  # type: ignore[arg-type]
+
+        with trio.fail_after(10):
+            listeners: list[trio.SocketListener] = await nursery.start(run)
+        assert listeners, "ftx.serve started without listeners"
+        address = listeners[0].socket.getsockname()
+        return address[0], address[1]
+
+    return start
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, served_root: Path) -> tuple[str, int]:
+    """A real ftx server for ``served_root`` on 127.0.0.1, port 0: yields ``(host, port)``."""
+    with trio.fail_after(10):
+        listeners = await nursery.start(ftx.serve, served_root, "127.0.0.1", 0)
+    host, port = listeners[0].socket.getsockname()[:2]
+    assert host == "127.0.0.1"
+    assert port != 0
+    return host, port
