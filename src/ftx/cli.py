@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "get",
         help="download a file",
         description="Download the file at PATH from the ftx server at HOST. It is written to "
-        "DEST.part, verified against the server's SHA-256, and only then renamed to DEST.",
+        "DEST.part, verified against the server's BLAKE3 (or SHA-256) digest, and only then "
+        "renamed to DEST.",
     )
     get.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
     get.add_argument("path", metavar="PATH", help="the file's path on the server")
@@ -415,7 +416,8 @@ async def _get(args: argparse.Namespace) -> None:
     if result.size >= 2**20 and result.seconds > 0:
         rate = result.size / result.seconds / 2**20
         timing = f" in {result.seconds:.2f} s, {rate:.1f} MiB/s"
-    _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), sha256 {result.digest}")
+    verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
+    _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), {verified}")
 
 
 class _ProgressBar:

@@ -6,7 +6,7 @@
         result = await client.get("docs/report.pdf", "report.pdf", progress=print)
         entries = await client.list("docs")
 
-A download is written to ``DEST.part``, checked against the server's SHA-256 of the whole file,
+A download is written to ``DEST.part``, checked against the server's digest of the whole file,
 flushed to disk and only then renamed to ``DEST``: a failed or interrupted download never leaves
 a file at ``DEST`` that looks complete, and never replaces an existing one before the new copy
 is verified. The local name comes from the caller's arguments only, never from the server.
@@ -16,18 +16,19 @@ Progress is reported through a callback; drawing it is the caller's business (th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
 import trio
 
+from ftx._threads import ThreadJob
 from ftx._version import __version__
 from ftx.errors import (
     ConnectionLostError,
@@ -52,7 +53,7 @@ from ftx.messages import (
     ListEntries,
     Message,
 )
-from ftx.protocol import ClientProtocol
+from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, new_hasher
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -60,6 +61,8 @@ ProgressCallback = Callable[[int, int], object]
 """Called as ``progress(bytes_done, bytes_total)`` as a download advances."""
 
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
+# Chunks smaller than this are written and hashed in the event loop's thread.
+_INLINE_CHUNK: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class Download:
     size: int
     mtime_ns: int
     digest: str | None
+    """The hex digest of the whole file, verified; ``None`` if verification was off."""
+    digest_algorithm: str | None
+    """``"blake3"`` or ``"sha256"``; ``None`` if verification was off."""
     seconds: float
 
 
@@ -121,10 +127,20 @@ class Client(trio.abc.AsyncResource):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
-        self._protocol = ClientProtocol(max_frame_size=max_frame_size, agent=f"ftx/{__version__}")
+        self._protocol = ClientProtocol(
+            max_frame_size=max_frame_size,
+            agent=f"ftx/{__version__}",
+            features=frozenset({BLAKE3_FEATURE}),
+        )
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
         self._closed = False
+
+    @property
+    def digest_algorithm(self) -> str:
+        """The whole-file digest downloads are verified with: ``blake3`` if the server computes
+        it, else ``sha256``."""
+        return "blake3" if BLAKE3_FEATURE in self._protocol.features else "sha256"
 
     @property
     def server_hello(self) -> Hello | None:
@@ -170,7 +186,8 @@ class Client(trio.abc.AsyncResource):
             dest: the local file or directory to save it to.
             progress: called with ``(bytes_done, bytes_total)`` as data arrives.
             overwrite: replace ``dest`` if it exists (after the new copy is verified).
-            verify: ask for and check the SHA-256 of the whole file (turn off only to measure).
+            verify: ask for and check a digest of the whole file (see :attr:`digest_algorithm`;
+                turn off only to measure).
             preserve_mtime: give the local file the server file's modification time.
 
         Raises:
@@ -186,7 +203,8 @@ class Client(trio.abc.AsyncResource):
             await self._check_open()
             started = time.monotonic()
             request_id = self._protocol.new_request_id()
-            await self._send(Get(request_id, path, digest="sha256" if verify else None))
+            algorithm = self.digest_algorithm if verify else None
+            await self._send(Get(request_id, path, digest=algorithm))
             header = await self._receive()
             if isinstance(header, Error):
                 raise RemoteError(header.code, header.message)
@@ -204,40 +222,63 @@ class Client(trio.abc.AsyncResource):
                     await self._fail()  # the rest of this answer is still on its way: give up
                 raise
             return Download(
-                path, target, header.size, header.mtime_ns, digest, time.monotonic() - started
+                path,
+                target,
+                header.size,
+                header.mtime_ns,
+                digest,
+                header.digest if digest else None,
+                time.monotonic() - started,
             )
 
     async def _receive_file(
         self, header: FileHeader, part: PartFile, progress: ProgressCallback | None, verify: bool
     ) -> str | None:
-        hasher = hashlib.sha256()
+        hasher = new_hasher(header.digest) if verify and header.digest else None
         done, total = 0, header.size
         if progress is not None:
             progress(done, total)
-        while True:
-            try:
-                message = await self._receive()
-            except BaseException:
-                if done == 0:
-                    part.discard()  # nothing worth keeping
-                raise
-            if isinstance(message, Data):
-                part.write(message.data)
-                if verify:
-                    hasher.update(message.data)
-                done += memoryview(message.data).nbytes
+        # Each chunk is written, and hashed, in worker threads while the next one is received.
+        jobs: list[ThreadJob[object]] = []
+        try:
+            while True:
+                try:
+                    message = await self._receive()
+                except BaseException:
+                    if done == 0:
+                        part.discard()  # nothing worth keeping
+                    raise
+                if not isinstance(message, Data):
+                    break
+                for job in jobs:
+                    await job.result()
+                jobs.clear()
+                data = message.data
+                size = memoryview(data).nbytes
+                if size < _INLINE_CHUNK:
+                    part.write(data)  # a thread hop would cost more than the work
+                    if hasher is not None:
+                        hasher.update(data)
+                else:
+                    jobs.append(ThreadJob(partial(part.write, data)))
+                    if hasher is not None:
+                        jobs.append(ThreadJob(partial(hasher.update, data)))
+                done += size
                 if progress is not None:
                     progress(done, total)
-            elif isinstance(message, Error):
-                part.discard()  # e.g. the file changed mid-way: these bytes are of no use
-                raise RemoteError(message.code, message.message)
-            else:
-                assert isinstance(message, FileEnd)
-                break
-        if verify and message.digest != hasher.hexdigest():
+            for job in jobs:
+                await job.result()
+        finally:
+            for job in jobs:
+                await job.wait_quietly()  # never close the part file under a running write
+        if isinstance(message, Error):
+            part.discard()  # e.g. the file changed mid-way: these bytes are of no use
+            raise RemoteError(message.code, message.message)
+        assert isinstance(message, FileEnd)
+        if hasher is not None and message.digest != hasher.hexdigest():
             part.discard()
             raise IntegrityError(
-                f"{header.size}-byte download does not match the server's SHA-256: "
+                f"{header.size}-byte download does not match the server's {header.digest}: "
                 f"expected {message.digest}, got {hasher.hexdigest()}; nothing was saved"
             )
         return message.digest if verify else None

@@ -24,6 +24,7 @@ This module imports nothing of ftx but :mod:`ftx.errors`.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import Final
 
 import trio
@@ -96,8 +97,10 @@ class FrameDecoder:
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size: Final = _check_max_frame_size(max_frame_size)
-        self._buffer = bytearray()
-        self._start = 0  # bytes of _buffer already consumed; compacted lazily
+        # What was received and not yet returned, as the transport delivered it: kept as a list
+        # of pieces so that a payload costs one copy (the join), not one per buffer operation.
+        self._pieces: deque[memoryview] = deque()
+        self._buffered = 0
         self._payload_size: int | None = None  # set once the current frame's header is read
         self._eof = False
         self._error: Exception | None = None
@@ -105,15 +108,19 @@ class FrameDecoder:
     def receive_data(self, data: Buffer) -> None:
         """Add bytes received from the peer; ``b""`` means the peer closed its side.
 
+        ``bytes`` are kept as they are, without a copy; anything mutable is copied.
+
         Raises:
             RuntimeError: data arrived after end of stream was reported.
         """
         if self._eof:
             raise RuntimeError("received data after end of stream")
-        if len(data) == 0:
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if view.nbytes == 0:
             self._eof = True
-        else:
-            self._buffer += data
+        elif self._error is None:
+            self._pieces.append(view)
+            self._buffered += view.nbytes
 
     def next_frame(self) -> bytes | None:
         """Return the next complete payload, or ``None`` when more bytes are needed.
@@ -131,45 +138,60 @@ class FrameDecoder:
             return self._next_frame()
         except (FrameTooLargeError, IncompleteFrameError) as exc:
             self._error = exc
-            self._buffer = bytearray()
-            self._start = 0
+            self._pieces.clear()
+            self._buffered = 0
             raise
 
     def _next_frame(self) -> bytes | None:
-        available = len(self._buffer) - self._start
         if self._payload_size is None:
-            if available < HEADER_SIZE:
-                if self._eof and available:
-                    raise IncompleteFrameError(available, HEADER_SIZE)
+            if self._buffered < HEADER_SIZE:
+                if self._eof and self._buffered:
+                    raise IncompleteFrameError(self._buffered, HEADER_SIZE)
                 return None
-            (size,) = _HEADER.unpack_from(self._buffer, self._start)
+            (size,) = _HEADER.unpack(self._take(HEADER_SIZE))
             if size > self.max_frame_size:
                 raise FrameTooLargeError(size, self.max_frame_size)
             self._payload_size = size
-            self._start += HEADER_SIZE
-            available -= HEADER_SIZE
         size = self._payload_size
-        if available < size:
+        if self._buffered < size:
             if self._eof:
-                raise IncompleteFrameError(HEADER_SIZE + available, HEADER_SIZE + size)
+                raise IncompleteFrameError(HEADER_SIZE + self._buffered, HEADER_SIZE + size)
             return None
-        start = self._start
-        payload = bytes(self._buffer[start : start + size])
-        self._start = start + size
         self._payload_size = None
-        if self._start == len(self._buffer):
-            self._buffer.clear()
-            self._start = 0
-        elif self._start * 2 >= len(self._buffer):
-            # Compact once at least half the buffer is consumed: amortised O(1) per byte.
-            del self._buffer[: self._start]
-            self._start = 0
-        return payload
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        """Remove and return the first ``size`` buffered bytes (all of them are buffered)."""
+        if size == 0:
+            return b""
+        self._buffered -= size
+        pieces = self._pieces
+        first = pieces[0]
+        if first.nbytes == size:
+            pieces.popleft()
+            whole = first.obj
+            if isinstance(whole, bytes) and len(whole) == size:
+                return whole  # the transport delivered exactly this payload: no copy at all
+            return first.tobytes()
+        if first.nbytes > size:
+            pieces[0] = first[size:]
+            return first[:size].tobytes()
+        taken: list[memoryview] = []
+        while size:
+            piece = pieces[0]
+            if piece.nbytes <= size:
+                taken.append(pieces.popleft())
+                size -= piece.nbytes
+            else:
+                taken.append(piece[:size])
+                pieces[0] = piece[size:]
+                size = 0
+        return b"".join(taken)
 
     @property
     def eof(self) -> bool:
         """True once the peer closed cleanly and every complete frame has been taken."""
-        return self._eof and self._payload_size is None and len(self._buffer) == self._start
+        return self._eof and self._payload_size is None and self._buffered == 0
 
     @property
     def bytes_needed(self) -> int:
@@ -177,19 +199,26 @@ class FrameDecoder:
 
         A good size to ask the transport for; a hint, not a promise about frame boundaries.
         """
-        available = len(self._buffer) - self._start
         if self._payload_size is None:
-            if available < HEADER_SIZE:
-                return HEADER_SIZE - available
-            size: int = _HEADER.unpack_from(self._buffer, self._start)[0]
-            return max(0, HEADER_SIZE + size - available)
-        return max(0, self._payload_size - available)
+            if self._buffered < HEADER_SIZE:
+                return HEADER_SIZE - self._buffered
+            size: int = _HEADER.unpack(self._peek(HEADER_SIZE))[0]
+            return max(0, HEADER_SIZE + size - self._buffered)
+        return max(0, self._payload_size - self._buffered)
+
+    def _peek(self, size: int) -> bytes:
+        collected = bytearray()
+        for piece in self._pieces:
+            collected += piece[: size - len(collected)]
+            if len(collected) == size:
+                break
+        return bytes(collected)
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes received and not yet returned in a frame (headers included)."""
         header = HEADER_SIZE if self._payload_size is not None else 0
-        return len(self._buffer) - self._start + header
+        return self._buffered + header
 
 
 class _ConflictDetector:

@@ -76,6 +76,9 @@ def split_request_path(path: str) -> list[str]:
     return parts
 
 
+_RWF_NOWAIT: Final[int | None] = getattr(os, "RWF_NOWAIT", None)
+
+
 def file_identity(st: os.stat_result) -> str:
     """An opaque token that changes whenever the file's content or metadata change.
 
@@ -112,6 +115,21 @@ class OpenedFile:
     def read_into(self, buffer: bytearray | memoryview, offset: int) -> int:
         """Read from ``offset`` into ``buffer``; return how many bytes were read (0 at EOF)."""
         return os.preadv(self.fd, [buffer], offset)
+
+    def read_cached_into(self, buffer: bytearray | memoryview, offset: int) -> int | None:
+        """Like :meth:`read_into`, but only from the page cache: ``None`` if the read would have
+        to wait for the disk (or the system cannot tell), so that an event loop can call this
+        and fall back to a worker thread. May read less than asked for.
+        """
+        if _RWF_NOWAIT is None:
+            return None
+        try:
+            count = os.preadv(self.fd, [buffer], offset, _RWF_NOWAIT)
+        except (BlockingIOError, OSError):
+            # EAGAIN: not cached. EOPNOTSUPP and friends: this file system cannot say.
+            return None
+        # 0 may mean EOF or "nothing cached here"; only a blocking read can tell them apart.
+        return count or None
 
     def changed(self) -> bool:
         """True if the file's size, mtime or ctime differ from when it was opened."""

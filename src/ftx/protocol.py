@@ -13,9 +13,12 @@ wrong that the peer sends raises :class:`~ftx.errors.RemoteProtocolError`.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
+
+import blake3
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
@@ -35,20 +38,48 @@ from ftx.messages import (
 )
 
 __all__ = [
+    "BLAKE3_FEATURE",
     "DIGEST_ALGORITHMS",
     "MIN_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "ClientProtocol",
     "ErrorCode",
+    "Hasher",
     "ServerProtocol",
+    "new_hasher",
 ]
 
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 # A peer must accept frames at least this large, so that a file chunk or a listing page fits.
 MIN_FRAME_SIZE: Final = 64 * 1024
-DIGEST_ALGORITHMS: Final = frozenset({"sha256"})
+DIGEST_ALGORITHMS: Final = frozenset({"sha256", "blake3"})
+"""The whole-file digests this implementation computes. Every peer supports ``sha256``; a peer
+that also computes BLAKE3 (about 3x faster) says so with :data:`BLAKE3_FEATURE`."""
+BLAKE3_FEATURE: Final = "digest-blake3"
+
+
+class Hasher(Protocol):
+    """What :func:`new_hasher` returns: the part of the hashlib interface ftx uses."""
+
+    def update(self, data: Buffer, /) -> object: ...
+    def hexdigest(self) -> str: ...
+
+
+def new_hasher(algorithm: str) -> Hasher:
+    """A fresh hash object for one of :data:`DIGEST_ALGORITHMS`.
+
+    Raises:
+        ValueError: the algorithm is not one of them.
+    """
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "blake3":
+        return blake3.blake3()
+    raise ValueError(f"unknown digest algorithm {algorithm!r}")
+
+
 # How many requests a client may have outstanding (pipelined) at once.
 MAX_PENDING_REQUESTS: Final = 1024
 
@@ -141,6 +172,11 @@ class _Responses:
                 assert isinstance(head.request, Get)
                 if message.offset != head.request.offset or message.offset > message.size:
                     raise self._fail("the file header does not match the requested offset")
+                if message.digest != head.request.digest:
+                    raise self._fail(
+                        f"the file header announces digest {message.digest!r} where "
+                        f"{head.request.digest!r} was asked for"
+                    )
                 head.phase = _Phase.DATA
                 head.remaining = message.size - message.offset
             case FileEnd(), _Phase.DATA:

@@ -10,22 +10,32 @@ Use :func:`serve` for TCP, or :class:`Server` with :meth:`Server.serve_listeners
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Final
 
 import trio
 
+from ftx._resources import BufferPool, DigestCache
+from ftx._threads import ThreadJob
 from ftx._version import __version__
 from ftx.errors import RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FramedChannel
 from ftx.fs import FsError, OpenedFile, ServedRoot
 from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
 from ftx.messages import Message as _Message
-from ftx.protocol import DIGEST_ALGORITHMS, SUPPORTED_VERSIONS, ErrorCode, ServerProtocol
+from ftx.protocol import (
+    BLAKE3_FEATURE,
+    DIGEST_ALGORITHMS,
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    Hasher,
+    ServerProtocol,
+    new_hasher,
+)
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "serve"]
 
@@ -36,6 +46,8 @@ DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 _MAX_LIST_PAGE: Final = 256
 _ENTRY_BUDGET: Final = 2048
 _HASH_PREFIX_BLOCK: Final = 1 << 20
+# All connections together read and send through at most this much buffer memory.
+_BUFFER_MEMORY: Final = 32 * 1024 * 1024
 # How long a connection being closed for an error may take to flush the error message.
 _FAREWELL_SECONDS: Final = 2.0
 
@@ -67,6 +79,8 @@ class Server:
         self.root: Final = root if isinstance(root, ServedRoot) else ServedRoot(root)
         self.chunk_size: Final = chunk_size
         self.max_frame_size: Final = max_frame_size
+        self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
+        self.digests: Final = DigestCache()
 
     async def serve_listeners(
         self,
@@ -153,7 +167,9 @@ class _Session:
         self._channel = channel
         self._peer = peer
         self._protocol = ServerProtocol(
-            max_frame_size=server.max_frame_size, agent=f"ftx/{__version__}"
+            max_frame_size=server.max_frame_size,
+            agent=f"ftx/{__version__}",
+            features=frozenset({BLAKE3_FEATURE}),
         )
 
     async def _send(self, message: _Message) -> None:
@@ -234,36 +250,73 @@ class _Session:
                 digest=request.digest,
             )
         )
-        hasher = hashlib.sha256() if request.digest else None
-        if hasher is not None and request.offset:
-            await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
-        buffer = memoryview(bytearray(chunk_size))
-        position = request.offset
-        while position < st.st_size:
-            want = min(chunk_size, st.st_size - position)
-            count = await trio.to_thread.run_sync(
-                _read_chunk, opened, buffer[:want], position, hasher
-            )
-            if count == 0:
-                break  # truncated under us: reported as a change just below
-            await self._send(Data(buffer[:count]))
-            position += count
-        if position < st.st_size or await trio.to_thread.run_sync(opened.changed):
-            await self._refuse(
-                request, ErrorCode.CHANGED, f"{request.path!r} changed during the transfer"
-            )
+        try:
+            digest = await self._stream_chunks(request, opened, chunk_size)
+        except _FileChangedError:
+            message = f"{request.path!r} changed during the transfer"
+            await self._refuse(request, ErrorCode.CHANGED, message)
             return
-        await self._send(FileEnd(request.request_id, hasher.hexdigest() if hasher else None))
+        await self._send(FileEnd(request.request_id, digest))
+        sent = st.st_size - request.offset
         elapsed = trio.current_time() - started
-        rate = (position - request.offset) / elapsed / 2**20 if elapsed > 0 else math.inf
+        rate = sent / elapsed / 2**20 if elapsed > 0 else math.inf
         logger.info(
             "%s: GET %r: %d bytes in %.3f s (%.1f MiB/s)",
             self._peer,
             request.path,
-            position - request.offset,
+            sent,
             elapsed,
             rate,
         )
+
+    async def _stream_chunks(self, request: Get, opened: OpenedFile, chunk_size: int) -> str | None:
+        """Send the file from the requested offset as DATA frames; return the digest of the
+        whole file, or ``None`` if none was asked for.
+
+        Each chunk is hashed in a worker thread while it is being sent. A digest computed over
+        an unchanged file is remembered, so a file downloaded again (or resumed) is not re-read
+        for it.
+
+        Raises:
+            _FileChangedError: the file was truncated or modified while it was being sent.
+        """
+        size, identity = opened.size, opened.identity
+        algorithm = request.digest
+        cache_key = f"{algorithm}:{identity}"
+        known = self._server.digests.get(cache_key) if algorithm else None
+        hasher = new_hasher(algorithm) if algorithm and known is None else None
+        if hasher is not None and request.offset:
+            await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
+        pool = self._server.buffers
+        position = request.offset
+        while position < size:
+            buffer = await pool.acquire()
+            try:
+                with memoryview(buffer) as whole:
+                    view = whole[: min(chunk_size, size - position)]
+                    # Page-cache reads are memory copies: done here, no thread hop per chunk.
+                    count = opened.read_cached_into(view, position)
+                    if count is None:
+                        count = await trio.to_thread.run_sync(opened.read_into, view, position)
+                    if count == 0:
+                        raise _FileChangedError  # truncated under us
+                    chunk = view[:count]
+                    job = ThreadJob(partial(hasher.update, chunk)) if hasher else None
+                    try:
+                        await self._send(Data(chunk))
+                    finally:
+                        if job is not None:
+                            await job.wait_quietly()
+                    position += count
+            finally:
+                pool.release(buffer)
+        if opened.changed():
+            raise _FileChangedError
+        if hasher is None:
+            return known
+        digest = hasher.hexdigest()
+        self._server.digests.put(cache_key, digest)
+        return digest
 
     async def _send_listing(self, request: ListDir) -> None:
         try:
@@ -285,16 +338,11 @@ class _Session:
         logger.info("%s: LIST %r: %d entries", self._peer, request.path, count)
 
 
-def _read_chunk(
-    opened: OpenedFile, buffer: memoryview, position: int, hasher: hashlib._Hash | None
-) -> int:
-    count = opened.read_into(buffer, position)
-    if hasher is not None:
-        hasher.update(buffer[:count])
-    return count
+class _FileChangedError(Exception):
+    pass
 
 
-def _hash_prefix(opened: OpenedFile, end: int, hasher: hashlib._Hash) -> None:
+def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
     """Hash the first ``end`` bytes: a resumed transfer's digest still covers the whole file."""
     buffer = memoryview(bytearray(min(end, _HASH_PREFIX_BLOCK)))
     position = 0

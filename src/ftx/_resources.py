@@ -1,0 +1,76 @@
+"""Server-wide resources shared by every connection: chunk buffers and known file digests."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import trio
+
+__all__ = ["BufferPool", "DigestCache"]
+
+
+class BufferPool:
+    """At most ``max_buffers`` chunk buffers of ``size`` bytes, lent out to connections.
+
+    This is what bounds the server's memory however many clients connect: a connection holds a
+    buffer only while one chunk is being read, hashed and sent, and waits for one otherwise.
+    Buffers are reused rather than freed, so that a busy server does not keep asking the
+    allocator (and the kernel) for fresh memory.
+    """
+
+    def __init__(self, size: int, max_buffers: int) -> None:
+        if size < 1 or max_buffers < 1:
+            raise ValueError("size and max_buffers must be at least 1")
+        self.size: Final = size
+        self.max_buffers: Final = max_buffers
+        self._free: list[bytearray] = []
+        self._available = trio.Semaphore(max_buffers)
+
+    @asynccontextmanager
+    async def buffer(self) -> AsyncIterator[memoryview]:
+        """Borrow a buffer for the duration of the ``async with`` block."""
+        async with self._available:
+            buffer = self._free.pop() if self._free else bytearray(self.size)
+            try:
+                with memoryview(buffer) as view:
+                    yield view
+            finally:
+                self._free.append(buffer)
+
+    async def acquire(self) -> bytearray:
+        """Borrow a buffer until :meth:`release`; for lending across tasks."""
+        await self._available.acquire()
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def release(self, buffer: bytearray) -> None:
+        """Give back a buffer from :meth:`acquire`."""
+        self._free.append(buffer)
+        self._available.release()
+
+
+class DigestCache:
+    """The SHA-256 of files already read whole, by file identity (device, inode, size, mtime,
+    ctime), so that a file downloaded again, or resumed, is not hashed again.
+
+    The identity changes on any write to the file (ctime), so a stale digest is never served
+    for a file changed through the file system. Least recently used entries are dropped first.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries: Final = max_entries
+        self._digests: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, identity: str) -> str | None:
+        digest = self._digests.get(identity)
+        if digest is not None:
+            self._digests.move_to_end(identity)
+        return digest
+
+    def put(self, identity: str, digest: str) -> None:
+        self._digests[identity] = digest
+        self._digests.move_to_end(identity)
+        while len(self._digests) > self.max_entries:
+            self._digests.popitem(last=False)
