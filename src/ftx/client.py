@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import posixpath
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +32,7 @@ from ftx._threads import ThreadJob
 from ftx._version import __version__
 from ftx.errors import (
     ConnectionLostError,
+    FtxError,
     IncompleteFrameError,
     IntegrityError,
     LocalFileError,
@@ -61,6 +62,7 @@ ProgressCallback = Callable[[int, int], object]
 """Called as ``progress(bytes_done, bytes_total)`` as a download advances."""
 
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
+DEFAULT_PIPELINE_WINDOW: Final = 64
 # Chunks smaller than this are written and hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
 
@@ -104,6 +106,37 @@ def _check_destination(target: Path, *, overwrite: bool) -> None:
         raise LocalFileError(f"{target} already exists (use --force to replace)")
     if not target.parent.is_dir():
         raise LocalFileError(f"cannot save to {target}: {target.parent} is not a directory")
+
+
+@dataclass(frozen=True, slots=True)
+class _GetOptions:
+    overwrite: bool
+    verify: bool
+    preserve_mtime: bool
+    durable: bool  # flush each file to disk before renaming it (else the caller syncs)
+
+
+async def _run_together(*functions: Callable[[], Awaitable[None]]) -> None:
+    """Run the functions concurrently; if any fails, cancel the others and raise its error
+    itself (not wrapped in an exception group: these are the client's documented errors)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+                nursery.start_soon(function)
+    except BaseExceptionGroup as group:
+        leaves = _leaf_exceptions(group)
+        failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+        raise (failures or leaves)[0] from None
+
+
+def _leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaf_exceptions(exc))
+        else:
+            leaves.append(exc)
+    return leaves
 
 
 class Client(trio.abc.AsyncResource):
@@ -202,34 +235,130 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             started = time.monotonic()
-            request_id = self._protocol.new_request_id()
-            algorithm = self.digest_algorithm if verify else None
-            await self._send(Get(request_id, path, digest=algorithm))
-            header = await self._receive()
-            if isinstance(header, Error):
-                raise RemoteError(header.code, header.message)
-            assert isinstance(header, FileHeader)
-            part = PartFile(target)
+            await self._request_file(path, verify=verify)
+            options = _GetOptions(overwrite, verify, preserve_mtime, durable=True)
+            return await self._receive_answer(path, target, progress, options, started)
+
+    async def get_many(
+        self,
+        files: Iterable[tuple[str, str | os.PathLike[str]]],
+        *,
+        on_done: Callable[[str, Download | FtxError], object] | None = None,
+        progress: ProgressCallback | None = None,
+        overwrite: bool = False,
+        verify: bool = True,
+        preserve_mtime: bool = True,
+        window: int = DEFAULT_PIPELINE_WINDOW,
+    ) -> list[Download | FtxError]:
+        """Download several files, pipelining the requests so that small files do not cost a
+        round trip each. Returns one result per file, in order: a :class:`Download`, or the
+        error that file met (:exc:`RemoteError`, :exc:`IntegrityError`, :exc:`LocalFileError`)
+        while the others went on.
+
+        Each file is verified and renamed into place as :meth:`get` does; the files are flushed
+        to disk together at the end (one ``sync`` for the batch instead of one per file).
+
+        Args:
+            files: ``(remote path, local destination)`` pairs; a destination may be an
+                existing directory, as for :meth:`get`.
+            on_done: called with ``(remote path, result)`` as each file ends.
+            progress: called with ``(bytes_done, bytes_total)`` for the file in progress.
+            window: how many requests may be outstanding at once.
+
+        Raises:
+            ConnectionLostError, RemoteProtocolError: the connection failed; files already
+                saved stay saved, the rest are not.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        results: list[Download | FtxError | None] = []
+        wanted: list[tuple[int, str, Path]] = []
+        for index, (path, dest) in enumerate(files):
             try:
-                part.open()
-                digest = await self._receive_file(header, part, progress, verify=verify)
-                part.publish(
-                    overwrite=overwrite, mtime_ns=header.mtime_ns if preserve_mtime else None
-                )
-            except BaseException:
-                part.close()
-                if self._protocol.pending_requests:
-                    await self._fail()  # the rest of this answer is still on its way: give up
-                raise
-            return Download(
-                path,
-                target,
-                header.size,
-                header.mtime_ns,
-                digest,
-                header.digest if digest else None,
-                time.monotonic() - started,
+                target = local_destination(path, dest)
+                _check_destination(target, overwrite=overwrite)
+            except LocalFileError as exc:
+                results.append(exc)
+                if on_done is not None:
+                    on_done(path, exc)
+                continue
+            results.append(None)  # filled in when its answer arrives
+            wanted.append((index, path, target))
+        options = _GetOptions(overwrite, verify, preserve_mtime, durable=False)
+        async with self._lock:
+            await self._check_open()
+            slots = trio.Semaphore(window)
+
+            async def send_requests() -> None:
+                for _, path, _ in wanted:
+                    await slots.acquire()
+                    await self._request_file(path, verify=verify)
+
+            async def receive_answers() -> None:
+                for index, path, target in wanted:
+                    started = time.monotonic()
+                    result: Download | FtxError
+                    try:
+                        result = await self._receive_answer(
+                            path, target, progress, options, started
+                        )
+                    except (RemoteError, IntegrityError, LocalFileError) as exc:
+                        if self._closed:
+                            raise
+                        result = exc
+                    slots.release()
+                    results[index] = result
+                    if on_done is not None:
+                        on_done(path, result)
+
+            await _run_together(send_requests, receive_answers)
+            if wanted:
+                await trio.to_thread.run_sync(os.sync)
+        return [result for result in results if result is not None]
+
+    async def _request_file(self, path: str, *, verify: bool) -> None:
+        request_id = self._protocol.new_request_id()
+        await self._send(Get(request_id, path, digest=self.digest_algorithm if verify else None))
+
+    async def _receive_answer(
+        self,
+        path: str,
+        target: Path,
+        progress: ProgressCallback | None,
+        options: _GetOptions,
+        started: float,
+    ) -> Download:
+        """Receive the answer to the oldest outstanding GET and save the file at ``target``."""
+        header = await self._receive()
+        if isinstance(header, Error):
+            raise RemoteError(header.code, header.message)
+        assert isinstance(header, FileHeader)
+        part = PartFile(target)
+        answered = False
+        try:
+            part.open()
+            digest = await self._receive_file(header, part, progress, verify=options.verify)
+            answered = True
+            part.publish(
+                overwrite=options.overwrite,
+                mtime_ns=header.mtime_ns if options.preserve_mtime else None,
+                durable=options.durable,
             )
+        except BaseException as exc:
+            part.close()
+            answered = answered or isinstance(exc, RemoteError | IntegrityError)
+            if not answered:
+                await self._fail()  # the rest of this answer is still on its way: give up
+            raise
+        return Download(
+            path,
+            target,
+            header.size,
+            header.mtime_ns,
+            digest,
+            header.digest if digest else None,
+            time.monotonic() - started,
+        )
 
     async def _receive_file(
         self, header: FileHeader, part: PartFile, progress: ProgressCallback | None, verify: bool
