@@ -1064,3 +1064,15 @@ def test_error_message_with_a_lone_surrogate_is_escaped() -> None:
     received = client.receive(payload)
     assert isinstance(received, Error)
     assert received.message == "no such file: '\\udcff'"
+
+
+# Refusals quote the path: a message over the limit is shortened, not turned into a failure
+# that closes the whole connection.
+def test_overlong_error_message_is_shortened() -> None:
+    client, server = handshake()
+    request(client, server, Get(1, "f"))
+    payload = join(server.send(Error(1, ErrorCode.NOT_FOUND, "x" * 10_000)))
+    received = client.receive(payload)
+    assert isinstance(received, Error)
+    assert len(received.message) == 4096
+    assert received.message.endswith("\u2026")

@@ -52,6 +52,8 @@ _JOIN_THRESHOLD: Final = 16 * 1024
 _MAX_RECEIVE_SIZE: Final = 1 << 20
 
 _HEADER: Final = struct.Struct(">I")
+# Received pieces smaller than this are copied together rather than kept one by one.
+_SMALL_PIECE: Final = 64 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -100,6 +102,7 @@ class FrameDecoder:
         # What was received and not yet returned, as the transport delivered it: kept as a list
         # of pieces so that a payload costs one copy (the join), not one per buffer operation.
         self._pieces: deque[memoryview] = deque()
+        self._tail = bytearray()  # small receives not yet moved to _pieces
         self._buffered = 0
         self._payload_size: int | None = None  # set once the current frame's header is read
         self._eof = False
@@ -115,12 +118,25 @@ class FrameDecoder:
         """
         if self._eof:
             raise RuntimeError("received data after end of stream")
-        view = memoryview(data if isinstance(data, bytes) else bytes(data))
-        if view.nbytes == 0:
+        size = memoryview(data).nbytes
+        if size == 0:
             self._eof = True
         elif self._error is None:
-            self._pieces.append(view)
-            self._buffered += view.nbytes
+            if size < _SMALL_PIECE:
+                # Bytes that trickle in are gathered, so that a peer sending one byte per
+                # segment costs about a byte of memory per byte, not a buffer object.
+                self._tail += data
+                if len(self._tail) >= _SMALL_PIECE:
+                    self._flush_tail()
+            else:
+                self._flush_tail()
+                self._pieces.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
+            self._buffered += size
+
+    def _flush_tail(self) -> None:
+        if self._tail:
+            self._pieces.append(memoryview(bytes(self._tail)))
+            self._tail.clear()
 
     def next_frame(self) -> bytes | None:
         """Return the next complete payload, or ``None`` when more bytes are needed.
@@ -139,6 +155,7 @@ class FrameDecoder:
         except (FrameTooLargeError, IncompleteFrameError) as exc:
             self._error = exc
             self._pieces.clear()
+            self._tail.clear()
             self._buffered = 0
             raise
 
@@ -164,6 +181,7 @@ class FrameDecoder:
         """Remove and return the first ``size`` buffered bytes (all of them are buffered)."""
         if size == 0:
             return b""
+        self._flush_tail()
         self._buffered -= size
         pieces = self._pieces
         first = pieces[0]
@@ -191,7 +209,9 @@ class FrameDecoder:
     @property
     def eof(self) -> bool:
         """True once the peer closed cleanly and every complete frame has been taken."""
-        return self._eof and self._payload_size is None and self._buffered == 0
+        return (
+            self._error is None and self._eof and self._payload_size is None and self._buffered == 0
+        )
 
     @property
     def bytes_needed(self) -> int:
@@ -207,6 +227,7 @@ class FrameDecoder:
         return max(0, self._payload_size - self._buffered)
 
     def _peek(self, size: int) -> bytes:
+        self._flush_tail()
         collected = bytearray()
         for piece in self._pieces:
             collected += piece[: size - len(collected)]

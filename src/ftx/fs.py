@@ -23,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import posixpath
 import stat
 from collections import deque
 from dataclasses import dataclass
@@ -256,7 +257,8 @@ class ServedRoot:
         """
         with self._walk(path) as (dir_fd, name, st):
             if name is not None and not stat.S_ISDIR(st.st_mode):
-                entry = _entry(name, st)
+                # Named as asked, even when a symbolic link led to it (as `ls -L` does).
+                entry = _entry(posixpath.basename(path.rstrip("/")) or name, st)
                 if entry is None:  # pragma: no cover - the request itself was valid UTF-8
                     raise FsError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
                 return entry

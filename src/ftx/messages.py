@@ -196,6 +196,8 @@ def encode_message(message: Message) -> tuple[Buffer, ...]:
         return (_DATA_PREFIX, message.data)
     if isinstance(message, Error):
         text = message.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(text) > _MAX_MESSAGE_CHARS:  # e.g. quoting a very long path: shorten, not fail
+            text = text[: _MAX_MESSAGE_CHARS - 1] + "\u2026"
         message = Error(message.request_id, message.code, text)
     kind, body = _to_json(message)
     try:
