@@ -40,7 +40,6 @@ from ftx.errors import (
     RemoteProtocolError,
 )
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FramedChannel
-from ftx.fs import PartFile
 from ftx.messages import (
     Data,
     Entry,
@@ -54,7 +53,8 @@ from ftx.messages import (
     ListEntries,
     Message,
 )
-from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, new_hasher
+from ftx.partfile import PartFile, ResumeRecord
+from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ErrorCode, Hasher, new_hasher
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -63,6 +63,9 @@ ProgressCallback = Callable[[int, int], object]
 
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 DEFAULT_PIPELINE_WINDOW: Final = 64
+# Smaller downloads leave no resume record: fetching them again costs less than the record.
+_RESUMABLE_SIZE: Final = 1 << 20
+_HASH_BLOCK: Final = 1 << 20
 # Chunks smaller than this are written and hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
 
@@ -212,6 +215,7 @@ class Client(trio.abc.AsyncResource):
         verify: bool = True,
         preserve_mtime: bool = True,
         durable: bool = True,
+        resume: bool = True,
     ) -> Download:
         """Download the file at ``path`` on the server to ``dest`` (see :func:`local_destination`).
 
@@ -227,6 +231,9 @@ class Client(trio.abc.AsyncResource):
                 a power cut too (an fsync: milliseconds per file on most disks). Without it the
                 rename is just as atomic for every program, and the data reaches the disk
                 whenever the system writes it back.
+            resume: continue from ``DEST.part`` left by an interrupted download of the same
+                ``path``, if the server's file is still the same one (same identity); if it
+                changed, start again from zero. The whole file is verified either way.
 
         Raises:
             RemoteError: the server refused (not found, outside the root, changed, ...).
@@ -240,8 +247,21 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             started = time.monotonic()
-            await self._request_file(path, verify=verify)
             options = _GetOptions(overwrite, verify, preserve_mtime, durable=durable)
+            digest = self.digest_algorithm if verify else None
+            resumable = PartFile(target).resumable(path) if resume else None
+            if resumable is not None and resumable[0].digest == digest:
+                record, offset = resumable
+                await self._request_file(
+                    path, verify=verify, offset=offset, identity=record.identity
+                )
+                try:
+                    return await self._receive_answer(path, target, progress, options, started)
+                except RemoteError as exc:
+                    if exc.code != ErrorCode.CHANGED:
+                        raise
+                    # The file is not the one the part holds the start of: start from zero.
+            await self._request_file(path, verify=verify)
             return await self._receive_answer(path, target, progress, options, started)
 
     async def get_many(
@@ -321,9 +341,12 @@ class Client(trio.abc.AsyncResource):
                 await trio.to_thread.run_sync(os.sync)
         return [result for result in results if result is not None]
 
-    async def _request_file(self, path: str, *, verify: bool) -> None:
+    async def _request_file(
+        self, path: str, *, verify: bool, offset: int = 0, identity: str | None = None
+    ) -> None:
         request_id = self._protocol.new_request_id()
-        await self._send(Get(request_id, path, digest=self.digest_algorithm if verify else None))
+        digest = self.digest_algorithm if verify else None
+        await self._send(Get(request_id, path, offset=offset, identity=identity, digest=digest))
 
     async def _receive_answer(
         self,
@@ -341,7 +364,10 @@ class Client(trio.abc.AsyncResource):
         part = PartFile(target)
         answered = False
         try:
-            part.open()
+            part.open(keep=header.offset)
+            if header.size - header.offset >= _RESUMABLE_SIZE:
+                record = ResumeRecord(path, header.identity, header.size, header.digest)
+                part.write_record(record)
             digest = await self._receive_file(header, part, progress, verify=options.verify)
             answered = True
             publish = partial(
@@ -374,7 +400,10 @@ class Client(trio.abc.AsyncResource):
         self, header: FileHeader, part: PartFile, progress: ProgressCallback | None, verify: bool
     ) -> str | None:
         hasher = new_hasher(header.digest) if verify and header.digest else None
-        done, total = 0, header.size
+        if hasher is not None and header.offset:
+            # The digest covers the whole file: hash what the part file already holds.
+            await trio.to_thread.run_sync(_hash_prefix, part.part_path, header.offset, hasher)
+        done, total = header.offset, header.size
         if progress is not None:
             progress(done, total)
         # Each chunk is written, and hashed, in worker threads while the next one is received.
@@ -385,7 +414,7 @@ class Client(trio.abc.AsyncResource):
                     message = await self._receive()
                 except BaseException:
                     if done == 0:
-                        part.discard()  # nothing worth keeping
+                        part.discard()  # nothing worth keeping for a resume
                     raise
                 if not isinstance(message, Data):
                     break
@@ -493,6 +522,18 @@ class Client(trio.abc.AsyncResource):
     async def _fail(self) -> None:
         self._closed = True
         await trio.aclose_forcefully(self._channel)
+
+
+def _hash_prefix(path: Path, end: int, hasher: Hasher) -> None:
+    with open(path, "rb", buffering=0) as file:
+        buffer = memoryview(bytearray(_HASH_BLOCK))
+        position = 0
+        while position < end:
+            count = file.readinto(buffer[: min(_HASH_BLOCK, end - position)])
+            if not count:
+                raise LocalFileError(f"{path} shrank while resuming")
+            hasher.update(buffer[:count])
+            position += count
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""The file system, as the server and the client may touch it.
+"""The file system as the server sees it.
 
 :class:`ServedRoot` is the server's view of the directory it serves. Every lookup walks the
 requested path one component at a time from a descriptor of the root, with ``O_NOFOLLOW`` and
@@ -10,9 +10,6 @@ Symbolic links inside the root are resolved here, not by the kernel: a relative 
 target stays inside the root is followed; an absolute link, or one that climbs out of the root,
 is refused with ``outside-root`` without ever touching its target.
 
-:class:`PartFile` is the client's side: a download is written to ``DEST.part`` and appears at
-``DEST`` only once it is complete, verified, flushed to disk and renamed into place.
-
 Everything here blocks; the trio layers call it through :func:`trio.to_thread.run_sync` where a
 call may take long. POSIX only (it needs ``dir_fd`` support).
 """
@@ -20,7 +17,6 @@ call may take long. POSIX only (it needs ``dir_fd`` support).
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import posixpath
@@ -31,12 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from ftx.errors import LocalFileError
-from ftx.framing import Buffer
 from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
 
-__all__ = ["DirectoryListing", "FsError", "OpenedFile", "PartFile", "ServedRoot", "file_identity"]
+__all__ = ["DirectoryListing", "FsError", "OpenedFile", "ServedRoot", "file_identity"]
 
 MAX_SYMLINKS: Final = 40
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -358,114 +352,3 @@ class _Walk:
             # Refused without looking: the answer must not depend on what exists out there.
             raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
         return [part for part in target.split("/") if part not in ("", ".")]
-
-
-class PartFile:
-    """A download in progress: written to ``DEST.part``, published at ``DEST`` when complete.
-
-    :meth:`open` takes an exclusive lock on the part file, so two downloads to the same
-    destination cannot interleave. :meth:`publish` flushes the data to disk, then renames it into
-    place atomically (without replacing an existing ``DEST`` unless asked to). Until then
-    ``DEST`` is untouched. All methods raise :class:`~ftx.errors.LocalFileError` on failure.
-    """
-
-    def __init__(self, dest: str | os.PathLike[str]) -> None:
-        self.dest: Final = Path(dest)
-        self.part_path: Final = self.dest.with_name(self.dest.name + ".part")
-        self._fd: int | None = None
-
-    def open(self) -> None:
-        """Create (or take over) the part file, empty, and lock it."""
-        try:
-            fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LocalFileError(f"another download to {self.dest} is in progress") from None
-        # Truncate only once the lock is ours, never under another download's feet.
-        os.ftruncate(fd, 0)
-        self._fd = fd
-
-    def write(self, data: Buffer) -> None:
-        """Append ``data`` to the part file."""
-        if self._fd is None:
-            raise RuntimeError("the part file is not open")
-        view = memoryview(data).cast("B")
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError as exc:
-            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
-
-    def publish(
-        self, *, overwrite: bool = False, mtime_ns: int | None = None, durable: bool = True
-    ) -> None:
-        """Flush the part file to disk and rename it to ``DEST``; close it.
-
-        Args:
-            overwrite: replace ``DEST`` if it exists; otherwise an existing ``DEST`` is an error
-                and is left as it was.
-            mtime_ns: the modification time to give the file (nanoseconds), or ``None``.
-            durable: flush the data before the rename and the directory after it. Without it
-                the rename is still atomic for every process, but only a later ``sync`` makes
-                it survive a power cut: for batches that sync once at the end.
-        """
-        fd = self._fd
-        if fd is None:
-            raise RuntimeError("the part file is not open")
-        try:
-            if durable:
-                os.fsync(fd)
-            if mtime_ns is not None:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-            if overwrite:
-                os.replace(self.part_path, self.dest)
-            else:
-                _link_without_replacing(self.part_path, self.dest)
-            if durable:
-                _fsync_directory(self.dest.parent)
-        except FileExistsError as exc:
-            raise LocalFileError(f"{self.dest} already exists (use --force to replace)") from exc
-        except OSError as exc:
-            raise LocalFileError(f"cannot save {self.dest}: {exc.strerror}") from exc
-        finally:
-            self.close()
-
-    def discard(self) -> None:
-        """Close and delete the part file (its content is worthless)."""
-        self.close()
-        self.part_path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Close the part file and release the lock, keeping what was written."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _link_without_replacing(source: Path, dest: Path) -> None:
-    try:
-        os.link(source, dest)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        # No hard links on this file system (FAT, some FUSE): check, then rename.
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        if dest.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
-        os.replace(source, dest)
-    else:
-        source.unlink()
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

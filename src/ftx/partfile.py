@@ -1,0 +1,198 @@
+"""The client's side of the disk: a download is written to ``DEST.part`` and appears at ``DEST``
+only once it is complete, verified, flushed to disk and renamed into place.
+
+Beside the part file, a small *resume record* (``DEST.part.resume``, JSON) says what the part
+holds: the remote path, the server's identity token for the file, its size and the digest
+algorithm. A later download of the same path continues from the part only if the server still
+has the file with that identity; otherwise it starts again from zero. Old and new bytes are never
+spliced together.
+
+Everything here blocks; the client calls it from worker threads where a call may take long.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from ftx.errors import LocalFileError
+from ftx.framing import Buffer
+
+__all__ = ["PartFile", "ResumeRecord"]
+
+_RECORD_VERSION: Final = 1
+_MAX_RECORD_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    """What a part file holds the beginning of."""
+
+    path: str
+    identity: str
+    size: int
+    digest: str | None
+
+
+class PartFile:
+    """A download in progress: written to ``DEST.part``, published at ``DEST`` when complete.
+
+    :meth:`open` takes an exclusive lock on the part file, so two downloads to the same
+    destination cannot interleave. :meth:`publish` flushes the data to disk, then renames it into
+    place atomically (without replacing an existing ``DEST`` unless asked to). Until then
+    ``DEST`` is untouched. All methods raise :class:`~ftx.errors.LocalFileError` on failure.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str]) -> None:
+        self.dest: Final = Path(dest)
+        self.part_path: Final = self.dest.with_name(self.dest.name + ".part")
+        self.record_path: Final = self.dest.with_name(self.dest.name + ".part.resume")
+        self._fd: int | None = None
+
+    def open(self, *, keep: int = 0) -> None:
+        """Create (or take over) the part file, lock it, and cut it to its first ``keep`` bytes
+        (0: empty); writes continue from there.
+
+        Raises:
+            LocalFileError: the part file cannot be written, is locked by another download, or
+                holds fewer than ``keep`` bytes.
+        """
+        try:
+            fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LocalFileError(f"another download to {self.dest} is in progress") from None
+        # Truncate only once the lock is ours, never under another download's feet.
+        if os.fstat(fd).st_size < keep:
+            os.close(fd)
+            raise LocalFileError(f"{self.part_path} is shorter than expected: cannot resume")
+        os.ftruncate(fd, keep)
+        os.lseek(fd, keep, os.SEEK_SET)
+        self._fd = fd
+
+    def resumable(self, path: str) -> tuple[ResumeRecord, int] | None:
+        """The resume record of an earlier download of remote ``path`` to the same place, and
+        how many bytes of it the part file holds; ``None`` if there is nothing to resume."""
+        try:
+            with open(self.record_path, "rb") as file:
+                raw = file.read(_MAX_RECORD_BYTES)
+            record = _parse_record(json.loads(raw))
+            held = os.stat(self.part_path).st_size
+        except (OSError, ValueError, TypeError, KeyError):
+            return None  # no record, or one we cannot trust: start from zero
+        if record is None or record.path != path or held == 0:
+            return None
+        return record, min(held, record.size)
+
+    def write_record(self, record: ResumeRecord) -> None:
+        """Say what the part file holds, for a later resume."""
+        data = json.dumps({"version": _RECORD_VERSION, **asdict(record)}).encode()
+        temporary = self.record_path.with_name(self.record_path.name + ".tmp")
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, self.record_path)
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self.record_path}: {exc.strerror}") from exc
+
+    def write(self, data: Buffer) -> None:
+        """Append ``data`` to the part file."""
+        if self._fd is None:
+            raise RuntimeError("the part file is not open")
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
+
+    def publish(
+        self, *, overwrite: bool = False, mtime_ns: int | None = None, durable: bool = True
+    ) -> None:
+        """Flush the part file to disk and rename it to ``DEST``; close it.
+
+        Args:
+            overwrite: replace ``DEST`` if it exists; otherwise an existing ``DEST`` is an error
+                and is left as it was.
+            mtime_ns: the modification time to give the file (nanoseconds), or ``None``.
+            durable: flush the data before the rename and the directory after it. Without it
+                the rename is still atomic for every process, but only a later ``sync`` makes
+                it survive a power cut: for batches that sync once at the end.
+        """
+        fd = self._fd
+        if fd is None:
+            raise RuntimeError("the part file is not open")
+        try:
+            if durable:
+                os.fsync(fd)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            if overwrite:
+                os.replace(self.part_path, self.dest)
+            else:
+                _link_without_replacing(self.part_path, self.dest)
+            self.record_path.unlink(missing_ok=True)
+            if durable:
+                _fsync_directory(self.dest.parent)
+        except FileExistsError as exc:
+            raise LocalFileError(f"{self.dest} already exists (use --force to replace)") from exc
+        except OSError as exc:
+            raise LocalFileError(f"cannot save {self.dest}: {exc.strerror}") from exc
+        finally:
+            self.close()
+
+    def discard(self) -> None:
+        """Close and delete the part file and its record (the content is worthless)."""
+        self.close()
+        self.record_path.unlink(missing_ok=True)
+        self.part_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the part file and release the lock, keeping what was written."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _link_without_replacing(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # No hard links on this file system (FAT, some FUSE): check, then rename.
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if dest.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+        os.replace(source, dest)
+    else:
+        source.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_record(obj: object) -> ResumeRecord | None:
+    if not isinstance(obj, dict) or obj.get("version") != _RECORD_VERSION:
+        return None
+    path, identity, size, digest = obj["path"], obj["identity"], obj["size"], obj["digest"]
+    if not (isinstance(path, str) and isinstance(identity, str) and isinstance(size, int)):
+        return None
+    if isinstance(size, bool) or size < 0 or not (digest is None or isinstance(digest, str)):
+        return None
+    return ResumeRecord(path, identity, size, digest)

@@ -1,0 +1,118 @@
+"""Resuming interrupted downloads: continue from DEST.part only if the server's file is the same."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import trio
+
+import ftx
+
+SIZE = 8 * 1024 * 1024 + 4321
+
+
+async def download_until(host: str, port: int, dest: Path, stop_after: int) -> None:
+    """Start a download and cancel it once ``stop_after`` bytes have arrived."""
+    with trio.CancelScope() as scope:
+
+        def progress(done: int, total: int) -> None:
+            if done >= stop_after:
+                scope.cancel()
+
+        async with ftx.connect(host, port) as client:
+            await client.get("data.bin", dest, progress=progress)
+    assert scope.cancelled_caught
+
+
+async def test_interrupted_download_resumes_from_the_part(
+    tmp_path: Path, start_server: object
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    content = random.Random(1).randbytes(SIZE)
+    (served / "data.bin").write_bytes(content)
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "data.bin"
+    with trio.fail_after(30):
+        await download_until(host, port, dest, 3 * 1024 * 1024)
+        assert not dest.exists()
+        held = (tmp_path / "data.bin.part").stat().st_size
+        assert 0 < held < SIZE
+        assert (tmp_path / "data.bin.part.resume").exists()
+        seen: list[int] = []
+        async with ftx.connect(host, port) as client:
+            result = await client.get("data.bin", dest, progress=lambda d, t: seen.append(d))
+    assert seen[0] == held, "the progress starts at the resumed offset"
+    assert dest.read_bytes() == content
+    assert result.digest is not None
+    assert not (tmp_path / "data.bin.part").exists()
+    assert not (tmp_path / "data.bin.part.resume").exists()
+
+
+async def test_file_changed_since_the_interruption_restarts_from_zero(
+    tmp_path: Path, start_server: object
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    old = random.Random(2).randbytes(SIZE)
+    (served / "data.bin").write_bytes(old)
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "data.bin"
+    with trio.fail_after(30):
+        await download_until(host, port, dest, 3 * 1024 * 1024)
+        # Same size, same modification time, new content: only the identity tells.
+        stat = (served / "data.bin").stat()
+        new = random.Random(3).randbytes(SIZE)
+        (served / "data.bin").write_bytes(new)
+        os.utime(served / "data.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        seen: list[int] = []
+        async with ftx.connect(host, port) as client:
+            await client.get("data.bin", dest, progress=lambda d, t: seen.append(d))
+    assert seen[0] == 0, "a changed file is fetched from the start"
+    assert dest.read_bytes() == new
+
+
+async def test_resume_off_starts_from_zero(tmp_path: Path, start_server: object) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    content = random.Random(4).randbytes(SIZE)
+    (served / "data.bin").write_bytes(content)
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "data.bin"
+    with trio.fail_after(30):
+        await download_until(host, port, dest, 2 * 1024 * 1024)
+        seen: list[int] = []
+        async with ftx.connect(host, port) as client:
+            await client.get("data.bin", dest, resume=False, progress=lambda d, t: seen.append(d))
+    assert seen[0] == 0
+    assert dest.read_bytes() == content
+
+
+async def test_a_corrupted_part_fails_verification_and_is_dropped(
+    tmp_path: Path, start_server: object
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    content = random.Random(5).randbytes(SIZE)
+    (served / "data.bin").write_bytes(content)
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "data.bin"
+    with trio.fail_after(30):
+        await download_until(host, port, dest, 3 * 1024 * 1024)
+        with (tmp_path / "data.bin.part").open("r+b") as part:
+            part.seek(1000)
+            part.write(b"corrupted on the local disk")
+        async with ftx.connect(host, port) as client:
+            try:
+                await client.get("data.bin", dest)
+            except ftx.IntegrityError:
+                pass
+            else:
+                raise AssertionError("a corrupted part was published")
+        assert not dest.exists()
+        assert not (tmp_path / "data.bin.part").exists()
+        async with ftx.connect(host, port) as client:
+            await client.get("data.bin", dest)
+    assert dest.read_bytes() == content
