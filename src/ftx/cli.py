@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import enum
 import errno
+import itertools
 import logging
 import os
 import shlex
@@ -37,6 +38,8 @@ from ftx.protocol import ErrorCode
 from ftx.server import DEFAULT_PORT
 
 DEFAULT_TIMEOUT: Final = 30.0
+DEFAULT_RETRIES: Final = 3
+_MAX_RETRY_DELAY: Final = 30.0
 
 
 class ExitCode(enum.IntEnum):
@@ -118,6 +121,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -177,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument(
         "-f", "--force", action="store_true", help="replace DEST if it exists (once verified)"
+    )
+    get.add_argument(
+        "--retries",
+        type=_count,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="after a lost connection, reconnect and resume up to N times, waiting 1, 2, 4... "
+        f"seconds (default: {DEFAULT_RETRIES})",
+    )
+    get.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start from zero even if DEST.part holds the start of the same file",
     )
     _add_timeout(get)
     _add_verbosity(get)
@@ -403,15 +426,29 @@ def _describe_connect_error(exc: OSError, address: Address) -> str:
 
 
 async def _get(args: argparse.Namespace) -> None:
-    client = await _connect(args)
     bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=args.path)
-    async with client:
-        try:
-            result = await client.get(
-                args.path, args.output, progress=bar.update, overwrite=args.force
-            )
-        finally:
-            bar.close()
+    try:
+        for attempt in itertools.count():
+            try:
+                async with await _connect(args) as client:
+                    result = await client.get(
+                        args.path,
+                        args.output,
+                        progress=bar.update,
+                        overwrite=args.force,
+                        resume=args.resume,
+                    )
+                break
+            except (ConnectionLostError, CliError) as exc:
+                network = not isinstance(exc, CliError) or exc.code == ExitCode.NETWORK
+                if not network or attempt >= args.retries:
+                    raise
+                delay = min(2.0**attempt, _MAX_RETRY_DELAY)
+                bar.clear()
+                _say(args, f"{exc}; retrying in {delay:g} s ({attempt + 1} of {args.retries})")
+                await trio.sleep(delay)
+    finally:
+        bar.close()
     timing = ""
     if result.size >= 2**20 and result.seconds > 0:
         rate = result.size / result.seconds / 2**20
@@ -444,8 +481,16 @@ class _ProgressBar:
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
+        if done < self._shown:  # started again from zero: the file changed on the server
+            self._bar.reset(total=total)
+            self._shown = 0
         self._bar.update(done - self._shown)
         self._shown = done
+
+    def clear(self) -> None:
+        """Wipe the bar from the terminal, so that a message can be printed in its place."""
+        if self._bar is not None:
+            self._bar.clear()
 
     def close(self) -> None:
         if self._bar is not None:
