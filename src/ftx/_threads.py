@@ -1,4 +1,5 @@
-"""Blocking work started in a worker thread now, waited for later.
+"""Concurrency helpers: blocking work started in a worker thread now and waited for later, and
+tasks run side by side whose failure is raised as itself.
 
 :func:`trio.to_thread.run_sync` waits at once; a transfer wants to hash or write one chunk while
 it sends or receives the next. hashlib and file writes release the GIL, so the overlap is real.
@@ -8,7 +9,7 @@ buffer or file descriptor it uses must not be reused or closed while it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import trio
@@ -16,7 +17,7 @@ import trio
 if TYPE_CHECKING:
     import outcome  # trio's own dependency: only its type is used here
 
-__all__ = ["ThreadJob"]
+__all__ = ["ThreadJob", "leaf_exceptions", "run_together"]
 
 T = TypeVar("T")
 
@@ -48,3 +49,26 @@ class ThreadJob(Generic[T]):
         """Wait for the job to end, ignoring its result: for cleanup after a failure."""
         with trio.CancelScope(shield=True):
             await self._done.wait()
+
+
+async def run_together(*functions: Callable[[], Awaitable[None]]) -> None:
+    """Run the functions concurrently; if any fails, cancel the others and raise its error
+    itself (not wrapped in an exception group: these are the client's documented errors)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+                nursery.start_soon(function)
+    except BaseExceptionGroup as group:
+        leaves = leaf_exceptions(group)
+        failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+        raise (failures or leaves)[0] from None
+
+
+def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(leaf_exceptions(exc))
+        else:
+            leaves.append(exc)
+    return leaves

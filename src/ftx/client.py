@@ -16,10 +16,11 @@ Progress is reported through a callback; drawing it is the caller's business (th
 
 from __future__ import annotations
 
+import math
 import os
-import posixpath
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +29,7 @@ from typing import Final
 
 import trio
 
-from ftx._threads import ThreadJob
+from ftx._threads import ThreadJob, run_together
 from ftx._version import __version__
 from ftx.errors import (
     ConnectionLostError,
@@ -53,8 +54,8 @@ from ftx.messages import (
     ListEntries,
     Message,
 )
-from ftx.partfile import PartFile, ResumeRecord
-from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ErrorCode, Hasher, new_hasher
+from ftx.partfile import PartFile, ResumeRecord, check_destination, local_destination
+from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ErrorCode, new_hasher
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -85,61 +86,12 @@ class Download:
     seconds: float
 
 
-def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> Path:
-    """Where a download of ``remote_path`` goes: ``dest``, or inside it if it is a directory,
-    or the remote file's name in the current directory when ``dest`` is ``None``.
-
-    The name is taken from the path the user asked for, never from anything a server says.
-
-    Raises:
-        LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``).
-    """
-    name = posixpath.basename(posixpath.normpath(remote_path.rstrip("/") or "."))
-    if dest is not None and not Path(dest).is_dir():
-        return Path(dest)
-    if name in ("", ".", "..", "/"):
-        raise LocalFileError(f"{remote_path!r} names no file: give a destination with -o")
-    return Path(dest if dest is not None else ".") / name
-
-
-def _check_destination(target: Path, *, overwrite: bool) -> None:
-    # Checked before asking the server, so a doomed download costs nothing; PartFile.publish
-    # checks again at the moment of renaming.
-    if not overwrite and os.path.lexists(target):
-        raise LocalFileError(f"{target} already exists (use --force to replace)")
-    if not target.parent.is_dir():
-        raise LocalFileError(f"cannot save to {target}: {target.parent} is not a directory")
-
-
 @dataclass(frozen=True, slots=True)
 class _GetOptions:
     overwrite: bool
     verify: bool
     preserve_mtime: bool
     durable: bool  # flush each file to disk before renaming it (else the caller syncs)
-
-
-async def _run_together(*functions: Callable[[], Awaitable[None]]) -> None:
-    """Run the functions concurrently; if any fails, cancel the others and raise its error
-    itself (not wrapped in an exception group: these are the client's documented errors)."""
-    try:
-        async with trio.open_nursery() as nursery:
-            for function in functions:
-                nursery.start_soon(function)
-    except BaseExceptionGroup as group:
-        leaves = _leaf_exceptions(group)
-        failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
-        raise (failures or leaves)[0] from None
-
-
-def _leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaf_exceptions(exc))
-        else:
-            leaves.append(exc)
-    return leaves
 
 
 class Client(trio.abc.AsyncResource):
@@ -243,7 +195,7 @@ class Client(trio.abc.AsyncResource):
             RemoteProtocolError: the server broke the protocol.
         """
         target = local_destination(path, dest)
-        _check_destination(target, overwrite=overwrite)
+        check_destination(target, overwrite=overwrite)
         async with self._lock:
             await self._check_open()
             started = time.monotonic()
@@ -280,8 +232,9 @@ class Client(trio.abc.AsyncResource):
         error that file met (:exc:`RemoteError`, :exc:`IntegrityError`, :exc:`LocalFileError`)
         while the others went on.
 
-        Each file is verified and renamed into place as :meth:`get` does; the files are flushed
-        to disk together at the end (one ``sync`` for the batch instead of one per file).
+        Each file is verified, resumed when possible and renamed into place as :meth:`get`
+        does; the files are flushed to disk together at the end (one ``sync`` for the batch
+        instead of one per file).
 
         Args:
             files: ``(remote path, local destination)`` pairs; a destination may be an
@@ -292,54 +245,128 @@ class Client(trio.abc.AsyncResource):
 
         Raises:
             ConnectionLostError, RemoteProtocolError: the connection failed; files already
-                saved stay saved, the rest are not.
+                saved stay saved, the rest are not (their parts are kept for a resume).
+        """
+        items = list(files)
+        send_items, receive_items = trio.open_memory_channel[tuple[str, str | os.PathLike[str]]](
+            len(items)
+        )
+        async with send_items:
+            for item in items:
+                send_items.send_nowait(item)
+        # Results come as files finish; put each back in its place in the list.
+        places: dict[str, deque[int]] = {}
+        for index, (path, _) in enumerate(items):
+            places.setdefault(path, deque()).append(index)
+        results: list[Download | FtxError | None] = [None] * len(items)
+
+        def record(path: str, result: Download | FtxError) -> None:
+            results[places[path].popleft()] = result
+            if on_done is not None:
+                on_done(path, result)
+
+        await self.fetch(
+            receive_items,
+            on_done=record,
+            progress=progress,
+            overwrite=overwrite,
+            verify=verify,
+            preserve_mtime=preserve_mtime,
+            window=window,
+        )
+        return [result for result in results if result is not None]
+
+    async def fetch(
+        self,
+        files: trio.abc.ReceiveChannel[tuple[str, str | os.PathLike[str]]],
+        *,
+        on_done: Callable[[str, Download | FtxError], object],
+        progress: ProgressCallback | None = None,
+        overwrite: bool = False,
+        verify: bool = True,
+        preserve_mtime: bool = True,
+        window: int = DEFAULT_PIPELINE_WINDOW,
+        sync: bool = True,
+    ) -> None:
+        """Download the files that arrive on ``files`` until it is closed: :meth:`get_many` for
+        a stream of work (several clients may share one channel, each taking the next file).
+
+        ``on_done`` is called with each result in the order the files were taken. ``sync=False``
+        leaves the final ``sync`` to the caller. Raises as :meth:`get_many` does.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        results: list[Download | FtxError | None] = []
-        wanted: list[tuple[int, str, Path]] = []
-        for index, (path, dest) in enumerate(files):
-            try:
-                target = local_destination(path, dest)
-                _check_destination(target, overwrite=overwrite)
-            except LocalFileError as exc:
-                results.append(exc)
-                if on_done is not None:
-                    on_done(path, exc)
-                continue
-            results.append(None)  # filled in when its answer arrives
-            wanted.append((index, path, target))
         options = _GetOptions(overwrite, verify, preserve_mtime, durable=False)
+        digest = self.digest_algorithm if verify else None
+        slots = trio.Semaphore(window)
+        # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
+        send_sent, receive_sent = trio.open_memory_channel[tuple[str, Path, int]](math.inf)
+        # Resumes refused because the file changed: asked for again from zero.
+        send_retry, receive_retry = trio.open_memory_channel[tuple[str, Path]](math.inf)
+        outstanding = 0
+        source_done = False
+        taken_any = False
+
+        def finish_if_idle() -> None:
+            idle = outstanding == 0 and receive_retry.statistics().current_buffer_used == 0
+            if source_done and idle:
+                send_retry.close()  # ends the second phase of send_requests
+
+        async def request(path: str, target: Path, offset: int, identity: str | None) -> None:
+            nonlocal outstanding
+            outstanding += 1
+            send_sent.send_nowait((path, target, offset))
+            await self._request_file(path, verify=verify, offset=offset, identity=identity)
+
+        async def send_requests() -> None:
+            nonlocal source_done, taken_any
+            async with send_sent:
+                async for path, dest in files:
+                    taken_any = True
+                    try:
+                        target = local_destination(path, dest)
+                        check_destination(target, overwrite=overwrite)
+                    except LocalFileError as exc:
+                        on_done(path, exc)
+                        continue
+                    await slots.acquire()
+                    resumable = PartFile(target).resumable(path)
+                    if resumable is not None and resumable[0].digest == digest:
+                        record, offset = resumable
+                        await request(path, target, offset, record.identity)
+                    else:
+                        await request(path, target, 0, None)
+                source_done = True
+                finish_if_idle()
+                async for path, target in receive_retry:
+                    await slots.acquire()
+                    await request(path, target, 0, None)
+
+        async def receive_answers() -> None:
+            nonlocal outstanding
+            async for path, target, offset in receive_sent:
+                result: Download | FtxError
+                try:
+                    result = await self._receive_answer(
+                        path, target, progress, options, time.monotonic()
+                    )
+                except (RemoteError, IntegrityError, LocalFileError) as exc:
+                    if self._closed:
+                        raise
+                    result = exc
+                outstanding -= 1
+                slots.release()
+                if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
+                    send_retry.send_nowait((path, target))
+                else:
+                    on_done(path, result)
+                finish_if_idle()
+
         async with self._lock:
             await self._check_open()
-            slots = trio.Semaphore(window)
-
-            async def send_requests() -> None:
-                for _, path, _ in wanted:
-                    await slots.acquire()
-                    await self._request_file(path, verify=verify)
-
-            async def receive_answers() -> None:
-                for index, path, target in wanted:
-                    started = time.monotonic()
-                    result: Download | FtxError
-                    try:
-                        result = await self._receive_answer(
-                            path, target, progress, options, started
-                        )
-                    except (RemoteError, IntegrityError, LocalFileError) as exc:
-                        if self._closed:
-                            raise
-                        result = exc
-                    slots.release()
-                    results[index] = result
-                    if on_done is not None:
-                        on_done(path, result)
-
-            await _run_together(send_requests, receive_answers)
-            if wanted:
-                await trio.to_thread.run_sync(os.sync)
-        return [result for result in results if result is not None]
+            await run_together(send_requests, receive_answers)
+        if sync and taken_any:
+            await trio.to_thread.run_sync(os.sync)
 
     async def _request_file(
         self, path: str, *, verify: bool, offset: int = 0, identity: str | None = None
@@ -402,7 +429,7 @@ class Client(trio.abc.AsyncResource):
         hasher = new_hasher(header.digest) if verify and header.digest else None
         if hasher is not None and header.offset:
             # The digest covers the whole file: hash what the part file already holds.
-            await trio.to_thread.run_sync(_hash_prefix, part.part_path, header.offset, hasher)
+            await trio.to_thread.run_sync(part.hash_prefix, header.offset, hasher)
         done, total = header.offset, header.size
         if progress is not None:
             progress(done, total)
@@ -522,18 +549,6 @@ class Client(trio.abc.AsyncResource):
     async def _fail(self) -> None:
         self._closed = True
         await trio.aclose_forcefully(self._channel)
-
-
-def _hash_prefix(path: Path, end: int, hasher: Hasher) -> None:
-    with open(path, "rb", buffering=0) as file:
-        buffer = memoryview(bytearray(_HASH_BLOCK))
-        position = 0
-        while position < end:
-            count = file.readinto(buffer[: min(_HASH_BLOCK, end - position)])
-            if not count:
-                raise LocalFileError(f"{path} shrank while resuming")
-            hasher.update(buffer[:count])
-            position += count
 
 
 @asynccontextmanager

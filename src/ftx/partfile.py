@@ -16,17 +16,51 @@ import errno
 import fcntl
 import json
 import os
+import posixpath
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
 from ftx.errors import LocalFileError
 from ftx.framing import Buffer
+from ftx.protocol import Hasher
 
-__all__ = ["PartFile", "ResumeRecord"]
+__all__ = ["PartFile", "ResumeRecord", "check_destination", "local_destination"]
 
 _RECORD_VERSION: Final = 1
 _MAX_RECORD_BYTES: Final = 64 * 1024
+_HASH_BLOCK: Final = 1 << 20
+
+
+def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> Path:
+    """Where a download of ``remote_path`` goes: ``dest``, or inside it if it is a directory,
+    or the remote file's name in the current directory when ``dest`` is ``None``.
+
+    The name is taken from the path the user asked for, never from anything a server says.
+
+    Raises:
+        LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``).
+    """
+    name = posixpath.basename(posixpath.normpath(remote_path.rstrip("/") or "."))
+    if dest is not None and not Path(dest).is_dir():
+        return Path(dest)
+    if name in ("", ".", "..", "/"):
+        raise LocalFileError(f"{remote_path!r} names no file: give a destination with -o")
+    return Path(dest if dest is not None else ".") / name
+
+
+def check_destination(target: Path, *, overwrite: bool) -> None:
+    """Refuse early a download that could not be saved at ``target`` (checked again, without a
+    race, when the part file is renamed into place).
+
+    Raises:
+        LocalFileError: ``target`` exists (and ``overwrite`` is false), or its directory does
+            not exist.
+    """
+    if not overwrite and os.path.lexists(target):
+        raise LocalFileError(f"{target} already exists (use --force to replace)")
+    if not target.parent.is_dir():
+        raise LocalFileError(f"cannot save to {target}: {target.parent} is not a directory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +97,9 @@ class PartFile:
                 holds fewer than ``keep`` bytes.
         """
         try:
-            fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                self.part_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+            )
         except OSError as exc:
             raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
         try:
@@ -92,6 +128,19 @@ class PartFile:
         if record is None or record.path != path or held == 0:
             return None
         return record, min(held, record.size)
+
+    def hash_prefix(self, end: int, hasher: Hasher) -> None:
+        """Feed the first ``end`` bytes of the part file to ``hasher`` (for a resumed download,
+        whose digest covers the whole file)."""
+        with open(self.part_path, "rb", buffering=0) as file:
+            buffer = memoryview(bytearray(min(_HASH_BLOCK, max(end, 1))))
+            position = 0
+            while position < end:
+                count = file.readinto(buffer[: end - position])
+                if not count:
+                    raise LocalFileError(f"{self.part_path} shrank while resuming")
+                hasher.update(buffer[:count])
+                position += count
 
     def write_record(self, record: ResumeRecord) -> None:
         """Say what the part file holds, for a later resume."""
