@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import posixpath
 import stat
 from collections import deque
 from dataclasses import dataclass
@@ -56,12 +55,17 @@ def split_request_path(path: str) -> list[str]:
             path or a ``..`` that climbs above the root. The answer depends only on the string,
             never on what exists on disk.
     """
+    if path.startswith("/"):
+        raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} is absolute; paths are relative")
     if "\x00" in path:
         raise FsError(ErrorCode.BAD_REQUEST, "the path contains a NUL byte")
     if "\\" in path:
         raise FsError(ErrorCode.BAD_REQUEST, f"{path!r} contains a backslash; separate with '/'")
-    if path.startswith("/"):
-        raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} is absolute; paths are relative")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate would reach a name that is not UTF-8 on disk: not servable.
+        raise FsError(ErrorCode.BAD_REQUEST, "the path is not valid Unicode") from None
     parts = [part for part in path.split("/") if part not in ("", ".")]
     depth = 0
     for part in parts:
@@ -252,7 +256,8 @@ class ServedRoot:
         with self._walk(path) as (dir_fd, name, st):
             if name is not None and not stat.S_ISDIR(st.st_mode):
                 # Named as asked, even when a symbolic link led to it (as `ls -L` does).
-                entry = _entry(posixpath.basename(path.rstrip("/")) or name, st)
+                asked = split_request_path(path)[-1:]
+                entry = _entry(asked[0] if asked and asked[0] != ".." else name, st)
                 if entry is None:  # pragma: no cover - the request itself was valid UTF-8
                     raise FsError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
                 return entry
@@ -273,8 +278,9 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _raced_or(exc: OSError, path: str) -> FsError:
-    if exc.errno == errno.ELOOP:  # it was swapped for a symbolic link after we looked
+def _raced_or(exc: OSError, path: str, races: tuple[int, ...] = (errno.ELOOP,)) -> FsError:
+    # ELOOP from O_NOFOLLOW: it was swapped for a symbolic link after we looked.
+    if exc.errno in races:
         return FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
     return _os_error(exc, path)
 
@@ -347,7 +353,8 @@ class _Walk:
         try:
             target = os.readlink(name, dir_fd=self._current)
         except OSError as exc:
-            raise _raced_or(exc, path) from None
+            # EINVAL: no longer a link; ENOENT: gone. Both: replaced after we looked.
+            raise _raced_or(exc, path, (errno.EINVAL, errno.ENOENT)) from None
         if target.startswith("/"):
             # Refused without looking: the answer must not depend on what exists out there.
             raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")

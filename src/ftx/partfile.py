@@ -107,8 +107,19 @@ class PartFile:
         except BlockingIOError:
             os.close(fd)
             raise LocalFileError(f"another download to {self.dest} is in progress") from None
+        # A download that finished meanwhile renamed (or linked) this inode into place: it is
+        # DEST now, and must not be written again. Only the inode still at the part's name is
+        # ours to take over.
+        try:
+            current = os.stat(self.part_path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            os.close(fd)
+            raise LocalFileError(f"another download to {self.dest} just finished; try again")
         # Truncate only once the lock is ours, never under another download's feet.
-        if os.fstat(fd).st_size < keep:
+        if opened.st_size < keep:
             os.close(fd)
             raise LocalFileError(f"{self.part_path} is shorter than expected: cannot resume")
         os.ftruncate(fd, keep)
