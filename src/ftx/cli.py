@@ -10,6 +10,7 @@ import argparse
 import enum
 import errno
 import itertools
+import json
 import logging
 import os
 import shlex
@@ -36,6 +37,7 @@ from ftx.errors import (
 from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
 from ftx.server import DEFAULT_PORT
+from ftx.tree import DEFAULT_JOBS
 
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_RETRIES: Final = 3
@@ -127,6 +129,12 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _positive_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -176,7 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
         "renamed to DEST.",
     )
     get.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
-    get.add_argument("path", metavar="PATH", help="the file's path on the server")
+    get.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="the file's path on the server; several paths (or -r) save into a directory",
+    )
+    get.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="fetch directories with everything under them (symbolic links are skipped)",
+    )
+    get.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_count,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"with several files or -r: connections used at once (default: {DEFAULT_JOBS})",
+    )
+    get.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per file on standard output, instead of the bar",
+    )
     get.add_argument(
         "-o",
         "--output",
@@ -426,7 +458,15 @@ def _describe_connect_error(exc: OSError, address: Address) -> str:
 
 
 async def _get(args: argparse.Namespace) -> None:
-    bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=args.path)
+    if args.recursive or len(args.paths) > 1:
+        from ftx._cli_tree import get_tree
+
+        await get_tree(args)
+        return
+    args.path = args.paths[0]
+    bar = _ProgressBar(
+        enabled=not args.quiet and not args.json and sys.stderr.isatty(), label=args.path
+    )
     try:
         for attempt in itertools.count():
             try:
@@ -453,6 +493,11 @@ async def _get(args: argparse.Namespace) -> None:
     if result.size >= 2**20 and result.seconds > 0:
         rate = result.size / result.seconds / 2**20
         timing = f" in {result.seconds:.2f} s, {rate:.1f} MiB/s"
+    if args.json:
+        from ftx._cli_tree import _as_json
+
+        print(json.dumps(_as_json(args.path, result)))
+        return
     verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
     _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), {verified}")
 

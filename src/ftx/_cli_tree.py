@@ -1,0 +1,138 @@
+"""``ftx get`` of several files or, with ``-r``, of whole directories: the command-line side of
+:func:`ftx.tree.download` (progress display, per-file report, JSON lines, exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from ftx.cli import CliError, ExitCode, _connect, _describe, _human_size, _say, printable
+from ftx.client import Client, Download
+from ftx.errors import FtxError, RemoteError
+from ftx.tree import Skipped, TreeProgress, download
+
+_REFRESH_SECONDS: Final = 0.2
+_IN_FLIGHT_SHOWN: Final = 3
+
+
+async def get_tree(args: argparse.Namespace) -> None:
+    """Run ``ftx get`` for several paths or a tree; raise :class:`CliError` if any file failed."""
+    totals = TreeProgress()
+    failures: list[tuple[str, FtxError]] = []
+    saved: list[Download] = []
+    up_to_date = 0
+
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[Client]:
+        async with await _connect(args) as client:
+            yield client
+
+    def on_done(path: str, result: Download | FtxError | Skipped) -> None:
+        nonlocal up_to_date
+        if isinstance(result, Download):
+            saved.append(result)
+        elif isinstance(result, Skipped):
+            up_to_date += result.reason == "up to date"
+            if result.reason != "up to date":
+                _report(args, f"skipped {printable(path)}: {result.reason}")
+        else:
+            failures.append((path, result))
+            _report(args, f"{printable(path)}: {_describe(result, args)[0]}")
+        if args.json:
+            print(json.dumps(_as_json(path, result)), flush=True)
+
+    started = time.monotonic()
+    bar = _TreeBar(enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bar.run, totals)
+            await download(
+                connect,
+                args.paths,
+                args.output,
+                recursive=args.recursive,
+                jobs=args.jobs,
+                overwrite=args.force,
+                on_done=on_done,
+                progress=totals,
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        bar.close()
+    elapsed = time.monotonic() - started
+    size = sum(result.size for result in saved)
+    summary = f"{len(saved)} file(s) saved ({_human_size(size)} in {elapsed:.2f} s)"
+    if up_to_date:
+        summary += f", {up_to_date} already up to date"
+    if failures:
+        summary += f", {len(failures)} failed"
+    _say(args, summary)
+    if failures:
+        message, code = _describe(failures[0][1], args)
+        if len(failures) > 1:
+            code = ExitCode.FAILURE if code != ExitCode.NETWORK else code
+        raise CliError(f"{len(failures)} file(s) not saved; the first: {message}", code)
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    if not args.json:
+        _say(args, message)
+
+
+def _as_json(path: str, result: Download | FtxError | Skipped) -> dict[str, Any]:
+    if isinstance(result, Download):
+        return {
+            "path": path,
+            "status": "saved",
+            "dest": str(result.dest),
+            "size": result.size,
+            "mtime_ns": result.mtime_ns,
+            "digest": result.digest,
+            "digest_algorithm": result.digest_algorithm,
+            "seconds": round(result.seconds, 6),
+        }
+    if isinstance(result, Skipped):
+        return {"path": path, "status": "skipped", "reason": result.reason}
+    code = result.code if isinstance(result, RemoteError) else type(result).__name__
+    return {"path": path, "status": "failed", "error": code, "message": str(result)}
+
+
+class _TreeBar:
+    """One tqdm bar for the whole batch: bytes, files done of found, and files in flight."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: Any = None
+
+    async def run(self, totals: TreeProgress) -> None:
+        if not self._enabled:
+            return
+        from tqdm import tqdm  # only when a bar is drawn: keeps start-up fast
+
+        self._bar = tqdm(
+            total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=True
+        )
+        while True:
+            self._refresh(totals)
+            await trio.sleep(_REFRESH_SECONDS)
+
+    def _refresh(self, totals: TreeProgress) -> None:
+        bar = self._bar
+        bar.total = totals.bytes_found
+        bar.n = min(totals.bytes_done, totals.bytes_found)
+        more = "" if totals.listing_done else "+"
+        bar.set_description_str(f"{totals.files_done}/{totals.files_found}{more} files")
+        names = sorted(totals.in_flight)[:_IN_FLIGHT_SHOWN]
+        bar.set_postfix_str(", ".join(printable(name) for name in names), refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,265 @@
+"""Downloading several files and whole directory trees over several connections at once.
+
+:func:`download` lists what it was asked for, directory by directory, and feeds the files to
+``jobs`` connections through one channel as the listings arrive: downloads start before the
+whole tree is known. Each connection pipelines its requests (:meth:`ftx.Client.fetch`).
+
+Names that come from the server are checked before they touch the local disk: a name with a
+separator, a NUL, ``.`` or ``..`` is refused, local directories are created one by one and a
+symbolic link already present in the destination is never followed (nor is one written at a
+part file's name). Symbolic links on the server are not followed by a recursive download: they
+are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ftx._threads import run_together
+from ftx.client import Client, Download
+from ftx.errors import FtxError, LocalFileError, RemoteError
+from ftx.messages import Entry, EntryType
+from ftx.protocol import ErrorCode
+
+__all__ = ["DEFAULT_JOBS", "Skipped", "TreeProgress", "download", "safe_name"]
+
+DEFAULT_JOBS: Final = 4
+_QUEUE_SIZE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A remote entry that was not downloaded, and why (not an error)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(slots=True)
+class TreeProgress:
+    """Totals for a progress display; updated in place while :func:`download` runs."""
+
+    files_found: int = 0
+    bytes_found: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    listing_done: bool = False
+    in_flight: set[str] = field(default_factory=set)
+
+
+def safe_name(name: str) -> str:
+    """Return ``name`` if it can be used as one local file name, as sent by a server.
+
+    Raises:
+        LocalFileError: the name is empty, ``.`` or ``..``, or holds ``/``, ``\\`` or NUL.
+    """
+    if name in ("", ".", "..") or any(bad in name for bad in ("/", "\\", "\0")):
+        raise LocalFileError(f"the server sent an unsafe file name: {name!r}; refused")
+    return name
+
+
+def _make_directory(path: Path) -> None:
+    """Create ``path`` (its parent exists and is ours); an existing one must be a real
+    directory, not a symbolic link that could lead the download elsewhere."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise LocalFileError(f"{path} exists and is not a directory") from None
+    except OSError as exc:
+        raise LocalFileError(f"cannot create {path}: {exc.strerror}") from exc
+
+
+def _up_to_date(target: Path, entry: Entry) -> bool:
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (
+        entry.size,
+        entry.mtime_ns,
+    )
+
+
+async def download(
+    connect: Callable[[], AbstractAsyncContextManager[Client]],
+    paths: Sequence[str],
+    dest: str | os.PathLike[str] | None,
+    *,
+    recursive: bool = False,
+    jobs: int = DEFAULT_JOBS,
+    overwrite: bool = False,
+    verify: bool = True,
+    on_done: Callable[[str, Download | FtxError | Skipped], object] | None = None,
+    progress: TreeProgress | None = None,
+) -> list[tuple[str, Download | FtxError | Skipped]]:
+    """Download the files (and, with ``recursive``, the directory trees) at ``paths`` into the
+    directory ``dest`` (the current directory when ``None``), over ``jobs`` connections.
+
+    A directory ``a/b`` is saved as ``dest/b``, created if needed, like ``cp -r``. A file that
+    is already present with the server's size and modification time is skipped as up to date,
+    so running the same command again after an interruption finishes the job (interrupted
+    files of 1 MiB or more resume from their part files).
+
+    Args:
+        connect: opens one connection (e.g. ``lambda: ftx.connect(host, port)``).
+        on_done: called with ``(remote path, result)`` for every file found, as it ends.
+        progress: updated in place as files are found and data arrives.
+
+    Returns:
+        every ``(remote path, result)``, in the order the files finished.
+
+    Raises:
+        LocalFileError: ``dest`` is not a directory.
+        ConnectionLostError, RemoteProtocolError, OSError: a connection failed; files already
+            saved stay saved, interrupted ones keep their parts.
+    """
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    root = Path(dest) if dest is not None else Path()
+    if not root.is_dir():
+        raise LocalFileError(f"{root} is not a directory: give an existing one with -o")
+    totals = progress if progress is not None else TreeProgress()
+    results: list[tuple[str, Download | FtxError | Skipped]] = []
+
+    def finish(path: str, result: Download | FtxError | Skipped) -> None:
+        totals.in_flight.discard(path)
+        totals.files_done += 1
+        results.append((path, result))
+        if on_done is not None:
+            on_done(path, result)
+
+    send_work, receive_work = trio.open_memory_channel[tuple[str, Path]](_QUEUE_SIZE)
+
+    async def list_everything() -> None:
+        async with send_work, connect() as lister:
+            walk = _walk(lister, paths, root, recursive)
+            async for remote, local, entry in walk:
+                if isinstance(entry, Skipped | FtxError):
+                    totals.files_found += 1
+                    finish(remote, entry)
+                    continue
+                totals.files_found += 1
+                totals.bytes_found += entry.size
+                if _up_to_date(local, entry) and not overwrite:
+                    totals.bytes_done += entry.size
+                    finish(remote, Skipped(remote, "up to date"))
+                    continue
+                await send_work.send((remote, local))
+        totals.listing_done = True
+
+    async def work() -> None:
+        async with connect() as client, receive_work.clone() as work_items:
+            shown = 0
+
+            def track(done: int, total: int) -> None:
+                nonlocal shown
+                totals.bytes_done += done - shown if done >= shown else done
+                shown = done if done < total else 0
+
+            def started(path: str, result: Download | FtxError) -> None:
+                nonlocal shown
+                shown = 0
+                finish(path, result)
+
+            await client.fetch(
+                _MarkingInFlight(work_items, totals),
+                on_done=started,
+                progress=track,
+                overwrite=overwrite,
+                verify=verify,
+                sync=False,
+            )
+
+    workers = [work] * jobs
+    async with receive_work:
+        await run_together(list_everything, *workers)
+    await trio.to_thread.run_sync(os.sync)  # one flush for every file of the batch
+    return results
+
+
+class _MarkingInFlight(trio.abc.ReceiveChannel[tuple[str, Path]]):
+    """Passes work items through, noting which remote paths are being downloaded."""
+
+    def __init__(
+        self, inner: trio.abc.ReceiveChannel[tuple[str, Path]], totals: TreeProgress
+    ) -> None:
+        self._inner = inner
+        self._totals = totals
+
+    async def receive(self) -> tuple[str, Path]:
+        item = await self._inner.receive()
+        self._totals.in_flight.add(item[0])
+        return item
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _walk(
+    client: Client, paths: Sequence[str], root: Path, recursive: bool
+) -> AsyncIterator[tuple[str, Path, Entry | Skipped | FtxError]]:
+    """Yield ``(remote path, local path, entry)`` for every file to fetch, directory by
+    directory, creating the local directories on the way; problems are yielded in place of an
+    entry."""
+    pending: list[tuple[str, Path]] = []
+    for path in paths:
+        parent, name = posixpath.split(path.strip("/"))
+        try:
+            entries = await client.list(parent)
+        except RemoteError as exc:
+            yield path, root, exc
+            continue
+        found = [entry for entry in entries if entry.name == name]
+        if not name or not found:
+            if not name and recursive:  # the served root itself
+                pending.append(("", root))
+                continue
+            yield path, root, RemoteError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
+            continue
+        entry = found[0]
+        local = root / safe_name(entry.name)
+        if entry.type is EntryType.DIRECTORY:
+            if not recursive:
+                yield path, local, Skipped(path, "a directory (use -r to fetch it)")
+                continue
+            _make_directory(local)
+            pending.append((path.strip("/"), local))
+        else:
+            yield path, local, _fetchable(path, entry)
+    while pending:
+        directory, local_directory = pending.pop()
+        try:
+            entries = await client.list(directory)
+        except RemoteError as exc:
+            yield directory, local_directory, exc
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            remote = posixpath.join(directory, entry.name) if directory else entry.name
+            try:
+                local = local_directory / safe_name(entry.name)
+            except LocalFileError as exc:
+                yield remote, local_directory, exc
+                continue
+            if entry.type is EntryType.DIRECTORY:
+                _make_directory(local)
+                pending.append((remote, local))
+            else:
+                yield remote, local, _fetchable(remote, entry)
+
+
+def _fetchable(remote: str, entry: Entry) -> Entry | Skipped:
+    if entry.type is EntryType.FILE:
+        return entry
+    if entry.type is EntryType.SYMLINK:
+        return Skipped(remote, "a symbolic link (not followed; fetch its target by name)")
+    return Skipped(remote, "not a regular file")
