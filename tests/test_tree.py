@@ -1,0 +1,192 @@
+"""Whole directories and several files at once: ftx.tree.download and `ftx get -r`."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+import ftx
+from ftx.framing import FramedChannel
+from ftx.messages import Entry, EntryType, Hello, ListDir, ListEnd, ListEntries
+from ftx.protocol import ServerProtocol
+from ftx.tree import Skipped, download
+
+
+def connector(host: str, port: int):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[ftx.Client]:
+        async with ftx.connect(host, port) as client:
+            yield client
+
+    return connect
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+async def test_recursive_download_is_identical(tmp_path: Path, start_server: object) -> None:
+    served = tmp_path / "served"
+    top = served / "top"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "empty-dir").mkdir()
+    (top / "x.txt").write_bytes(b"x")
+    (top / "empty.bin").write_bytes(b"")
+    (top / "a" / "caf\u00e9 \u2014 menu.txt").write_bytes("\u00e9t\u00e9".encode())
+    (top / "a" / "b" / "big.bin").write_bytes(random.Random(1).randbytes(3 * 1024 * 1024))
+    (top / "link").symlink_to("x.txt")
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with trio.fail_after(30):
+        results = await download(connector(host, port), ["top"], dest, recursive=True, jobs=3)
+    assert tree_files(dest / "top") == tree_files(top)
+    assert (dest / "top" / "empty-dir").is_dir()
+    assert not (dest / "top" / "link").exists(), "symbolic links are not followed"
+    skipped = [r for _, r in results if isinstance(r, Skipped)]
+    assert [s.path for s in skipped] == ["top/link"]
+    assert not list(dest.rglob("*.part*"))
+    mtime = (top / "a" / "b" / "big.bin").stat().st_mtime_ns
+    assert (dest / "top" / "a" / "b" / "big.bin").stat().st_mtime_ns == mtime
+
+    # A second run finds everything up to date and transfers nothing.
+    with trio.fail_after(30):
+        again = await download(connector(host, port), ["top"], dest, recursive=True)
+    assert {r.reason for _, r in again if isinstance(r, Skipped)} == {
+        "up to date",
+        "a symbolic link (not followed; fetch its target by name)",
+    }
+    assert not [r for _, r in again if isinstance(r, ftx.Download)]
+
+
+async def test_ten_thousand_small_files(tmp_path: Path, start_server: object) -> None:
+    served = tmp_path / "served"
+    rng = random.Random(10_000)
+    for d in range(100):
+        directory = served / "many" / f"d{d:02}"
+        directory.mkdir(parents=True)
+        for f in range(100):
+            (directory / f"f{f:02}.bin").write_bytes(rng.randbytes(rng.randrange(0, 4097)))
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with trio.fail_after(120):
+        results = await download(connector(host, port), ["many"], dest, recursive=True, jobs=4)
+    assert len(results) == 10_000
+    assert all(isinstance(result, ftx.Download) for _, result in results)
+    assert tree_files(dest / "many") == tree_files(served / "many")
+
+
+class HostileServer:
+    """Speaks the protocol correctly, but its listing names try to escape the destination."""
+
+    NAMES = ("../x", "/etc/x", "a/../../x", "nul\0byte", "back\\slash", "..", ".", "")
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        channel = FramedChannel(stream)
+        protocol = ServerProtocol()
+        async with channel:
+            assert isinstance(protocol.receive(await channel.receive()), Hello)
+            await channel.send_parts(*protocol.send(protocol.hello_reply()))
+            while True:
+                try:
+                    request = protocol.receive(await channel.receive())
+                except (trio.EndOfChannel, trio.BrokenResourceError):
+                    return
+                assert isinstance(request, ListDir), f"only listings are asked for: {request}"
+                if request.path == "":
+                    entries = (Entry("evil", EntryType.DIRECTORY, 0, 0, 0o755),)
+                else:
+                    entries = tuple(Entry(n, EntryType.FILE, 1, 0, 0o644) for n in self.NAMES)
+                await channel.send_parts(*protocol.send(ListEntries(request.request_id, entries)))
+                await channel.send_parts(*protocol.send(ListEnd(request.request_id, len(entries))))
+
+
+async def test_hostile_names_are_refused_and_nothing_escapes(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    serve = partial(trio.serve_tcp, HostileServer().handle, 0, host="127.0.0.1")
+    listeners = await nursery.start(serve)
+    port = listeners[0].socket.getsockname()[1]
+    dest = tmp_path / "deep" / "dest"
+    dest.mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    with trio.fail_after(30):
+        results = await download(connector("127.0.0.1", port), ["evil"], dest, recursive=True)
+    refused = [result for _, result in results if isinstance(result, ftx.LocalFileError)]
+    assert len(refused) == len(HostileServer.NAMES)
+    assert all("unsafe file name" in str(error) for error in refused)
+    created = sorted(set(tmp_path.rglob("*")) - set(before))
+    assert created == [dest / "evil"], "only the listed directory itself was created"
+    assert not Path("/etc/x").exists()
+
+
+async def test_existing_symlink_in_dest_is_not_followed(
+    tmp_path: Path, start_server: object
+) -> None:
+    served = tmp_path / "served"
+    (served / "top" / "sub").mkdir(parents=True)
+    (served / "top" / "sub" / "f.txt").write_bytes(b"payload")
+    host, port = await start_server(served)  # type: ignore[operator]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    (dest / "top").mkdir(parents=True)
+    (dest / "top" / "sub").symlink_to(outside)  # planted: would lead the download outside
+    with trio.fail_after(30), pytest.raises(ftx.LocalFileError, match="not a directory"):
+        await download(connector(host, port), ["top"], dest, recursive=True)
+    assert list(outside.iterdir()) == []
+
+
+def test_ctrl_c_in_the_middle_leaves_resumable_parts(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    (served / "top").mkdir(parents=True)
+    for i in range(8):
+        (served / "top" / f"f{i}.bin").write_bytes(random.Random(i).randbytes(24 * 1024 * 1024))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    command = [sys.executable, "-m", "ftx"]
+    server = subprocess.Popen(
+        [*command, "serve", str(served), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # "ftx ... serving DIR (read-only) on 127.0.0.1:PORT"
+        port = line.rsplit(":", 1)[1].split()[0].strip(",")
+        get = [*command, "get", "-r", f"127.0.0.1:{port}", "top", "-o", str(dest), "-j", "2"]
+        client = subprocess.Popen(get, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size > 0 for p in dest.rglob("*.part")):
+            assert time.monotonic() < deadline, "no part file appeared"
+            assert client.poll() is None, "the download finished before it could be interrupted"
+            time.sleep(0.01)
+        client.send_signal(signal.SIGINT)
+        _, errors = client.communicate(timeout=30)
+        assert client.returncode == 130, errors
+        parts = list(dest.rglob("*.part"))
+        assert parts, "interrupted files keep their parts"
+        assert all(Path(f"{part}.resume").exists() for part in parts if part.stat().st_size)
+        rerun = subprocess.run(get, capture_output=True, text=True, timeout=60)
+        assert rerun.returncode == 0, rerun.stderr
+        assert tree_files(dest / "top") == tree_files(served / "top")
+        assert not list(dest.rglob("*.part*"))
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=10)
