@@ -60,6 +60,7 @@ async def get_tree(args: argparse.Namespace) -> None:
                 recursive=args.recursive,
                 jobs=args.jobs,
                 overwrite=args.force,
+                preserve_mode=args.preserve,
                 on_done=on_done,
                 progress=totals,
             )

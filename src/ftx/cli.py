@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object per file on standard output, instead of the bar",
     )
     get.add_argument(
+        "-p",
+        "--preserve",
+        action="store_true",
+        help="also give files the server's permission bits (modification times always are)",
+    )
+    get.add_argument(
         "-o",
         "--output",
         metavar="DEST",
@@ -246,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("path", metavar="PATH", nargs="?", default="", help="the directory to list")
     ls.add_argument(
         "-l", "--long", action="store_true", help="show type, permissions, size and time"
+    )
+    ls.add_argument(
+        "--json", action="store_true", help="print the entries as one JSON array, for scripts"
     )
     _add_timeout(ls)
     _add_verbosity(ls)
@@ -285,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         trio.run(commands[args.command], args)
+    except BrokenPipeError:
+        # The reader went away (`ftx ls ... | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except KeyboardInterrupt:
         if args.command == "serve":
             _say(args, "ftx: stopped")
@@ -476,6 +489,7 @@ async def _get(args: argparse.Namespace) -> None:
                         args.output,
                         progress=bar.update,
                         overwrite=args.force,
+                        preserve_mode=args.preserve,
                         resume=args.resume,
                     )
                 break
@@ -547,6 +561,11 @@ async def _ls(args: argparse.Namespace) -> None:
     async with client:
         entries = await client.list(args.path)
     entries.sort(key=lambda entry: entry.name)
+    if args.json:
+        fields = ("name", "type", "size", "mtime_ns", "mode")
+        rows = [{key: getattr(entry, key) for key in fields} for entry in entries]
+        print(json.dumps(rows, indent=1))
+        return
     for entry in entries:
         print(_format_entry(entry) if args.long else _short_name(entry))
 

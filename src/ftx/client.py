@@ -91,6 +91,7 @@ class _GetOptions:
     overwrite: bool
     verify: bool
     preserve_mtime: bool
+    preserve_mode: bool
     durable: bool  # flush each file to disk before renaming it (else the caller syncs)
 
 
@@ -166,6 +167,7 @@ class Client(trio.abc.AsyncResource):
         overwrite: bool = False,
         verify: bool = True,
         preserve_mtime: bool = True,
+        preserve_mode: bool = False,
         durable: bool = True,
         resume: bool = True,
     ) -> Download:
@@ -179,6 +181,9 @@ class Client(trio.abc.AsyncResource):
             verify: ask for and check a digest of the whole file (see :attr:`digest_algorithm`;
                 turn off only to measure).
             preserve_mtime: give the local file the server file's modification time.
+            preserve_mode: give the local file the server file's permission bits (read, write,
+                execute; never set-user-ID, set-group-ID or sticky). Otherwise new files get
+                the usual defaults (0o666 less the umask).
             durable: flush the file to disk before renaming it into place, so that it survives
                 a power cut too (an fsync: milliseconds per file on most disks). Without it the
                 rename is just as atomic for every program, and the data reaches the disk
@@ -199,7 +204,7 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             started = time.monotonic()
-            options = _GetOptions(overwrite, verify, preserve_mtime, durable=durable)
+            options = _GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
             digest = self.digest_algorithm if verify else None
             resumable = PartFile(target).resumable(path) if resume else None
             if resumable is not None and resumable[0].digest == digest:
@@ -225,6 +230,7 @@ class Client(trio.abc.AsyncResource):
         overwrite: bool = False,
         verify: bool = True,
         preserve_mtime: bool = True,
+        preserve_mode: bool = False,
         window: int = DEFAULT_PIPELINE_WINDOW,
     ) -> list[Download | FtxError]:
         """Download several files, pipelining the requests so that small files do not cost a
@@ -272,6 +278,7 @@ class Client(trio.abc.AsyncResource):
             overwrite=overwrite,
             verify=verify,
             preserve_mtime=preserve_mtime,
+            preserve_mode=preserve_mode,
             window=window,
         )
         return [result for result in results if result is not None]
@@ -285,6 +292,7 @@ class Client(trio.abc.AsyncResource):
         overwrite: bool = False,
         verify: bool = True,
         preserve_mtime: bool = True,
+        preserve_mode: bool = False,
         window: int = DEFAULT_PIPELINE_WINDOW,
         sync: bool = True,
     ) -> None:
@@ -296,7 +304,7 @@ class Client(trio.abc.AsyncResource):
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        options = _GetOptions(overwrite, verify, preserve_mtime, durable=False)
+        options = _GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=False)
         digest = self.digest_algorithm if verify else None
         slots = trio.Semaphore(window)
         # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
@@ -401,6 +409,7 @@ class Client(trio.abc.AsyncResource):
                 part.publish,
                 overwrite=options.overwrite,
                 mtime_ns=header.mtime_ns if options.preserve_mtime else None,
+                mode=header.mode & 0o777 if options.preserve_mode else None,
                 durable=options.durable,
             )
             if options.durable:

@@ -176,7 +176,12 @@ class PartFile:
             raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
 
     def publish(
-        self, *, overwrite: bool = False, mtime_ns: int | None = None, durable: bool = True
+        self,
+        *,
+        overwrite: bool = False,
+        mtime_ns: int | None = None,
+        mode: int | None = None,
+        durable: bool = True,
     ) -> None:
         """Flush the part file to disk and rename it to ``DEST``; close it.
 
@@ -184,6 +189,7 @@ class PartFile:
             overwrite: replace ``DEST`` if it exists; otherwise an existing ``DEST`` is an error
                 and is left as it was.
             mtime_ns: the modification time to give the file (nanoseconds), or ``None``.
+            mode: the permission bits to give the file, or ``None`` to keep the defaults.
             durable: flush the data before the rename and the directory after it. Without it
                 the rename is still atomic for every process, but only a later ``sync`` makes
                 it survive a power cut: for batches that sync once at the end.
@@ -194,6 +200,8 @@ class PartFile:
         try:
             if durable:
                 os.fsync(fd)
+            if mode is not None:
+                os.fchmod(fd, mode)
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             if overwrite:

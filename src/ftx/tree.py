@@ -99,6 +99,7 @@ async def download(
     jobs: int = DEFAULT_JOBS,
     overwrite: bool = False,
     verify: bool = True,
+    preserve_mode: bool = False,
     on_done: Callable[[str, Download | FtxError | Skipped], object] | None = None,
     progress: TreeProgress | None = None,
 ) -> list[tuple[str, Download | FtxError | Skipped]]:
@@ -112,6 +113,7 @@ async def download(
 
     Args:
         connect: opens one connection (e.g. ``lambda: ftx.connect(host, port)``).
+        preserve_mode: give files the server's permission bits (see :meth:`ftx.Client.get`).
         on_done: called with ``(remote path, result)`` for every file found, as it ends.
         progress: updated in place as files are found and data arrives.
 
@@ -177,6 +179,7 @@ async def download(
                 progress=track,
                 overwrite=overwrite,
                 verify=verify,
+                preserve_mode=preserve_mode,
                 sync=False,
             )
 
