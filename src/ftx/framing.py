@@ -293,13 +293,18 @@ class FramedChannel(trio.abc.Channel[bytes]):
         self._send_conflict = _ConflictDetector("sending on")
         self._receive_conflict = _ConflictDetector("receiving on")
         self._closed = False
+        # Why the channel broke: a failed send breaks both directions (the stream's state is
+        # unknown); a framing error in what was received breaks only receiving, so that the
+        # receiver can still tell its peer what went wrong before closing (as h11 allows).
         self._broken: BaseException | None = None
+        self._receive_broken: BaseException | None = None
 
-    def _check_usable(self) -> None:
+    def _check_usable(self, *, receiving: bool = False) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this channel was closed")
-        if self._broken is not None:
-            raise trio.BrokenResourceError("this channel is broken") from self._broken
+        cause = self._broken or (self._receive_broken if receiving else None)
+        if cause is not None:
+            raise trio.BrokenResourceError("this channel is broken") from cause
 
     async def send(self, value: Buffer) -> None:
         """Send ``value`` as one frame. ``b""`` sends an empty frame.
@@ -346,12 +351,15 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 again on every later call).
             FrameTooLargeError: the peer announced a frame over ``max_frame_size``.
             IncompleteFrameError: the stream ended inside a frame.
+
+        After either, ``receive`` raises :exc:`trio.BrokenResourceError`, but ``send`` still
+        works, so that the peer can be told why the connection is being closed.
             trio.BusyResourceError: another task is receiving on this channel.
             trio.BrokenResourceError: the channel or its transport is broken.
             trio.ClosedResourceError: the channel was closed.
         """
         with self._receive_conflict:
-            self._check_usable()
+            self._check_usable(receiving=True)
             # The checkpoint comes before a frame is taken from the decoder, so a cancellation
             # never loses one.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -360,7 +368,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 try:
                     payload = self._decoder.next_frame()
                 except (FrameTooLargeError, IncompleteFrameError) as exc:
-                    self._broken = exc
+                    self._receive_broken = exc
                     raise
                 if payload is not None:
                     if not waited:
