@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import selectors
 import shutil
-from collections.abc import Awaitable, Callable
+import socket
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import pytest
 import trio
 
 import ftx
+from ftx.framing import FrameDecoder, encode_frame
+from ftx.messages import Hello, Message, decode_message, encode_message
 
 SAMPLE_FILES = Path(__file__).resolve().parent.parent / "sample_files"
 
@@ -133,3 +139,106 @@ async def server(nursery: trio.Nursery, served_root: Path) -> tuple[str, int]:
     assert host == "127.0.0.1"
     assert port != 0
     return host, port
+
+
+# --- Added for test_end_to_end.py and test_cli.py: a scripted fake server. ---------------------
+
+
+class FakeConnection:
+    """One accepted connection of a :class:`FakeServer`, with blocking helpers to speak (or
+    break) the ftx protocol from the server's side."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event) -> None:
+        self.sock = sock
+        self.stop = stop  # set when the test ends: a behaviour that waits should wait on it
+        self._decoder = FrameDecoder()
+
+    def receive(self) -> Message | None:
+        while (payload := self._decoder.next_frame()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the client closed the connection")
+            self._decoder.receive_data(data)
+        return decode_message(payload)
+
+    def send(self, message: Message) -> None:
+        payload = b"".join(bytes(part) for part in encode_message(message))
+        self.sock.sendall(encode_frame(payload))
+
+    def handshake(self, features: frozenset[str] = frozenset()) -> Hello:
+        """Answer the client's HELLO with version 1 and no optional features (so SHA-256)."""
+        hello = self.receive()
+        assert isinstance(hello, Hello), hello
+        self.send(Hello((1,), features, 1 << 20, "fake"))
+        return hello
+
+
+Behaviour = Callable[[FakeConnection], None]
+
+
+class FakeServer:
+    """A TCP server on 127.0.0.1 that runs ``behaviour`` on each connection in a thread."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port: int = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.accepted = threading.Event()
+        self.reached = threading.Event()  # a behaviour may set it at an interesting point
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.set()
+            with conn:
+                conn.settimeout(20)
+                try:
+                    self.behaviour(FakeConnection(conn, self.stop))
+                except Exception as exc:  # the client may go away early: recorded only
+                    self.errors.append(exc)
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(timeout=25)
+        self.sock.close()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[[Behaviour], FakeServer]]:
+    """``fake_server(behaviour)`` starts a :class:`FakeServer`; all are stopped at the end."""
+    servers: list[FakeServer] = []
+
+    def start(behaviour: Behaviour) -> FakeServer:
+        server = FakeServer(behaviour)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()
+
+
+def read_banner(process: subprocess.Popen[str], timeout: float = 15.0) -> str:
+    """The address ``ftx serve`` (run with ``stdout=PIPE, text=True``) prints it listens on,
+    waiting at most ``timeout`` seconds: a server that fails to start fails the test, not hangs."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            process.kill()
+            raise AssertionError(f"ftx serve printed nothing within {timeout} s")
+    line = process.stdout.readline()  # "ftx X serving DIR (read-only) on HOST:PORT"
+    assert " on " in line, f"unexpected banner: {line!r} (exit code {process.poll()})"
+    return line.rsplit(" ", 1)[1].strip().split(",")[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 import ftx
+from conftest import read_banner
 
 
 async def test_mode_is_kept_only_when_asked(tmp_path: Path, start_server: object) -> None:
@@ -42,8 +43,7 @@ def test_ls_json_and_get_json(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert server.stdout is not None
-        address = server.stdout.readline().rsplit(" ", 1)[1].strip()
+        address = read_banner(server)
         listing = subprocess.run(
             [*command, "ls", address, "--json"], capture_output=True, text=True, timeout=30
         )

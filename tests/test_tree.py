@@ -16,6 +16,7 @@ import pytest
 import trio
 
 import ftx
+from conftest import read_banner
 from ftx.framing import FramedChannel
 from ftx.messages import Entry, EntryType, Hello, ListDir, ListEnd, ListEntries
 from ftx.protocol import ServerProtocol
@@ -167,10 +168,8 @@ def test_ctrl_c_in_the_middle_leaves_resumable_parts(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()  # "ftx ... serving DIR (read-only) on 127.0.0.1:PORT"
-        port = line.rsplit(":", 1)[1].split()[0].strip(",")
-        get = [*command, "get", "-r", f"127.0.0.1:{port}", "top", "-o", str(dest), "-j", "2"]
+        address = read_banner(server)
+        get = [*command, "get", "-r", address, "top", "-o", str(dest), "-j", "2"]
         client = subprocess.Popen(get, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not any(p.stat().st_size > 0 for p in dest.rglob("*.part")):

@@ -13,14 +13,12 @@ import itertools
 import json
 import logging
 import os
-import shlex
 import socket
 import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -174,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help=f"the TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
     )
+    from ftx._cli_serve import add_serve_options  # imported here: it imports this module
+
+    add_serve_options(serve)
     _add_verbosity(serve)
 
     get = commands.add_parser(
@@ -298,13 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`ftx ls ... | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.OK
-    except KeyboardInterrupt:
-        if args.command == "serve":
-            _say(args, "ftx: stopped")
-            return ExitCode.OK
-        print("ftx: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
     except BaseException as exc:
+        if _interrupted(exc):
+            if args.command == "serve":
+                _say(args, "ftx: stopped")
+                return ExitCode.OK
+            print("ftx: interrupted", file=sys.stderr)
+            return ExitCode.INTERRUPTED
         message, code = _describe(exc, args)
         print(f"ftx: {message}", file=sys.stderr)
         return code
@@ -321,6 +322,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message, file=sys.stderr)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, alone or (as trio often delivers it) inside a nursery's exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -363,64 +371,10 @@ def _describe_os_error(exc: OSError) -> str:
 # --- ftx serve --------------------------------------------------------------------------------
 
 
-def _open_server(directory: str) -> tuple[ftx.Server, Path]:
-    root = Path(directory)
-    if not root.is_dir():
-        raise CliError(f"cannot serve {root}: not a directory", ExitCode.USAGE)
-    try:
-        return ftx.Server(root), root.resolve()
-    except OSError as exc:
-        raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
-
-
 async def _serve(args: argparse.Namespace) -> None:
-    server, root = _open_server(args.directory)
-    try:
-        listeners = await trio.open_tcp_listeners(args.port, host=args.host)
-    except OSError as exc:
-        raise CliError(_describe_listen_error(exc, args), ExitCode.NETWORK) from None
-    addresses = [_listener_address(listener) for listener in listeners]
-    print(
-        f"ftx {ftx.__version__} serving {root} (read-only) on " + ", ".join(map(str, addresses)),
-        flush=True,
-    )
-    example = _example_file(root)
-    port = addresses[0].port
-    host = args.host if args.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-    print(f"get a file with:  ftx get {Address(host, port)} {example}", flush=True)
-    if host == "127.0.0.1" and args.host is None:
-        print("(from another machine, use this machine's address instead of 127.0.0.1)")
-    try:
-        await server.serve_listeners(listeners)
-    finally:
-        server.root.close()
+    from ftx._cli_serve import serve_command  # imported here: it imports this module
 
-
-def _listener_address(listener: trio.SocketListener) -> Address:
-    host, port = listener.socket.getsockname()[:2]
-    return Address(host, port)
-
-
-def _example_file(root: Path) -> str:
-    try:
-        names = sorted(entry.name for entry in os.scandir(root) if entry.is_file())
-    except OSError:
-        names = []
-    visible = [name for name in names if not name.startswith(".")]
-    return shlex.quote((visible or ["FILE"])[0])
-
-
-def _describe_listen_error(exc: OSError, args: argparse.Namespace) -> str:
-    where = f"port {args.port}" + (f" on {args.host}" if args.host else "")
-    if exc.errno == errno.EADDRINUSE:
-        return f"cannot listen on {where}: it is already in use (pick another with --port)"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"cannot listen on {where}: {args.host} is not an address of this machine"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot listen on {where}: unknown host {args.host!r}"
-    return f"cannot listen on {where}: {exc.strerror or exc}"
+    await serve_command(args)
 
 
 # --- ftx get / ls -----------------------------------------------------------------------------
