@@ -1,0 +1,340 @@
+"""The four scenarios: the data each one makes, and the methods (server + client) it compares.
+
+(a) one big file to disk; (b) many small files in a tree; (c) many concurrent downloads of a
+1 MiB file; (d) start-up time. Each scenario makes its data once; ``run.py`` runs the methods.
+A client is an argv template: ``{port}`` is the server's port, ``{dir}`` a fresh directory for
+the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import baselines as bl
+from procs import ClientRun, ServerSpec
+
+MiB = 1 << 20
+Check = Callable[[Path, ClientRun], "str | None"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    tmp: Path  # data and on-disk destinations
+    fast: Path  # destinations where the disk should not matter (tmpfs when available)
+    tools: dict[str, str | None]
+    size: int
+    files: int
+    dirs: int
+    connections: int
+    requests: int
+    concurrency: tuple[int, ...]
+    wrk_seconds: float
+    ftx_features: dict[str, bool]  # see baselines.ftx_features
+
+    def tool(self, name: str) -> str:
+        return self.tools.get(name) or name
+
+    def available(self) -> dict[str, bool]:
+        """What ``Method.needs`` may name: external tools, and "ftx FEATURE"."""
+        features = {f"ftx {name}": have for name, have in self.ftx_features.items()}
+        return {**{name: path is not None for name, path in self.tools.items()}, **features}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of doing a scenario's work, run once per round."""
+
+    group: str  # the table's scenario cell; ratios are computed within a group
+    name: str
+    client: Sequence[str]
+    server: ServerSpec | None = None
+    needs: tuple[str, ...] = ()  # external tools and ftx features (Settings.available)
+    work: float = 0.0  # per run, in units of `unit` x seconds; 0: time only
+    unit: str = ""
+    prepare: Callable[[Path], None] | None = None  # before the run, not timed
+    check: Check | None = None  # after the run, not timed: a warning, or None
+    rate: Callable[[ClientRun], float | None] | None = None  # instead of work / wall time
+    reference: bool = False
+    out_base: Path | None = None  # where its run directories go, if not under Settings.tmp
+
+    def argv(self, port: int, run_dir: Path) -> list[str]:
+        return [
+            arg.replace("{port}", str(port)).replace("{dir}", str(run_dir)) for arg in self.client
+        ]
+
+
+@dataclass
+class Scenario:
+    key: str
+    methods: list[Method]
+    notes: list[str] = field(default_factory=list)
+    runs: int | None = None  # None: --runs
+
+    def drop_unavailable(self, available: dict[str, bool]) -> None:
+        """Remove the methods that need what is missing, saying so in the notes."""
+        kept = []
+        for method in self.methods:
+            missing = [need for need in method.needs if not available.get(need)]
+            if missing:
+                self.notes.append(f"skipped {method.name!r}: no {', '.join(missing)} here")
+            else:
+                kept.append(method)
+        self.methods = kept
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def make_file(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; return their SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for offset in range(0, size, 8 * MiB):
+            block = os.urandom(min(8 * MiB, size - offset))
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
+
+
+def make_tree(root: Path, files: int, dirs: int, size: int = 4096) -> list[str]:
+    """``files`` random files of ``size`` bytes spread over ``dirs`` directories."""
+    paths = [f"d{index % dirs:03d}/f{index:05d}.bin" for index in range(files)]
+    for directory in range(dirs):
+        (root / f"d{directory:03d}").mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (root / path).write_bytes(os.urandom(size))
+    return paths
+
+
+def warm(path: Path, fincore: str | None) -> None:
+    """Make sure ``path`` is in the page cache: ask fincore, read it through if not all is."""
+    size = path.stat().st_size
+    if fincore is not None:
+        command = [fincore, "--bytes", "--noheadings", "--output", "RES", str(path)]
+        output = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+        if output.strip().isdigit() and int(output) >= size:
+            return
+    buffer = bytearray(MiB)
+    with open(path, "rb", buffering=0) as source:
+        while source.readinto(buffer):
+            pass
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:g} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# --- (a) one big file -------------------------------------------------------------------------
+
+
+def big_file(settings: Settings) -> Scenario:
+    data = settings.tmp / "data" / "a"
+    source = data / "big.bin"
+    make_file(source, settings.size)
+
+    def prepare(run_dir: Path) -> None:
+        os.sync()  # the previous run's output is deleted and no longer in flight
+        warm(source, settings.tools.get("fincore"))
+
+    def check(run_dir: Path, run: ClientRun) -> str | None:
+        dest = run_dir / "big.bin"
+        got = dest.stat().st_size if dest.exists() else None
+        return None if got == settings.size else f"saved {got} bytes, not {settings.size}"
+
+    to_file = partial(
+        Method,
+        f"a: 1 file, {human(settings.size)}",
+        work=settings.size / MiB,
+        unit="MiB/s",
+        prepare=prepare,
+        check=check,
+    )
+    to_null = partial(to_file, check=None)
+    ftx, ftx_server, dest = bl.ftx_command(), bl.ftx_server(data), "{dir}/big.bin"
+    big = [bl.PYTHON, bl.FTX_LIB, "big", "{port}", "big.bin", dest]
+    py, http = bl.pylimit_server(data), bl.http_server(data)
+    nginx = bl.nginx_server(settings.tool("nginx"), data, settings.tmp / "nginx")
+    rsync = bl.rsync_server(settings.tool("rsync"), data, settings.tmp / "rsyncd")
+    curl = settings.tool("curl")
+    methods = [
+        to_file("ftx get (CLI, digest)",
+                [*ftx, "get", "127.0.0.1:{port}", "big.bin", "-o", dest, "-q"], ftx_server),
+        to_file("ftx lib, digest", big, ftx_server),
+        to_file("ftx lib, no digest", [*big, "--no-verify"], ftx_server),
+        to_file("python sendfile/recv_into -> file", bl.pylimit_get("big.bin", dest), py,
+                reference=True),
+        to_file("python ... -> file+fsync", bl.pylimit_get("big.bin", dest, fsync=True), py),
+        to_null("python ... -> /dev/null", bl.pylimit_get("big.bin", "/dev/null"), py),
+        to_file("http.server + curl -> file", bl.curl_get(curl, "big.bin", dest), http,
+                needs=("curl",)),
+        to_null("http.server + curl -> /dev/null", bl.curl_get(curl, "big.bin", "/dev/null"),
+                http, needs=("curl",)),
+        to_file("nginx + curl -> file", bl.curl_get(curl, "big.bin", dest), nginx,
+                needs=("nginx", "curl")),
+        to_null("nginx + curl -> /dev/null", bl.curl_get(curl, "big.bin", "/dev/null"), nginx,
+                needs=("nginx", "curl")),
+        to_file("rsync daemon -> file", bl.rsync_get(settings.tool("rsync"), "big.bin", dest),
+                rsync, needs=("rsync",)),
+        to_null("iperf3 -R (memory to memory)", bl.iperf3_get(settings.tool("iperf3"),
+                settings.size), bl.iperf3_server(settings.tool("iperf3")), needs=("iperf3",)),
+    ]  # fmt: skip
+    notes = [
+        "a: to a file on disk; ftx fsyncs it (and its directory) before the rename, like the "
+        "'+fsync' row; wall time includes each client's start-up (see d)"
+    ]
+    return Scenario("a", methods, notes)
+
+
+# --- (b) many small files ---------------------------------------------------------------------
+
+
+def small_files(settings: Settings) -> Scenario:
+    data = settings.tmp / "data" / "b"
+    paths = make_tree(data, settings.files, settings.dirs)
+
+    def make_tree_dir(run_dir: Path) -> None:  # ftx get -r -o DIR wants DIR to exist
+        (run_dir / "tree").mkdir()
+        os.sync()
+
+    def check(run_dir: Path, run: ClientRun) -> str | None:
+        got = sum(len(names) for _, _, names in os.walk(run_dir / "tree"))
+        return None if got == settings.files else f"saved {got} files, not {settings.files}"
+
+    method = partial(
+        Method,
+        f"b: {settings.files} x 4 KiB in {settings.dirs} dirs",
+        work=settings.files,
+        unit="files/s",
+        prepare=lambda run_dir: os.sync(),
+        check=check,
+    )
+    conns = settings.connections
+    tree = [bl.PYTHON, bl.FTX_LIB, "tree", "{port}", "{dir}/tree", str(conns)]
+    top = sorted({path.split("/")[0] for path in paths})
+    cli_tree = [*bl.ftx_command(), "get", "-r", "-j", str(conns), "-q", "127.0.0.1:{port}", *top]
+    ftx_server = bl.ftx_server(data)
+    rsync = bl.rsync_server(settings.tool("rsync"), data, settings.tmp / "rsyncd")
+    nginx = bl.nginx_server(settings.tool("nginx"), data, settings.tmp / "nginx")
+    curl = bl.curl_many(settings.tool("curl"), paths, settings.tmp / "curl-tree.conf")
+    methods = [
+        method(f"ftx lib, {conns} connections", tree, ftx_server),
+        method(f"ftx lib, {conns} connections -> tmpfs", tree, ftx_server,
+               out_base=settings.fast),
+        method(f"ftx get -r -j {conns} (CLI)", [*cli_tree, "-o", "{dir}/tree"], ftx_server,
+               needs=("ftx recursive",), prepare=make_tree_dir),
+        method("rsync daemon", bl.rsync_get(settings.tool("rsync"), "", "{dir}/tree"), rsync,
+               needs=("rsync",), reference=True),
+        method("rsync daemon --fsync", bl.rsync_get(settings.tool("rsync"), "", "{dir}/tree",
+               fsync=True), rsync, needs=("rsync",)),
+        method("http.server + curl (1 process)", curl, bl.http_server(data), needs=("curl",)),
+        method("nginx + curl (1 process, keep-alive)", curl, nginx, needs=("nginx", "curl")),
+    ]  # fmt: skip
+    if settings.fast == settings.tmp:
+        del methods[1]
+    notes = [
+        "b: a fresh destination directory per run, on disk unless marked; ftx fsyncs every "
+        "file and its directory (rsync only with --fsync)"
+    ]
+    return Scenario("b", methods, notes)
+
+
+# --- (c) concurrent downloads -----------------------------------------------------------------
+
+
+def _failures(run: ClientRun) -> int | None:
+    found = re.search(r"failures=(\d+)", run.stdout)
+    return int(found.group(1)) if found else None
+
+
+def _wrk_rate(run: ClientRun) -> float | None:
+    found = re.search(r"Requests/sec:\s*([\d.]+)", run.stdout)
+    return float(found.group(1)) if found else None
+
+
+def _wrk_check(run_dir: Path, run: ClientRun) -> str | None:
+    problems = re.findall(r"(Socket errors:.*|Non-2xx or 3xx responses:.*)", run.stdout)
+    return "; ".join(line.strip() for line in problems) or None
+
+
+def concurrent(settings: Settings) -> Scenario:
+    data = settings.tmp / "data" / "c"
+    digest = make_file(data / "one.bin", MiB)
+    count = settings.requests
+
+    def rate(run: ClientRun) -> float | None:  # successful downloads only
+        failures = _failures(run)
+        return None if failures is None else (count - failures) / run.wall
+
+    def check(run_dir: Path, run: ClientRun) -> str | None:
+        failures = _failures(run)
+        if not failures:
+            return None
+        errors = " ".join(run.stderr.split())[:160]
+        return f"{failures} of {count} downloads failed ({errors})"
+
+    ftx_server, http = bl.ftx_server(data), bl.http_server(data)
+    nginx = bl.nginx_server(settings.tool("nginx"), data, settings.tmp / "nginx")
+    methods = []
+    for level in settings.concurrency:
+        group = f"c: {count} x 1 MiB, {level} at a time"
+        method = partial(
+            Method,
+            group,
+            work=count,
+            unit="req/s",
+            check=check,
+            rate=rate,
+            out_base=settings.fast,
+        )
+        wrk = partial(
+            Method,
+            group,
+            client=bl.wrk_get(settings.tool("wrk"), "one.bin", level, settings.wrk_seconds),
+            unit="req/s",
+            check=_wrk_check,
+            rate=_wrk_rate,
+        )
+        many = [bl.PYTHON, bl.FTX_LIB, "many", "{port}", "one.bin", str(count), str(level)]
+        trio_http = bl.pylimit_http("one.bin", digest, count, level)
+        methods += [
+            method("ftx lib client, ftx serve", [*many, "{dir}"], ftx_server),
+            method(f"ftx lib client, ftx.serve(max_connections={level})", [*many, "{dir}"],
+                   bl.ftx_lib_server(data, level), needs=("ftx max_connections",)),
+            method("nginx + trio HTTP client", trio_http, nginx, needs=("nginx",),
+                   reference=True),
+            method("http.server + trio HTTP client", trio_http, http, reference=True),
+            wrk("http.server + wrk", server=http, needs=("wrk",)),
+            wrk("nginx + wrk", server=nginx, needs=("wrk", "nginx")),
+        ]  # fmt: skip
+    notes = [
+        f"c: each download on its own connection, verified (digest), saved under "
+        f"{settings.fast} and deleted; wrk rows: wrk's own req/s over {settings.wrk_seconds:g} s, "
+        "'Connection: close', nothing verified or saved"
+    ]
+    return Scenario("c", methods, notes)
+
+
+# --- (d) start-up -----------------------------------------------------------------------------
+
+
+def startup(runs: int) -> Scenario:
+    method = partial(Method, "d: start-up")
+    methods = [
+        method("ftx --version", [*bl.ftx_command(), "--version"]),
+        method('python -c "import trio, tqdm"', [bl.PYTHON, "-c", "import trio, tqdm"],
+               reference=True),
+        method('python -c "pass"', [bl.PYTHON, "-c", "pass"]),
+    ]  # fmt: skip
+    return Scenario("d", methods, runs=runs)
