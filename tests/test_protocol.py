@@ -139,6 +139,7 @@ def test_constants() -> None:
         "internal",
         "unsupported-version",
         "shutting-down",
+        "timeout",
     }
 
 

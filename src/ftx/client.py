@@ -29,6 +29,7 @@ from typing import Final
 
 import trio
 
+from ftx._listen import set_keepalive
 from ftx._threads import ThreadJob, run_together
 from ftx._version import __version__
 from ftx.errors import (
@@ -115,6 +116,7 @@ class Client(trio.abc.AsyncResource):
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
         self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
         self._protocol = ClientProtocol(
             max_frame_size=max_frame_size,

@@ -97,6 +97,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     UNSUPPORTED_VERSION = "unsupported-version"
     SHUTTING_DOWN = "shutting-down"
+    TIMEOUT = "timeout"
 
 
 class _Phase(enum.Enum):

@@ -1,0 +1,164 @@
+"""``ftx serve``: its options beyond DIR/--host/--port, and running the server from the command
+line (listening, the start-up banner, limits)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import resource
+import shlex
+import socket
+from pathlib import Path
+from typing import Final
+
+import trio
+
+import ftx
+from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds
+
+# Descriptors a served connection may hold at once (its socket, a file or directory being read).
+_FDS_PER_CONNECTION: Final = 2
+_FDS_SPARE: Final = 32
+
+logger = logging.getLogger("ftx.server")
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add the limit options of ``ftx serve``."""
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_count,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="serve at most N connections at once; more are told the server is busy "
+        f"(default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that has not completed its handshake in this time "
+        f"(default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that sends no complete request, or accepts no data, for this "
+        f"long (default: {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--backlog",
+        type=_positive_count,
+        default=None,
+        metavar="N",
+        help="the length of the queue of connections waiting to be accepted "
+        "(default: the system's maximum)",
+    )
+
+
+def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
+    """The :class:`ftx.Server` the options describe, and the resolved directory it serves.
+
+    Raises:
+        CliError: ``DIR`` is not a directory that can be served.
+    """
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise CliError(f"cannot serve {root}: not a directory", ExitCode.USAGE)
+    try:
+        server = ftx.Server(
+            root,
+            max_connections=args.max_connections,
+            handshake_timeout=args.handshake_timeout,
+            idle_timeout=args.idle_timeout,
+        )
+    except OSError as exc:
+        raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
+    return server, root.resolve()
+
+
+async def serve_command(args: argparse.Namespace) -> None:
+    """Run ``ftx serve`` until interrupted."""
+    server, root = open_server(args)
+    try:
+        try:
+            listeners = await trio.open_tcp_listeners(
+                args.port, host=args.host, backlog=args.backlog
+            )
+        except OSError as exc:
+            raise CliError(describe_listen_error(exc, args), ExitCode.NETWORK) from None
+        _print_banner(args, root, listeners)
+        _check_descriptor_limit(args.max_connections)
+        try:
+            await server.serve_listeners(listeners)
+        except BaseExceptionGroup as group:
+            # Ctrl-C lands inside the accepting nursery: report it as itself.
+            if group.subgroup(KeyboardInterrupt) is not None:
+                raise KeyboardInterrupt from None
+            raise
+    finally:
+        server.root.close()
+
+
+def _print_banner(
+    args: argparse.Namespace, root: Path, listeners: list[trio.SocketListener]
+) -> None:
+    addresses = [_listener_address(listener) for listener in listeners]
+    print(
+        f"ftx {ftx.__version__} serving {root} (read-only) on " + ", ".join(map(str, addresses)),
+        flush=True,
+    )
+    example = _example_file(root)
+    port = addresses[0].port
+    host = args.host if args.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+    print(f"get a file with:  ftx get {Address(host, port)} {example}", flush=True)
+    if host == "127.0.0.1" and args.host is None:
+        print("(from another machine, use this machine's address instead of 127.0.0.1)")
+
+
+def _check_descriptor_limit(max_connections: int) -> None:
+    """Warn when the open-file limit cannot carry ``max_connections`` connections."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections * _FDS_PER_CONNECTION + _FDS_SPARE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "the limit on open files (%d) is low for --max-connections %d (about %d needed): "
+            "connections beyond it will be refused; raise it with 'ulimit -n'",
+            soft,
+            max_connections,
+            needed,
+        )
+
+
+def _listener_address(listener: trio.SocketListener) -> Address:
+    host, port = listener.socket.getsockname()[:2]
+    return Address(host, port)
+
+
+def _example_file(root: Path) -> str:
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_file())
+    except OSError:
+        names = []
+    visible = [name for name in names if not name.startswith(".")]
+    return shlex.quote((visible or ["FILE"])[0])
+
+
+def describe_listen_error(exc: OSError, args: argparse.Namespace) -> str:
+    where = f"port {args.port}" + (f" on {args.host}" if args.host else "")
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: it is already in use (pick another with --port)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: {args.host} is not an address of this machine"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: unknown host {args.host!r}"
+    return f"cannot listen on {where}: {exc.strerror or exc}"

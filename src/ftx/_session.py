@@ -1,0 +1,282 @@
+"""One server connection: the handshake, then requests answered one after the other.
+
+Every wait is bounded by the server's :class:`~ftx._limits.Limits`: the handshake by an absolute
+deadline, each request by the idle deadline (so a request trickled in slower than that is cut
+off), and each write by the progress deadline of :class:`~ftx._limits.SendDeadlineStream`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ftx._threads import ThreadJob
+from ftx._version import __version__
+from ftx.framing import FramedChannel
+from ftx.fs import FsError, OpenedFile
+from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
+from ftx.messages import Message as _Message
+from ftx.protocol import (
+    BLAKE3_FEATURE,
+    DIGEST_ALGORITHMS,
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    Hasher,
+    ServerProtocol,
+    new_hasher,
+)
+
+if TYPE_CHECKING:
+    from ftx.server import Server
+
+__all__ = ["FAREWELL_SECONDS", "Session"]
+
+# A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
+# peer_max_frame_size // 2048 entries always fit in a frame.
+_MAX_LIST_PAGE: Final = 256
+_ENTRY_BUDGET: Final = 2048
+_HASH_PREFIX_BLOCK: Final = 1 << 20
+# How long a connection being closed for an error may take to flush the error message.
+FAREWELL_SECONDS: Final = 2.0
+
+logger = logging.getLogger("ftx.server")
+
+
+class Session:
+    """One client connection, from the client's HELLO to the end of the stream."""
+
+    def __init__(self, server: Server, channel: FramedChannel, peer: str) -> None:
+        self._server = server
+        self._root = server.root
+        self._limits = server.limits
+        self._channel = channel
+        self._peer = peer
+        self._protocol = ServerProtocol(
+            max_frame_size=server.max_frame_size,
+            agent=f"ftx/{__version__}",
+            features=frozenset({BLAKE3_FEATURE}),
+        )
+
+    async def _send(self, message: _Message) -> None:
+        await self._channel.send_parts(*self._protocol.send(message))
+
+    async def _receive(self) -> _Message:
+        """The next message from the client, skipping extensions this version ignores."""
+        while True:
+            message = self._protocol.receive(await self._channel.receive())
+            if message is not None:
+                return message
+
+    async def farewell(self, code: ErrorCode, message: str, *, before_hello: bool = True) -> None:
+        """Tell the client why the connection is being closed, if it can still be told.
+
+        With ``before_hello=False`` nothing is sent to a client whose HELLO has not arrived
+        (a server speaks only after the client's HELLO).
+        """
+        if not before_hello and self._protocol.peer_hello is None:
+            return
+        with trio.move_on_after(FAREWELL_SECONDS):
+            try:
+                await self._send(Error(None, code, message))
+            except Exception as exc:  # the connection may be long gone: nothing more to do
+                logger.debug("%s: could not send the error: %s", self._peer, exc)
+
+    async def run(self) -> None:
+        """Serve the connection until the client closes it or a limit is reached.
+
+        Raises:
+            RemoteProtocolError: the client broke the protocol.
+            trio.BrokenResourceError: the connection broke (:exc:`~ftx._limits.WriteStalledError`
+                when the client stopped reading).
+        """
+        limits = self._limits
+        with trio.move_on_after(limits.handshake_timeout) as handshake:
+            shaken = await self._handshake()
+        if handshake.cancelled_caught:
+            logger.info(
+                "%s: no handshake within %g s; closing", self._peer, limits.handshake_timeout
+            )
+            message = f"no handshake within {limits.handshake_timeout:g} seconds"
+            await self.farewell(ErrorCode.TIMEOUT, message, before_hello=False)
+            return
+        if not shaken:
+            return
+        chunk = min(self._server.chunk_size, self._protocol.peer_max_frame_size - 1)
+        while True:
+            with trio.move_on_after(limits.idle_timeout) as idle:
+                try:
+                    request = await self._receive()
+                except trio.EndOfChannel:
+                    return
+            if idle.cancelled_caught:
+                logger.info("%s: no request for %g s; closing", self._peer, limits.idle_timeout)
+                message = f"no request for {limits.idle_timeout:g} seconds"
+                await self.farewell(ErrorCode.TIMEOUT, message)
+                return
+            if isinstance(request, Get):
+                await self._send_file(request, chunk)
+            elif isinstance(request, ListDir):
+                await self._send_listing(request)
+
+    async def _handshake(self) -> bool:
+        """Receive the client's HELLO and answer it; return whether requests may follow."""
+        try:
+            await self._receive()  # HELLO: the protocol accepts nothing else first
+        except trio.EndOfChannel:
+            return False
+        if self._protocol.version is None:
+            versions = ", ".join(map(str, SUPPORTED_VERSIONS))
+            await self.farewell(
+                ErrorCode.UNSUPPORTED_VERSION, f"this server speaks protocol version {versions}"
+            )
+            return False
+        await self._send(self._protocol.hello_reply())
+        return True
+
+    async def _refuse(self, request: Get | ListDir, code: ErrorCode, message: str) -> None:
+        logger.info("%s: %s %r refused: %s", self._peer, _verb(request), request.path, message)
+        await self._send(Error(request.request_id, code, message))
+
+    async def _send_file(self, request: Get, chunk_size: int) -> None:
+        if request.digest is not None and request.digest not in DIGEST_ALGORITHMS:
+            await self._refuse(request, ErrorCode.BAD_REQUEST, f"unknown digest {request.digest}")
+            return
+        try:
+            opened = await trio.to_thread.run_sync(self._root.open_file, request.path)
+        except FsError as exc:
+            await self._refuse(request, exc.code, exc.message)
+            return
+        with opened:
+            if request.identity is not None and request.identity != opened.identity:
+                message = f"{request.path!r} changed since the transfer began"
+                await self._refuse(request, ErrorCode.CHANGED, message)
+            elif request.offset > opened.size:
+                message = f"offset {request.offset} is beyond the end of {request.path!r}"
+                await self._refuse(request, ErrorCode.BAD_REQUEST, message)
+            else:
+                await self._stream_file(request, opened, chunk_size)
+
+    async def _stream_file(self, request: Get, opened: OpenedFile, chunk_size: int) -> None:
+        started = trio.current_time()
+        st = opened.stat
+        await self._send(
+            FileHeader(
+                request.request_id,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                identity=opened.identity,
+                offset=request.offset,
+                mode=st.st_mode & 0o7777,
+                digest=request.digest,
+            )
+        )
+        try:
+            digest = await self._stream_chunks(request, opened, chunk_size)
+        except _FileChangedError:
+            message = f"{request.path!r} changed during the transfer"
+            await self._refuse(request, ErrorCode.CHANGED, message)
+            return
+        await self._send(FileEnd(request.request_id, digest))
+        sent = st.st_size - request.offset
+        elapsed = trio.current_time() - started
+        rate = sent / elapsed / 2**20 if elapsed > 0 else math.inf
+        logger.info(
+            "%s: GET %r: %d bytes in %.3f s (%.1f MiB/s)",
+            self._peer,
+            request.path,
+            sent,
+            elapsed,
+            rate,
+        )
+
+    async def _stream_chunks(self, request: Get, opened: OpenedFile, chunk_size: int) -> str | None:
+        """Send the file from the requested offset as DATA frames; return the digest of the
+        whole file, or ``None`` if none was asked for.
+
+        Each chunk is hashed in a worker thread while it is being sent. A digest computed over
+        an unchanged file is remembered, so a file downloaded again (or resumed) is not re-read
+        for it.
+
+        Raises:
+            _FileChangedError: the file was truncated or modified while it was being sent.
+        """
+        size, identity = opened.size, opened.identity
+        algorithm = request.digest
+        cache_key = f"{algorithm}:{identity}"
+        known = self._server.digests.get(cache_key) if algorithm else None
+        hasher = new_hasher(algorithm) if algorithm and known is None else None
+        if hasher is not None and request.offset:
+            await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
+        pool = self._server.buffers
+        position = request.offset
+        while position < size:
+            buffer = await pool.acquire()
+            try:
+                with memoryview(buffer) as whole:
+                    view = whole[: min(chunk_size, size - position)]
+                    # Page-cache reads are memory copies: done here, no thread hop per chunk.
+                    count = opened.read_cached_into(view, position)
+                    if count is None:
+                        count = await trio.to_thread.run_sync(opened.read_into, view, position)
+                    if count == 0:
+                        raise _FileChangedError  # truncated under us
+                    chunk = view[:count]
+                    job = ThreadJob(partial(hasher.update, chunk)) if hasher else None
+                    try:
+                        await self._send(Data(chunk))
+                    finally:
+                        if job is not None:
+                            await job.wait_quietly()
+                    position += count
+            finally:
+                pool.release(buffer)
+        if opened.changed():
+            raise _FileChangedError
+        if hasher is None:
+            return known
+        digest = hasher.hexdigest()
+        self._server.digests.put(cache_key, digest)
+        return digest
+
+    async def _send_listing(self, request: ListDir) -> None:
+        try:
+            listing = await trio.to_thread.run_sync(self._root.list_directory, request.path)
+        except FsError as exc:
+            await self._refuse(request, exc.code, exc.message)
+            return
+        if isinstance(listing, Entry):
+            await self._send(ListEntries(request.request_id, (listing,)))
+            await self._send(ListEnd(request.request_id, 1))
+            return
+        page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
+        count = 0
+        with listing:
+            while page := await trio.to_thread.run_sync(listing.next_page, page_size):
+                await self._send(ListEntries(request.request_id, tuple(page)))
+                count += len(page)
+        await self._send(ListEnd(request.request_id, count))
+        logger.info("%s: LIST %r: %d entries", self._peer, request.path, count)
+
+
+class _FileChangedError(Exception):
+    pass
+
+
+def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
+    """Hash the first ``end`` bytes: a resumed transfer's digest still covers the whole file."""
+    buffer = memoryview(bytearray(min(end, _HASH_PREFIX_BLOCK)))
+    position = 0
+    while position < end:
+        count = opened.read_into(buffer[: end - position], position)
+        if count == 0:
+            return  # truncated: the transfer will notice and report the change
+        hasher.update(buffer[:count])
+        position += count
+
+
+def _verb(request: Get | ListDir) -> str:
+    return "GET" if isinstance(request, Get) else "LIST"
