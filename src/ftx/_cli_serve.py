@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import resource
 import shlex
+import signal
 import socket
 from pathlib import Path
 from typing import Final
@@ -17,17 +19,27 @@ import trio
 
 import ftx
 from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
-from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds
+from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
 
 # Descriptors a served connection may hold at once (its socket, a file or directory being read).
 _FDS_PER_CONNECTION: Final = 2
 _FDS_SPARE: Final = 32
+DEFAULT_GRACE: Final = 10.0
 
 logger = logging.getLogger("ftx.server")
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
-    """Add the limit options of ``ftx serve``."""
+    """Add the options of ``ftx serve`` beyond DIR, --host and --port."""
+    parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="on SIGINT (Ctrl-C) or SIGTERM, stop accepting and let transfers in progress "
+        "finish for this long, then stop them; a second signal stops them at once "
+        f"(default: {DEFAULT_GRACE:g})",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-connections",
@@ -63,6 +75,16 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
     """The :class:`ftx.Server` the options describe, and the resolved directory it serves.
 
@@ -85,7 +107,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
 
 
 async def serve_command(args: argparse.Namespace) -> None:
-    """Run ``ftx serve`` until interrupted."""
+    """Run ``ftx serve`` until SIGINT or SIGTERM, then shut down gracefully."""
     server, root = open_server(args)
     try:
         try:
@@ -94,17 +116,40 @@ async def serve_command(args: argparse.Namespace) -> None:
             )
         except OSError as exc:
             raise CliError(describe_listen_error(exc, args), ExitCode.NETWORK) from None
-        _print_banner(args, root, listeners)
-        _check_descriptor_limit(args.max_connections)
-        try:
-            await server.serve_listeners(listeners)
-        except BaseExceptionGroup as group:
-            # Ctrl-C lands inside the accepting nursery: report it as itself.
-            if group.subgroup(KeyboardInterrupt) is not None:
-                raise KeyboardInterrupt from None
-            raise
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_shut_down_on_signals, server, args)
+            _print_banner(args, root, listeners)
+            _check_descriptor_limit(args.max_connections)
+            await server.serve_listeners(listeners)  # returns once shut down
+            nursery.cancel_scope.cancel()
     finally:
         server.root.close()
+    _say(args, "ftx: stopped")
+
+
+async def _shut_down_on_signals(
+    server: ftx.Server,
+    args: argparse.Namespace,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """On the first SIGINT or SIGTERM, shut the server down with ``--grace``; on the next, at
+    once. (Installed before the banner is printed, so no signal is missed.)"""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not server.closing:
+                    logger.warning(
+                        "%s: stopping; transfers in progress may finish within %g s "
+                        "(send it again to stop them now)",
+                        name,
+                        args.grace,
+                    )
+                    nursery.start_soon(server.shutdown, args.grace)
+                else:
+                    logger.warning("%s: stopping transfers in progress now", name)
+                    nursery.start_soon(server.shutdown, 0)
 
 
 def _print_banner(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -55,6 +57,10 @@ class Session:
         self._limits = server.limits
         self._channel = channel
         self._peer = peer
+        self._stopping = False  # end after the current answer
+        self._stop_now = False  # end at the next frame boundary
+        self._waiting: trio.CancelScope | None = None
+        self._working: trio.CancelScope | None = None
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
@@ -85,8 +91,51 @@ class Session:
             except Exception as exc:  # the connection may be long gone: nothing more to do
                 logger.debug("%s: could not send the error: %s", self._peer, exc)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
+
+    def stop(self, *, now: bool) -> None:
+        """Ask the session to end with a connection-level ``shutting-down`` ERROR.
+
+        A session waiting for the handshake or for a request ends at once. One answering a
+        request finishes that answer first, unless ``now``: then it stops at the next frame
+        boundary, and is cancelled outright if it has not reached one within
+        :data:`FAREWELL_SECONDS` (a client that stopped reading).
+        """
+        self._stopping = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if now:
+            self._stop_now = True
+            if self._working is not None:
+                deadline = trio.current_time() + FAREWELL_SECONDS
+                self._working.deadline = min(self._working.deadline, deadline)
+
+    @contextmanager
+    def _wait(self, seconds: float) -> Iterator[trio.CancelScope]:
+        """A scope for waiting on the client: cancelled after ``seconds``, or by :meth:`stop`."""
+        with trio.move_on_after(seconds) as scope:
+            if self._stopping:
+                scope.cancel()
+            self._waiting = scope
+            try:
+                yield scope
+            finally:
+                self._waiting = None
+
+    async def _stopped(self) -> None:
+        logger.info("%s: closing: the server is shutting down", self._peer)
+        await self.farewell(
+            ErrorCode.SHUTTING_DOWN,
+            "the server is shutting down; try again later",
+            before_hello=False,
+        )
+
     async def run(self) -> None:
-        """Serve the connection until the client closes it or a limit is reached.
+        """Serve the connection until the client closes it, a limit is reached, or the session
+        is stopped.
 
         Raises:
             RemoteProtocolError: the client broke the protocol.
@@ -94,9 +143,12 @@ class Session:
                 when the client stopped reading).
         """
         limits = self._limits
-        with trio.move_on_after(limits.handshake_timeout) as handshake:
+        with self._wait(limits.handshake_timeout) as handshake:
             shaken = await self._handshake()
         if handshake.cancelled_caught:
+            if self._stopping:
+                await self._stopped()
+                return
             logger.info(
                 "%s: no handshake within %g s; closing", self._peer, limits.handshake_timeout
             )
@@ -106,21 +158,39 @@ class Session:
         if not shaken:
             return
         chunk = min(self._server.chunk_size, self._protocol.peer_max_frame_size - 1)
-        while True:
-            with trio.move_on_after(limits.idle_timeout) as idle:
+        while not self._stopping:
+            with self._wait(limits.idle_timeout) as idle:
                 try:
                     request = await self._receive()
                 except trio.EndOfChannel:
                     return
             if idle.cancelled_caught:
+                if self.stopping:  # (a property: stop() may have run while we waited)
+                    break
                 logger.info("%s: no request for %g s; closing", self._peer, limits.idle_timeout)
                 message = f"no request for {limits.idle_timeout:g} seconds"
                 await self.farewell(ErrorCode.TIMEOUT, message)
                 return
-            if isinstance(request, Get):
-                await self._send_file(request, chunk)
-            elif isinstance(request, ListDir):
-                await self._send_listing(request)
+            with trio.CancelScope() as self._working:
+                try:
+                    if not self._stop_now:
+                        await self._answer(request, chunk)
+                except _StoppedError:
+                    pass
+                finally:
+                    self._working = None
+        await self._stopped()
+
+    async def _answer(self, request: _Message, chunk: int) -> None:
+        if isinstance(request, Get):
+            await self._send_file(request, chunk)
+        elif isinstance(request, ListDir):
+            await self._send_listing(request)
+
+    def _check_stop(self) -> None:
+        """Called at frame boundaries inside an answer."""
+        if self._stop_now:
+            raise _StoppedError
 
     async def _handshake(self) -> bool:
         """Receive the client's HELLO and answer it; return whether requests may follow."""
@@ -227,6 +297,7 @@ class Session:
                     chunk = view[:count]
                     job = ThreadJob(partial(hasher.update, chunk)) if hasher else None
                     try:
+                        self._check_stop()
                         await self._send(Data(chunk))
                     finally:
                         if job is not None:
@@ -256,6 +327,7 @@ class Session:
         count = 0
         with listing:
             while page := await trio.to_thread.run_sync(listing.next_page, page_size):
+                self._check_stop()
                 await self._send(ListEntries(request.request_id, tuple(page)))
                 count += len(page)
         await self._send(ListEnd(request.request_id, count))
@@ -264,6 +336,10 @@ class Session:
 
 class _FileChangedError(Exception):
     pass
+
+
+class _StoppedError(Exception):
+    """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
 def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:

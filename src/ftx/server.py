@@ -89,13 +89,51 @@ class Server:
         self.max_frame_size: Final = max_frame_size
         self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
         self.digests: Final = DigestCache()
-        self._connections = 0
+        self._sessions: set[Session] = set()
+        self._sessions_changed = trio.lowlevel.ParkingLot()
         self._refusals = 0
+        self._closing = False
+        self._accepting: set[trio.CancelScope] = set()
 
     @property
     def connections(self) -> int:
         """How many connections are being served now (refused ones are not counted)."""
-        return self._connections
+        return len(self._sessions)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`shutdown` was called."""
+        return self._closing
+
+    async def shutdown(self, grace: float = 0.0) -> None:
+        """Stop serving, gracefully: let the answers in progress finish, then close everything.
+
+        Accepting stops at once: :meth:`serve_listeners` closes its listeners (a connection
+        accepted meanwhile is answered ``shutting-down``). Connections waiting for their
+        handshake or their next request are closed at once; those answering a request get up to
+        ``grace`` seconds to finish it. Then the rest are stopped at the next frame boundary (or
+        cancelled, if they cannot reach one within two seconds). Every client told nothing else
+        receives a connection-level ``shutting-down`` ERROR, and can resume later.
+
+        Returns once every connection is closed; :meth:`serve_listeners` then returns too. May
+        be called again, from any task: ``shutdown(0)`` during a graceful shutdown ends the
+        grace period at once.
+        """
+        self._closing = True
+        for scope in self._accepting:
+            scope.cancel()
+        for session in list(self._sessions):
+            session.stop(now=False)
+        with trio.move_on_after(grace):
+            await self._wait_for_sessions()
+        for session in list(self._sessions):
+            session.stop(now=True)
+        await self._wait_for_sessions()
+
+    async def _wait_for_sessions(self) -> None:
+        while self._sessions:
+            await self._sessions_changed.park()
+        await trio.lowlevel.checkpoint()
 
     async def serve_listeners(
         self,
@@ -104,12 +142,13 @@ class Server:
         handler_nursery: trio.Nursery | None = None,
         task_status: trio.TaskStatus[Listeners] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections on ``listeners`` and serve each in its own task, until cancelled.
+        """Accept connections on ``listeners`` and serve each in its own task, until cancelled
+        or, after :meth:`shutdown`, until the last connection is closed.
 
         ``task_status.started`` is called with the listeners once they accept connections; they
-        are closed when this returns. TCP connections get ``SO_KEEPALIVE``. When the process runs
-        out of file descriptors, new connections are refused (``busy``) rather than left waiting,
-        and the server goes on.
+        are closed when accepting stops. TCP connections get ``SO_KEEPALIVE``. When the process
+        runs out of file descriptors, new connections are refused (``busy``) rather than left
+        waiting, and the server goes on.
 
         Raises:
             OSError: accepting failed for a reason other than a lack of resources.
@@ -122,42 +161,59 @@ class Server:
         handler_nursery: trio.Nursery | None,
         started: Callable[[], None],
     ) -> None:
-        reserve = FdReserve()
+        accepting = trio.CancelScope()
+        if self._closing:
+            accepting.cancel()
+        self._accepting.add(accepting)
+
+        async def accept(handlers: trio.Nursery) -> None:
+            reserve = FdReserve()
+            try:
+                with accepting:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(
+                                accept_loop,
+                                listener,
+                                self.handle_stream,
+                                self._refuse,
+                                handlers,
+                                reserve,
+                            )
+            finally:
+                reserve.close()
+                for listener in listeners:  # stop accepting: the system refuses new ones
+                    await trio.aclose_forcefully(listener)
+
         try:
             async with trio.open_nursery() as nursery:
-                handlers = handler_nursery if handler_nursery is not None else nursery
-                for listener in listeners:
-                    nursery.start_soon(
-                        accept_loop, listener, self.handle_stream, self._refuse, handlers, reserve
-                    )
+                nursery.start_soon(accept, handler_nursery or nursery)
                 started()
         finally:
-            reserve.close()
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+            self._accepting.discard(accepting)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one client over ``stream`` until it closes the connection, then close it.
 
-        Over the connection limit, the client is refused with ``busy`` instead.
+        Over the connection limit, the client is refused with ``busy`` instead; after
+        :meth:`shutdown`, with ``shutting-down``.
 
         Never raises, except :exc:`trio.Cancelled` and :exc:`KeyboardInterrupt`: a failure is
         logged and ends this connection only.
         """
-        if self._connections >= self.limits.max_connections:
-            await self._refuse(stream)
-            return
-        self._connections += 1
-        try:
+        if self._closing:
+            await self._refuse(stream, ErrorCode.SHUTTING_DOWN)
+        elif len(self._sessions) >= self.limits.max_connections:
+            await self._refuse(stream, ErrorCode.BUSY)
+        else:
             await self._handle(stream)
-        finally:
-            self._connections -= 1
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)
         wrapped = SendDeadlineStream(stream, self.limits.idle_timeout)
         channel = FramedChannel(wrapped, max_frame_size=self.max_frame_size)
         session = Session(self, channel, peer)
+        self._sessions.add(session)
         try:
             await session.run()
         except WriteStalledError as exc:
@@ -171,24 +227,27 @@ class Server:
             logger.exception("%s: internal error; closing this connection", peer)
             await session.farewell(ErrorCode.INTERNAL, "internal server error")
         finally:
+            self._sessions.discard(session)
+            self._sessions_changed.unpark_all()
             await trio.aclose_forcefully(channel)
 
-    async def _refuse(self, stream: trio.abc.Stream) -> None:
-        """Answer the client's HELLO with a connection-level ``busy`` ERROR, and close.
+    async def _refuse(self, stream: trio.abc.Stream, code: ErrorCode = ErrorCode.BUSY) -> None:
+        """Answer the client's HELLO with a connection-level ERROR (``busy`` or
+        ``shutting-down``), and close.
 
         Bounded in time, and in number: past :data:`_MAX_REFUSALS` at once, connections are
         closed without a word.
         """
         peer = _peer_name(stream)
         if self._refusals >= _MAX_REFUSALS:
-            logger.info("%s: refused (busy), closed at once", peer)
+            logger.info("%s: refused (%s), closed at once", peer, code)
             await trio.aclose_forcefully(stream)
             return
         self._refusals += 1
         try:
-            logger.warning("%s: refused: busy (%d connections)", peer, self._connections)
-            message = "the server is busy; try again later"
-            await _refuse_politely(stream, ErrorCode.BUSY, message)
+            logger.warning("%s: refused: %s (%d connections)", peer, code, len(self._sessions))
+            what = "busy" if code == ErrorCode.BUSY else "shutting down"
+            await _refuse_politely(stream, code, f"the server is {what}; try again later")
         finally:
             self._refusals -= 1
             await trio.aclose_forcefully(stream)
