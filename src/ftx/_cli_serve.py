@@ -18,6 +18,7 @@ from typing import Final
 import trio
 
 import ftx
+from ftx._access import JsonFormatter
 from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
 
@@ -39,6 +40,13 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="on SIGINT (Ctrl-C) or SIGTERM, stop accepting and let transfers in progress "
         "finish for this long, then stop them; a second signal stops them at once "
         f"(default: {DEFAULT_GRACE:g})",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how to write the log on standard error, one line per transfer and per event: "
+        "for people (text), or one JSON object per line (default: text)",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -108,6 +116,9 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
 
 async def serve_command(args: argparse.Namespace) -> None:
     """Run ``ftx serve`` until SIGINT or SIGTERM, then shut down gracefully."""
+    if args.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     server, root = open_server(args)
     try:
         try:
@@ -124,7 +135,10 @@ async def serve_command(args: argparse.Namespace) -> None:
             nursery.cancel_scope.cancel()
     finally:
         server.root.close()
-    _say(args, "ftx: stopped")
+    if args.log_format == "json":
+        logger.warning("stopped")
+    else:
+        _say(args, "ftx: stopped")
 
 
 async def _shut_down_on_signals(

@@ -8,7 +8,6 @@ off), and each write by the progress deadline of :class:`~ftx._limits.SendDeadli
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ftx._access import AccessRecord
+from ftx._limits import WriteStalledError
 from ftx._threads import ThreadJob
 from ftx._version import __version__
 from ftx.framing import FramedChannel
@@ -61,6 +62,7 @@ class Session:
         self._stop_now = False  # end at the next frame boundary
         self._waiting: trio.CancelScope | None = None
         self._working: trio.CancelScope | None = None
+        self._record = AccessRecord(peer, "", "", 0.0)  # the request being answered
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
@@ -182,10 +184,34 @@ class Session:
         await self._stopped()
 
     async def _answer(self, request: _Message, chunk: int) -> None:
-        if isinstance(request, Get):
-            await self._send_file(request, chunk)
-        elif isinstance(request, ListDir):
-            await self._send_listing(request)
+        """Answer one request, and log it in the access log however the answer ends."""
+        if not isinstance(request, Get | ListDir):  # pragma: no cover - ServerProtocol ensures it
+            return
+        record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
+        self._record = record
+        try:
+            if isinstance(request, Get):
+                await self._send_file(request, chunk)
+            else:
+                await self._send_listing(request)
+        except BaseException as exc:
+            record.result = self._outcome(exc)
+            raise
+        finally:
+            record.log(trio.current_time())
+
+    def _outcome(self, exc: BaseException) -> str:
+        """The access-log result of an answer cut short by ``exc``."""
+        match exc:
+            case _StoppedError():
+                return ErrorCode.SHUTTING_DOWN
+            case trio.Cancelled():
+                return ErrorCode.SHUTTING_DOWN if self._stop_now else "cancelled"
+            case WriteStalledError():
+                return ErrorCode.TIMEOUT
+            case trio.BrokenResourceError() | trio.ClosedResourceError():
+                return "lost"
+        return ErrorCode.INTERNAL
 
     def _check_stop(self) -> None:
         """Called at frame boundaries inside an answer."""
@@ -208,7 +234,8 @@ class Session:
         return True
 
     async def _refuse(self, request: Get | ListDir, code: ErrorCode, message: str) -> None:
-        logger.info("%s: %s %r refused: %s", self._peer, _verb(request), request.path, message)
+        self._record.result = code
+        self._record.message = message
         await self._send(Error(request.request_id, code, message))
 
     async def _send_file(self, request: Get, chunk_size: int) -> None:
@@ -231,8 +258,9 @@ class Session:
                 await self._stream_file(request, opened, chunk_size)
 
     async def _stream_file(self, request: Get, opened: OpenedFile, chunk_size: int) -> None:
-        started = trio.current_time()
         st = opened.stat
+        self._record.offset = request.offset
+        self._record.size = st.st_size
         await self._send(
             FileHeader(
                 request.request_id,
@@ -251,17 +279,6 @@ class Session:
             await self._refuse(request, ErrorCode.CHANGED, message)
             return
         await self._send(FileEnd(request.request_id, digest))
-        sent = st.st_size - request.offset
-        elapsed = trio.current_time() - started
-        rate = sent / elapsed / 2**20 if elapsed > 0 else math.inf
-        logger.info(
-            "%s: GET %r: %d bytes in %.3f s (%.1f MiB/s)",
-            self._peer,
-            request.path,
-            sent,
-            elapsed,
-            rate,
-        )
 
     async def _stream_chunks(self, request: Get, opened: OpenedFile, chunk_size: int) -> str | None:
         """Send the file from the requested offset as DATA frames; return the digest of the
@@ -303,6 +320,7 @@ class Session:
                         if job is not None:
                             await job.wait_quietly()
                     position += count
+                    self._record.bytes += count
             finally:
                 pool.release(buffer)
         if opened.changed():
@@ -322,16 +340,16 @@ class Session:
         if isinstance(listing, Entry):
             await self._send(ListEntries(request.request_id, (listing,)))
             await self._send(ListEnd(request.request_id, 1))
+            self._record.entries = 1
             return
         page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
-        count = 0
+        self._record.entries = 0
         with listing:
             while page := await trio.to_thread.run_sync(listing.next_page, page_size):
                 self._check_stop()
                 await self._send(ListEntries(request.request_id, tuple(page)))
-                count += len(page)
-        await self._send(ListEnd(request.request_id, count))
-        logger.info("%s: LIST %r: %d entries", self._peer, request.path, count)
+                self._record.entries += len(page)
+        await self._send(ListEnd(request.request_id, self._record.entries))
 
 
 class _FileChangedError(Exception):
