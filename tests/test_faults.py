@@ -307,8 +307,10 @@ REAL_CLIENTS = 100
 DESCRIPTORS = 256
 CLIENT_BOUND = 30.0  # seconds: a client still waiting after this is hung
 
-# A server process made from the library, so that limits can be given to it whether or not the
-# command line has options for them yet: only those ftx.serve accepts are passed.
+# The limits the server runs with, as ftx serve options and as ftx.serve arguments. Without the
+# options (an ftx serve from before they existed), the server is made from the library instead,
+# with those of the arguments ftx.serve accepts.
+LIMIT_OPTIONS = {"--max-connections": "150", "--handshake-timeout": "2", "--idle-timeout": "5"}
 SERVE_SCRIPT = """
 import functools, inspect, json, logging, sys
 import trio, ftx
@@ -325,6 +327,13 @@ async def main():
 trio.run(main)
 """
 LIMITS = {"max_connections": 150, "handshake_timeout": 2.0, "idle_timeout": 5.0}
+
+
+async def serve_with_limits(root: Path) -> list[str]:
+    usage = await run_ftx("serve", "--help")
+    if all(option in usage.stdout for option in LIMIT_OPTIONS):
+        return ftx_serve(root, *(part for item in LIMIT_OPTIONS.items() for part in item))
+    return [sys.executable, "-c", SERVE_SCRIPT, str(root), json.dumps(LIMITS)]
 
 
 def descriptor_limit(limit: int) -> Callable[[], None]:
@@ -410,7 +419,7 @@ async def test_idle_connections_and_many_clients_with_few_descriptors(tmp_path: 
     expected = sha256_of(root / "file.bin")
     out = tmp_path / "out"
     out.mkdir()
-    command = [sys.executable, "-c", SERVE_SCRIPT, str(root), json.dumps(LIMITS)]
+    command = await serve_with_limits(root)
     log = tmp_path / "server.log"
     async with server_process(command, log, descriptor_limit(DESCRIPTORS)) as server:
         idle = await open_idle(server.port, IDLE_CONNECTIONS)
@@ -428,7 +437,7 @@ async def test_idle_connections_and_many_clients_with_few_descriptors(tmp_path: 
             during = await canary(server.port, out / "canary-during.bin", expected, 15)
             attack.cancel_scope.cancel()
         counts = Counter(outcomes)
-        print(f"{len(idle)} idle connections opened; real clients: {dict(counts)}")
+        print(f"{command[2:4]}: {len(idle)} idle connections; real clients: {dict(counts)}")
         print(f"canary during the attack: {during}")
         assert server.process.returncode is None, "the server died:\n" + log.read_text()
         assert not [o for o in outcomes if not is_clean(o)], (counts, log.read_text()[-3000:])
