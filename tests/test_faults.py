@@ -6,35 +6,29 @@ interface only, every wait bounded:
   a re-run that resumes;
 - the client's disk full (``RLIMIT_FSIZE``): a clear error, nothing at DEST, an existing DEST
   untouched;
-- a file the server may not read: a clear error;
-- 200 idle or trickling connections and 100 real clients against a server with 256 file
-  descriptors: verified files or clean refusals, never a hang, and the server still serves.
+- a file the server may not read: a clear error.
 
 Connection cuts at chosen bytes are in test_faults_proxy.py; files changing under the server and
-failures injected into one connection handler in test_faults_server.py.
+failures injected into one connection handler in test_faults_server.py; idle connections and many
+clients against a server short of file descriptors in test_faults_load.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import json
 import os
-import random
 import resource
 import shutil
 import signal
 import subprocess
-import sys
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
-import ftx
 from conftest import BigFile
 from faults_helpers import (
     ENV,
@@ -55,7 +49,6 @@ from faults_helpers import (
     stop_process,
     wait_for_size,
 )
-from ftx.messages import Hello, encode_message
 
 # Slow enough that "the middle of the download" lasts seconds, not milliseconds.
 THROTTLE = 16 * MiB
@@ -297,153 +290,3 @@ async def test_a_file_the_server_may_not_read_is_a_clear_error(tmp_path: Path) -
     finally:
         locked.chmod(0o755)
         secret.chmod(0o644)
-
-
-# ------------------------------------------------- idle connections, few file descriptors
-
-IDLE_CONNECTIONS = 200
-TRICKLING = 50  # of the idle ones, these send their HELLO one byte at a time
-REAL_CLIENTS = 100
-DESCRIPTORS = 256
-CLIENT_BOUND = 30.0  # seconds: a client still waiting after this is hung
-
-# The limits the server runs with, as ftx serve options and as ftx.serve arguments. Without the
-# options (an ftx serve from before they existed), the server is made from the library instead,
-# with those of the arguments ftx.serve accepts.
-LIMIT_OPTIONS = {"--max-connections": "150", "--handshake-timeout": "2", "--idle-timeout": "5"}
-SERVE_SCRIPT = """
-import functools, inspect, json, logging, sys
-import trio, ftx
-logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-root, wanted = sys.argv[1], json.loads(sys.argv[2])
-known = inspect.signature(ftx.serve).parameters
-options = {name: value for name, value in wanted.items() if name in known}
-async def main():
-    async with trio.open_nursery() as nursery:
-        serve = functools.partial(ftx.serve, **options)
-        listeners = await nursery.start(serve, root, "127.0.0.1", 0)
-        port = listeners[0].socket.getsockname()[1]
-        print(f"options {sorted(options)} on 127.0.0.1:{port}", flush=True)
-trio.run(main)
-"""
-LIMITS = {"max_connections": 150, "handshake_timeout": 2.0, "idle_timeout": 5.0}
-
-
-async def serve_with_limits(root: Path) -> list[str]:
-    usage = await run_ftx("serve", "--help")
-    if all(option in usage.stdout for option in LIMIT_OPTIONS):
-        return ftx_serve(root, *(part for item in LIMIT_OPTIONS.items() for part in item))
-    return [sys.executable, "-c", SERVE_SCRIPT, str(root), json.dumps(LIMITS)]
-
-
-def descriptor_limit(limit: int) -> Callable[[], None]:
-    def preexec() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    return preexec
-
-
-async def open_idle(port: int, count: int) -> list[trio.SocketStream]:
-    streams: list[trio.SocketStream] = []
-
-    async def one() -> None:
-        try:
-            with trio.fail_after(10):
-                streams.append(await trio.open_tcp_stream(LOOPBACK, port))
-        except (OSError, trio.TooSlowError):
-            pass  # refused at the door is fine too; what matters is the server's behaviour
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            nursery.start_soon(one)
-    return streams
-
-
-async def trickle(streams: list[trio.SocketStream]) -> None:
-    """Send a HELLO one byte every 0.3 s on each stream, until cancelled."""
-    hello = b"".join(bytes(part) for part in encode_message(Hello((1,))))
-    frame = len(hello).to_bytes(4, "big") + hello
-    for position in range(len(frame)):
-        for stream in streams:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(frame[position : position + 1])
-        await trio.sleep(0.3)
-
-
-async def fetch(port: int, dest: Path, expected: str) -> str:
-    """One real client: returns how it ended ("verified", or the kind of clean error)."""
-    try:
-        with trio.fail_after(CLIENT_BOUND):
-            async with ftx.connect(LOOPBACK, port, idle_timeout=CLIENT_BOUND - 5) as client:
-                await client.get("file.bin", dest, durable=False)
-    except trio.TooSlowError:
-        return "HUNG"
-    except ftx.RemoteError as exc:
-        return f"refused: {exc.code}"
-    except ftx.ConnectionLostError as exc:
-        return "HUNG" if "sent nothing" in str(exc) else "connection lost"
-    except OSError as exc:
-        return f"connection error: {errno.errorcode.get(exc.errno or 0, exc)}"
-    return "verified" if sha256_of(dest) == expected else "CORRUPT"
-
-
-CLEAN = {"verified", "connection lost"}
-CLEAN_REFUSALS = {"busy", "shutting-down", "timeout", "internal"}
-
-
-def is_clean(outcome: str) -> bool:
-    if outcome in CLEAN or outcome.startswith("connection error"):
-        return True
-    return outcome.startswith("refused: ") and outcome.removeprefix("refused: ") in CLEAN_REFUSALS
-
-
-async def canary(port: int, dest: Path, expected: str, bound: float) -> list[str]:
-    """Download until one attempt verifies (retrying clean refusals), for at most ``bound`` s."""
-    outcomes: list[str] = []
-    with trio.move_on_after(bound):
-        while True:
-            dest.unlink(missing_ok=True)
-            outcome = await fetch(port, dest, expected)
-            outcomes.append(outcome)
-            if outcome == "verified" or not is_clean(outcome):
-                break
-            await trio.sleep(0.25)
-    return outcomes
-
-
-async def test_idle_connections_and_many_clients_with_few_descriptors(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    content = random.Random(256).randbytes(256 * 1024)
-    (root / "file.bin").write_bytes(content)
-    expected = sha256_of(root / "file.bin")
-    out = tmp_path / "out"
-    out.mkdir()
-    command = await serve_with_limits(root)
-    log = tmp_path / "server.log"
-    async with server_process(command, log, descriptor_limit(DESCRIPTORS)) as server:
-        idle = await open_idle(server.port, IDLE_CONNECTIONS)
-        async with trio.open_nursery() as attack:
-            attack.start_soon(trickle, idle[:TRICKLING])
-            outcomes: list[str] = [""] * REAL_CLIENTS
-
-            async def real(index: int) -> None:
-                outcomes[index] = await fetch(server.port, out / f"{index}.bin", expected)
-
-            async with trio.open_nursery() as clients:
-                for index in range(REAL_CLIENTS):
-                    clients.start_soon(real, index)
-            # The attack goes on: the server must still get a download through.
-            during = await canary(server.port, out / "canary-during.bin", expected, 15)
-            attack.cancel_scope.cancel()
-        counts = Counter(outcomes)
-        print(f"{command[2:4]}: {len(idle)} idle connections; real clients: {dict(counts)}")
-        print(f"canary during the attack: {during}")
-        assert server.process.returncode is None, "the server died:\n" + log.read_text()
-        assert not [o for o in outcomes if not is_clean(o)], (counts, log.read_text()[-3000:])
-        assert during[-1:] == ["verified"], during
-        for stream in idle:
-            await trio.aclose_forcefully(stream)
-        after = await canary(server.port, out / "canary-after.bin", expected, 10)
-        assert after[-1:] == ["verified"], after
-        assert server.process.returncode is None
