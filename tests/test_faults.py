@@ -22,6 +22,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +167,54 @@ async def test_server_killed_mid_download_fails_cleanly_and_resumes_after_restar
     assert sha256_of(dest) == big_file.sha256
     assert not part.exists()
     assert relay.hops[0].down <= big_file.size - held + OVERHEAD, "no resume after the restart"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_get_with_retries_survives_a_server_restart(
+    tmp_path: Path, big_file: BigFile, nursery: trio.Nursery
+) -> None:
+    """The server is killed in the middle and started again on the same port: ``ftx get`` (with
+    its default retries) reconnects by itself, resumes, and saves the right file."""
+    root = served_big_file(tmp_path, big_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    dest, part = out / "big.bin", out / "big.bin.part"
+    port = free_port()
+    serve = ftx_serve(root)
+    serve[serve.index("--port") + 1] = str(port)
+    relay = Relay(port, [Plan(rate=THROTTLE), Plan()])
+    await relay.start(nursery)
+    async with server_process(serve, tmp_path / "server-1.log") as server:
+        client, stderr = await start_get(relay.port, dest, tmp_path / "client.err")
+        try:
+            await wait_for_size(part, KILL_AFTER, client)
+            server.process.kill()
+            with trio.fail_after(10):
+                await server.process.wait()
+        except BaseException:
+            await stop_process(client)
+            raise
+    try:
+        async with server_process(serve, tmp_path / "server-2.log"):
+            with trio.fail_after(30):
+                await client.wait()
+    finally:
+        await stop_process(client)
+    log = stderr.read_text(errors="replace")
+    assert client.returncode == OK, log
+    assert "retrying" in log, log
+    assert "Traceback" not in log
+    assert sha256_of(dest) == big_file.sha256
+    assert not part.exists()
+    resumed = [hop for hop in relay.hops[1:] if hop.down]
+    assert len(resumed) == 1, relay.hops
+    assert resumed[0].down < big_file.size - KILL_AFTER + OVERHEAD, "the retry did not resume"
 
 
 # ----------------------------------------------------------------------------- disk full
