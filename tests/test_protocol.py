@@ -140,6 +140,7 @@ def test_constants() -> None:
         "unsupported-version",
         "shutting-down",
         "timeout",
+        "tls-required",
     }
 
 

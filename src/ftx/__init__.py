@@ -9,6 +9,7 @@ from ftx.client import Client as Client
 from ftx.client import Download as Download
 from ftx.client import ProgressCallback as ProgressCallback
 from ftx.client import connect as connect
+from ftx.errors import AuthenticationError as AuthenticationError
 from ftx.errors import ConnectionLostError as ConnectionLostError
 from ftx.errors import FrameTooLargeError as FrameTooLargeError
 from ftx.errors import FtxError as FtxError
@@ -30,6 +31,7 @@ from ftx.server import serve as serve
 
 __all__ = [
     "DEFAULT_PORT",
+    "AuthenticationError",
     "Client",
     "ConnectionLostError",
     "Download",

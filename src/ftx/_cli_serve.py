@@ -12,6 +12,7 @@ import resource
 import shlex
 import signal
 import socket
+import ssl
 from pathlib import Path
 from typing import Final
 
@@ -20,6 +21,7 @@ import trio
 import ftx
 from ftx._access import JsonFormatter
 from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from ftx._tls import file_fingerprint, server_context
 from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
 
 # Descriptors a served connection may hold at once (its socket, a file or directory being read).
@@ -47,6 +49,18 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         default="text",
         help="how to write the log on standard error, one line per transfer and per event: "
         "for people (text), or one JSON object per line (default: text)",
+    )
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve over TLS with the certificate (chain) in FILE, PEM; its SHA-256 "
+        "fingerprint is printed at start, for clients to pin",
+    )
+    security.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="the private key of --tls-cert, PEM (default: in the --tls-cert file)",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -102,16 +116,32 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
     root = Path(args.directory)
     if not root.is_dir():
         raise CliError(f"cannot serve {root}: not a directory", ExitCode.USAGE)
+    context = _tls_context(args)
     try:
         server = ftx.Server(
             root,
             max_connections=args.max_connections,
             handshake_timeout=args.handshake_timeout,
             idle_timeout=args.idle_timeout,
+            ssl_context=context,
         )
     except OSError as exc:
         raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
     return server, root.resolve()
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_cert is None:
+        if args.tls_key is not None:
+            raise CliError("--tls-key needs --tls-cert", ExitCode.USAGE)
+        return None
+    try:
+        return server_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(
+            f"cannot use {args.tls_cert} as the TLS certificate: {exc.strerror or exc}",
+            ExitCode.USAGE,
+        ) from None
 
 
 async def serve_command(args: argparse.Namespace) -> None:
@@ -177,7 +207,12 @@ def _print_banner(
     example = _example_file(root)
     port = addresses[0].port
     host = args.host if args.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-    print(f"get a file with:  ftx get {Address(host, port)} {example}", flush=True)
+    options = ""
+    if args.tls_cert is not None:
+        fingerprint = file_fingerprint(args.tls_cert)
+        print(f"TLS certificate SHA-256 fingerprint: {fingerprint}", flush=True)
+        options = f"--fingerprint {fingerprint} "
+    print(f"get a file with:  ftx get {options}{Address(host, port)} {example}", flush=True)
     if host == "127.0.0.1" and args.host is None:
         print("(from another machine, use this machine's address instead of 127.0.0.1)")
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ftx._access import AccessRecord
-from ftx._limits import WriteStalledError
+from ftx._limits import SendDeadlineStream, WriteStalledError
 from ftx._threads import ThreadJob
+from ftx._tls import accept_tls
 from ftx._version import __version__
+from ftx.errors import RemoteProtocolError
 from ftx.framing import FramedChannel
 from ftx.fs import FsError, OpenedFile
 from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
@@ -52,11 +54,12 @@ logger = logging.getLogger("ftx.server")
 class Session:
     """One client connection, from the client's HELLO to the end of the stream."""
 
-    def __init__(self, server: Server, channel: FramedChannel, peer: str) -> None:
+    def __init__(self, server: Server, stream: trio.abc.Stream, peer: str) -> None:
         self._server = server
         self._root = server.root
         self._limits = server.limits
-        self._channel = channel
+        self._stream = stream
+        self._channel = self._frame(stream)
         self._peer = peer
         self._stopping = False  # end after the current answer
         self._stop_now = False  # end at the next frame boundary
@@ -68,6 +71,50 @@ class Session:
             agent=f"ftx/{__version__}",
             features=frozenset({BLAKE3_FEATURE}),
         )
+
+    def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
+        deadlines = SendDeadlineStream(stream, self._limits.idle_timeout)
+        return FramedChannel(deadlines, max_frame_size=self._server.max_frame_size)
+
+    async def aclose(self) -> None:
+        """Close the connection, at once."""
+        await trio.aclose_forcefully(self._channel)
+
+    async def refuse(self, code: ErrorCode, message: str) -> None:
+        """Refuse the connection: wait (briefly) for the client's HELLO, answer it with a
+        connection-level ERROR. Never raises, except :exc:`trio.Cancelled`."""
+        with trio.move_on_after(FAREWELL_SECONDS):
+            try:
+                if await self._open():
+                    await self._receive()
+                    await self.farewell(code, message)
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # gone already: nothing to tell
+            except RemoteProtocolError:
+                pass  # not a HELLO we could read: closed without a word
+
+    async def _open(self) -> bool:
+        """With TLS, do the TLS handshake (or tell a plain client that TLS is required);
+        return whether the ftx handshake may follow."""
+        context = self._server.ssl_context
+        if context is None:
+            return True
+        try:
+            opened = await accept_tls(self._stream, context)
+        except trio.BrokenResourceError as exc:
+            logger.info("%s: TLS handshake failed: %s", self._peer, exc.__cause__ or exc)
+            return False
+        if opened is None:
+            return False
+        stream, secure = opened
+        self._channel = self._frame(stream)
+        if not secure:
+            logger.info("%s: refused: not TLS", self._peer)
+            await self._receive()
+            message = "this server requires TLS (ftx get --tls)"
+            await self.farewell(ErrorCode.TLS_REQUIRED, message)
+            return False
+        return True
 
     async def _send(self, message: _Message) -> None:
         await self._channel.send_parts(*self._protocol.send(message))
@@ -220,6 +267,8 @@ class Session:
 
     async def _handshake(self) -> bool:
         """Receive the client's HELLO and answer it; return whether requests may follow."""
+        if not await self._open():
+            return False
         try:
             await self._receive()  # HELLO: the protocol accepts nothing else first
         except trio.EndOfChannel:

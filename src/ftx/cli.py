@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import enum
-import errno
 import itertools
 import json
 import logging
 import os
-import socket
 import stat
 import sys
 import time
@@ -241,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from zero even if DEST.part holds the start of the same file",
     )
     _add_timeout(get)
+    _add_connection_options(get)
     _add_verbosity(get)
 
     ls = commands.add_parser(
@@ -258,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the entries as one JSON array, for scripts"
     )
     _add_timeout(ls)
+    _add_connection_options(ls)
     _add_verbosity(ls)
     return parser
 
@@ -271,6 +271,12 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     group.add_argument("-v", "--verbose", action="store_true", help="print debugging details")
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    from ftx._cli_connect import add_connection_options  # imported here: it imports this module
+
+    add_connection_options(parser)
 
 
 def _add_timeout(parser: argparse.ArgumentParser) -> None:
@@ -381,47 +387,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 async def _connect(args: argparse.Namespace) -> ftx.Client:
-    address: Address = args.address
-    try:
-        with trio.fail_after(args.timeout):
-            stream = await trio.open_tcp_stream(address.host, address.port)
-    except trio.TooSlowError:
-        raise CliError(
-            f"cannot connect to {address}: no answer within {args.timeout:g} seconds",
-            ExitCode.NETWORK,
-        ) from None
-    except OSError as exc:
-        raise CliError(_describe_connect_error(exc, address), ExitCode.NETWORK) from None
-    client = ftx.Client(stream, idle_timeout=args.timeout)
-    try:
-        await client.handshake()
-    except BaseException:
-        await trio.aclose_forcefully(client)
-        raise
-    return client
+    from ftx._cli_connect import connect_client  # imported here: it imports this module
 
-
-def _leaf_errors(exc: BaseException) -> list[BaseException]:
-    """The individual errors behind a failed connection attempt (trio tries every address)."""
-    cause = exc.__cause__
-    if isinstance(cause, BaseExceptionGroup):
-        return [leaf for sub in cause.exceptions for leaf in _leaf_errors(sub) or [sub]]
-    return [exc]
-
-
-def _describe_connect_error(exc: OSError, address: Address) -> str:
-    errors = _leaf_errors(exc)
-    prefix = f"cannot connect to {address}"
-    if any(isinstance(error, socket.gaierror) for error in errors):
-        return f"{prefix}: unknown host {address.host!r}"
-    if any(isinstance(error, ConnectionRefusedError) for error in errors):
-        return f"{prefix}: connection refused (is 'ftx serve' running there, on that port?)"
-    numbers = {getattr(error, "errno", None) for error in errors}
-    if numbers & {errno.ENETUNREACH, errno.EHOSTUNREACH}:
-        return f"{prefix}: the host is unreachable from here"
-    if errno.ETIMEDOUT in numbers:
-        return f"{prefix}: timed out"
-    return f"{prefix}: {exc.strerror or exc}"
+    return await connect_client(args)
 
 
 async def _get(args: argparse.Namespace) -> None:

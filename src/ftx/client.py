@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -31,6 +32,7 @@ import trio
 
 from ftx._listen import set_keepalive
 from ftx._threads import ThreadJob, run_together
+from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.errors import (
     ConnectionLostError,
@@ -569,17 +571,35 @@ async def connect(
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    fingerprint: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the ftx server at ``host``:``port`` over TCP and shake hands.
 
     IPv4 and IPv6 addresses and host names all work (trio tries every address, Happy Eyeballs
     style). To bound the time spent connecting, wrap the call in :func:`trio.fail_after`.
 
+    TLS is used when ``ssl_context`` or ``fingerprint`` is given. ``ssl_context`` (e.g.
+    ``ssl.create_default_context()``) verifies the server's certificate for
+    ``server_hostname`` (default: ``host``); ``fingerprint`` (64 hex digits, colons allowed)
+    instead pins the server's certificate by its SHA-256 fingerprint, as printed by
+    ``ftx serve``. Nothing is sent before the server is verified.
+
     Raises:
         OSError: the connection could not be made (refused, unreachable, unknown host).
-        RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`.
+        AuthenticationError: the server's certificate did not verify, or is not the pinned one.
+        RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`
+            (a TLS handshake that fails otherwise raises RemoteProtocolError).
+        ValueError: ``fingerprint`` is malformed.
     """
-    stream = await trio.open_tcp_stream(host, port)
+    stream: trio.abc.Stream
+    if ssl_context is None and fingerprint is None:
+        stream = await trio.open_tcp_stream(host, port)
+    else:
+        stream = await open_tls_stream(
+            host, port, ssl_context, server_hostname=server_hostname, fingerprint=fingerprint
+        )
     async with Client(stream, max_frame_size=max_frame_size, idle_timeout=idle_timeout) as client:
         await client.handshake()
         yield client

@@ -11,6 +11,7 @@ The tree is small on purpose, in the style of h11 and wsproto::
     ├── RemoteError                   the server refused a request (it carries an error code)
     ├── ConnectionLostError           the connection died before a response was complete
     ├── IntegrityError                the bytes received do not match the sender's digest
+    ├── AuthenticationError           the server did not prove who it is (TLS, pin, token)
     └── LocalFileError                the downloaded file could not be written or published
 
 trio's own ``ClosedResourceError``, ``BrokenResourceError``, ``BusyResourceError`` and
@@ -22,6 +23,7 @@ This module imports nothing else of ftx, so that :mod:`ftx.framing` can be embed
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ConnectionLostError",
     "FrameTooLargeError",
     "FtxError",
@@ -112,6 +114,15 @@ class ConnectionLostError(FtxError):
 
 class IntegrityError(FtxError):
     """The bytes received do not match the digest the sender computed: nothing was published."""
+
+
+class AuthenticationError(FtxError):
+    """The server did not prove who it is: its TLS certificate did not verify (or is not the
+    pinned one), or it does not know the shared token. Nothing was sent to it but the handshake.
+
+    (A server that refuses *us* answers with a :class:`RemoteError` instead, code
+    ``unauthorized``.)
+    """
 
 
 class LocalFileError(FtxError):

@@ -98,6 +98,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_VERSION = "unsupported-version"
     SHUTTING_DOWN = "shutting-down"
     TIMEOUT = "timeout"
+    TLS_REQUIRED = "tls-required"
 
 
 class _Phase(enum.Enum):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -24,18 +25,16 @@ from ftx._limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     Limits,
-    SendDeadlineStream,
     WriteStalledError,
     transport_of,
 )
 from ftx._listen import FdReserve, accept_loop
 from ftx._resources import BufferPool, DigestCache
-from ftx._session import FAREWELL_SECONDS, Session
+from ftx._session import Session
 from ftx.errors import RemoteProtocolError
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FramedChannel
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE
 from ftx.fs import ServedRoot
-from ftx.messages import Error, encode_message
-from ftx.protocol import MIN_FRAME_SIZE, ErrorCode
+from ftx.protocol import ErrorCode
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "serve"]
 
@@ -65,6 +64,9 @@ class Server:
         idle_timeout: seconds the server waits for each complete request, and the longest a
             write may go without the client accepting :data:`~ftx._limits.WRITE_PROGRESS_UNIT`
             bytes. ``math.inf`` switches a deadline off.
+        ssl_context: serve over TLS with this server context (see
+            :func:`ftx._tls.server_context`); a client speaking plain ftx is answered
+            ``tls-required``.
 
     Raises:
         OSError: ``root`` cannot be opened as a directory.
@@ -80,6 +82,7 @@ class Server:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
@@ -87,6 +90,7 @@ class Server:
         self.root: Final = root if isinstance(root, ServedRoot) else ServedRoot(root)
         self.chunk_size: Final = chunk_size
         self.max_frame_size: Final = max_frame_size
+        self.ssl_context: Final = ssl_context
         self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
         self.digests: Final = DigestCache()
         self._sessions: set[Session] = set()
@@ -210,9 +214,7 @@ class Server:
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)
-        wrapped = SendDeadlineStream(stream, self.limits.idle_timeout)
-        channel = FramedChannel(wrapped, max_frame_size=self.max_frame_size)
-        session = Session(self, channel, peer)
+        session = Session(self, stream, peer)
         self._sessions.add(session)
         try:
             await session.run()
@@ -229,7 +231,7 @@ class Server:
         finally:
             self._sessions.discard(session)
             self._sessions_changed.unpark_all()
-            await trio.aclose_forcefully(channel)
+            await session.aclose()
 
     async def _refuse(self, stream: trio.abc.Stream, code: ErrorCode = ErrorCode.BUSY) -> None:
         """Answer the client's HELLO with a connection-level ERROR (``busy`` or
@@ -247,23 +249,10 @@ class Server:
         try:
             logger.warning("%s: refused: %s (%d connections)", peer, code, len(self._sessions))
             what = "busy" if code == ErrorCode.BUSY else "shutting down"
-            await _refuse_politely(stream, code, f"the server is {what}; try again later")
+            await Session(self, stream, peer).refuse(code, f"the server is {what}; try again later")
         finally:
             self._refusals -= 1
             await trio.aclose_forcefully(stream)
-
-
-async def _refuse_politely(stream: trio.abc.Stream, code: ErrorCode, message: str) -> None:
-    """Wait (briefly) for the client's HELLO, answer it with a connection-level ERROR."""
-    channel = FramedChannel(stream, max_frame_size=MIN_FRAME_SIZE)
-    with trio.move_on_after(FAREWELL_SECONDS):
-        try:
-            await channel.receive()
-            await channel.send_parts(*encode_message(Error(None, code, message)))
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # gone already: nothing to tell
-        except RemoteProtocolError:
-            pass  # not a HELLO we could read: closed without a word
 
 
 async def serve(
@@ -276,6 +265,7 @@ async def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
@@ -300,6 +290,7 @@ async def serve(
         max_connections=max_connections,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        ssl_context=ssl_context,
     )
     try:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)

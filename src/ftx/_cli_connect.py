@@ -1,0 +1,128 @@
+"""How ``ftx get`` and ``ftx ls`` connect: TCP or TLS (verified or pinned), the handshake,
+and the one-line reasons when that fails."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+import ssl
+
+import trio
+
+import ftx
+from ftx._tls import client_context, normalize_fingerprint, open_tls_stream
+from ftx.cli import Address, CliError, ExitCode
+from ftx.errors import AuthenticationError, RemoteError, RemoteProtocolError
+from ftx.protocol import ErrorCode
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return normalize_fingerprint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add the TLS options of a command that connects to a server."""
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, verifying the server's certificate against the system's "
+        "trusted authorities and the host name",
+    )
+    security.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="with TLS, trust only the certificate authorities in FILE (PEM); implies --tls",
+    )
+    security.add_argument(
+        "--fingerprint",
+        type=_fingerprint,
+        metavar="SHA256",
+        help="with TLS, accept only the server certificate with this SHA-256 fingerprint, as "
+        "'ftx serve' prints it (for a self-signed certificate); implies --tls",
+    )
+
+
+async def connect_client(args: argparse.Namespace) -> ftx.Client:
+    """Connect to ``args.address`` as the options say and shake hands.
+
+    Raises:
+        CliError: the server cannot be reached (``NETWORK``), or could not prove who it is, or
+            does not speak TLS as asked (``PROTOCOL``).
+        RemoteError, RemoteProtocolError, ConnectionLostError: from the handshake.
+    """
+    address: Address = args.address
+    fingerprint: str | None = getattr(args, "fingerprint", None)
+    cafile: str | None = getattr(args, "cafile", None)
+    tls = getattr(args, "tls", False) or fingerprint is not None or cafile is not None
+    context = _context(cafile) if tls and fingerprint is None else None
+    try:
+        with trio.fail_after(args.timeout):
+            if tls:
+                stream: trio.abc.Stream = await open_tls_stream(
+                    address.host, address.port, context, fingerprint=fingerprint
+                )
+            else:
+                stream = await trio.open_tcp_stream(address.host, address.port)
+    except trio.TooSlowError:
+        raise CliError(
+            f"cannot connect to {address}: no answer within {args.timeout:g} seconds",
+            ExitCode.NETWORK,
+        ) from None
+    except OSError as exc:
+        raise CliError(_describe_connect_error(exc, address), ExitCode.NETWORK) from None
+    except (AuthenticationError, RemoteProtocolError) as exc:
+        raise CliError(f"{address}: {exc}", ExitCode.PROTOCOL) from None
+    client = ftx.Client(stream, idle_timeout=args.timeout)
+    try:
+        await client.handshake()
+    except RemoteError as exc:
+        await trio.aclose_forcefully(client)
+        if exc.code == ErrorCode.TLS_REQUIRED:
+            raise CliError(
+                f"{address} requires TLS: add --tls (with --fingerprint or --cafile for a "
+                "self-signed certificate)",
+                ExitCode.PROTOCOL,
+            ) from None
+        raise
+    except BaseException:
+        await trio.aclose_forcefully(client)
+        raise
+    return client
+
+
+def _context(cafile: str | None) -> ssl.SSLContext:
+    try:
+        return client_context(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(
+            f"cannot use {cafile} as certificate authorities: {exc.strerror or exc}",
+            ExitCode.USAGE,
+        ) from None
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The individual errors behind a failed connection attempt (trio tries every address)."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return [leaf for sub in cause.exceptions for leaf in _leaf_errors(sub) or [sub]]
+    return [exc]
+
+
+def _describe_connect_error(exc: OSError, address: Address) -> str:
+    errors = _leaf_errors(exc)
+    prefix = f"cannot connect to {address}"
+    if any(isinstance(error, socket.gaierror) for error in errors):
+        return f"{prefix}: unknown host {address.host!r}"
+    if any(isinstance(error, ConnectionRefusedError) for error in errors):
+        return f"{prefix}: connection refused (is 'ftx serve' running there, on that port?)"
+    numbers = {getattr(error, "errno", None) for error in errors}
+    if numbers & {errno.ENETUNREACH, errno.EHOSTUNREACH}:
+        return f"{prefix}: the host is unreachable from here"
+    if errno.ETIMEDOUT in numbers:
+        return f"{prefix}: timed out"
+    return f"{prefix}: {exc.strerror or exc}"
