@@ -13,10 +13,12 @@ wrong that the peer sends raises :class:`~ftx.errors.RemoteProtocolError`.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import blake3
 
@@ -198,11 +200,35 @@ class _Responses:
                 raise self._fail(f"unexpected {type(message).__name__}")
 
 
+_P = TypeVar("_P", bound="_Protocol")
+
+
+def _latching(
+    receive: Callable[[_P, Buffer], Message | None],
+) -> Callable[[_P, Buffer], Message | None]:
+    """Once ``receive`` has raised, it raises again on every later call: after a protocol
+    violation nothing the peer sends can be trusted (sending, e.g. a farewell ERROR, still
+    works)."""
+
+    @functools.wraps(receive)
+    def latched(self: _P, payload: Buffer) -> Message | None:
+        if self._failure is not None:
+            raise RemoteProtocolError(f"the peer already broke the protocol: {self._failure}")
+        try:
+            return receive(self, payload)
+        except RemoteProtocolError as exc:
+            self._failure = exc
+            raise
+
+    return latched
+
+
 class _Protocol:
     def __init__(self, hello: Hello) -> None:
         self.local_hello: Final = hello
         self.peer_hello: Hello | None = None
         self.closed = False
+        self._failure: RemoteProtocolError | None = None
 
     @property
     def version(self) -> int | None:
@@ -300,6 +326,7 @@ class ClientProtocol(_Protocol):
             raise LocalProtocolError(f"a client cannot send {type(message).__name__}")
         return parts
 
+    @_latching
     def receive(self, payload: Buffer) -> Message | None:
         """Decode and check one frame payload from the server.
 
@@ -362,6 +389,7 @@ class ServerProtocol(_Protocol):
             raise LocalProtocolError("no version was agreed")
         return Hello((self._version,), *_hello_fields(self.local_hello))
 
+    @_latching
     def receive(self, payload: Buffer) -> Message | None:
         """Decode and check one frame payload from the client.
 
