@@ -69,7 +69,9 @@ from ftx.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    MakeDir,
     Message,
+    Put,
     decode_message,
     encode_message,
 )
@@ -546,7 +548,7 @@ def run_client(case: Case, check_latch: bool) -> set[str]:
 
     def check(message: Message | None) -> None:
         hello = isinstance(message, Hello) and client.peer_hello is message
-        if isinstance(message, Hello | Get | ListDir) and not hello:
+        if isinstance(message, Hello | Get | ListDir | Put | MakeDir) and not hello:
             raise Finding("client", f"the client accepted {message!r} from a server")
 
     return _feed(client.receive, case.payloads, check_latch, check)
@@ -563,7 +565,7 @@ def run_server(case: Case, check_latch: bool) -> set[str]:
             else:
                 server.send(server.hello_reply())
             return
-        if message is not None and not isinstance(message, Get | ListDir):
+        if message is not None and not isinstance(message, Get | ListDir | Put | MakeDir):
             raise Finding("server", f"the server accepted {message!r} from a client")
         while server.current_request is not None and rng.random() < 0.5:
             request = server.current_request

@@ -18,6 +18,7 @@ from ftx.framing import Buffer
 from ftx.messages import (
     MAX_PATH_BYTES,
     Data,
+    Done,
     Entry,
     EntryType,
     Error,
@@ -29,12 +30,29 @@ from ftx.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    MakeDir,
     Message,
+    Put,
+    Ready,
     decode_message,
     encode_message,
 )
 
-MESSAGE_TYPES = (Hello, Get, ListDir, FileHeader, Data, FileEnd, ListEntries, ListEnd, Error)
+MESSAGE_TYPES = (
+    Hello,
+    Get,
+    ListDir,
+    FileHeader,
+    Data,
+    FileEnd,
+    ListEntries,
+    ListEnd,
+    Error,
+    Put,
+    MakeDir,
+    Ready,
+    Done,
+)
 MAX_INT = (1 << 63) - 1
 MAX_ID = (1 << 32) - 1
 
@@ -261,6 +279,10 @@ def _kind_of(message: Message) -> Kind:
         ListEntries: Kind.ENTRIES,
         ListEnd: Kind.LIST_END,
         Error: Kind.ERROR,
+        Put: Kind.PUT,
+        MakeDir: Kind.MKDIR,
+        Ready: Kind.READY,
+        Done: Kind.DONE,
     }[type(message)]
 
 
@@ -270,9 +292,13 @@ def test_kind_values_are_the_documented_ones() -> None:
         "ERROR": 0x02,
         "GET": 0x10,
         "LIST": 0x11,
+        "PUT": 0x12,
+        "MKDIR": 0x13,
         "FILE": 0x20,
         "DATA": 0x21,
         "END": 0x22,
+        "READY": 0x23,
+        "DONE": 0x24,
         "ENTRIES": 0x30,
         "LIST_END": 0x31,
     }

@@ -30,7 +30,9 @@ from ftx.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    MakeDir,
     Message,
+    Put,
     decode_message,
     encode_message,
 )
@@ -142,6 +144,11 @@ def test_constants() -> None:
         "shutting-down",
         "timeout",
         "tls-required",
+        "read-only",
+        "exists",
+        "too-large",
+        "no-space",
+        "digest-mismatch",
     }
 
 
@@ -956,7 +963,7 @@ def test_server_receive_raises_only_remote_protocol_errors(payloads: list[bytes]
             message = server.receive(payload)
         except RemoteProtocolError:
             continue
-        assert message is None or isinstance(message, Get | ListDir)
+        assert message is None or isinstance(message, Get | ListDir | Put | MakeDir)
 
 
 @FUZZ

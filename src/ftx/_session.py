@@ -19,11 +19,24 @@ from ftx._access import AccessRecord
 from ftx._limits import SendDeadlineStream, WriteStalledError
 from ftx._threads import ThreadJob
 from ftx._tls import accept_tls
+from ftx._upload import UploadHandler
 from ftx._version import __version__
 from ftx.errors import RemoteProtocolError
 from ftx.framing import FramedChannel
 from ftx.fs import FsError, OpenedFile
-from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
+from ftx.messages import (
+    Data,
+    Entry,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    ListDir,
+    ListEnd,
+    ListEntries,
+    MakeDir,
+    Put,
+)
 from ftx.messages import Message as _Message
 from ftx.protocol import (
     BLAKE3_FEATURE,
@@ -69,7 +82,16 @@ class Session:
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
-            features=frozenset({BLAKE3_FEATURE}),
+            features=frozenset({BLAKE3_FEATURE}) | server.uploads.features,
+        )
+        self._uploads = UploadHandler(
+            server.root,
+            server.uploads,
+            send=self._send,
+            receive=self._receive,
+            farewell=self.farewell,
+            check_stop=self._check_stop,
+            idle_timeout=server.limits.idle_timeout,
         )
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
@@ -232,15 +254,17 @@ class Session:
 
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""
-        if not isinstance(request, Get | ListDir):  # pragma: no cover - ServerProtocol ensures it
+        if not isinstance(request, Get | ListDir | Put | MakeDir):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
         self._record = record
         try:
             if isinstance(request, Get):
                 await self._send_file(request, chunk)
-            else:
+            elif isinstance(request, ListDir):
                 await self._send_listing(request)
+            else:
+                await self._uploads.answer(request, record)
         except BaseException as exc:
             record.result = self._outcome(exc)
             raise
@@ -421,5 +445,5 @@ def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
         position += count
 
 
-def _verb(request: Get | ListDir) -> str:
-    return "GET" if isinstance(request, Get) else "LIST"
+def _verb(request: Get | ListDir | Put | MakeDir) -> str:
+    return {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR"}[type(request)]

@@ -1,4 +1,5 @@
-"""The ftx client: download files and list directories from an ftx server.
+"""The ftx client: download files, list directories, and upload files (:mod:`ftx.upload`) to
+a writable server.
 
 ::
 
@@ -58,7 +59,8 @@ from ftx.messages import (
     Message,
 )
 from ftx.partfile import PartFile, ResumeRecord, check_destination, local_destination
-from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ErrorCode, new_hasher
+from ftx.protocol import BLAKE3_FEATURE, UPLOAD_FEATURE, ClientProtocol, ErrorCode, new_hasher
+from ftx.upload import UPLOAD_CHUNK, Upload, UploadWire, local_name, make_directory, send_file
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -123,7 +125,7 @@ class Client(trio.abc.AsyncResource):
         self._protocol = ClientProtocol(
             max_frame_size=max_frame_size,
             agent=f"ftx/{__version__}",
-            features=frozenset({BLAKE3_FEATURE}),
+            features=frozenset({BLAKE3_FEATURE, UPLOAD_FEATURE}),
         )
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
@@ -516,6 +518,74 @@ class Client(trio.abc.AsyncResource):
                             f"the listing announced {message.count} entries but sent {len(entries)}"
                         )
                     return entries
+
+    async def put(
+        self,
+        source: str | os.PathLike[str],
+        path: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        overwrite: bool = False,
+        resume: bool = True,
+        preserve_mtime: bool = True,
+    ) -> Upload:
+        """Upload the local file ``source`` to ``path`` on the server (default: its name, in the
+        served directory), verified end to end (see :mod:`ftx.upload`).
+
+        Args:
+            progress: called with ``(bytes_done, bytes_total)`` as data goes out.
+            overwrite: replace the file at ``path`` if there is one (if the server allows it).
+            resume: continue an interrupted upload of the same, unchanged, local file from
+                where the server's part file ends.
+            preserve_mtime: give the server's file the local file's modification time.
+
+        Raises:
+            RemoteError: the server refused: ``read-only`` (also without asking, when the
+                server does not offer uploads), ``exists``, ``too-large``, ``no-space``, or a
+                refused path (``outside-root``, ``not-found``, ``bad-request``, ...).
+            IntegrityError: the server's copy did not match the digest; nothing was saved.
+            LocalFileError: ``source`` cannot be read, is not a regular file, or changed while
+                it was being sent.
+            ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        local = Path(source)
+        target = path if path is not None else local_name(local)
+        async with self._lock:
+            await self._check_open()
+            return await send_file(
+                self._upload_wire(),
+                local,
+                target,
+                progress=progress,
+                overwrite=overwrite,
+                resume=resume,
+                preserve_mtime=preserve_mtime,
+            )
+
+    async def mkdir(self, path: str) -> bool:
+        """Create the directory ``path`` on the server (its parent must exist); return whether
+        it was created (false: a directory was there already).
+
+        Raises:
+            RemoteError: the server refused (``read-only``, ``exists`` when something other than
+                a directory has that name, ``not-found``, ...).
+            ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        async with self._lock:
+            await self._check_open()
+            return await make_directory(self._upload_wire(), path)
+
+    def _upload_wire(self) -> UploadWire:
+        if UPLOAD_FEATURE not in self._protocol.features:
+            raise RemoteError(ErrorCode.READ_ONLY, "the server does not accept uploads")
+        return UploadWire(
+            send=self._send,
+            receive=self._receive,
+            new_request_id=self._protocol.new_request_id,
+            fail=self._fail,
+            chunk_size=min(UPLOAD_CHUNK, self._protocol.peer_max_frame_size - 1),
+            digest_algorithm=self.digest_algorithm,
+        )
 
     async def _check_open(self) -> None:
         if self._closed:

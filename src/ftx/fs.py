@@ -200,7 +200,8 @@ def _entry(name: str, st: os.stat_result) -> Entry | None:
 
 
 class ServedRoot:
-    """A directory served read-only: every lookup stays inside it.
+    """A directory served: every lookup stays inside it. Nothing here writes; uploads create
+    files through :meth:`open_parent` (see :mod:`ftx._fs_write`).
 
     Args:
         path: the directory to serve. It is opened once, here; if it is later renamed or
@@ -269,6 +270,34 @@ class ServedRoot:
                 os.close(fd)
                 raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
             return DirectoryListing(fd)
+
+    def open_parent(self, path: str) -> tuple[int, str]:
+        """Open the directory that holds (or is to hold) ``path``, for creating something in it.
+
+        Returns the directory's descriptor, which the caller closes, and the last component of
+        ``path``: a single name, never ``.`` or ``..``. The directories on the way are resolved
+        as :meth:`open_file` resolves them, so the descriptor is always inside the root; the last
+        component itself is not looked at.
+
+        Raises:
+            FsError: as :meth:`open_file` does for the directories on the way (``not-found``
+                when one of them is not a directory), and ``bad-request`` for a path that names
+                no file (the root, or one ending in ``..``).
+        """
+        parts = split_request_path(path)
+        if not parts or parts[-1] == "..":
+            raise FsError(ErrorCode.BAD_REQUEST, f"{path!r} names no file")
+        with self._walk("/".join(parts[:-1])) as (dir_fd, name, st):
+            if not stat.S_ISDIR(st.st_mode):
+                raise FsError(ErrorCode.NOT_FOUND, f"no such directory for {path!r}")
+            try:
+                fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _raced_or(exc, path) from None
+            if not _same_file(os.fstat(fd), st):
+                os.close(fd)
+                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+            return fd, parts[-1]
 
     def _walk(self, path: str) -> _Walk:
         return _Walk(self._fd, path)

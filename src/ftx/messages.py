@@ -23,6 +23,7 @@ from ftx.framing import Buffer
 __all__ = [
     "MAX_PATH_BYTES",
     "Data",
+    "Done",
     "Entry",
     "EntryType",
     "Error",
@@ -34,7 +35,10 @@ __all__ = [
     "ListDir",
     "ListEnd",
     "ListEntries",
+    "MakeDir",
     "Message",
+    "Put",
+    "Ready",
     "decode_message",
     "encode_message",
 ]
@@ -54,9 +58,13 @@ class Kind(enum.IntEnum):
     ERROR = 0x02
     GET = 0x10
     LIST = 0x11
+    PUT = 0x12
+    MKDIR = 0x13
     FILE = 0x20
     DATA = 0x21
     END = 0x22
+    READY = 0x23
+    DONE = 0x24
     ENTRIES = 0x30
     LIST_END = 0x31
 
@@ -127,14 +135,18 @@ class FileHeader:
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """A chunk of file content (no request id: it belongs to the file being sent)."""
+    """A chunk of file content (no request id: it belongs to the file being sent, by the server
+    answering a GET or by the client uploading after READY)."""
 
     data: Buffer
 
 
 @dataclass(frozen=True, slots=True)
 class FileEnd:
-    """The end of a file: ``digest`` is the hex digest of the *whole* file (from byte 0)."""
+    """The end of a file: ``digest`` is the hex digest of the *whole* file (from byte 0).
+
+    Sent by the server to end a GET's DATA, and by the client to end an upload's DATA.
+    """
 
     request_id: int
     digest: str | None
@@ -177,7 +189,66 @@ class Error:
     message: str
 
 
-Message = Hello | Get | ListDir | FileHeader | Data | FileEnd | ListEntries | ListEnd | Error
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Ask to upload a file of ``size`` bytes to ``path`` (feature ``upload``).
+
+    The server answers :class:`Ready` with the offset to send from, the client sends DATA from
+    there and :class:`FileEnd` with the ``digest`` of the whole file, and the server answers
+    :class:`Done` once the file is verified and in place. ``source`` names the version of the
+    local file (``None``: never resume); ``mtime_ns`` is the modification time to give the file.
+    """
+
+    request_id: int
+    path: str
+    size: int
+    digest: str = "sha256"
+    source: str | None = None
+    overwrite: bool = False
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MakeDir:
+    """Ask to create the directory ``path`` (feature ``upload``); its parent must exist."""
+
+    request_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The server's go-ahead for a :class:`Put`: send the file from byte ``offset`` (the bytes
+    before it are already held, from an interrupted upload of the same source)."""
+
+    request_id: int
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The end of a :class:`Put` (the file is verified and in place) or of a :class:`MakeDir`.
+    ``created`` is false when it replaced a file, or when the directory already existed."""
+
+    request_id: int
+    created: bool = True
+
+
+Message = (
+    Hello
+    | Get
+    | ListDir
+    | FileHeader
+    | Data
+    | FileEnd
+    | ListEntries
+    | ListEnd
+    | Error
+    | Put
+    | MakeDir
+    | Ready
+    | Done
+)
 
 _DATA_PREFIX: Final = bytes([Kind.DATA])
 
@@ -263,6 +334,22 @@ def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
         case Error():
             body = {"id": message.request_id, "code": message.code, "message": message.message}
             return Kind.ERROR, body
+        case Put():
+            return Kind.PUT, {
+                "id": message.request_id,
+                "path": message.path,
+                "size": message.size,
+                "digest": message.digest,
+                "source": message.source,
+                "overwrite": message.overwrite,
+                "mtime_ns": message.mtime_ns,
+            }
+        case MakeDir():
+            return Kind.MKDIR, {"id": message.request_id, "path": message.path}
+        case Ready():
+            return Kind.READY, {"id": message.request_id, "offset": message.offset}
+        case Done():
+            return Kind.DONE, {"id": message.request_id, "created": message.created}
     raise TypeError(f"not an ftx message: {message!r}")
 
 
@@ -357,6 +444,23 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
                 code=_str(obj, "code", _MAX_SHORT_STRING),
                 message=_str(obj, "message", _MAX_MESSAGE_CHARS, default=""),
             )
+        case Kind.PUT:
+            raw_mtime = obj.get("mtime_ns")
+            return Put(
+                request_id=_request_id(obj),
+                path=_path(obj),
+                size=_int(obj, "size", 0, _MAX_INT),
+                digest=_str(obj, "digest", _MAX_SHORT_STRING, default="sha256"),
+                source=_optional_str(obj, "source"),
+                overwrite=_bool(obj, "overwrite", default=False),
+                mtime_ns=None if raw_mtime is None else _int(obj, "mtime_ns", -_MAX_INT, _MAX_INT),
+            )
+        case Kind.MKDIR:
+            return MakeDir(request_id=_request_id(obj), path=_path(obj))
+        case Kind.READY:
+            return Ready(request_id=_request_id(obj), offset=_int(obj, "offset", 0, _MAX_INT))
+        case Kind.DONE:
+            return Done(request_id=_request_id(obj), created=_bool(obj, "created", default=True))
         case Kind.DATA:  # pragma: no cover - handled before JSON parsing
             raise AssertionError("DATA has no JSON body")
 
@@ -416,6 +520,13 @@ def _str(obj: dict[str, Any], name: str, max_chars: int, default: object = _MISS
 def _optional_str(obj: dict[str, Any], name: str, default: str | None = None) -> str | None:
     value = obj.get(name, default)
     return None if value is None else _as_str(value, name, _MAX_SHORT_STRING)
+
+
+def _bool(obj: dict[str, Any], name: str, default: bool) -> bool:
+    value = obj.get(name, default)
+    if not isinstance(value, bool):
+        raise RemoteProtocolError(f"'{name}' must be true or false")
+    return value
 
 
 def _request_id(obj: dict[str, Any]) -> int:

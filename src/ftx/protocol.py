@@ -2,7 +2,8 @@
 
 A :class:`ClientProtocol` and a :class:`ServerProtocol` each check that the messages going out
 and coming in follow the protocol: the handshake first, then requests answered in order, every
-file header followed by exactly the announced number of DATA bytes, and so on. They turn
+file header followed by exactly the announced number of DATA bytes, every upload's DATA (from
+the client, after READY) adding up to the size its PUT announced, and so on. They turn
 frame payloads into :mod:`ftx.messages` objects and back, and never do I/O; the trio code in
 :mod:`ftx.client` and :mod:`ftx.server` moves the payloads.
 
@@ -26,6 +27,7 @@ from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
 from ftx.messages import (
     Data,
+    Done,
     Error,
     FileEnd,
     FileHeader,
@@ -34,7 +36,10 @@ from ftx.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    MakeDir,
     Message,
+    Put,
+    Ready,
     decode_message,
     encode_message,
 )
@@ -45,6 +50,7 @@ __all__ = [
     "MIN_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "UPLOAD_FEATURE",
     "ClientProtocol",
     "ErrorCode",
     "Hasher",
@@ -60,6 +66,9 @@ DIGEST_ALGORITHMS: Final = frozenset({"sha256", "blake3"})
 """The whole-file digests this implementation computes. Every peer supports ``sha256``; a peer
 that also computes BLAKE3 (about 3x faster) says so with :data:`BLAKE3_FEATURE`."""
 BLAKE3_FEATURE: Final = "digest-blake3"
+UPLOAD_FEATURE: Final = "upload"
+"""Listed by a server that accepts uploads (PUT, MKDIR) and by a client that can send them. A
+client sends PUT and MKDIR only when both list it."""
 
 
 class Hasher(Protocol):
@@ -100,6 +109,11 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_VERSION = "unsupported-version"
     SHUTTING_DOWN = "shutting-down"
     TIMEOUT = "timeout"
+    READ_ONLY = "read-only"
+    EXISTS = "exists"
+    TOO_LARGE = "too-large"
+    NO_SPACE = "no-space"
+    DIGEST_MISMATCH = "digest-mismatch"
     TLS_REQUIRED = "tls-required"
 
 
@@ -107,11 +121,23 @@ class _Phase(enum.Enum):
     AWAIT_HEADER = enum.auto()  # a GET was sent, no FILE yet
     DATA = enum.auto()  # FILE received, DATA bytes still due
     LISTING = enum.auto()  # a LIST was sent, entries may come
+    AWAIT_READY = enum.auto()  # a PUT was sent, no READY yet
+    UPLOADING = enum.auto()  # READY received: the client's DATA bytes and END are due
+    AWAIT_RESULT = enum.auto()  # the client's END (or a MKDIR) was sent: DONE is due
+
+
+_Request = Get | ListDir | Put | MakeDir
+_FIRST_PHASE: Final = {
+    Get: _Phase.AWAIT_HEADER,
+    ListDir: _Phase.LISTING,
+    Put: _Phase.AWAIT_READY,
+    MakeDir: _Phase.AWAIT_RESULT,
+}
 
 
 @dataclass(slots=True)
 class _Pending:
-    request: Get | ListDir
+    request: _Request
     phase: _Phase
     remaining: int = 0
     entries_seen: int = 0
@@ -132,17 +158,18 @@ class _Responses:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, request: Get | ListDir, fail: type[Exception]) -> None:
+    def add(self, request: _Request, fail: type[Exception]) -> None:
         if request.request_id in self._ids:
             raise fail(f"request id {request.request_id} is already in use")
         if len(self._pending) >= MAX_PENDING_REQUESTS:
             raise fail(f"more than {MAX_PENDING_REQUESTS} requests outstanding")
-        phase = _Phase.AWAIT_HEADER if isinstance(request, Get) else _Phase.LISTING
-        self._pending.append(_Pending(request, phase))
+        if self._pending and self._pending[-1].phase in (_Phase.AWAIT_READY, _Phase.UPLOADING):
+            raise fail("a request before the END of the upload in progress")
+        self._pending.append(_Pending(request, _FIRST_PHASE[type(request)]))
         self._ids.add(request.request_id)
 
     @property
-    def current(self) -> Get | ListDir | None:
+    def current(self) -> _Request | None:
         return self._pending[0].request if self._pending else None
 
     def _finish(self) -> None:
@@ -170,6 +197,8 @@ class _Responses:
                 f"{head.request.request_id} is being answered"
             )
         match message, head.phase:
+            case Error(), _Phase.UPLOADING:
+                raise self._fail("an answer to an upload before the upload's END")
             case Error(), _:
                 self._finish()
             case FileHeader(), _Phase.AWAIT_HEADER:
@@ -196,8 +225,42 @@ class _Responses:
                         f"{head.entries_seen} entries"
                     )
                 self._finish()
+            case Ready(), _Phase.AWAIT_READY:
+                assert isinstance(head.request, Put)
+                if message.offset > head.request.size:
+                    raise self._fail(
+                        f"READY offset {message.offset} is beyond the upload's size of "
+                        f"{head.request.size}"
+                    )
+                head.phase = _Phase.UPLOADING
+                head.remaining = head.request.size - message.offset
+            case Done(), _Phase.AWAIT_RESULT:
+                self._finish()
             case _:
                 raise self._fail(f"unexpected {type(message).__name__}")
+
+    def check_upload(self, message: Data | FileEnd, fail: type[Exception]) -> None:
+        """Check a DATA or END going from the client to the server: they belong to the oldest
+        request, a PUT whose READY has arrived, and add up to exactly the bytes it announced."""
+        head = self._pending[0] if self._pending else None
+        if head is None or head.phase is not _Phase.UPLOADING:
+            raise fail(f"{'DATA' if isinstance(message, Data) else 'END'} outside of an upload")
+        if isinstance(message, Data):
+            size = memoryview(message.data).nbytes
+            if size > head.remaining:
+                raise fail(f"{size} bytes of upload data where {head.remaining} remained")
+            head.remaining -= size
+            return
+        if message.request_id != head.request.request_id:
+            raise fail(
+                f"END for request {message.request_id} while request "
+                f"{head.request.request_id} is being uploaded"
+            )
+        if head.remaining:
+            raise fail(f"the upload ended with {head.remaining} bytes still due")
+        if message.digest is None:
+            raise fail("the END of an upload carries no digest")
+        head.phase = _Phase.AWAIT_RESULT
 
 
 _P = TypeVar("_P", bound="_Protocol")
@@ -305,7 +368,10 @@ class ClientProtocol(_Protocol):
         """Check that ``message`` may be sent now and return its frame payload.
 
         The first message must be :attr:`local_hello`; then requests (:class:`~ftx.messages.Get`,
-        :class:`~ftx.messages.ListDir`), which may be pipelined.
+        :class:`~ftx.messages.ListDir`; with :data:`UPLOAD_FEATURE` in use also
+        :class:`~ftx.messages.Put` and :class:`~ftx.messages.MakeDir`), which may be pipelined,
+        except that after a PUT nothing but its own DATA and END may be sent until its END (and
+        those only once its READY has arrived).
 
         Raises:
             LocalProtocolError: the message may not be sent now.
@@ -317,11 +383,20 @@ class ClientProtocol(_Protocol):
                 raise LocalProtocolError("the client must send its HELLO first")
             parts = self._encode(message)
             self._hello_sent = True
-        elif isinstance(message, Get | ListDir):
+        elif isinstance(message, Get | ListDir | Put | MakeDir):
             if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
+                raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
+            if isinstance(message, Put | MakeDir) and UPLOAD_FEATURE not in self.features:
+                raise LocalProtocolError(
+                    f"the server does not offer the {UPLOAD_FEATURE!r} feature"
+                )
+            if isinstance(message, Put) and message.digest not in DIGEST_ALGORITHMS:
                 raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
             parts = self._encode(message)  # first: a message too large changes no state
             self._responses.add(message, LocalProtocolError)
+        elif isinstance(message, Data | FileEnd):
+            parts = self._encode(message)
+            self._responses.check_upload(message, LocalProtocolError)
         else:
             raise LocalProtocolError(f"a client cannot send {type(message).__name__}")
         return parts
@@ -410,13 +485,18 @@ class ServerProtocol(_Protocol):
             return message
         if not self._hello_sent:
             raise RemoteProtocolError("request before the handshake finished")
-        if not isinstance(message, Get | ListDir):
+        if isinstance(message, Data | FileEnd):
+            self._requests.check_upload(message, RemoteProtocolError)
+            return message
+        # PUT and MKDIR are accepted even when UPLOAD_FEATURE is not in use: a server that does
+        # not offer it answers them with a read-only ERROR rather than closing the connection.
+        if not isinstance(message, Get | ListDir | Put | MakeDir):
             raise RemoteProtocolError(f"a client cannot send {type(message).__name__}")
         self._requests.add(message, RemoteProtocolError)
         return message
 
     @property
-    def current_request(self) -> Get | ListDir | None:
+    def current_request(self) -> _Request | None:
         """The oldest request not yet fully answered: the one to answer next."""
         return self._requests.current
 

@@ -1,4 +1,5 @@
-"""The ftx server: serves the files under one directory, read-only, to many clients at once.
+"""The ftx server: serves the files under one directory to many clients at once, read-only
+unless made writable (uploads: :mod:`ftx._upload`).
 
 Each connection is a task in a nursery. Whatever goes wrong in one connection (a malformed frame,
 a dead or stalled peer, a bug) is logged and closes that connection only: the server keeps
@@ -31,6 +32,7 @@ from ftx._limits import (
 from ftx._listen import FdReserve, accept_loop
 from ftx._resources import BufferPool, DigestCache
 from ftx._session import Session
+from ftx._upload import UploadPolicy
 from ftx.errors import RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE
 from ftx.fs import ServedRoot
@@ -64,6 +66,10 @@ class Server:
         idle_timeout: seconds the server waits for each complete request, and the longest a
             write may go without the client accepting :data:`~ftx._limits.WRITE_PROGRESS_UNIT`
             bytes. ``math.inf`` switches a deadline off.
+        writable: accept uploads and new directories (otherwise clients are told
+            ``read-only``); see :class:`~ftx._upload.UploadPolicy`.
+        allow_overwrite: let a client that asks for it replace an existing file.
+        max_upload_size: the largest upload accepted, in bytes (``None``: no limit).
         ssl_context: serve over TLS with this server context (see
             :func:`ftx._tls.server_context`); a client speaking plain ftx is answered
             ``tls-required``.
@@ -77,6 +83,9 @@ class Server:
         self,
         root: str | os.PathLike[str] | ServedRoot,
         *,
+        writable: bool = False,
+        allow_overwrite: bool = False,
+        max_upload_size: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -93,6 +102,7 @@ class Server:
         self.ssl_context: Final = ssl_context
         self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
         self.digests: Final = DigestCache()
+        self.uploads: Final = UploadPolicy(writable, allow_overwrite, max_upload_size)
         self._sessions: set[Session] = set()
         self._sessions_changed = trio.lowlevel.ParkingLot()
         self._refusals = 0
@@ -260,6 +270,9 @@ async def serve(
     host: str | None = None,
     port: int = DEFAULT_PORT,
     *,
+    writable: bool = False,
+    allow_overwrite: bool = False,
+    max_upload_size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -285,6 +298,9 @@ async def serve(
     """
     server = Server(
         root,
+        writable=writable,
+        allow_overwrite=allow_overwrite,
+        max_upload_size=max_upload_size,
         chunk_size=chunk_size,
         max_frame_size=max_frame_size,
         max_connections=max_connections,

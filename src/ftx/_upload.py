@@ -1,0 +1,268 @@
+"""The server's side of uploads: answering PUT and MKDIR on one connection.
+
+A server accepts uploads only when it was made writable (:class:`UploadPolicy`); otherwise it
+answers both requests with ``read-only`` and touches nothing. A PUT is checked (size limit,
+path, what is at the final name, the part file, free space) before READY is sent; then the
+client's DATA is written to the part file and hashed as it arrives, and the file is published
+only if the client's END carries the same digest of the whole file. Whatever goes wrong after
+READY is answered only after the client's END (the rest of its DATA is read and dropped), so the
+connection stays usable; a lost connection leaves the part file for a resume.
+
+The file system side is :mod:`ftx._fs_write`.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+import trio
+
+from ftx._access import AccessRecord
+from ftx._fs_write import UploadTarget, make_directory
+from ftx._limits import WriteStalledError
+from ftx._threads import ThreadJob
+from ftx.fs import FsError, ServedRoot
+from ftx.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
+from ftx.protocol import DIGEST_ALGORITHMS, UPLOAD_FEATURE, ErrorCode, Hasher, new_hasher
+
+__all__ = ["UploadHandler", "UploadPolicy", "UploadStalledError"]
+
+# Chunks smaller than this are written and hashed in the event loop's thread.
+_INLINE_CHUNK: Final = 64 * 1024
+
+logger = logging.getLogger("ftx.server")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPolicy:
+    """What a server lets clients change.
+
+    Args:
+        writable: accept uploads (PUT) and new directories (MKDIR); otherwise both are refused
+            with ``read-only``.
+        allow_overwrite: let a client that asks for it replace an existing file.
+        max_upload_size: the largest file accepted, in bytes (``None``: no limit).
+
+    Raises:
+        ValueError: ``max_upload_size`` is negative, or a setting needs ``writable``.
+    """
+
+    writable: bool = False
+    allow_overwrite: bool = False
+    max_upload_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_upload_size is not None and self.max_upload_size < 0:
+            raise ValueError("max_upload_size must be 0 or more")
+        if not self.writable and (self.allow_overwrite or self.max_upload_size is not None):
+            raise ValueError("allow_overwrite and max_upload_size need writable=True")
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The HELLO features this policy adds: ``upload`` when writable."""
+        return frozenset({UPLOAD_FEATURE}) if self.writable else frozenset()
+
+
+class UploadStalledError(WriteStalledError):
+    """The client sent no upload data for the whole idle period (it is treated like a client
+    that stopped reading: cut off)."""
+
+
+class UploadHandler:
+    """Answers the PUT and MKDIR requests of one connection.
+
+    ``send`` and ``receive`` move messages on the connection (already checked by the
+    session's :class:`~ftx.protocol.ServerProtocol`); ``farewell`` sends a connection-level
+    ERROR; ``check_stop`` is called between frames and raises when the session must stop.
+    """
+
+    def __init__(
+        self,
+        root: ServedRoot,
+        policy: UploadPolicy,
+        *,
+        send: Callable[[Message], Awaitable[None]],
+        receive: Callable[[], Awaitable[Message]],
+        farewell: Callable[[ErrorCode, str], Awaitable[None]],
+        check_stop: Callable[[], None],
+        idle_timeout: float,
+    ) -> None:
+        self._root = root
+        self._policy = policy
+        self._send = send
+        self._receive = receive
+        self._farewell = farewell
+        self._check_stop = check_stop
+        self._idle_timeout = idle_timeout
+
+    async def answer(self, request: Put | MakeDir, record: AccessRecord) -> None:
+        """Answer ``request`` completely, filling in its access ``record``.
+
+        Raises:
+            UploadStalledError: the client stopped sending in the middle of an upload (it was
+                told so with a connection-level ``timeout`` ERROR).
+            trio.BrokenResourceError: the client closed the connection in the middle of an
+                upload (the part file is kept for a resume).
+            RemoteProtocolError: the client broke the protocol.
+        """
+        if not self._policy.writable:
+            await self._refuse(request, record, ErrorCode.READ_ONLY, "this server is read-only")
+        elif isinstance(request, MakeDir):
+            await self._make_directory(request, record)
+        else:
+            await self._put(request, record)
+
+    async def _refuse(
+        self, request: Put | MakeDir, record: AccessRecord, code: ErrorCode, message: str
+    ) -> None:
+        record.result = code
+        record.message = message
+        await self._send(Error(request.request_id, code, message))
+
+    async def _make_directory(self, request: MakeDir, record: AccessRecord) -> None:
+        try:
+            created = await trio.to_thread.run_sync(make_directory, self._root, request.path)
+        except FsError as exc:
+            await self._refuse(request, record, exc.code, exc.message)
+            return
+        await self._send(Done(request.request_id, created))
+
+    async def _put(self, request: Put, record: AccessRecord) -> None:
+        record.size = request.size
+        limit = self._policy.max_upload_size
+        if request.digest not in DIGEST_ALGORITHMS:
+            message = f"unknown digest {request.digest}"
+            await self._refuse(request, record, ErrorCode.BAD_REQUEST, message)
+            return
+        if limit is not None and request.size > limit:
+            message = f"{request.size} bytes is more than this server accepts ({limit} bytes)"
+            await self._refuse(request, record, ErrorCode.TOO_LARGE, message)
+            return
+        try:
+            target = await trio.to_thread.run_sync(UploadTarget.open, self._root, request.path)
+        except FsError as exc:
+            await self._refuse(request, record, exc.code, exc.message)
+            return
+        with target:
+            try:
+                offset = await trio.to_thread.run_sync(self._prepare, target, request)
+            except FsError as exc:
+                await self._refuse(request, record, exc.code, exc.message)
+                return
+            record.offset = offset
+            await self._send(Ready(request.request_id, offset))
+            try:
+                created = await self._receive_file(request, target, offset, record)
+            except FsError as exc:
+                await self._refuse(request, record, exc.code, exc.message)
+                return
+        await self._send(Done(request.request_id, created))
+
+    def _prepare(self, target: UploadTarget, request: Put) -> int:
+        """Check what is at the final name, open the part file; return the offset to resume
+        from. Raises :class:`~ftx.fs.FsError`."""
+        existing = target.existing()
+        path = request.path
+        if existing is not None:
+            if stat.S_ISDIR(existing.st_mode):
+                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is a directory")
+            if not (stat.S_ISREG(existing.st_mode) or stat.S_ISLNK(existing.st_mode)):
+                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is not a regular file")
+            if not request.overwrite:
+                raise FsError(ErrorCode.EXISTS, f"{path!r} already exists")
+            if not self._policy.allow_overwrite:
+                message = f"{path!r} already exists, and this server does not replace files"
+                raise FsError(ErrorCode.EXISTS, message)
+        offset = target.open_part(source=request.source, size=request.size)
+        if target.free_space() < request.size - offset:
+            raise FsError(ErrorCode.NO_SPACE, f"not enough space on the server for {path!r}")
+        return offset
+
+    async def _receive_file(
+        self, request: Put, target: UploadTarget, offset: int, record: AccessRecord
+    ) -> bool:
+        """Receive the DATA and END of an upload into ``target``; verify and publish it.
+
+        Returns whether the final name was new. Raises :class:`~ftx.fs.FsError` (after the
+        client's END) when the file could not be stored, or did not match the digest.
+        """
+        hasher = new_hasher(request.digest)
+        failure: FsError | None = None
+        if offset:
+            try:
+                await trio.to_thread.run_sync(target.hash_prefix, offset, hasher)
+            except FsError as exc:
+                failure = exc
+        end, failure = await self._receive_data(target, offset, hasher, record, failure)
+        if failure is not None:
+            raise failure
+        if end.digest != hasher.hexdigest():
+            await trio.to_thread.run_sync(target.discard)
+            raise FsError(
+                ErrorCode.DIGEST_MISMATCH,
+                f"the data received for {request.path!r} does not match the digest sent "
+                f"(expected {end.digest}, got {hasher.hexdigest()}); nothing was saved",
+            )
+        overwrite = request.overwrite and self._policy.allow_overwrite
+        publish = partial(target.publish, overwrite=overwrite, mtime_ns=request.mtime_ns)
+        return await trio.to_thread.run_sync(publish)
+
+    async def _receive_data(
+        self,
+        target: UploadTarget,
+        position: int,
+        hasher: Hasher,
+        record: AccessRecord,
+        failure: FsError | None,
+    ) -> tuple[FileEnd, FsError | None]:
+        """Write and hash each DATA until the client's END; once writing has failed, read and
+        drop the rest. Each chunk is written and hashed in worker threads while the next one
+        is received."""
+        jobs: list[ThreadJob[object]] = []
+        try:
+            while True:
+                self._check_stop()
+                message = await self._next_message()
+                try:
+                    for job in jobs:
+                        await job.result()
+                except FsError as exc:
+                    failure = failure or exc
+                jobs.clear()
+                if isinstance(message, FileEnd):
+                    return message, failure
+                assert isinstance(message, Data)  # ServerProtocol lets nothing else through
+                data = message.data
+                size = memoryview(data).nbytes
+                if failure is None and size < _INLINE_CHUNK:
+                    try:
+                        target.write(data, position)
+                    except FsError as exc:
+                        failure = exc
+                    hasher.update(data)
+                elif failure is None:
+                    jobs.append(ThreadJob(partial(target.write, data, position)))
+                    jobs.append(ThreadJob(partial(hasher.update, data)))
+                position += size
+                record.bytes += size
+        finally:
+            for job in jobs:
+                await job.wait_quietly()  # never close the part file under a running write
+
+    async def _next_message(self) -> Message:
+        with trio.move_on_after(self._idle_timeout) as idle:
+            try:
+                return await self._receive()
+            except trio.EndOfChannel:
+                raise trio.BrokenResourceError(
+                    "the client closed the connection in the middle of an upload"
+                ) from None
+        assert idle.cancelled_caught
+        message = f"no upload data for {self._idle_timeout:g} seconds"
+        await self._farewell(ErrorCode.TIMEOUT, message)
+        raise UploadStalledError(message)
