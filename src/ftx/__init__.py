@@ -28,6 +28,7 @@ from ftx.protocol import ErrorCode as ErrorCode
 from ftx.server import DEFAULT_PORT as DEFAULT_PORT
 from ftx.server import Server as Server
 from ftx.server import serve as serve
+from ftx.upload import Upload as Upload
 
 __all__ = [
     "DEFAULT_PORT",
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "Server",
+    "Upload",
     "__version__",
     "connect",
     "serve",

@@ -20,6 +20,7 @@ import trio
 
 import ftx
 from ftx._access import JsonFormatter
+from ftx._cli_put import add_upload_serve_options, upload_server_options
 from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from ftx._tls import file_fingerprint, server_context
 from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
@@ -62,6 +63,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the private key of --tls-cert, PEM (default: in the --tls-cert file)",
     )
+    add_upload_serve_options(parser)
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-connections",
@@ -123,6 +125,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             max_connections=args.max_connections,
             handshake_timeout=args.handshake_timeout,
             idle_timeout=args.idle_timeout,
+            **upload_server_options(args),
             ssl_context=context,
         )
     except OSError as exc:
@@ -201,7 +204,8 @@ def _print_banner(
 ) -> None:
     addresses = [_listener_address(listener) for listener in listeners]
     print(
-        f"ftx {ftx.__version__} serving {root} (read-only) on " + ", ".join(map(str, addresses)),
+        f"ftx {ftx.__version__} serving {root} ({'writable' if args.writable else 'read-only'}) "
+        "on " + ", ".join(map(str, addresses)),
         flush=True,
     )
     example = _example_file(root)

@@ -1,4 +1,4 @@
-"""The ``ftx`` command: ``ftx serve``, ``ftx get`` and ``ftx ls``.
+"""The ``ftx`` command: ``ftx serve``, ``ftx get``, ``ftx ls`` and ``ftx put``.
 
 The only module that knows about argparse and tqdm. User mistakes and remote errors print one
 line on stderr and exit with a code from :class:`ExitCode`; there are no tracebacks for them.
@@ -48,10 +48,10 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad arguments, a directory that cannot be served
     NETWORK = 3  # cannot connect or listen, connection lost, timed out
     NOT_FOUND = 4  # the server has no such file, or refuses the path
-    PERMISSION = 5  # the server may not read the file
+    PERMISSION = 5  # the server may not read the file, or accepts no uploads
     INTEGRITY = 6  # the data did not verify, or the file changed during the transfer
     PROTOCOL = 7  # the peer does not speak ftx, or not a version we speak
-    LOCAL_FILE = 8  # the destination exists, or cannot be written (disk full, ...)
+    LOCAL_FILE = 8  # the destination (here, or on the server for put) exists or is full
     BUSY = 9  # the server is busy or shutting down: try again later
     INTERRUPTED = 130  # Ctrl-C
 
@@ -66,6 +66,11 @@ _REMOTE_EXIT_CODES: Final[dict[str, ExitCode]] = {
     ErrorCode.BUSY: ExitCode.BUSY,
     ErrorCode.SHUTTING_DOWN: ExitCode.BUSY,
     ErrorCode.UNSUPPORTED_VERSION: ExitCode.PROTOCOL,
+    ErrorCode.READ_ONLY: ExitCode.PERMISSION,
+    ErrorCode.EXISTS: ExitCode.LOCAL_FILE,
+    ErrorCode.TOO_LARGE: ExitCode.LOCAL_FILE,
+    ErrorCode.NO_SPACE: ExitCode.LOCAL_FILE,
+    ErrorCode.DIGEST_MISMATCH: ExitCode.INTEGRITY,
 }
 
 
@@ -154,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="serve the files under a directory, read-only",
-        description="Serve the regular files under DIR, read-only, until interrupted (Ctrl-C). "
+        help="serve the files under a directory (read-only unless --writable)",
+        description="Serve the regular files under DIR, read-only unless --writable, until "
+        "interrupted (Ctrl-C). "
         "Nothing outside DIR is ever served: symbolic links that lead out are refused.",
     )
     serve.add_argument("directory", metavar="DIR", help="the directory to serve")
@@ -259,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timeout(ls)
     _add_connection_options(ls)
     _add_verbosity(ls)
+    from ftx._cli_put import add_put_parser  # imported here: it imports this module
+
+    add_put_parser(commands)
     return parser
 
 
@@ -298,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "get": _get,
         "ls": _ls,
+        "put": _put,
     }
     try:
         trio.run(commands[args.command], args)
@@ -381,6 +391,12 @@ async def _serve(args: argparse.Namespace) -> None:
     from ftx._cli_serve import serve_command  # imported here: it imports this module
 
     await serve_command(args)
+
+
+async def _put(args: argparse.Namespace) -> None:
+    from ftx._cli_put import put_command  # imported here: it imports this module
+
+    await put_command(args)
 
 
 # --- ftx get / ls -----------------------------------------------------------------------------

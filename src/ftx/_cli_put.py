@@ -1,0 +1,273 @@
+"""``ftx put``: upload files, or with ``-r`` whole directories, to a writable server; and the
+options of ``ftx serve`` that make it writable (``--writable``, ``--allow-overwrite``,
+``--max-upload-size``)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from ftx.cli import (
+    _ADDRESS_HELP,
+    _MAX_RETRY_DELAY,
+    DEFAULT_RETRIES,
+    CliError,
+    ExitCode,
+    _add_connection_options,
+    _add_timeout,
+    _add_verbosity,
+    _connect,
+    _count,
+    _describe,
+    _human_size,
+    _ProgressBar,
+    _say,
+    parse_address,
+    printable,
+)
+from ftx.client import Client
+from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileError, RemoteError
+from ftx.protocol import ErrorCode
+from ftx.upload import Planned, Upload, plan_uploads
+
+__all__ = ["add_put_parser", "add_upload_serve_options", "put_command", "upload_server_options"]
+
+_SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Refusals that concern the whole server, not one file: give up (or retry) instead of going on.
+_FATAL: Final = {ErrorCode.READ_ONLY}
+_TRANSIENT: Final = {ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN}
+
+
+def parse_size(text: str) -> int:
+    """``123``, ``10K``, ``1.5G``, ``2MiB``: a number of bytes (units are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
+    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
+
+
+def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add the upload options of ``ftx serve``."""
+    uploads = parser.add_argument_group("uploads")
+    uploads.add_argument(
+        "--writable",
+        action="store_true",
+        help="accept uploads ('ftx put') into DIR; without it the server is read-only",
+    )
+    uploads.add_argument(
+        "--allow-overwrite",
+        action="store_true",
+        help="with --writable: let 'ftx put --force' replace existing files",
+    )
+    uploads.add_argument(
+        "--max-upload-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="with --writable: refuse files larger than SIZE (e.g. 500M, 2G; default: no limit)",
+    )
+
+
+def upload_server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :class:`ftx.Server` that the upload options give.
+
+    Raises:
+        CliError: ``--allow-overwrite`` or ``--max-upload-size`` without ``--writable``.
+    """
+    if not args.writable and (args.allow_overwrite or args.max_upload_size is not None):
+        raise CliError("--allow-overwrite and --max-upload-size need --writable", ExitCode.USAGE)
+    return {
+        "writable": args.writable,
+        "allow_overwrite": args.allow_overwrite,
+        "max_upload_size": args.max_upload_size,
+    }
+
+
+def add_put_parser(commands: Any) -> None:
+    """Add ``ftx put`` to the subcommands of the ``ftx`` parser."""
+    put = commands.add_parser(
+        "put",
+        help="upload files to a writable server",
+        description="Upload the local files LOCAL (with -r, also directories and everything "
+        "under them) into the served directory of the ftx server at HOST, which must run "
+        "with --writable. Each file lands in a part file on the server and takes its name "
+        "only once its BLAKE3 (or SHA-256) digest matched; an interrupted upload resumes.",
+    )
+    put.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
+    put.add_argument("sources", metavar="LOCAL", nargs="+", help="a file (or, with -r, directory)")
+    put.add_argument(
+        "-r", "--recursive", action="store_true", help="send directories with everything in them"
+    )
+    put.add_argument(
+        "--to",
+        default="",
+        metavar="REMOTE_DIR",
+        help="the directory on the server to put them in; it must exist (default: the served "
+        "directory itself)",
+    )
+    put.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="replace files that exist on the server (if it allows it: --allow-overwrite)",
+    )
+    put.add_argument(
+        "--retries",
+        type=_count,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="after a lost connection, reconnect and resume up to N times, waiting 1, 2, 4... "
+        f"seconds (default: {DEFAULT_RETRIES})",
+    )
+    put.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="send every file from its start, even if the server holds part of it",
+    )
+    _add_timeout(put)
+    _add_connection_options(put)
+    _add_verbosity(put)
+
+
+@dataclass
+class _Run:
+    """The state of one ``ftx put``: what is left to do, and what happened."""
+
+    plan: list[Planned]
+    done: int = 0
+    sent: list[Upload] = field(default_factory=list)
+    failures: list[FtxError] = field(default_factory=list)
+    failed_directories: list[str] = field(default_factory=list)
+
+    def under_failed_directory(self, item: Planned) -> bool:
+        return any(item.remote.startswith(d + "/") for d in self.failed_directories)
+
+
+async def put_command(args: argparse.Namespace) -> None:
+    """Run ``ftx put``.
+
+    Raises:
+        CliError: a source is missing, or some file was not stored (with the exit code of the
+            first failure).
+        FtxError: the server refused everything (read-only), or the connection was lost for
+            good.
+    """
+
+    def skip(path: Path, reason: str) -> None:
+        _say(args, f"skipped {printable(str(path))}: {reason}")
+
+    run = _Run(list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip)))
+    started = trio.current_time()
+    failed_in_a_row = 0  # connection attempts that made no progress
+    while True:
+        before = run.done
+        try:
+            async with await _connect(args) as client:
+                await _put_all(client, run, args)
+            break
+        except (ConnectionLostError, CliError, _TransientError) as exc:
+            network = not isinstance(exc, CliError) or exc.code == ExitCode.NETWORK
+            failed_in_a_row = 0 if run.done > before else failed_in_a_row + 1
+            if not network or failed_in_a_row > args.retries:
+                raise exc.error if isinstance(exc, _TransientError) else exc from None
+            if failed_in_a_row:
+                delay = min(2.0 ** (failed_in_a_row - 1), _MAX_RETRY_DELAY)
+                retry = f"{failed_in_a_row} of {args.retries}"
+                _say(args, f"{exc}; retrying in {delay:g} s ({retry})")
+                await trio.sleep(delay)
+    _summarize(args, run, trio.current_time() - started)
+
+
+class _TransientError(Exception):
+    """The server is busy or shutting down: reconnect later."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _put_all(client: Client, run: _Run, args: argparse.Namespace) -> None:
+    while run.done < len(run.plan):
+        item = run.plan[run.done]
+        if run.under_failed_directory(item):
+            run.done += 1
+            continue
+        try:
+            if item.kind == "dir":
+                await client.mkdir(item.remote)
+            else:
+                run.sent.append(await _put_file(client, item, args))
+        except RemoteError as exc:
+            if exc.code in _FATAL:
+                raise CliError(
+                    f"{args.address} does not accept uploads ({printable(exc.message)}): "
+                    "it must run with 'ftx serve --writable' [read-only]",
+                    ExitCode.PERMISSION,
+                ) from None
+            if exc.code in _TRANSIENT:
+                raise _TransientError(exc) from exc
+            if exc.code == ErrorCode.EXISTS and not args.force and item.kind == "file":
+                exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
+            _failed(args, run, item, exc)
+        except (IntegrityError, LocalFileError) as exc:
+            _failed(args, run, item, exc)
+        run.done += 1
+
+
+def _failed(args: argparse.Namespace, run: _Run, item: Planned, error: FtxError) -> None:
+    """Note a failure; report it now unless it is the only thing to do (then the final error
+    line says it)."""
+    run.failures.append(error)
+    if len(run.plan) == 1:
+        return
+    if item.kind == "dir":
+        run.failed_directories.append(item.remote)
+        _say(args, f"{printable(str(item.local))}: {_describe(error, args)[0]} (skipped)")
+    else:
+        _say(args, f"{printable(str(item.local))}: {_describe(error, args)[0]}")
+
+
+async def _put_file(client: Client, item: Planned, args: argparse.Namespace) -> Upload:
+    bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=str(item.local))
+    try:
+        result = await client.put(
+            item.local,
+            item.remote,
+            progress=bar.update,
+            overwrite=args.force,
+            resume=args.resume,
+        )
+    finally:
+        bar.close()
+    timing = ""
+    if result.size >= 2**20 and result.seconds > 0:
+        timing = f" in {result.seconds:.2f} s, {result.size / result.seconds / 2**20:.1f} MiB/s"
+    resumed = f", resumed from {_human_size(result.offset)}" if result.offset else ""
+    _say(
+        args,
+        f"sent {printable(str(item.local))} to {printable(result.path)} "
+        f"({_human_size(result.size)}{timing}{resumed}), "
+        f"{result.digest_algorithm} {result.digest}",
+    )
+    return result
+
+
+def _summarize(args: argparse.Namespace, run: _Run, elapsed: float) -> None:
+    if len(run.plan) > 1:
+        size = sum(upload.size for upload in run.sent)
+        summary = f"{len(run.sent)} file(s) sent ({_human_size(size)} in {elapsed:.2f} s)"
+        if run.failures:
+            summary += f", {len(run.failures)} failed"
+        _say(args, summary)
+    if run.failures:
+        message, code = _describe(run.failures[0], args)
+        if len(run.failures) > 1:
+            message = f"{len(run.failures)} not sent; the first: {message}"
+        raise CliError(message, code)
