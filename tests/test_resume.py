@@ -13,6 +13,16 @@ import ftx
 SIZE = 8 * 1024 * 1024 + 4321
 
 
+async def serve_one_file(tmp_path: Path, start_server: object, seed: int) -> tuple[str, int, bytes]:
+    """Serve ``data.bin`` (SIZE random bytes from ``seed``) from ``tmp_path / "served"``."""
+    served = tmp_path / "served"
+    served.mkdir()
+    content = random.Random(seed).randbytes(SIZE)
+    (served / "data.bin").write_bytes(content)
+    host, port = await start_server(served)  # type: ignore[operator]
+    return host, port, content
+
+
 async def download_until(host: str, port: int, dest: Path, stop_after: int) -> None:
     """Start a download and cancel it once ``stop_after`` bytes have arrived."""
     with trio.CancelScope() as scope:
@@ -29,11 +39,7 @@ async def download_until(host: str, port: int, dest: Path, stop_after: int) -> N
 async def test_interrupted_download_resumes_from_the_part(
     tmp_path: Path, start_server: object
 ) -> None:
-    served = tmp_path / "served"
-    served.mkdir()
-    content = random.Random(1).randbytes(SIZE)
-    (served / "data.bin").write_bytes(content)
-    host, port = await start_server(served)  # type: ignore[operator]
+    host, port, content = await serve_one_file(tmp_path, start_server, 1)
     dest = tmp_path / "data.bin"
     with trio.fail_after(30):
         await download_until(host, port, dest, 3 * 1024 * 1024)
@@ -54,11 +60,8 @@ async def test_interrupted_download_resumes_from_the_part(
 async def test_file_changed_since_the_interruption_restarts_from_zero(
     tmp_path: Path, start_server: object
 ) -> None:
+    host, port, _ = await serve_one_file(tmp_path, start_server, 2)
     served = tmp_path / "served"
-    served.mkdir()
-    old = random.Random(2).randbytes(SIZE)
-    (served / "data.bin").write_bytes(old)
-    host, port = await start_server(served)  # type: ignore[operator]
     dest = tmp_path / "data.bin"
     with trio.fail_after(30):
         await download_until(host, port, dest, 3 * 1024 * 1024)
@@ -75,11 +78,7 @@ async def test_file_changed_since_the_interruption_restarts_from_zero(
 
 
 async def test_resume_off_starts_from_zero(tmp_path: Path, start_server: object) -> None:
-    served = tmp_path / "served"
-    served.mkdir()
-    content = random.Random(4).randbytes(SIZE)
-    (served / "data.bin").write_bytes(content)
-    host, port = await start_server(served)  # type: ignore[operator]
+    host, port, content = await serve_one_file(tmp_path, start_server, 4)
     dest = tmp_path / "data.bin"
     with trio.fail_after(30):
         await download_until(host, port, dest, 2 * 1024 * 1024)
@@ -93,11 +92,7 @@ async def test_resume_off_starts_from_zero(tmp_path: Path, start_server: object)
 async def test_a_corrupted_part_fails_verification_and_is_dropped(
     tmp_path: Path, start_server: object
 ) -> None:
-    served = tmp_path / "served"
-    served.mkdir()
-    content = random.Random(5).randbytes(SIZE)
-    (served / "data.bin").write_bytes(content)
-    host, port = await start_server(served)  # type: ignore[operator]
+    host, port, content = await serve_one_file(tmp_path, start_server, 5)
     dest = tmp_path / "data.bin"
     with trio.fail_after(30):
         await download_until(host, port, dest, 3 * 1024 * 1024)
