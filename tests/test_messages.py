@@ -290,6 +290,9 @@ def test_kind_values_are_the_documented_ones() -> None:
     assert {k.name: int(k) for k in Kind} == {
         "HELLO": 0x01,
         "ERROR": 0x02,
+        "CHALLENGE": 0x03,
+        "AUTH": 0x04,
+        "AUTH_OK": 0x05,
         "GET": 0x10,
         "LIST": 0x11,
         "PUT": 0x12,

@@ -144,6 +144,7 @@ def test_constants() -> None:
         "shutting-down",
         "timeout",
         "tls-required",
+        "unauthorized",
         "read-only",
         "exists",
         "too-large",

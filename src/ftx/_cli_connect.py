@@ -11,8 +11,9 @@ import ssl
 import trio
 
 import ftx
+from ftx._auth import load_token
 from ftx._tls import client_context, normalize_fingerprint, open_tls_stream
-from ftx.cli import Address, CliError, ExitCode
+from ftx.cli import Address, CliError, ExitCode, printable
 from ftx.errors import AuthenticationError, RemoteError, RemoteProtocolError
 from ftx.protocol import ErrorCode
 
@@ -25,7 +26,7 @@ def _fingerprint(text: str) -> str:
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """Add the TLS options of a command that connects to a server."""
+    """Add the TLS and token options of a command that connects to a server."""
     security = parser.add_argument_group("security")
     security.add_argument(
         "--tls",
@@ -45,6 +46,12 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="with TLS, accept only the server certificate with this SHA-256 fingerprint, as "
         "'ftx serve' prints it (for a self-signed certificate); implies --tls",
     )
+    security.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="prove to the server that we know the token in FILE, and have it prove the same "
+        "(default: the FTX_TOKEN environment variable, if set); the token never crosses the wire",
+    )
 
 
 async def connect_client(args: argparse.Namespace) -> ftx.Client:
@@ -60,6 +67,7 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
     cafile: str | None = getattr(args, "cafile", None)
     tls = getattr(args, "tls", False) or fingerprint is not None or cafile is not None
     context = _context(cafile) if tls and fingerprint is None else None
+    token = token_from(getattr(args, "token_file", None))
     try:
         with trio.fail_after(args.timeout):
             if tls:
@@ -77,7 +85,7 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
         raise CliError(_describe_connect_error(exc, address), ExitCode.NETWORK) from None
     except (AuthenticationError, RemoteProtocolError) as exc:
         raise CliError(f"{address}: {exc}", ExitCode.PROTOCOL) from None
-    client = ftx.Client(stream, idle_timeout=args.timeout)
+    client = ftx.Client(stream, idle_timeout=args.timeout, token=token)
     try:
         await client.handshake()
     except RemoteError as exc:
@@ -88,11 +96,33 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
                 "self-signed certificate)",
                 ExitCode.PROTOCOL,
             ) from None
+        if exc.code == ErrorCode.UNAUTHORIZED:
+            advice = "check the token" if token else "give one with --token-file or FTX_TOKEN"
+            raise CliError(
+                f"{address} refused us: {printable(exc.message)} ({advice})", ExitCode.PERMISSION
+            ) from None
         raise
+    except AuthenticationError as exc:
+        await trio.aclose_forcefully(client)
+        raise CliError(f"{address}: {exc}", ExitCode.PROTOCOL) from None
     except BaseException:
         await trio.aclose_forcefully(client)
         raise
     return client
+
+
+def token_from(path: str | None) -> bytes | None:
+    """The token of ``--token-file`` (or ``FTX_TOKEN``), or ``None``.
+
+    Raises:
+        CliError: the file cannot be read, or the token is too short (``USAGE``).
+    """
+    try:
+        return load_token(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        where = path if path is not None else "FTX_TOKEN"
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise CliError(f"cannot use the token from {where}: {reason}", ExitCode.USAGE) from None
 
 
 def _context(cafile: str | None) -> ssl.SSLContext:

@@ -20,6 +20,7 @@ import trio
 
 import ftx
 from ftx._access import JsonFormatter
+from ftx._cli_connect import token_from
 from ftx._cli_put import add_upload_serve_options, upload_server_options
 from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from ftx._tls import file_fingerprint, server_context
@@ -62,6 +63,12 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--tls-key",
         metavar="FILE",
         help="the private key of --tls-cert, PEM (default: in the --tls-cert file)",
+    )
+    security.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="serve only clients that prove they know the token in FILE (default: the "
+        "FTX_TOKEN environment variable, if set); the token never crosses the wire",
     )
     add_upload_serve_options(parser)
     limits = parser.add_argument_group("limits")
@@ -119,6 +126,14 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
     if not root.is_dir():
         raise CliError(f"cannot serve {root}: not a directory", ExitCode.USAGE)
     context = _tls_context(args)
+    token = token_from(args.token_file)
+    if token is not None:
+        _check_token_file(args.token_file)
+        if context is None:
+            logger.warning(
+                "a token without TLS keeps strangers out, but what is transferred can still be "
+                "read, and changed, on the way: add --tls-cert to protect it"
+            )
     try:
         server = ftx.Server(
             root,
@@ -127,10 +142,25 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             idle_timeout=args.idle_timeout,
             **upload_server_options(args),
             ssl_context=context,
+            token=token,
         )
     except OSError as exc:
         raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
     return server, root.resolve()
+
+
+def _check_token_file(path: str | None) -> None:
+    """Warn when others may read the token file, as ssh does for keys."""
+    if path is None:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        logger.warning(
+            "%s can be read by others (mode %o): 'chmod 600 %s'", path, mode & 0o777, path
+        )
 
 
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -216,7 +246,11 @@ def _print_banner(
         fingerprint = file_fingerprint(args.tls_cert)
         print(f"TLS certificate SHA-256 fingerprint: {fingerprint}", flush=True)
         options = f"--fingerprint {fingerprint} "
+    if args.token_file is not None:
+        options += f"--token-file {shlex.quote(args.token_file)} "
     print(f"get a file with:  ftx get {options}{Address(host, port)} {example}", flush=True)
+    if args.token_file is None and os.environ.get("FTX_TOKEN", "").strip():
+        print("(with the same FTX_TOKEN in its environment)", flush=True)
     if host == "127.0.0.1" and args.host is None:
         print("(from another machine, use this machine's address instead of 127.0.0.1)")
 

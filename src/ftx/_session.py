@@ -51,7 +51,7 @@ from ftx.protocol import (
 if TYPE_CHECKING:
     from ftx.server import Server
 
-__all__ = ["FAREWELL_SECONDS", "Session"]
+__all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
 # A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
 # peer_max_frame_size // 2048 entries always fit in a frame.
@@ -60,6 +60,8 @@ _ENTRY_BUDGET: Final = 2048
 _HASH_PREFIX_BLOCK: Final = 1 << 20
 # How long a connection being closed for an error may take to flush the error message.
 FAREWELL_SECONDS: Final = 2.0
+# How long a client that gave a wrong token waits for the refusal: guessing costs time.
+AUTH_FAILURE_DELAY: Final = 1.0
 
 logger = logging.getLogger("ftx.server")
 
@@ -82,6 +84,7 @@ class Session:
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
+            auth=server._new_authenticator(),
             features=frozenset({BLAKE3_FEATURE}) | server.uploads.features,
         )
         self._uploads = UploadHandler(
@@ -303,7 +306,28 @@ class Session:
                 ErrorCode.UNSUPPORTED_VERSION, f"this server speaks protocol version {versions}"
             )
             return False
+        if self._protocol.auth.refused:
+            logger.warning("%s: refused: the client has no token", self._peer)
+            message = "this server requires a token (ftx get --token-file FILE, or FTX_TOKEN)"
+            await self.farewell(ErrorCode.UNAUTHORIZED, message)
+            return False
         await self._send(self._protocol.hello_reply())
+        return self._protocol.auth.done or await self._authenticate()
+
+    async def _authenticate(self) -> bool:
+        """Challenge the client to prove it knows the token; return whether it did. A failure
+        is logged and answered ``unauthorized`` after :data:`AUTH_FAILURE_DELAY` seconds."""
+        await self._send(self._protocol.auth.challenge())
+        try:
+            await self._receive()  # AUTH: the protocol accepts nothing else now
+        except trio.EndOfChannel:
+            return False
+        if self._protocol.auth.rejected:
+            logger.warning("%s: authentication failed: wrong token", self._peer)
+            await trio.sleep(AUTH_FAILURE_DELAY)
+            await self.farewell(ErrorCode.UNAUTHORIZED, "wrong token")
+            return False
+        await self._send(self._protocol.auth.ok())
         return True
 
     async def _refuse(self, request: Get | ListDir, code: ErrorCode, message: str) -> None:

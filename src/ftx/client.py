@@ -31,11 +31,13 @@ from typing import Final
 
 import trio
 
+from ftx._auth import ClientAuthenticator, check_token
 from ftx._listen import set_keepalive
 from ftx._threads import ThreadJob, run_together
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.errors import (
+    AuthenticationError,
     ConnectionLostError,
     FtxError,
     IncompleteFrameError,
@@ -111,6 +113,11 @@ class Client(trio.abc.AsyncResource):
         max_frame_size: the largest frame accepted from the server.
         idle_timeout: seconds the server may stay silent while an answer is due before
             :exc:`~ftx.errors.ConnectionLostError` is raised (``math.inf`` to wait forever).
+        token: a shared token to prove to the server that we know, by challenge and response
+            (it never crosses the wire); the server must then prove that it knows it too.
+
+    Raises:
+        ValueError: the token is shorter than 16 bytes.
     """
 
     def __init__(
@@ -119,12 +126,14 @@ class Client(trio.abc.AsyncResource):
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        token: str | bytes | None = None,
     ) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
         self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
         self._protocol = ClientProtocol(
             max_frame_size=max_frame_size,
             agent=f"ftx/{__version__}",
+            auth=ClientAuthenticator(token) if token is not None else None,
             features=frozenset({BLAKE3_FEATURE, UPLOAD_FEATURE}),
         )
         self._idle_timeout = idle_timeout
@@ -150,18 +159,31 @@ class Client(trio.abc.AsyncResource):
     async def handshake(self) -> Hello:
         """Exchange HELLO with the server (done by :func:`connect`); return the server's.
 
+        With a token, the token exchange follows (CHALLENGE, AUTH, AUTH_OK).
+
         Raises:
-            RemoteError: the server refused the connection (``busy``, ``unsupported-version``).
+            RemoteError: the server refused the connection (``busy``, ``unsupported-version``,
+                ``unauthorized`` for a missing or wrong token, ``tls-required``).
+            AuthenticationError: we have a token, and the server does not ask for it or does
+                not prove that it knows it.
             RemoteProtocolError: the peer does not speak ftx.
             ConnectionLostError: the connection closed or the server stayed silent.
         """
         async with self._lock:
-            if self._protocol.peer_hello is not None:
+            if self._protocol.peer_hello is not None and self._protocol.authenticated:
                 return self._protocol.peer_hello
-            await self._send(self._protocol.local_hello)
-            message = await self._receive()
-            if not isinstance(message, Hello):  # pragma: no cover - ClientProtocol ensures it
-                raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
+            try:
+                await self._send(self._protocol.local_hello)
+                message = await self._receive()
+                if not isinstance(message, Hello):  # pragma: no cover - ClientProtocol ensures it
+                    raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
+                if not self._protocol.authenticated:
+                    await self._receive()  # CHALLENGE
+                    await self._send(self._protocol.auth_answer())
+                    await self._receive()  # AUTH_OK, checked by the protocol
+            except AuthenticationError:
+                await self._fail()
+                raise
             return message
 
     async def get(
@@ -212,12 +234,10 @@ class Client(trio.abc.AsyncResource):
             started = time.monotonic()
             options = _GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
             digest = self.digest_algorithm if verify else None
-            resumable = PartFile(target).resumable(path) if resume else None
-            if resumable is not None and resumable[0].digest == digest:
-                record, offset = resumable
-                await self._request_file(
-                    path, verify=verify, offset=offset, identity=record.identity
-                )
+            resume_from = PartFile(target).resumable(path, digest) if resume else None
+            if resume_from is not None:
+                offset, identity = resume_from
+                await self._request_file(path, verify=verify, offset=offset, identity=identity)
                 try:
                     return await self._receive_answer(path, target, progress, options, started)
                 except RemoteError as exc:
@@ -344,12 +364,8 @@ class Client(trio.abc.AsyncResource):
                         on_done(path, exc)
                         continue
                     await slots.acquire()
-                    resumable = PartFile(target).resumable(path)
-                    if resumable is not None and resumable[0].digest == digest:
-                        record, offset = resumable
-                        await request(path, target, offset, record.identity)
-                    else:
-                        await request(path, target, 0, None)
+                    offset, identity = PartFile(target).resumable(path, digest) or (0, None)
+                    await request(path, target, offset, identity)
                 source_done = True
                 finish_if_idle()
                 async for path, target in receive_retry:
@@ -644,6 +660,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     fingerprint: str | None = None,
+    token: str | bytes | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the ftx server at ``host``:``port`` over TCP and shake hands.
 
@@ -654,15 +671,19 @@ async def connect(
     ``ssl.create_default_context()``) verifies the server's certificate for
     ``server_hostname`` (default: ``host``); ``fingerprint`` (64 hex digits, colons allowed)
     instead pins the server's certificate by its SHA-256 fingerprint, as printed by
-    ``ftx serve``. Nothing is sent before the server is verified.
+    ``ftx serve``. Nothing is sent before the server is verified. With ``token``, the client
+    and the server prove to each other that they know it (see :class:`Client`).
 
     Raises:
         OSError: the connection could not be made (refused, unreachable, unknown host).
-        AuthenticationError: the server's certificate did not verify, or is not the pinned one.
+        AuthenticationError: the server's certificate did not verify, or is not the pinned one;
+            or, with a token, the server did not prove that it knows it.
         RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`
             (a TLS handshake that fails otherwise raises RemoteProtocolError).
-        ValueError: ``fingerprint`` is malformed.
+        ValueError: ``fingerprint`` is malformed, or ``token`` too short.
     """
+    if token is not None:
+        check_token(token)  # before connecting
     stream: trio.abc.Stream
     if ssl_context is None and fingerprint is None:
         stream = await trio.open_tcp_stream(host, port)
@@ -670,6 +691,7 @@ async def connect(
         stream = await open_tls_stream(
             host, port, ssl_context, server_hostname=server_hostname, fingerprint=fingerprint
         )
-    async with Client(stream, max_frame_size=max_frame_size, idle_timeout=idle_timeout) as client:
+    client = Client(stream, max_frame_size=max_frame_size, idle_timeout=idle_timeout, token=token)
+    async with client:
         await client.handshake()
         yield client

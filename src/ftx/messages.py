@@ -22,6 +22,9 @@ from ftx.framing import Buffer
 
 __all__ = [
     "MAX_PATH_BYTES",
+    "Auth",
+    "AuthOk",
+    "Challenge",
     "Data",
     "Done",
     "Entry",
@@ -56,6 +59,9 @@ class Kind(enum.IntEnum):
 
     HELLO = 0x01
     ERROR = 0x02
+    CHALLENGE = 0x03
+    AUTH = 0x04
+    AUTH_OK = 0x05
     GET = 0x10
     LIST = 0x11
     PUT = 0x12
@@ -190,6 +196,30 @@ class Error:
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    """The server's challenge (feature ``auth-hmac-sha256``): ``nonce`` is 32 random bytes, as
+    64 lowercase hex digits. See :mod:`ftx._auth`."""
+
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The client's answer to :class:`Challenge`: its own ``nonce`` and its ``proof`` that it
+    knows the token (both 64 lowercase hex digits)."""
+
+    nonce: str
+    proof: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """The server accepted the client's proof, and proves in turn that it knows the token."""
+
+    proof: str
+
+
+@dataclass(frozen=True, slots=True)
 class Put:
     """Ask to upload a file of ``size`` bytes to ``path`` (feature ``upload``).
 
@@ -244,6 +274,9 @@ Message = (
     | ListEntries
     | ListEnd
     | Error
+    | Challenge
+    | Auth
+    | AuthOk
     | Put
     | MakeDir
     | Ready
@@ -334,6 +367,12 @@ def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
         case Error():
             body = {"id": message.request_id, "code": message.code, "message": message.message}
             return Kind.ERROR, body
+        case Challenge():
+            return Kind.CHALLENGE, {"nonce": message.nonce}
+        case Auth():
+            return Kind.AUTH, {"nonce": message.nonce, "proof": message.proof}
+        case AuthOk():
+            return Kind.AUTH_OK, {"proof": message.proof}
         case Put():
             return Kind.PUT, {
                 "id": message.request_id,
@@ -444,6 +483,12 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
                 code=_str(obj, "code", _MAX_SHORT_STRING),
                 message=_str(obj, "message", _MAX_MESSAGE_CHARS, default=""),
             )
+        case Kind.CHALLENGE:
+            return Challenge(nonce=_hex256(obj, "nonce"))
+        case Kind.AUTH:
+            return Auth(nonce=_hex256(obj, "nonce"), proof=_hex256(obj, "proof"))
+        case Kind.AUTH_OK:
+            return AuthOk(proof=_hex256(obj, "proof"))
         case Kind.PUT:
             raw_mtime = obj.get("mtime_ns")
             return Put(
@@ -526,6 +571,14 @@ def _bool(obj: dict[str, Any], name: str, default: bool) -> bool:
     value = obj.get(name, default)
     if not isinstance(value, bool):
         raise RemoteProtocolError(f"'{name}' must be true or false")
+    return value
+
+
+def _hex256(obj: dict[str, Any], name: str) -> str:
+    """A 256-bit value: exactly 64 lowercase hexadecimal digits."""
+    value = _str(obj, name, 64)
+    if len(value) != 64 or value.strip("0123456789abcdef"):
+        raise RemoteProtocolError(f"'{name}' must be 64 lowercase hexadecimal digits")
     return value
 
 

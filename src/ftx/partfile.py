@@ -126,9 +126,10 @@ class PartFile:
         os.lseek(fd, keep, os.SEEK_SET)
         self._fd = fd
 
-    def resumable(self, path: str) -> tuple[ResumeRecord, int] | None:
-        """The resume record of an earlier download of remote ``path`` to the same place, and
-        how many bytes of it the part file holds; ``None`` if there is nothing to resume."""
+    def resumable(self, path: str, digest: str | None) -> tuple[int, str] | None:
+        """Where an earlier download of remote ``path`` to the same place, verified with the
+        ``digest`` algorithm, can resume: ``(offset, identity of the file it began)``, or
+        ``None`` if there is nothing to resume."""
         try:
             with open(self.record_path, "rb") as file:
                 raw = file.read(_MAX_RECORD_BYTES)
@@ -136,9 +137,9 @@ class PartFile:
             held = os.stat(self.part_path).st_size
         except (OSError, ValueError, TypeError, KeyError):
             return None  # no record, or one we cannot trust: start from zero
-        if record is None or record.path != path or held == 0:
+        if record is None or record.path != path or record.digest != digest or held == 0:
             return None
-        return record, min(held, record.size)
+        return min(held, record.size), record.identity
 
     def hash_prefix(self, end: int, hasher: Hasher) -> None:
         """Feed the first ``end`` bytes of the part file to ``hasher`` (for a resumed download,

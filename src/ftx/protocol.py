@@ -23,9 +23,19 @@ from typing import Final, Protocol, TypeVar
 
 import blake3
 
+from ftx._auth import (
+    AUTH_FEATURE,
+    ClientAuthenticator,
+    ClientAuthState,
+    ServerAuthenticator,
+    ServerAuthState,
+)
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
 from ftx.messages import (
+    Auth,
+    AuthOk,
+    Challenge,
     Data,
     Done,
     Error,
@@ -115,6 +125,7 @@ class ErrorCode(enum.StrEnum):
     NO_SPACE = "no-space"
     DIGEST_MISMATCH = "digest-mismatch"
     TLS_REQUIRED = "tls-required"
+    UNAUTHORIZED = "unauthorized"
 
 
 class _Phase(enum.Enum):
@@ -348,8 +359,12 @@ class ClientProtocol(_Protocol):
         features: frozenset[str] = frozenset(),
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         agent: str = "",
+        auth: ClientAuthenticator | None = None,
     ) -> None:
+        if auth is not None:
+            features = features | {AUTH_FEATURE}
         super().__init__(Hello(SUPPORTED_VERSIONS, features, max_frame_size, agent))
+        self._auth = ClientAuthState(auth)
         self._hello_sent = False
         self._responses = _Responses(RemoteProtocolError)
         self._next_id = 1
@@ -383,6 +398,11 @@ class ClientProtocol(_Protocol):
                 raise LocalProtocolError("the client must send its HELLO first")
             parts = self._encode(message)
             self._hello_sent = True
+        elif isinstance(message, Auth):
+            parts = self._encode(message)
+            self._auth.sent(message)
+        elif not self._auth.done:
+            raise LocalProtocolError("authenticate first: the server's AUTH_OK has not arrived")
         elif isinstance(message, Get | ListDir | Put | MakeDir):
             if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
                 raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
@@ -422,11 +442,24 @@ class ClientProtocol(_Protocol):
             if len(message.versions) != 1 or message.versions[0] not in SUPPORTED_VERSIONS:
                 raise RemoteProtocolError(f"the server chose an unknown version {message.versions}")
             self._check_peer_hello(message)
+            self._auth.start(AUTH_FEATURE in message.features)
+            return message
+        if isinstance(message, Challenge | AuthOk):
+            self._auth.receive(message)
             return message
         self._responses.check(message)
         if isinstance(message, Error) and message.request_id is None:
             self.closed = True
         return message
+
+    def auth_answer(self) -> Auth:
+        """The AUTH to send once the server's CHALLENGE has arrived (see :mod:`ftx._auth`)."""
+        return self._auth.answer()
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether requests may be sent: no token is used, or the server proved it knows it."""
+        return self._auth.done
 
     @property
     def pending_requests(self) -> int:
@@ -448,8 +481,12 @@ class ServerProtocol(_Protocol):
         features: frozenset[str] = frozenset(),
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         agent: str = "",
+        auth: ServerAuthenticator | None = None,
     ) -> None:
+        if auth is not None:
+            features = features | {AUTH_FEATURE}
         super().__init__(Hello((PROTOCOL_VERSION,), features, max_frame_size, agent))
+        self._auth = ServerAuthState(auth)
         self._version: int | None = None
         self._hello_sent = False
         self._requests = _Responses(LocalProtocolError)
@@ -457,6 +494,14 @@ class ServerProtocol(_Protocol):
     @property
     def version(self) -> int | None:
         return self._version
+
+    @property
+    def auth(self) -> ServerAuthState:
+        """The token exchange: :attr:`~ftx._auth.ServerAuthState.refused` after a HELLO that
+        does not offer it when a token is required (answer ``unauthorized`` instead of HELLO);
+        then CHALLENGE right after HELLO, AUTH received, and AUTH_OK (or, if
+        :attr:`~ftx._auth.ServerAuthState.rejected`, an ``unauthorized`` ERROR)."""
+        return self._auth
 
     def hello_reply(self) -> Hello:
         """The HELLO to send back once the client's HELLO arrived and a version was chosen."""
@@ -482,9 +527,13 @@ class ServerProtocol(_Protocol):
             self._check_peer_hello(message)
             common = set(message.versions) & set(SUPPORTED_VERSIONS)
             self._version = max(common) if common else None
+            self._auth.start(AUTH_FEATURE in message.features)
             return message
         if not self._hello_sent:
             raise RemoteProtocolError("request before the handshake finished")
+        if not self._auth.done:
+            self._auth.receive(message)
+            return message
         if isinstance(message, Data | FileEnd):
             self._requests.check_upload(message, RemoteProtocolError)
             return message
@@ -518,6 +567,10 @@ class ServerProtocol(_Protocol):
             self._hello_sent = True
         elif not self._hello_sent:
             raise LocalProtocolError("HELLO must be sent first")
+        elif isinstance(message, Challenge | AuthOk):
+            self._auth.sent(message)
+        elif not self._auth.done:
+            raise LocalProtocolError("the client has not proved it knows the token")
         else:
             self._requests.check(message)
         return parts

@@ -21,6 +21,7 @@ from typing import Final
 
 import trio
 
+from ftx._auth import ServerAuthenticator, check_token
 from ftx._limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -73,10 +74,12 @@ class Server:
         ssl_context: serve over TLS with this server context (see
             :func:`ftx._tls.server_context`); a client speaking plain ftx is answered
             ``tls-required``.
+        token: require clients to prove, by challenge and response, that they know this
+            shared token (at least 16 bytes; see :mod:`ftx._auth`). It never crosses the wire.
 
     Raises:
         OSError: ``root`` cannot be opened as a directory.
-        ValueError: a limit is out of range.
+        ValueError: a limit is out of range, or the token is too short.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class Server:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        token: str | bytes | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
@@ -100,6 +104,7 @@ class Server:
         self.chunk_size: Final = chunk_size
         self.max_frame_size: Final = max_frame_size
         self.ssl_context: Final = ssl_context
+        self._token = check_token(token) if token is not None else None
         self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
         self.digests: Final = DigestCache()
         self.uploads: Final = UploadPolicy(writable, allow_overwrite, max_upload_size)
@@ -113,6 +118,14 @@ class Server:
     def connections(self) -> int:
         """How many connections are being served now (refused ones are not counted)."""
         return len(self._sessions)
+
+    @property
+    def requires_token(self) -> bool:
+        """Whether clients must prove that they know a token."""
+        return self._token is not None
+
+    def _new_authenticator(self) -> ServerAuthenticator | None:
+        return None if self._token is None else ServerAuthenticator(self._token)
 
     @property
     def closing(self) -> bool:
@@ -279,6 +292,7 @@ async def serve(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ssl_context: ssl.SSLContext | None = None,
+    token: str | bytes | None = None,
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
@@ -307,6 +321,7 @@ async def serve(
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
         ssl_context=ssl_context,
+        token=token,
     )
     try:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
