@@ -5,11 +5,15 @@ peer breaking the rules."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+from ftx.cli import build_parser
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
 from ftx.messages import (
@@ -352,3 +356,41 @@ def test_the_server_never_uploads_and_the_client_never_sends_answers() -> None:
         client.receive(raw(put()))
     with pytest.raises(RemoteProtocolError):
         client.receive(raw(Hello((1,))))
+
+
+# --------------------------------------------------------------------------- the documentation
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FRAME_LINE = re.compile(r"^[CS]→[CS]  ((?:[0-9a-f]{2} ){3}[0-9a-f]{2}) \| ([0-9a-f]{2}) \| (.*)$")
+
+
+def test_the_upload_example_in_the_protocol_document_is_what_ftx_encodes() -> None:
+    text = (DOCS / "protocol.md").read_text(encoding="utf-8")
+    section = text[text.index("### 18.6 Example") :]
+    lines = [m for line in section.splitlines() if (m := FRAME_LINE.match(line))]
+    assert len(lines) == 7
+    for match in lines:
+        length, kind = int(match[1].replace(" ", ""), 16), int(match[2], 16)
+        text_body = match[3]
+        body = bytes.fromhex(text_body.split("(")[0]) if kind == Kind.DATA else text_body.encode()
+        payload = bytes([kind]) + body
+        assert length == len(payload)
+        message = decode_message(payload)
+        assert message is not None
+        assert raw(message) == payload  # the reference encoding, byte for byte
+
+
+def test_the_documents_cover_the_upload_messages_codes_and_options() -> None:
+    protocol = (DOCS / "protocol.md").read_text(encoding="utf-8")
+    guide = (DOCS / "user-guide.md").read_text(encoding="utf-8")
+    for kind in (Kind.PUT, Kind.MKDIR, Kind.READY, Kind.DONE):
+        assert f"| `0x{kind:02x}` | {kind.name} |" in protocol
+    for code in ("read-only", "exists", "too-large", "no-space", "digest-mismatch"):
+        assert f"| `{code}` |" in protocol
+    assert f"| `{UPLOAD_FEATURE}` |" in protocol
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("put", "serve"):
+        for action in commands.choices[command]._actions:
+            for option in set(action.option_strings) - {"-h", "--help"}:
+                assert option in guide, f"ftx {command} {option} is not in the user guide"
