@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -375,3 +376,40 @@ def test_the_fingerprint_is_that_of_the_certificate(cert_files: dict[str, Path])
     pem = cert_files["cert"].read_text()
     der = ssl.PEM_cert_to_DER_cert(pem)
     assert file_fingerprint(str(cert_files["cert"])) == hashlib.sha256(der).hexdigest()
+
+
+def make_self_signed(directory: Path) -> str:
+    """Run the openssl command of docs/user-guide.md (Security); return the fingerprint openssl
+    prints for the certificate."""
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    request = ["openssl", "req", "-x509", *curve, "-nodes", "-days", "825", "-subj", "/CN=ftx"]
+    subprocess.run(
+        [*request, "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30
+    )
+    show = ["openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"]
+    printed = subprocess.run(show, check=True, capture_output=True, text=True, timeout=30).stdout
+    return printed.split("=", 1)[1]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_the_documented_self_signed_recipe_works(root: Path, tmp_path: Path) -> None:
+    """docs/user-guide.md, Security: the openssl command, the printed fingerprint, the pin."""
+    printed = make_self_signed(tmp_path)
+    fingerprint = file_fingerprint(str(tmp_path / "cert.pem"))
+    assert normalize_fingerprint(printed) == fingerprint
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = ftx.Server(root, ssl_context=context)
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+            await nursery.start(server.serve_listeners, listeners)
+            port = listeners[0].socket.getsockname()[1]
+            with trio.fail_after(10):
+                async with ftx.connect(LOOPBACK, port, fingerprint=printed) as client:
+                    await client.get("small.txt", tmp_path / "small.txt")
+            nursery.cancel_scope.cancel()
+    finally:
+        server.root.close()
+    assert (tmp_path / "small.txt").read_bytes() == SMALL_TEXT
