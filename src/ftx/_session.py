@@ -10,42 +10,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ftx._access import AccessRecord
+from ftx._download import DownloadHandler
 from ftx._limits import SendDeadlineStream, WriteStalledError
-from ftx._threads import ThreadJob
 from ftx._tls import accept_tls
 from ftx._upload import UploadHandler
 from ftx._version import __version__
 from ftx.errors import RemoteProtocolError
 from ftx.framing import FramedChannel
-from ftx.fs import FsError, OpenedFile
 from ftx.messages import (
-    Data,
-    Entry,
     Error,
-    FileEnd,
-    FileHeader,
     Get,
     ListDir,
-    ListEnd,
-    ListEntries,
     MakeDir,
     Put,
 )
 from ftx.messages import Message as _Message
 from ftx.protocol import (
     BLAKE3_FEATURE,
-    DIGEST_ALGORITHMS,
     SUPPORTED_VERSIONS,
     ErrorCode,
-    Hasher,
     ServerProtocol,
-    new_hasher,
 )
 
 if TYPE_CHECKING:
@@ -53,11 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
-# A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
-# peer_max_frame_size // 2048 entries always fit in a frame.
-_MAX_LIST_PAGE: Final = 256
-_ENTRY_BUDGET: Final = 2048
-_HASH_PREFIX_BLOCK: Final = 1 << 20
 # How long a connection being closed for an error may take to flush the error message.
 FAREWELL_SECONDS: Final = 2.0
 # How long a client that gave a wrong token waits for the refusal: guessing costs time.
@@ -80,12 +64,14 @@ class Session:
         self._stop_now = False  # end at the next frame boundary
         self._waiting: trio.CancelScope | None = None
         self._working: trio.CancelScope | None = None
-        self._record = AccessRecord(peer, "", "", 0.0)  # the request being answered
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=server._new_authenticator(),
             features=frozenset({BLAKE3_FEATURE}) | server.uploads.features,
+        )
+        self._downloads = DownloadHandler(
+            server, self._protocol, send=self._send, check_stop=self._check_stop
         )
         self._uploads = UploadHandler(
             server.root,
@@ -260,12 +246,9 @@ class Session:
         if not isinstance(request, Get | ListDir | Put | MakeDir):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
-        self._record = record
         try:
-            if isinstance(request, Get):
-                await self._send_file(request, chunk)
-            elif isinstance(request, ListDir):
-                await self._send_listing(request)
+            if isinstance(request, Get | ListDir):
+                await self._downloads.answer(request, record, chunk)
             else:
                 await self._uploads.answer(request, record)
         except BaseException as exc:
@@ -330,143 +313,9 @@ class Session:
         await self._send(self._protocol.auth.ok())
         return True
 
-    async def _refuse(self, request: Get | ListDir, code: ErrorCode, message: str) -> None:
-        self._record.result = code
-        self._record.message = message
-        await self._send(Error(request.request_id, code, message))
-
-    async def _send_file(self, request: Get, chunk_size: int) -> None:
-        if request.digest is not None and request.digest not in DIGEST_ALGORITHMS:
-            await self._refuse(request, ErrorCode.BAD_REQUEST, f"unknown digest {request.digest}")
-            return
-        try:
-            opened = await trio.to_thread.run_sync(self._root.open_file, request.path)
-        except FsError as exc:
-            await self._refuse(request, exc.code, exc.message)
-            return
-        with opened:
-            if request.identity is not None and request.identity != opened.identity:
-                message = f"{request.path!r} changed since the transfer began"
-                await self._refuse(request, ErrorCode.CHANGED, message)
-            elif request.offset > opened.size:
-                message = f"offset {request.offset} is beyond the end of {request.path!r}"
-                await self._refuse(request, ErrorCode.BAD_REQUEST, message)
-            else:
-                await self._stream_file(request, opened, chunk_size)
-
-    async def _stream_file(self, request: Get, opened: OpenedFile, chunk_size: int) -> None:
-        st = opened.stat
-        self._record.offset = request.offset
-        self._record.size = st.st_size
-        await self._send(
-            FileHeader(
-                request.request_id,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                identity=opened.identity,
-                offset=request.offset,
-                mode=st.st_mode & 0o7777,
-                digest=request.digest,
-            )
-        )
-        try:
-            digest = await self._stream_chunks(request, opened, chunk_size)
-        except _FileChangedError:
-            message = f"{request.path!r} changed during the transfer"
-            await self._refuse(request, ErrorCode.CHANGED, message)
-            return
-        await self._send(FileEnd(request.request_id, digest))
-
-    async def _stream_chunks(self, request: Get, opened: OpenedFile, chunk_size: int) -> str | None:
-        """Send the file from the requested offset as DATA frames; return the digest of the
-        whole file, or ``None`` if none was asked for.
-
-        Each chunk is hashed in a worker thread while it is being sent. A digest computed over
-        an unchanged file is remembered, so a file downloaded again (or resumed) is not re-read
-        for it.
-
-        Raises:
-            _FileChangedError: the file was truncated or modified while it was being sent.
-        """
-        size, identity = opened.size, opened.identity
-        algorithm = request.digest
-        cache_key = f"{algorithm}:{identity}"
-        known = self._server.digests.get(cache_key) if algorithm else None
-        hasher = new_hasher(algorithm) if algorithm and known is None else None
-        if hasher is not None and request.offset:
-            await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
-        pool = self._server.buffers
-        position = request.offset
-        while position < size:
-            buffer = await pool.acquire()
-            try:
-                with memoryview(buffer) as whole:
-                    view = whole[: min(chunk_size, size - position)]
-                    # Page-cache reads are memory copies: done here, no thread hop per chunk.
-                    count = opened.read_cached_into(view, position)
-                    if count is None:
-                        count = await trio.to_thread.run_sync(opened.read_into, view, position)
-                    if count == 0:
-                        raise _FileChangedError  # truncated under us
-                    chunk = view[:count]
-                    job = ThreadJob(partial(hasher.update, chunk)) if hasher else None
-                    try:
-                        self._check_stop()
-                        await self._send(Data(chunk))
-                    finally:
-                        if job is not None:
-                            await job.wait_quietly()
-                    position += count
-                    self._record.bytes += count
-            finally:
-                pool.release(buffer)
-        if opened.changed():
-            raise _FileChangedError
-        if hasher is None:
-            return known
-        digest = hasher.hexdigest()
-        self._server.digests.put(cache_key, digest)
-        return digest
-
-    async def _send_listing(self, request: ListDir) -> None:
-        try:
-            listing = await trio.to_thread.run_sync(self._root.list_directory, request.path)
-        except FsError as exc:
-            await self._refuse(request, exc.code, exc.message)
-            return
-        if isinstance(listing, Entry):
-            await self._send(ListEntries(request.request_id, (listing,)))
-            await self._send(ListEnd(request.request_id, 1))
-            self._record.entries = 1
-            return
-        page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
-        self._record.entries = 0
-        with listing:
-            while page := await trio.to_thread.run_sync(listing.next_page, page_size):
-                self._check_stop()
-                await self._send(ListEntries(request.request_id, tuple(page)))
-                self._record.entries += len(page)
-        await self._send(ListEnd(request.request_id, self._record.entries))
-
-
-class _FileChangedError(Exception):
-    pass
-
 
 class _StoppedError(Exception):
     """The session was stopped in the middle of an answer, at a frame boundary."""
-
-
-def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
-    """Hash the first ``end`` bytes: a resumed transfer's digest still covers the whole file."""
-    buffer = memoryview(bytearray(min(end, _HASH_PREFIX_BLOCK)))
-    position = 0
-    while position < end:
-        count = opened.read_into(buffer[: end - position], position)
-        if count == 0:
-            return  # truncated: the transfer will notice and report the change
-        hasher.update(buffer[:count])
-        position += count
 
 
 def _verb(request: Get | ListDir | Put | MakeDir) -> str:

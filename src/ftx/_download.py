@@ -1,0 +1,205 @@
+"""Answering GET and LIST: a file streamed as DATA frames (hashed as it goes, digests
+remembered per file identity), a directory listed page by page.
+
+Used by :class:`ftx._session.Session`, one :class:`DownloadHandler` per connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ftx._access import AccessRecord
+from ftx._threads import ThreadJob
+from ftx.fs import FsError, OpenedFile
+from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
+from ftx.messages import Message as _Message
+from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
+
+if TYPE_CHECKING:
+    from ftx.server import Server
+
+__all__ = ["DownloadHandler"]
+
+# A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
+# peer_max_frame_size // 2048 entries always fit in a frame.
+_MAX_LIST_PAGE: Final = 256
+_ENTRY_BUDGET: Final = 2048
+_HASH_PREFIX_BLOCK: Final = 1 << 20
+
+
+class DownloadHandler:
+    """Answers the GET and LIST requests of one connection.
+
+    Args:
+        server: the server (its root, buffer pool and digest cache).
+        protocol: the connection's state machine (for the client's frame limit).
+        send: sends one message on the connection.
+        check_stop: called at each frame boundary; raises to stop an answer there.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        protocol: ServerProtocol,
+        *,
+        send: Callable[[_Message], Awaitable[None]],
+        check_stop: Callable[[], None],
+    ) -> None:
+        self._server = server
+        self._protocol = protocol
+        self._send = send
+        self._check_stop = check_stop
+
+    async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
+        """Answer ``request`` completely (or with a per-request ERROR), noting in ``record``
+        what was sent. Raises what ``send`` and ``check_stop`` raise."""
+        if isinstance(request, Get):
+            await self._send_file(request, record, chunk_size)
+        else:
+            await self._send_listing(request, record)
+
+    async def _refuse(
+        self, request: Get | ListDir, record: AccessRecord, code: ErrorCode, message: str
+    ) -> None:
+        record.result = code
+        record.message = message
+        await self._send(Error(request.request_id, code, message))
+
+    async def _send_file(self, request: Get, record: AccessRecord, chunk_size: int) -> None:
+        if request.digest is not None and request.digest not in DIGEST_ALGORITHMS:
+            await self._refuse(
+                request, record, ErrorCode.BAD_REQUEST, f"unknown digest {request.digest}"
+            )
+            return
+        try:
+            opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
+        except FsError as exc:
+            await self._refuse(request, record, exc.code, exc.message)
+            return
+        with opened:
+            if request.identity is not None and request.identity != opened.identity:
+                message = f"{request.path!r} changed since the transfer began"
+                await self._refuse(request, record, ErrorCode.CHANGED, message)
+            elif request.offset > opened.size:
+                message = f"offset {request.offset} is beyond the end of {request.path!r}"
+                await self._refuse(request, record, ErrorCode.BAD_REQUEST, message)
+            else:
+                await self._stream_file(request, record, opened, chunk_size)
+
+    async def _stream_file(
+        self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
+    ) -> None:
+        st = opened.stat
+        record.offset = request.offset
+        record.size = st.st_size
+        await self._send(
+            FileHeader(
+                request.request_id,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                identity=opened.identity,
+                offset=request.offset,
+                mode=st.st_mode & 0o7777,
+                digest=request.digest,
+            )
+        )
+        try:
+            digest = await self._stream_chunks(request, record, opened, chunk_size)
+        except _FileChangedError:
+            message = f"{request.path!r} changed during the transfer"
+            await self._refuse(request, record, ErrorCode.CHANGED, message)
+            return
+        await self._send(FileEnd(request.request_id, digest))
+
+    async def _stream_chunks(
+        self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
+    ) -> str | None:
+        """Send the file from the requested offset as DATA frames; return the digest of the
+        whole file, or ``None`` if none was asked for.
+
+        Each chunk is hashed in a worker thread while it is being sent. A digest computed over
+        an unchanged file is remembered, so a file downloaded again (or resumed) is not re-read
+        for it.
+
+        Raises:
+            _FileChangedError: the file was truncated or modified while it was being sent.
+        """
+        size, identity = opened.size, opened.identity
+        algorithm = request.digest
+        cache_key = f"{algorithm}:{identity}"
+        known = self._server.digests.get(cache_key) if algorithm else None
+        hasher = new_hasher(algorithm) if algorithm and known is None else None
+        if hasher is not None and request.offset:
+            await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
+        pool = self._server.buffers
+        position = request.offset
+        while position < size:
+            buffer = await pool.acquire()
+            try:
+                with memoryview(buffer) as whole:
+                    view = whole[: min(chunk_size, size - position)]
+                    # Page-cache reads are memory copies: done here, no thread hop per chunk.
+                    count = opened.read_cached_into(view, position)
+                    if count is None:
+                        count = await trio.to_thread.run_sync(opened.read_into, view, position)
+                    if count == 0:
+                        raise _FileChangedError  # truncated under us
+                    chunk = view[:count]
+                    job = ThreadJob(partial(hasher.update, chunk)) if hasher else None
+                    try:
+                        self._check_stop()
+                        await self._send(Data(chunk))
+                    finally:
+                        if job is not None:
+                            await job.wait_quietly()
+                    position += count
+                    record.bytes += count
+            finally:
+                pool.release(buffer)
+        if opened.changed():
+            raise _FileChangedError
+        if hasher is None:
+            return known
+        digest = hasher.hexdigest()
+        self._server.digests.put(cache_key, digest)
+        return digest
+
+    async def _send_listing(self, request: ListDir, record: AccessRecord) -> None:
+        try:
+            listing = await trio.to_thread.run_sync(self._server.root.list_directory, request.path)
+        except FsError as exc:
+            await self._refuse(request, record, exc.code, exc.message)
+            return
+        if isinstance(listing, Entry):
+            await self._send(ListEntries(request.request_id, (listing,)))
+            await self._send(ListEnd(request.request_id, 1))
+            record.entries = 1
+            return
+        page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
+        record.entries = 0
+        with listing:
+            while page := await trio.to_thread.run_sync(listing.next_page, page_size):
+                self._check_stop()
+                await self._send(ListEntries(request.request_id, tuple(page)))
+                record.entries += len(page)
+        await self._send(ListEnd(request.request_id, record.entries))
+
+
+class _FileChangedError(Exception):
+    pass
+
+
+def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
+    """Hash the first ``end`` bytes: a resumed transfer's digest still covers the whole file."""
+    buffer = memoryview(bytearray(min(end, _HASH_PREFIX_BLOCK)))
+    position = 0
+    while position < end:
+        count = opened.read_into(buffer[: end - position], position)
+        if count == 0:
+            return  # truncated: the transfer will notice and report the change
+        hasher.update(buffer[:count])
+        position += count
