@@ -316,6 +316,28 @@ async def test_a_link_at_the_final_name_is_replaced_never_followed(
     assert (root / "x.bin").read_bytes() == b"new content"
 
 
+async def test_a_directory_swapped_for_a_link_mid_upload_does_not_redirect_it(
+    start_server: StartServer, root: Path, tmp_path: Path
+) -> None:
+    """The server writes and publishes relative to the directory it opened when the PUT came:
+    replacing that directory's name with a link that leads out changes nothing (rsync's
+    CVE-2026-43619 class)."""
+    outside = tmp_path / "outside"
+    before = snapshot(outside)
+    port = await writable(start_server, root)
+    raw = await RawClient.connect(port)
+    await raw.send(Put(1, "sub/x", 3, "sha256"))
+    assert await raw.receive() == Ready(1, 0)  # sub/ is open on the server now
+    (root / "sub").rename(root / "moved")
+    (root / "sub").symlink_to(outside)
+    await raw.send(Data(b"abc"))
+    await raw.send(FileEnd(1, hashlib.sha256(b"abc").hexdigest()))
+    assert await raw.receive() == Done(1, True)
+    await raw.aclose()
+    assert (root / "moved" / "x").read_bytes() == b"abc"
+    assert snapshot(outside) == before
+
+
 # --------------------------------------------------------------------------- policies
 
 

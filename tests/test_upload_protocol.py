@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ftx.cli import build_parser
 from ftx.errors import LocalProtocolError, RemoteProtocolError
@@ -394,3 +396,45 @@ def test_the_documents_cover_the_upload_messages_codes_and_options() -> None:
         for action in commands.choices[command]._actions:
             for option in set(action.option_strings) - {"-h", "--help"}:
                 assert option in guide, f"ftx {command} {option} is not in the user guide"
+
+
+# --------------------------------------------------------------------------- property tests
+
+upload_payloads = st.one_of(
+    st.builds(Data, st.binary(max_size=8)).map(raw),
+    st.builds(FileEnd, st.sampled_from([1, 2]), st.none() | st.just(DIGEST)).map(raw),
+    st.builds(Put, st.sampled_from([1, 2, 3]), st.just("f"), st.integers(0, 20)).map(raw),
+    st.builds(MakeDir, st.sampled_from([2, 3]), st.just("d")).map(raw),
+    st.builds(Get, st.sampled_from([2, 3]), st.just("f")).map(raw),
+    st.builds(Ready, st.just(1), st.integers(0, 20)).map(raw),
+    st.binary(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(0, 20), offset=st.integers(0, 20), payloads=st.lists(upload_payloads))
+def test_the_server_accepts_exactly_the_announced_upload_and_raises_nothing_else(
+    size: int, offset: int, payloads: list[bytes]
+) -> None:
+    offset = min(offset, size)
+    client, server = handshake()
+    to_server(client, server, put(1, size))
+    server.send(Ready(1, offset))
+    remaining: int | None = size - offset  # None once the END has been accepted
+    for payload in payloads:
+        try:
+            message = server.receive(payload)
+        except RemoteProtocolError:
+            break  # the state machine stays failed (latched): nothing more to learn
+        if isinstance(message, Data):
+            assert remaining is not None
+            remaining -= len(message.data)
+            assert remaining >= 0
+        elif isinstance(message, FileEnd):
+            assert remaining == 0
+            assert message.request_id == 1
+            assert message.digest is not None
+            remaining = None
+        elif message is not None:
+            assert remaining is None, f"{message!r} accepted before the upload's END"
+            assert isinstance(message, Get | ListDir | Put | MakeDir)
