@@ -15,7 +15,8 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,3 +243,18 @@ def read_banner(process: subprocess.Popen[str], timeout: float = 15.0) -> str:
     line = process.stdout.readline()  # "ftx X serving DIR (read-only) on HOST:PORT"
     assert " on " in line, f"unexpected banner: {line!r} (exit code {process.poll()})"
     return line.rsplit(" ", 1)[1].strip().split(",")[0]
+
+
+@asynccontextmanager
+async def serving(root: Path, **options: object) -> AsyncIterator[tuple[ftx.Server, int]]:
+    """An ``ftx.Server(root, **options)`` on 127.0.0.1, port 0, for the block: yields the server
+    (to shut it down or inspect it) and the port."""
+    server = ftx.Server(root, **options)  # type: ignore[arg-type]
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            await nursery.start(server.serve_listeners, listeners)
+            yield server, listeners[0].socket.getsockname()[1]
+            nursery.cancel_scope.cancel()
+    finally:
+        server.root.close()

@@ -14,8 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +21,12 @@ import pytest
 import trio
 
 import ftx
-from conftest import MEDIUM_SIZE, SMALL_TEXT, BigFile
+from conftest import MEDIUM_SIZE, SMALL_TEXT, BigFile, serving
 from ftx._access import AccessRecord, JsonFormatter
 from ftx.framing import FrameDecoder, encode_frame
 from ftx.messages import FileEnd, Get, Hello, Message, decode_message, encode_message
 
 LOOPBACK = "127.0.0.1"
-
-
-@asynccontextmanager
-async def serving(root: Path, **options: float) -> AsyncIterator[tuple[ftx.Server, int]]:
-    server = ftx.Server(root, **options)  # type: ignore[arg-type]
-    try:
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-            await nursery.start(server.serve_listeners, listeners)
-            yield server, listeners[0].socket.getsockname()[1]
-            nursery.cancel_scope.cancel()
-    finally:
-        server.root.close()
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:

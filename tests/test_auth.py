@@ -14,8 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 import trio
 
 import ftx
-from conftest import SMALL_TEXT
+from conftest import SMALL_TEXT, serving
 from ftx import _auth
 from ftx._auth import (
     AUTH_FEATURE,
@@ -316,19 +314,6 @@ def test_tokens_come_from_a_file_or_ftx_token(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------- real servers
-
-
-@asynccontextmanager
-async def serving(root: Path, **options: object) -> AsyncIterator[tuple[ftx.Server, int]]:
-    server = ftx.Server(root, **options)  # type: ignore[arg-type]
-    try:
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-            await nursery.start(server.serve_listeners, listeners)
-            yield server, listeners[0].socket.getsockname()[1]
-            nursery.cancel_scope.cancel()
-    finally:
-        server.root.close()
 
 
 async def test_the_right_token_gets_files(served_root: Path, tmp_path: Path) -> None:

@@ -13,15 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
 import ftx
-from conftest import BigFile
+from conftest import BigFile, serving
 from ftx.framing import FrameDecoder, encode_frame
 from ftx.messages import Data, Error, FileEnd, FileHeader, Get, Hello, Message, decode_message
 from ftx.messages import encode_message as _encode
@@ -89,19 +87,6 @@ class Download:
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
-
-
-@asynccontextmanager
-async def serving(root: Path, **options: float) -> AsyncIterator[tuple[ftx.Server, int]]:
-    server = ftx.Server(root, **options)  # type: ignore[arg-type]
-    try:
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-            await nursery.start(server.serve_listeners, listeners)
-            yield server, listeners[0].socket.getsockname()[1]
-            nursery.cancel_scope.cancel()
-    finally:
-        server.root.close()
 
 
 # ------------------------------------------------------------------------- the library

@@ -14,7 +14,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import trio
 import trustme
 
 import ftx
-from conftest import SMALL_TEXT
+from conftest import SMALL_TEXT, serving
 from ftx._tls import certificate_fingerprint, file_fingerprint, normalize_fingerprint
 from ftx.errors import AuthenticationError, RemoteProtocolError
 
@@ -59,20 +59,11 @@ def fingerprint_of(cert: trustme.LeafCert) -> str:
     )
 
 
-@asynccontextmanager
-async def serving(
-    root: Path, cert: trustme.LeafCert | None, **options: float
-) -> AsyncIterator[tuple[ftx.Server, int]]:
+def serving_tls(
+    root: Path, cert: trustme.LeafCert | None, **options: object
+) -> AbstractAsyncContextManager[tuple[ftx.Server, int]]:
     context = server_context(cert) if cert is not None else None
-    server = ftx.Server(root, ssl_context=context, **options)  # type: ignore[arg-type]
-    try:
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-            await nursery.start(server.serve_listeners, listeners)
-            yield server, listeners[0].socket.getsockname()[1]
-            nursery.cancel_scope.cancel()
-    finally:
-        server.root.close()
+    return serving(root, ssl_context=context, **options)
 
 
 @pytest.fixture
@@ -87,7 +78,7 @@ def root(served_root: Path) -> Path:
 async def test_a_verified_tls_download(
     root: Path, tmp_path: Path, ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
-    async with serving(root, server_cert) as (_server, port):
+    async with serving_tls(root, server_cert) as (_server, port):
         with trio.fail_after(20):
             async with ftx.connect(LOOPBACK, port, ssl_context=client_context(ca)) as client:
                 result = await client.get("secret.bin", tmp_path / "secret.bin")
@@ -102,7 +93,7 @@ async def test_a_pinned_tls_download(
 ) -> None:
     pin = fingerprint_of(server_cert).upper()  # any case, with or without colons
     pin = ":".join(pin[i : i + 2] for i in range(0, 64, 2))
-    async with serving(root, server_cert) as (_server, port):
+    async with serving_tls(root, server_cert) as (_server, port):
         with trio.fail_after(20):
             async with ftx.connect(LOOPBACK, port, fingerprint=pin) as client:
                 await client.get("small.txt", tmp_path / "small.txt")
@@ -117,7 +108,7 @@ async def test_a_passive_listener_sees_no_content(
     for tls in (True, False):
         recorded = bytearray()
         async with (
-            serving(root, server_cert if tls else None) as (_server, port),
+            serving_tls(root, server_cert if tls else None) as (_server, port),
             relay(port, recorded) as relay_port,
         ):
             with trio.fail_after(20):
@@ -162,7 +153,7 @@ async def relay(port: int, recorded: bytearray) -> AsyncIterator[int]:
 async def test_a_certificate_from_another_ca_is_refused(
     root: Path, server_cert: trustme.LeafCert
 ) -> None:
-    async with serving(root, server_cert) as (_server, port):
+    async with serving_tls(root, server_cert) as (_server, port):
         with trio.fail_after(10), pytest.raises(AuthenticationError, match="did not verify"):
             async with ftx.connect(LOOPBACK, port, ssl_context=client_context(trustme.CA())):
                 pass
@@ -170,7 +161,7 @@ async def test_a_certificate_from_another_ca_is_refused(
 
 async def test_a_certificate_for_another_name_is_refused(root: Path, ca: trustme.CA) -> None:
     elsewhere = ca.issue_cert("files.example.org")
-    async with serving(root, elsewhere) as (_server, port):
+    async with serving_tls(root, elsewhere) as (_server, port):
         with trio.fail_after(10), pytest.raises(AuthenticationError, match="did not verify"):
             async with ftx.connect(LOOPBACK, port, ssl_context=client_context(ca)):
                 pass
@@ -215,7 +206,7 @@ async def test_a_wrong_pin_is_refused_before_anything_is_sent(
 async def test_a_plain_client_is_told_tls_is_required(
     root: Path, server_cert: trustme.LeafCert
 ) -> None:
-    async with serving(root, server_cert) as (_server, port):
+    async with serving_tls(root, server_cert) as (_server, port):
         with trio.fail_after(10), pytest.raises(ftx.RemoteError) as refused:
             async with ftx.connect(LOOPBACK, port):
                 pass
@@ -223,7 +214,7 @@ async def test_a_plain_client_is_told_tls_is_required(
 
 
 async def test_tls_against_a_plain_server_fails_cleanly(root: Path) -> None:
-    async with serving(root, None) as (_server, port):
+    async with serving_tls(root, None) as (_server, port):
         with trio.fail_after(10), pytest.raises((RemoteProtocolError, ftx.ConnectionLostError)):
             async with ftx.connect(LOOPBACK, port, fingerprint="ab" * 32):
                 pass
@@ -233,7 +224,7 @@ async def test_busy_refusals_are_sent_over_tls(
     root: Path, ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
     context = client_context(ca)
-    async with serving(root, server_cert, max_connections=1) as (_server, port):
+    async with serving_tls(root, server_cert, max_connections=1) as (_server, port):
         with trio.fail_after(10):
             async with ftx.connect(LOOPBACK, port, ssl_context=context):
                 with pytest.raises(ftx.RemoteError) as refused:
@@ -245,7 +236,7 @@ async def test_busy_refusals_are_sent_over_tls(
 async def test_a_stalled_tls_handshake_meets_the_handshake_deadline(
     root: Path, server_cert: trustme.LeafCert
 ) -> None:
-    async with serving(root, server_cert, handshake_timeout=0.5) as (server, port):
+    async with serving_tls(root, server_cert, handshake_timeout=0.5) as (server, port):
         stream = await trio.open_tcp_stream(LOOPBACK, port)
         async with stream:
             await stream.send_all(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
