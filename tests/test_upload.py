@@ -23,7 +23,7 @@ import pytest
 import trio
 
 import ftx
-from conftest import StartServer, read_banner
+from conftest import Behaviour, FakeConnection, FakeServer, StartServer, read_banner
 from ftx.framing import FramedChannel
 from ftx.messages import (
     Data,
@@ -685,3 +685,46 @@ def test_ftx_put_exit_codes(serve_cli: ServeCli, root: Path, tmp_path: Path) -> 
     assert (root / "small.txt").read_bytes() == b"small\n"
     assert not (root / "large.bin").exists()
     assert leftovers(root) == []
+
+
+def test_ftx_put_reconnects_and_resumes_after_a_lost_connection(
+    fake_server: Callable[[Behaviour], FakeServer], tmp_path: Path
+) -> None:
+    """A scripted server takes the first 100,000 bytes and drops the connection; ``ftx put``
+    reconnects by itself (``--retries``) and sends only the rest, with the same source."""
+    data = content(300_000)
+    source = tmp_path / "f.bin"
+    source.write_bytes(data)
+    held = bytearray()
+    puts: list[Put] = []
+
+    def behaviour(conn: FakeConnection) -> None:
+        conn.handshake(frozenset({UPLOAD_FEATURE}))
+        put = conn.receive()
+        assert isinstance(put, Put)
+        puts.append(put)
+        if len(puts) == 1:
+            conn.send(Ready(put.request_id, 0))
+            while len(held) < 100_000:
+                message = conn.receive()
+                assert isinstance(message, Data)
+                held.extend(message.data)
+            del held[100_000:]
+            return  # the connection closes
+        conn.send(Ready(put.request_id, len(held)))
+        while not isinstance(message := conn.receive(), FileEnd):
+            assert isinstance(message, Data)
+            held.extend(message.data)
+        assert message.digest == hashlib.sha256(held).hexdigest()
+        conn.send(Done(put.request_id, True))
+
+    fake = fake_server(behaviour)
+    result = ftx_cli("put", f"127.0.0.1:{fake.port}", str(source), "--retries", "2")
+    assert result.returncode == 0, result.stderr
+    assert "retrying" in result.stderr
+    assert "resumed from 97.7 KiB" in result.stderr
+    assert bytes(held) == data
+    assert len(puts) == 2
+    assert puts[0].source is not None
+    assert puts[0].source == puts[1].source
+    assert puts[0].digest == "sha256"  # the fake offers no BLAKE3
