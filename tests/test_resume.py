@@ -6,9 +6,13 @@ import os
 import random
 from pathlib import Path
 
+import pytest
 import trio
 
 import ftx
+import ftx._download
+from conftest import serving
+from ftx.fs import file_identity
 
 SIZE = 8 * 1024 * 1024 + 4321
 
@@ -111,3 +115,35 @@ async def test_a_corrupted_part_fails_verification_and_is_dropped(
         async with ftx.connect(host, port) as client:
             await client.get("data.bin", dest)
     assert dest.read_bytes() == content
+
+
+async def test_a_cut_transfer_leaves_its_digest_for_the_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server finishes hashing a file whose client went away (from its own disk), so the
+    # resume that follows does not make it re-read the part the client already has.
+    served = tmp_path / "served"
+    served.mkdir()
+    content = random.Random(6).randbytes(48 * 1024 * 1024)
+    (served / "data.bin").write_bytes(content)
+    prefix_hashes: list[int] = []
+    real_hash_prefix = ftx._download._hash_prefix
+
+    def spy(opened: object, end: int, hasher: object) -> None:
+        prefix_hashes.append(end)
+        real_hash_prefix(opened, end, hasher)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ftx._download, "_hash_prefix", spy)
+    dest = tmp_path / "data.bin"
+    with trio.fail_after(30):
+        async with serving(served) as (server, port):
+            await download_until("127.0.0.1", port, dest, 3 * 1024 * 1024)
+            key = f"blake3:{file_identity(os.stat(served / 'data.bin'))}"
+            for _ in range(2000):  # the cut connection's task is finishing the digest
+                if server.digests.get(key):
+                    break
+                await trio.sleep(0.01)
+            async with ftx.connect("127.0.0.1", port) as client:
+                await client.get("data.bin", dest)
+    assert dest.read_bytes() == content
+    assert prefix_hashes == [], "the resume re-read the prefix on the server"

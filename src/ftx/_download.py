@@ -29,6 +29,9 @@ __all__ = ["DownloadHandler"]
 _MAX_LIST_PAGE: Final = 256
 _ENTRY_BUDGET: Final = 2048
 _HASH_PREFIX_BLOCK: Final = 1 << 20
+# A transfer cut short has its digest finished from the disk when what remains is at most this,
+# or at most what was already sent (the client paid for that much).
+_FINISH_HASH_FREE: Final = 64 << 20
 
 
 class DownloadHandler:
@@ -128,15 +131,54 @@ class DownloadHandler:
         Raises:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
-        size, identity = opened.size, opened.identity
+        identity = opened.identity
         algorithm = request.digest
         cache_key = f"{algorithm}:{identity}"
         known = self._server.digests.get(cache_key) if algorithm else None
         hasher = new_hasher(algorithm) if algorithm and known is None else None
         if hasher is not None and request.offset:
             await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
+        hashed = [request.offset]  # how far the hasher has got, kept up to date by _send_chunks
+        try:
+            await self._send_chunks(opened, request.offset, chunk_size, hasher, hashed, record)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if hasher is not None:
+                await self._finish_hash(opened, hashed[0], hasher, cache_key)
+            raise
+        if opened.changed():
+            raise _FileChangedError
+        if hasher is None:
+            return known
+        digest = hasher.hexdigest()
+        self._server.digests.put(cache_key, digest)
+        return digest
+
+    async def _finish_hash(
+        self, opened: OpenedFile, position: int, hasher: Hasher, cache_key: str
+    ) -> None:
+        """The client went away mid-file: finish the digest from the disk and remember it, so
+        that its resume (usually soon) need not re-read the part it already has. Bounded, so
+        that a client cannot make the server read far more than it was sent."""
+        remaining = opened.size - position
+        if remaining > max(position, _FINISH_HASH_FREE):
+            return
+        await trio.to_thread.run_sync(_hash_range, opened, position, opened.size, hasher)
+        if not opened.changed():
+            self._server.digests.put(cache_key, hasher.hexdigest())
+
+    async def _send_chunks(
+        self,
+        opened: OpenedFile,
+        position: int,
+        chunk_size: int,
+        hasher: Hasher | None,
+        hashed: list[int],
+        record: AccessRecord,
+    ) -> None:
+        """Send the file from ``position`` to its end as DATA frames, hashing each chunk in a
+        worker thread while it is sent; ``hashed[0]`` follows the bytes hashed so far."""
         pool = self._server.buffers
-        position = request.offset
+        size = opened.size
         while position < size:
             buffer = await pool.acquire()
             try:
@@ -156,17 +198,11 @@ class DownloadHandler:
                     finally:
                         if job is not None:
                             await job.wait_quietly()
+                            hashed[0] = position + count
                     position += count
                     record.bytes += count
             finally:
                 pool.release(buffer)
-        if opened.changed():
-            raise _FileChangedError
-        if hasher is None:
-            return known
-        digest = hasher.hexdigest()
-        self._server.digests.put(cache_key, digest)
-        return digest
 
     async def _send_listing(self, request: ListDir, record: AccessRecord) -> None:
         try:
@@ -195,8 +231,13 @@ class _FileChangedError(Exception):
 
 def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
     """Hash the first ``end`` bytes: a resumed transfer's digest still covers the whole file."""
-    buffer = memoryview(bytearray(min(end, _HASH_PREFIX_BLOCK)))
-    position = 0
+    _hash_range(opened, 0, end, hasher)
+
+
+def _hash_range(opened: OpenedFile, start: int, end: int, hasher: Hasher) -> None:
+    """Hash bytes ``start`` to ``end`` (stopping early if the file was truncated)."""
+    buffer = memoryview(bytearray(max(1, min(end - start, _HASH_PREFIX_BLOCK))))
+    position = start
     while position < end:
         count = opened.read_into(buffer[: end - position], position)
         if count == 0:
