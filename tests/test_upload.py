@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -728,3 +729,41 @@ def test_ftx_put_reconnects_and_resumes_after_a_lost_connection(
     assert puts[0].source is not None
     assert puts[0].source == puts[1].source
     assert puts[0].digest == "sha256"  # the fake offers no BLAKE3
+
+
+def test_a_server_that_cannot_store_a_file_drains_it_and_goes_on(
+    root: Path, tmp_path: Path
+) -> None:
+    """``ftx serve`` limited to 1 MiB files (RLIMIT_FSIZE: EFBIG, as a full disk would give
+    ENOSPC) fails while writing a 2 MiB upload: it reads the rest, answers ``no-space`` after
+    the END, keeps the part, and the next file on the same connection is stored."""
+    (tmp_path / "big.bin").write_bytes(content(2 * 1024 * 1024))
+    (tmp_path / "small.txt").write_bytes(b"small\n")
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    process = subprocess.Popen(
+        [*PYTHON_M_FTX, "serve", str(root), "--host", "127.0.0.1", "--port", "0", "--writable"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+        preexec_fn=limit_file_size,
+    )
+    try:
+        address = read_banner(process)
+        big, small = str(tmp_path / "big.bin"), str(tmp_path / "small.txt")
+        result = ftx_cli("put", address, big, small)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        assert process.stdout is not None
+        process.stdout.close()
+    assert result.returncode == 8, result.stderr
+    assert "no-space" in result.stderr
+    assert "1 file(s) sent" in result.stderr
+    assert (root / "small.txt").read_bytes() == b"small\n"
+    assert not (root / "big.bin").exists()
+    assert (root / ("big.bin" + PART)).stat().st_size == 1 << 20
