@@ -1528,3 +1528,21 @@ def test_second_part_file_racing_a_publish_cannot_rewrite_dest(
         second.write(b"B" * 10)
     second.close()
     assert dest.read_bytes() == b"A" * 1000
+
+
+def test_uploads_in_progress_are_neither_listed_nor_served(tmp_path: Path) -> None:
+    (tmp_path / "done.bin").write_bytes(b"complete")
+    (tmp_path / "new.bin.ftx-upload-part").write_bytes(b"half")
+    (tmp_path / "new.bin.ftx-upload-part.resume").write_bytes(b"{}")
+    root = ServedRoot(tmp_path)
+    try:
+        listing = root.list_directory("")
+        assert isinstance(listing, DirectoryListing)
+        with listing:
+            assert [entry.name for entry in listing.next_page(100)] == ["done.bin"]
+        for name in ("new.bin.ftx-upload-part", "new.bin.ftx-upload-part.resume"):
+            with pytest.raises(FsError) as refused:
+                root.open_file(name)
+            assert refused.value.code == ErrorCode.NOT_FOUND
+    finally:
+        root.close()

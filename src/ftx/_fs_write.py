@@ -29,12 +29,12 @@ import stat
 from typing import Final, Self
 
 from ftx.framing import Buffer
-from ftx.fs import FsError, ServedRoot
+from ftx.fs import UPLOAD_PART_SUFFIX, FsError, ServedRoot
 from ftx.protocol import ErrorCode, Hasher
 
 __all__ = ["PART_SUFFIX", "RECORD_SUFFIX", "UploadTarget", "make_directory"]
 
-PART_SUFFIX: Final = ".ftx-upload-part"
+PART_SUFFIX: Final = UPLOAD_PART_SUFFIX
 RECORD_SUFFIX: Final = PART_SUFFIX + ".resume"
 _RECORD_VERSION: Final = 1
 _MAX_RECORD_BYTES: Final = 4096

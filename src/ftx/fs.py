@@ -29,7 +29,15 @@ from typing import Final, Self
 from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
 
-__all__ = ["DirectoryListing", "FsError", "OpenedFile", "ServedRoot", "file_identity"]
+__all__ = [
+    "UPLOAD_PART_SUFFIX",
+    "DirectoryListing",
+    "FsError",
+    "OpenedFile",
+    "ServedRoot",
+    "file_identity",
+    "is_upload_in_progress",
+]
 
 MAX_SYMLINKS: Final = 40
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -76,6 +84,14 @@ def split_request_path(path: str) -> list[str]:
 
 
 _RWF_NOWAIT: Final[int | None] = getattr(os, "RWF_NOWAIT", None)
+UPLOAD_PART_SUFFIX: Final = ".ftx-upload-part"
+"""An upload in progress is written to ``NAME`` + this (and its resume record beside it, with
+``.resume`` added): neither is listed or served until it is complete under its own name."""
+
+
+def is_upload_in_progress(name: str) -> bool:
+    """Whether ``name`` is the part file (or resume record) of an upload in progress."""
+    return name.endswith((UPLOAD_PART_SUFFIX, UPLOAD_PART_SUFFIX + ".resume"))
 
 
 def file_identity(st: os.stat_result) -> str:
@@ -165,7 +181,7 @@ class DirectoryListing:
             except OSError:
                 continue  # removed while we list: it is no longer there to show
             entry = _entry(dir_entry.name, st)
-            if entry is not None:
+            if entry is not None and not is_upload_in_progress(entry.name):
                 page.append(entry)
                 if len(page) >= max_entries:
                     break
@@ -234,6 +250,8 @@ class ServedRoot:
                 ``permission-denied`` or ``not-a-file`` (directories, FIFOs, devices, sockets).
         """
         with self._walk(path) as (dir_fd, name, st):
+            if name is not None and is_upload_in_progress(name):
+                raise FsError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
             if name is None or stat.S_ISDIR(st.st_mode):
                 raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is a directory")
             if not stat.S_ISREG(st.st_mode):
