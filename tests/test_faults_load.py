@@ -1,6 +1,6 @@
 """Load faults (issue 5, deliverable 7): 200 idle or trickling connections and 100 real clients
 against an ``ftx serve`` process limited to 256 file descriptors. Every real client gets a
-verified file or a clean error (``busy``, or the connection closed), none hangs, the server
+verified file or a clean ``busy`` error (never a silent close), none hangs, the server
 process survives, and a canary download gets through while the idle connections are still open
 and again once they are gone. Loopback only, every wait bounded.
 """
@@ -162,7 +162,9 @@ async def test_idle_connections_and_many_clients_with_few_descriptors(tmp_path: 
         print(f"{command[2:4]}: {len(idle)} idle connections; real clients: {dict(counts)}")
         print(f"canary during the attack: {during}")
         assert server.process.returncode is None, "the server died:\n" + log.read_text()
-        assert not [o for o in outcomes if not is_clean(o)], (counts, log.read_text()[-3000:])
+        # Every real client gets a verified file or a clean "busy": never a silent close.
+        unclean = [o for o in outcomes if o not in ("verified", "refused: busy")]
+        assert not unclean, (counts, log.read_text()[-3000:])
         assert during[-1:] == ["verified"], during
         for stream in idle:
             await trio.aclose_forcefully(stream)

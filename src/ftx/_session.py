@@ -44,6 +44,8 @@ __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
 # How long a connection being closed for an error may take to flush the error message.
 FAREWELL_SECONDS: Final = 2.0
+# How long a connection being refused (busy, shutting down) has to send its HELLO.
+REFUSAL_HELLO_SECONDS: Final = 0.5
 # How long a client that gave a wrong token waits for the refusal: guessing costs time.
 AUTH_FAILURE_DELAY: Final = 1.0
 
@@ -93,12 +95,20 @@ class Session:
 
     async def refuse(self, code: ErrorCode, message: str) -> None:
         """Refuse the connection: wait (briefly) for the client's HELLO, answer it with a
-        connection-level ERROR. Never raises, except :exc:`trio.Cancelled`."""
+        connection-level ERROR. Never raises, except :exc:`trio.Cancelled`.
+
+        A real client sends its HELLO as soon as it is connected, so the wait for it is short:
+        a connection that says nothing must not hold a refusal slot that the next real client
+        needs (an idle flood would otherwise turn ``busy`` answers into silent closes).
+        """
         with trio.move_on_after(FAREWELL_SECONDS):
             try:
                 if await self._open():
-                    await self._receive()
+                    with trio.fail_after(REFUSAL_HELLO_SECONDS):
+                        await self._receive()
                     await self.farewell(code, message)
+            except trio.TooSlowError:
+                pass  # no HELLO: not a client we can answer
             except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # gone already: nothing to tell
             except RemoteProtocolError:

@@ -46,7 +46,9 @@ DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 # All connections together read and send through at most this much buffer memory.
 _BUFFER_MEMORY: Final = 32 * 1024 * 1024
 # Connections being refused (``busy``) at once; beyond this, further ones are just closed.
-_MAX_REFUSALS: Final = 64
+# Each holds a descriptor for at most REFUSAL_HELLO_SECONDS (plus a TLS handshake): a burst of
+# real clients beyond the connection limit is told "busy" rather than cut off.
+_MAX_REFUSALS: Final = 256
 
 logger = logging.getLogger("ftx.server")
 
