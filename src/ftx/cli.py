@@ -431,9 +431,8 @@ async def _get(args: argparse.Namespace) -> None:
                         resume=args.resume,
                     )
                 break
-            except (ConnectionLostError, CliError) as exc:
-                network = not isinstance(exc, CliError) or exc.code == ExitCode.NETWORK
-                if not network or attempt >= args.retries:
+            except (ConnectionLostError, CliError, RemoteError) as exc:
+                if not _worth_retrying(exc) or attempt >= args.retries:
                     raise
                 delay = min(2.0**attempt, _MAX_RETRY_DELAY)
                 bar.clear()
@@ -452,6 +451,16 @@ async def _get(args: argparse.Namespace) -> None:
         return
     verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
     _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), {verified}")
+
+
+def _worth_retrying(exc: ConnectionLostError | CliError | RemoteError) -> bool:
+    """A lost or refused connection, or a server that is busy or restarting: trying again
+    later (and resuming) may succeed. Anything else would fail the same way again."""
+    if isinstance(exc, RemoteError):
+        return exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN)
+    if isinstance(exc, CliError):
+        return exc.code == ExitCode.NETWORK
+    return True
 
 
 class _ProgressBar:

@@ -1,0 +1,52 @@
+"""`ftx get --retries` waits and tries again when the server is busy or shutting down."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FakeConnection, FakeServer
+from ftx.messages import Data, Error, FileEnd, FileHeader, Get, Hello
+
+CONTENT = b"served on the second try\n"
+
+
+@pytest.mark.parametrize("code", ["busy", "shutting-down"])
+def test_get_retries_a_busy_server(tmp_path: Path, code: str) -> None:
+    attempts: list[str] = []
+
+    def behaviour(conn: FakeConnection) -> None:
+        if not attempts:
+            attempts.append("refused")
+            assert isinstance(conn.receive(), Hello)
+            conn.send(Error(None, code, "try again later"))
+            return
+        attempts.append("served")
+        conn.handshake()
+        request = conn.receive()
+        assert isinstance(request, Get)
+        assert request.digest == "sha256"
+        conn.send(FileHeader(request.request_id, len(CONTENT), 0, "i" * 32, digest="sha256"))
+        conn.send(Data(CONTENT))
+        conn.send(FileEnd(request.request_id, hashlib.sha256(CONTENT).hexdigest()))
+        conn.receive()  # until the client closes
+
+    server = FakeServer(behaviour)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ftx", "get", f"127.0.0.1:{server.port}", "f.txt"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert attempts == ["refused", "served"]
+    assert f"[{code}]; retrying in 1 s" in result.stderr
+    assert (tmp_path / "f.txt").read_bytes() == CONTENT
