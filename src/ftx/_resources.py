@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
@@ -29,19 +27,8 @@ class BufferPool:
         self._free: list[bytearray] = []
         self._available = trio.Semaphore(max_buffers)
 
-    @asynccontextmanager
-    async def buffer(self) -> AsyncIterator[memoryview]:
-        """Borrow a buffer for the duration of the ``async with`` block."""
-        async with self._available:
-            buffer = self._free.pop() if self._free else bytearray(self.size)
-            try:
-                with memoryview(buffer) as view:
-                    yield view
-            finally:
-                self._free.append(buffer)
-
     async def acquire(self) -> bytearray:
-        """Borrow a buffer until :meth:`release`; for lending across tasks."""
+        """Borrow a buffer until :meth:`release`."""
         await self._available.acquire()
         return self._free.pop() if self._free else bytearray(self.size)
 
