@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import selectors
+import re
+import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -231,20 +234,6 @@ def fake_server() -> Iterator[Callable[[Behaviour], FakeServer]]:
             server.close()
 
 
-def read_banner(process: subprocess.Popen[str], timeout: float = 15.0) -> str:
-    """The address ``ftx serve`` (run with ``stdout=PIPE, text=True``) prints it listens on,
-    waiting at most ``timeout`` seconds: a server that fails to start fails the test, not hangs."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            process.kill()
-            raise AssertionError(f"ftx serve printed nothing within {timeout} s")
-    line = process.stdout.readline()  # "ftx X serving DIR (read-only) on HOST:PORT"
-    assert " on " in line, f"unexpected banner: {line!r} (exit code {process.poll()})"
-    return line.rsplit(" ", 1)[1].strip().split(",")[0]
-
-
 @asynccontextmanager
 async def serving(root: Path, **options: object) -> AsyncIterator[tuple[ftx.Server, int]]:
     """An ``ftx.Server(root, **options)`` on 127.0.0.1, port 0, for the block: yields the server
@@ -258,3 +247,104 @@ async def serving(root: Path, **options: object) -> AsyncIterator[tuple[ftx.Serv
             nursery.cancel_scope.cancel()
     finally:
         server.root.close()
+
+
+PYTHON_M_FTX = [sys.executable, "-m", "ftx"]
+ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+START_TIMEOUT = 15
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    address: str  # HOST:PORT, as ftx get takes it
+    banner: list[str]
+    log: Path
+
+
+def _read_lines(process: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
+    """Read ``count`` lines from the process's stdout, failing after ``timeout`` seconds."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    data = b""
+    while data.count(b"\n") < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no banner from the server within {timeout} s: {data!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the server exited ({process.poll()}): {data!r}")
+            data += chunk
+    return data.decode().splitlines()[:count]
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+class ServerStarter:
+    """Starts ``ftx serve`` processes and stops them all in :meth:`stop_all`."""
+
+    def __init__(self, logs: Path) -> None:
+        self._logs = logs
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def __call__(
+        self, directory: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+    ) -> ServerProcess:
+        log = self._logs / f"server-{len(self._processes)}.log"
+        with log.open("wb") as stderr:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [
+                    *PYTHON_M_FTX,
+                    "serve",
+                    str(directory),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                env=ENV,
+                preexec_fn=preexec_fn,  # e.g. resource limits for the server alone
+            )
+        self._processes.append(process)
+        try:
+            banner = _read_lines(process, 2, START_TIMEOUT)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nserver log:\n{log.read_text()}") from None
+        match = re.search(r" on 127\.0\.0\.1:(\d+)$", banner[0])
+        assert match, banner
+        port = int(match[1])
+        assert port != 0
+        return ServerProcess(process, port, f"127.0.0.1:{port}", banner, log)
+
+    def stop_all(self) -> None:
+        for process in self._processes:
+            _stop(process)
+
+
+@pytest.fixture
+def start_ftx_server(tmp_path: Path) -> Iterator[ServerStarter]:
+    """``start_ftx_server(directory, *options)`` runs ``ftx serve`` on 127.0.0.1, port 0, and
+    returns a :class:`ServerProcess`; every server is stopped when the test ends."""
+    starter = ServerStarter(tmp_path)
+    try:
+        yield starter
+    finally:
+        starter.stop_all()

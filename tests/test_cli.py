@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -21,20 +20,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
 import pytest
 
 import ftx
-from conftest import SAMPLE_FILES, FakeConnection, FakeServer
+from conftest import (
+    ENV,
+    PYTHON_M_FTX,
+    SAMPLE_FILES,
+    FakeConnection,
+    FakeServer,
+    ServerProcess,
+    ServerStarter,
+)
 from ftx import ErrorCode
 from ftx.messages import Data, Error, FileEnd, FileHeader, Get, Hello
 
-PYTHON_M_FTX = [sys.executable, "-m", "ftx"]
 SCRIPT = Path(sys.executable).parent / "ftx"
-ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 RUN_TIMEOUT = 30
 START_TIMEOUT = 15
 
@@ -80,100 +84,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- server processes
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    address: str  # HOST:PORT, as ftx get takes it
-    banner: list[str]
-    log: Path
-
-
-def _read_lines(process: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
-    """Read ``count`` lines from the process's stdout, failing after ``timeout`` seconds."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    data = b""
-    while data.count(b"\n") < count:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no banner from the server within {timeout} s: {data!r}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"the server exited ({process.poll()}): {data!r}")
-            data += chunk
-    return data.decode().splitlines()[:count]
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    if process.stdout is not None:
-        process.stdout.close()
-
-
-class ServerStarter:
-    """Starts ``ftx serve`` processes and stops them all in :meth:`stop_all`."""
-
-    def __init__(self, logs: Path) -> None:
-        self._logs = logs
-        self._processes: list[subprocess.Popen[bytes]] = []
-
-    def __call__(self, directory: Path, *extra: str) -> ServerProcess:
-        log = self._logs / f"server-{len(self._processes)}.log"
-        with log.open("wb") as stderr:  # the child keeps its own descriptor
-            process = subprocess.Popen(
-                [
-                    *PYTHON_M_FTX,
-                    "serve",
-                    str(directory),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                env=ENV,
-            )
-        self._processes.append(process)
-        try:
-            banner = _read_lines(process, 2, START_TIMEOUT)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nserver log:\n{log.read_text()}") from None
-        match = re.search(r" on 127\.0\.0\.1:(\d+)$", banner[0])
-        assert match, banner
-        port = int(match[1])
-        assert port != 0
-        return ServerProcess(process, port, f"127.0.0.1:{port}", banner, log)
-
-    def stop_all(self) -> None:
-        for process in self._processes:
-            _stop(process)
-
-
-@pytest.fixture
-def start_ftx_server(tmp_path: Path) -> Iterator[ServerStarter]:
-    starter = ServerStarter(tmp_path)
-    try:
-        yield starter
-    finally:
-        starter.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 import ftx
-from conftest import read_banner
+from conftest import PYTHON_M_FTX, ServerStarter
 
 
 async def test_mode_is_kept_only_when_asked(tmp_path: Path, start_server: object) -> None:
@@ -31,40 +30,29 @@ async def test_mode_is_kept_only_when_asked(tmp_path: Path, start_server: object
         assert (tmp_path / name).stat().st_mtime_ns == 1_600_000_000_123_456_789
 
 
-def test_ls_json_and_get_json(tmp_path: Path) -> None:
+def test_ls_json_and_get_json(tmp_path: Path, start_ftx_server: ServerStarter) -> None:
     served = tmp_path / "served"
     (served / "sub").mkdir(parents=True)
     (served / "a.txt").write_bytes(b"abc")
-    command = [sys.executable, "-m", "ftx"]
-    server = subprocess.Popen(
-        [*command, "serve", str(served), "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    address = start_ftx_server(served).address
+    listing = subprocess.run(
+        [*PYTHON_M_FTX, "ls", address, "--json"], capture_output=True, text=True, timeout=30
     )
-    try:
-        address = read_banner(server)
-        listing = subprocess.run(
-            [*command, "ls", address, "--json"], capture_output=True, text=True, timeout=30
-        )
-        assert listing.returncode == 0, listing.stderr
-        entries = json.loads(listing.stdout)
-        assert [(e["name"], e["type"], e["size"]) for e in entries] == [
-            ("a.txt", "file", 3),
-            ("sub", "dir", 0),
-        ]
-        got = subprocess.run(
-            [*command, "get", address, "a.txt", "-o", str(tmp_path / "a.txt"), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert got.returncode == 0, got.stderr
-        record = json.loads(got.stdout)
-        assert record["status"] == "saved"
-        assert record["size"] == 3
-        assert record["digest_algorithm"] == "blake3"
-        assert (tmp_path / "a.txt").read_bytes() == b"abc"
-    finally:
-        server.terminate()
-        server.communicate(timeout=10)
+    assert listing.returncode == 0, listing.stderr
+    entries = json.loads(listing.stdout)
+    assert [(e["name"], e["type"], e["size"]) for e in entries] == [
+        ("a.txt", "file", 3),
+        ("sub", "dir", 0),
+    ]
+    got = subprocess.run(
+        [*PYTHON_M_FTX, "get", address, "a.txt", "-o", str(tmp_path / "a.txt"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert got.returncode == 0, got.stderr
+    record = json.loads(got.stdout)
+    assert record["status"] == "saved"
+    assert record["size"] == 3
+    assert record["digest_algorithm"] == "blake3"
+    assert (tmp_path / "a.txt").read_bytes() == b"abc"

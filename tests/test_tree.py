@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ import pytest
 import trio
 
 import ftx
-from conftest import read_banner
+from conftest import PYTHON_M_FTX, ServerStarter
 from ftx.framing import FramedChannel
 from ftx.messages import Entry, EntryType, Hello, ListDir, ListEnd, ListEntries
 from ftx.protocol import ServerProtocol
@@ -153,39 +152,30 @@ async def test_existing_symlink_in_dest_is_not_followed(
     assert list(outside.iterdir()) == []
 
 
-def test_ctrl_c_in_the_middle_leaves_resumable_parts(tmp_path: Path) -> None:
+def test_ctrl_c_in_the_middle_leaves_resumable_parts(
+    tmp_path: Path, start_ftx_server: ServerStarter
+) -> None:
     served = tmp_path / "served"
     (served / "top").mkdir(parents=True)
     for i in range(8):
         (served / "top" / f"f{i}.bin").write_bytes(random.Random(i).randbytes(24 * 1024 * 1024))
     dest = tmp_path / "dest"
     dest.mkdir()
-    command = [sys.executable, "-m", "ftx"]
-    server = subprocess.Popen(
-        [*command, "serve", str(served), "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        address = read_banner(server)
-        get = [*command, "get", "-r", address, "top", "-o", str(dest), "-j", "2"]
-        client = subprocess.Popen(get, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not any(p.stat().st_size > 0 for p in dest.rglob("*.part")):
-            assert time.monotonic() < deadline, "no part file appeared"
-            assert client.poll() is None, "the download finished before it could be interrupted"
-            time.sleep(0.01)
-        client.send_signal(signal.SIGINT)
-        _, errors = client.communicate(timeout=30)
-        assert client.returncode == 130, errors
-        parts = list(dest.rglob("*.part"))
-        assert parts, "interrupted files keep their parts"
-        assert all(Path(f"{part}.resume").exists() for part in parts if part.stat().st_size)
-        rerun = subprocess.run(get, capture_output=True, text=True, timeout=60)
-        assert rerun.returncode == 0, rerun.stderr
-        assert tree_files(dest / "top") == tree_files(served / "top")
-        assert not list(dest.rglob("*.part*"))
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.communicate(timeout=10)
+    address = start_ftx_server(served).address
+    get = [*PYTHON_M_FTX, "get", "-r", address, "top", "-o", str(dest), "-j", "2"]
+    client = subprocess.Popen(get, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not any(p.stat().st_size > 0 for p in dest.rglob("*.part")):
+        assert time.monotonic() < deadline, "no part file appeared"
+        assert client.poll() is None, "the download finished before it could be interrupted"
+        time.sleep(0.01)
+    client.send_signal(signal.SIGINT)
+    _, errors = client.communicate(timeout=30)
+    assert client.returncode == 130, errors
+    parts = list(dest.rglob("*.part"))
+    assert parts, "interrupted files keep their parts"
+    assert all(Path(f"{part}.resume").exists() for part in parts if part.stat().st_size)
+    rerun = subprocess.run(get, capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree_files(dest / "top") == tree_files(served / "top")
+    assert not list(dest.rglob("*.part*"))

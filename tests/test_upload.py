@@ -14,8 +14,7 @@ import os
 import random
 import resource
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +23,15 @@ import pytest
 import trio
 
 import ftx
-from conftest import Behaviour, FakeConnection, FakeServer, StartServer, read_banner
+from conftest import (
+    ENV,
+    PYTHON_M_FTX,
+    Behaviour,
+    FakeConnection,
+    FakeServer,
+    ServerStarter,
+    StartServer,
+)
 from ftx.framing import FramedChannel
 from ftx.messages import (
     Data,
@@ -569,8 +576,6 @@ async def test_a_file_that_changes_while_being_sent_is_not_published(
 # --------------------------------------------------------------------------- ftx put
 
 
-PYTHON_M_FTX = [sys.executable, "-m", "ftx"]
-ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 ServeCli = Callable[..., str]
 
 
@@ -597,41 +602,9 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
 
 
 @pytest.fixture
-def serve_cli(tmp_path: Path) -> Iterator[ServeCli]:
+def serve_cli(start_ftx_server: ServerStarter) -> ServeCli:
     """``serve_cli(directory, *options)`` runs ``ftx serve`` and returns ``HOST:PORT``."""
-    processes: list[subprocess.Popen[str]] = []
-
-    def start(directory: Path, *options: str) -> str:
-        process = subprocess.Popen(
-            [
-                *PYTHON_M_FTX,
-                "serve",
-                str(directory),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *options,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=ENV,
-        )
-        processes.append(process)
-        return read_banner(process)
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+    return lambda directory, *options: start_ftx_server(directory, *options).address
 
 
 def test_ftx_put_r_sends_a_tree(serve_cli: ServeCli, root: Path, tmp_path: Path) -> None:
@@ -732,7 +705,7 @@ def test_ftx_put_reconnects_and_resumes_after_a_lost_connection(
 
 
 def test_a_server_that_cannot_store_a_file_drains_it_and_goes_on(
-    root: Path, tmp_path: Path
+    root: Path, tmp_path: Path, start_ftx_server: ServerStarter
 ) -> None:
     """``ftx serve`` limited to 1 MiB files (RLIMIT_FSIZE: EFBIG, as a full disk would give
     ENOSPC) fails while writing a 2 MiB upload: it reads the rest, answers ``no-space`` after
@@ -743,24 +716,9 @@ def test_a_server_that_cannot_store_a_file_drains_it_and_goes_on(
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
-    process = subprocess.Popen(
-        [*PYTHON_M_FTX, "serve", str(root), "--host", "127.0.0.1", "--port", "0", "--writable"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-        preexec_fn=limit_file_size,
-    )
-    try:
-        address = read_banner(process)
-        big, small = str(tmp_path / "big.bin"), str(tmp_path / "small.txt")
-        result = ftx_cli("put", address, big, small)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        assert process.stdout is not None
-        process.stdout.close()
+    address = start_ftx_server(root, "--writable", preexec_fn=limit_file_size).address
+    big, small = str(tmp_path / "big.bin"), str(tmp_path / "small.txt")
+    result = ftx_cli("put", address, big, small)
     assert result.returncode == 8, result.stderr
     assert "no-space" in result.stderr
     assert "1 file(s) sent" in result.stderr
