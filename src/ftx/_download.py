@@ -41,6 +41,10 @@ class DownloadHandler:
         server: the server (its root, buffer pool and digest cache).
         protocol: the connection's state machine (for the client's frame limit).
         send: sends one message on the connection.
+        send_from_file: ``send_from_file(opened, offset, count)`` sends one DATA message of
+            ``count`` bytes of the file without reading it into Python (sendfile), and returns
+            how many the file gave (fewer only if it was truncated meanwhile); ``None`` where
+            that is not possible (TLS): chunks are then read, hashed and sent.
         check_stop: called at each frame boundary; raises to stop an answer there.
     """
 
@@ -50,11 +54,13 @@ class DownloadHandler:
         protocol: ServerProtocol,
         *,
         send: Callable[[_Message], Awaitable[None]],
+        send_from_file: Callable[[OpenedFile, int, int], Awaitable[int]] | None,
         check_stop: Callable[[], None],
     ) -> None:
         self._server = server
         self._protocol = protocol
         self._send = send
+        self._send_from_file = send_from_file
         self._check_stop = check_stop
 
     async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
@@ -136,6 +142,8 @@ class DownloadHandler:
         cache_key = f"{algorithm}:{identity}"
         known = self._server.digests.get(cache_key) if algorithm else None
         hasher = new_hasher(algorithm) if algorithm and known is None else None
+        if self._send_from_file is not None:
+            return await self._send_zero_copy(request, record, opened, chunk_size, hasher, known)
         if hasher is not None and request.offset:
             await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
         hashed = [request.offset]  # how far the hasher has got, kept up to date by _send_chunks
@@ -152,6 +160,58 @@ class DownloadHandler:
         digest = hasher.hexdigest()
         self._server.digests.put(cache_key, digest)
         return digest
+
+    async def _send_zero_copy(
+        self,
+        request: Get,
+        record: AccessRecord,
+        opened: OpenedFile,
+        chunk_size: int,
+        hasher: Hasher | None,
+        known: str | None,
+    ) -> str | None:
+        """Send the file with sendfile, one DATA frame per chunk; when a digest is needed and
+        not known, hash the whole file in a worker thread meanwhile (from the page cache: the
+        second read costs less than copying every chunk through Python to send it)."""
+        assert self._send_from_file is not None
+        cache_key = f"{request.digest}:{opened.identity}"
+        buffer = await self._server.buffers.acquire() if hasher is not None else None
+        try:
+            background = _FileHasher(opened, hasher, buffer) if hasher and buffer else None
+            position, size = request.offset, opened.size
+            try:
+                while position < size:
+                    count = min(chunk_size, size - position)
+                    self._check_stop()
+                    if await self._send_from_file(opened, position, count) < count:
+                        raise _FileChangedError  # truncated under us
+                    position += count
+                    record.bytes += count
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if background is not None:
+                    # Finish the digest for the resume that usually follows, if cheap enough.
+                    background.stop_unless(max(position, _FINISH_HASH_FREE))
+                    digest = await background.digest()
+                    if digest is not None and not opened.changed():
+                        self._server.digests.put(cache_key, digest)
+                raise
+            except BaseException:
+                if background is not None:
+                    background.stop_unless(0)
+                    await background.wait_quietly()
+                raise
+            if opened.changed():
+                raise _FileChangedError
+            if background is None:
+                return known
+            digest = await background.digest()
+            if digest is None or opened.changed():
+                raise _FileChangedError
+            self._server.digests.put(cache_key, digest)
+            return digest
+        finally:
+            if buffer is not None:
+                self._server.buffers.release(buffer)
 
     async def _finish_hash(
         self, opened: OpenedFile, position: int, hasher: Hasher, cache_key: str
@@ -227,6 +287,42 @@ class DownloadHandler:
 
 class _FileChangedError(Exception):
     pass
+
+
+class _FileHasher:
+    """Hashes a whole file in a worker thread, starting now, while it is sent by other means."""
+
+    def __init__(self, opened: OpenedFile, hasher: Hasher, buffer: bytearray) -> None:
+        self._opened = opened
+        self._hasher = hasher
+        self._buffer = buffer
+        self._position = 0
+        self._end = opened.size  # lowered to stop the thread early
+        self._job = ThreadJob(self._run)
+
+    def _run(self) -> str | None:
+        view = memoryview(self._buffer)
+        while self._position < (end := self._end):  # _end may drop to 0 at any time
+            count = self._opened.read_into(view[: end - self._position], self._position)
+            if count == 0:
+                return None  # truncated: the transfer notices the change too
+            self._hasher.update(view[:count])
+            self._position += count
+        return self._hasher.hexdigest() if self._position == self._opened.size else None
+
+    def stop_unless(self, budget: int) -> None:
+        """Stop hashing unless at most ``budget`` bytes remain to hash."""
+        if self._opened.size - self._position > budget:
+            self._end = 0
+
+    async def digest(self) -> str | None:
+        """Wait for the thread; the digest of the whole file, or ``None`` if it stopped or the
+        file was truncated."""
+        return await self._job.result()
+
+    async def wait_quietly(self) -> None:
+        """Wait for the thread, ignoring its outcome: for cleanup after a failure."""
+        await self._job.wait_quietly()
 
 
 def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:

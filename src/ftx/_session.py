@@ -2,7 +2,7 @@
 
 Every wait is bounded by the server's :class:`~ftx._limits.Limits`: the handshake by an absolute
 deadline, each request by the idle deadline (so a request trickled in slower than that is cut
-off), and each write by the progress deadline of :class:`~ftx._limits.SendDeadlineStream`.
+off), and each frame sent by the same idle period (a client that stops reading is cut off).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import trio
 
 from ftx._access import AccessRecord
 from ftx._download import DownloadHandler
-from ftx._limits import SendDeadlineStream, WriteStalledError
+from ftx._limits import WriteStalledError
 from ftx._tls import accept_tls
 from ftx._upload import UploadHandler
 from ftx._version import __version__
 from ftx.errors import RemoteProtocolError
 from ftx.framing import FramedChannel
+from ftx.fs import OpenedFile
 from ftx.messages import (
     Error,
     Get,
@@ -73,7 +74,12 @@ class Session:
             features=frozenset({BLAKE3_FEATURE}) | server.uploads.features,
         )
         self._downloads = DownloadHandler(
-            server, self._protocol, send=self._send, check_stop=self._check_stop
+            server,
+            self._protocol,
+            send=self._send,
+            # Under TLS the file's bytes must pass through Python anyway: no sendfile.
+            send_from_file=self._send_from_file if server.ssl_context is None else None,
+            check_stop=self._check_stop,
         )
         self._uploads = UploadHandler(
             server.root,
@@ -86,8 +92,7 @@ class Session:
         )
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
-        deadlines = SendDeadlineStream(stream, self._limits.idle_timeout)
-        return FramedChannel(deadlines, max_frame_size=self._server.max_frame_size)
+        return FramedChannel(stream, max_frame_size=self._server.max_frame_size)
 
     async def aclose(self) -> None:
         """Close the connection, at once."""
@@ -138,7 +143,25 @@ class Session:
         return True
 
     async def _send(self, message: _Message) -> None:
-        await self._channel.send_parts(*self._protocol.send(message))
+        parts = self._protocol.send(message)
+        with self._send_deadline():
+            await self._channel.send_parts(*parts)
+
+    async def _send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
+        """Send ``count`` bytes of ``opened`` from ``offset`` as one DATA message (with
+        sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file)."""
+        prefix = self._protocol.send_data_prefix(count)
+        with self._send_deadline():
+            return await self._channel.send_file(prefix, opened.fd, offset, count)
+
+    @contextmanager
+    def _send_deadline(self) -> Iterator[None]:
+        """Each frame must be taken by the client within the idle period (see _limits)."""
+        timeout = self._limits.idle_timeout
+        with trio.move_on_after(timeout) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise WriteStalledError(f"the client accepted no frame for {timeout:g} seconds")
 
     async def _receive(self) -> _Message:
         """The next message from the client, skipping extensions this version ignores."""

@@ -46,7 +46,7 @@ from ftx.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FramedChannel
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer, FramedChannel
 from ftx.messages import (
     Data,
     Entry,
@@ -61,7 +61,14 @@ from ftx.messages import (
     Message,
 )
 from ftx.partfile import PartFile, ResumeRecord, check_destination, local_destination
-from ftx.protocol import BLAKE3_FEATURE, UPLOAD_FEATURE, ClientProtocol, ErrorCode, new_hasher
+from ftx.protocol import (
+    BLAKE3_FEATURE,
+    UPLOAD_FEATURE,
+    ClientProtocol,
+    ErrorCode,
+    Hasher,
+    new_hasher,
+)
 from ftx.upload import UPLOAD_CHUNK, Upload, UploadWire, local_name, make_directory, send_file
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
@@ -76,6 +83,9 @@ _RESUMABLE_SIZE: Final = 1 << 20
 _HASH_BLOCK: Final = 1 << 20
 # Chunks smaller than this are written and hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
+# Files at least this large are received into two reused buffers (one filling while the other
+# is written and hashed) instead of a new bytes object per frame, which costs page faults.
+_BUFFERED_RECEIVE_SIZE: Final = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +148,7 @@ class Client(trio.abc.AsyncResource):
         )
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
+        self._receive_buffers: tuple[bytearray, bytearray] | None = None
         self._closed = False
 
     @property
@@ -466,10 +477,14 @@ class Client(trio.abc.AsyncResource):
             progress(done, total)
         # Each chunk is written, and hashed, in worker threads while the next one is received.
         jobs: list[ThreadJob[object]] = []
+        buffers = self._buffers_for(total - done)
+        turn = 0
         try:
             while True:
                 try:
-                    message = await self._receive()
+                    # The buffer filled now was last used two chunks ago: its jobs are done.
+                    message = await self._receive(buffers[turn] if buffers else None)
+                    turn ^= 1
                 except BaseException:
                     if done == 0:
                         part.discard()  # nothing worth keeping for a resume
@@ -486,9 +501,7 @@ class Client(trio.abc.AsyncResource):
                     if hasher is not None:
                         hasher.update(data)
                 else:
-                    jobs.append(ThreadJob(partial(part.write, data)))
-                    if hasher is not None:
-                        jobs.append(ThreadJob(partial(hasher.update, data)))
+                    jobs.append(ThreadJob(partial(_write_and_hash, part, hasher, data)))
                 done += size
                 if progress is not None:
                     progress(done, total)
@@ -617,12 +630,26 @@ class Client(trio.abc.AsyncResource):
             await self._fail()
             raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
 
-    async def _receive(self) -> Message:
-        """The next message from the server; any failure closes the client."""
+    def _buffers_for(self, size: int) -> tuple[bytearray, bytearray] | None:
+        """The two receive buffers, if a download of ``size`` bytes should use them."""
+        if size < _BUFFERED_RECEIVE_SIZE:
+            return None
+        if self._receive_buffers is None:
+            frame = self._channel.max_frame_size
+            self._receive_buffers = (bytearray(frame), bytearray(frame))
+        return self._receive_buffers
+
+    async def _receive(self, into: bytearray | None = None) -> Message:
+        """The next message from the server (received ``into`` that buffer if one is given: a
+        DATA message's chunk is then a view of it); any failure closes the client."""
         try:
             while True:
                 with trio.fail_after(self._idle_timeout):
-                    payload = await self._channel.receive()
+                    if into is None:
+                        payload: Buffer = await self._channel.receive()
+                    else:
+                        size = await self._channel.receive_into(into)
+                        payload = memoryview(into)[:size]
                 message = self._protocol.receive(payload)
                 if message is not None:
                     break
@@ -695,3 +722,11 @@ async def connect(
     async with client:
         await client.handshake()
         yield client
+
+
+def _write_and_hash(part: PartFile, hasher: Hasher | None, data: Buffer) -> None:
+    """One worker-thread job per chunk: a second thread hop would cost more than the overlap of
+    writing with hashing gains (the receive is what runs in parallel)."""
+    part.write(data)
+    if hasher is not None:
+        hasher.update(data)

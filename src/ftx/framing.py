@@ -23,8 +23,13 @@ This module imports nothing of ftx but :mod:`ftx.errors`.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import struct
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import trio
@@ -105,6 +110,9 @@ class FrameDecoder:
         self._tail = bytearray()  # small receives not yet moved to _pieces
         self._buffered = 0
         self._payload_size: int | None = None  # set once the current frame's header is read
+        # Payload bytes of the current frame already handed out by _take_payload_into or read
+        # by the channel straight into its caller's buffer (see FramedChannel.receive_into).
+        self._payload_taken = 0
         self._eof = False
         self._error: Exception | None = None
 
@@ -153,13 +161,24 @@ class FrameDecoder:
         try:
             return self._next_frame()
         except (FrameTooLargeError, IncompleteFrameError) as exc:
-            self._error = exc
-            self._pieces.clear()
-            self._tail.clear()
-            self._buffered = 0
+            self._fail(exc)
             raise
 
     def _next_frame(self) -> bytes | None:
+        size = self._read_header()
+        if size is None:
+            return None
+        if self._payload_taken:
+            raise RuntimeError("the frame in progress is being read into a buffer")
+        if self._buffered < size:
+            self._check_not_cut_short()
+            return None
+        self._payload_size = None
+        return self._take(size)
+
+    def _read_header(self) -> int | None:
+        """Return the payload size of the frame in progress, reading its header if need be, or
+        ``None`` if the header is not all in yet."""
         if self._payload_size is None:
             if self._buffered < HEADER_SIZE:
                 if self._eof and self._buffered:
@@ -169,13 +188,69 @@ class FrameDecoder:
             if size > self.max_frame_size:
                 raise FrameTooLargeError(size, self.max_frame_size)
             self._payload_size = size
-        size = self._payload_size
-        if self._buffered < size:
-            if self._eof:
-                raise IncompleteFrameError(HEADER_SIZE + self._buffered, HEADER_SIZE + size)
-            return None
-        self._payload_size = None
-        return self._take(size)
+        return self._payload_size
+
+    def _check_not_cut_short(self) -> None:
+        if self._eof and self._payload_size is not None:
+            done = self._payload_taken + self._buffered
+            raise IncompleteFrameError(HEADER_SIZE + done, HEADER_SIZE + self._payload_size)
+
+    # The three methods below let FramedChannel.receive_into put a payload straight into its
+    # caller's buffer, reading most of it from the socket without going through the decoder.
+    # They keep the decoder's errors sticky, as next_frame does.
+
+    def _start_frame(self) -> int | None:
+        """Like :meth:`next_frame`, but only read the header: return the payload size."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._read_header()
+        except (FrameTooLargeError, IncompleteFrameError) as exc:
+            self._fail(exc)
+            raise
+
+    def _take_payload_into(self, view: memoryview) -> int:
+        """Move the buffered bytes of the frame in progress (at most ``view.nbytes``) into
+        ``view``; return how many."""
+        assert self._payload_size is not None
+        count = min(view.nbytes, self._buffered, self._payload_size - self._payload_taken)
+        if count:
+            view[:count] = self._take(count)
+            self._payload_read(count)
+        return count
+
+    def _payload_read(self, count: int) -> None:
+        """Count ``count`` more bytes of the frame in progress as delivered."""
+        assert self._payload_size is not None
+        self._payload_taken += count
+        if self._payload_taken == self._payload_size:
+            self._payload_size = None
+            self._payload_taken = 0
+
+    def _end_of_stream_in_payload(self) -> IncompleteFrameError:
+        """The transport ended while the channel was reading a payload itself."""
+        assert self._payload_size is not None
+        self._eof = True
+        done = HEADER_SIZE + self._payload_taken + self._buffered
+        exc = IncompleteFrameError(done, HEADER_SIZE + self._payload_size)
+        self._fail(exc)
+        return exc
+
+    def _unread_payload(self, data: bytes) -> None:
+        """Give back the first bytes of the frame in progress, read but not returned (the read
+        was cancelled), so that the next receive returns the whole frame."""
+        assert self._payload_taken == len(data)
+        self._flush_tail()
+        if data:
+            self._pieces.appendleft(memoryview(data))
+            self._buffered += len(data)
+        self._payload_taken = 0
+
+    def _fail(self, exc: Exception) -> None:
+        self._error = exc
+        self._pieces.clear()
+        self._tail.clear()
+        self._buffered = 0
 
     def _take(self, size: int) -> bytes:
         """Remove and return the first ``size`` buffered bytes (all of them are buffered)."""
@@ -224,7 +299,7 @@ class FrameDecoder:
                 return HEADER_SIZE - self._buffered
             size: int = _HEADER.unpack(self._peek(HEADER_SIZE))[0]
             return max(0, HEADER_SIZE + size - self._buffered)
-        return max(0, self._payload_size - self._buffered)
+        return max(0, self._payload_size - self._payload_taken - self._buffered)
 
     def _peek(self, size: int) -> bytes:
         self._flush_tail()
@@ -343,6 +418,45 @@ class FramedChannel(trio.abc.Channel[bytes]):
                     self._broken = exc
                 raise
 
+    async def send_file(self, prefix: Buffer, fd: int, offset: int, count: int) -> int:
+        """Send one frame whose payload is ``prefix`` followed by ``count`` bytes of the open
+        file ``fd`` from ``offset``; return how many of them came from the file.
+
+        On a plain TCP stream (:class:`trio.SocketStream`) the file's bytes go with
+        :func:`os.sendfile`, from the page cache to the socket without passing through Python;
+        on any other stream (TLS included) they are read in a worker thread and sent. If the
+        file ends first (it was truncated meanwhile), the frame is completed with zero bytes,
+        so that the framing holds: the return value is then less than ``count`` and the caller
+        must tell its peer that the content is wrong. Raises as :meth:`send` does.
+        """
+        with self._send_conflict:
+            self._check_usable()
+            size = memoryview(prefix).nbytes + count
+            if size > self.max_frame_size or count < 0:
+                await trio.lowlevel.checkpoint()
+                raise LocalProtocolError(
+                    f"a frame of {size} bytes is larger than the limit of "
+                    f"{self.max_frame_size} bytes"
+                )
+            head = encode_header(size) + bytes(prefix)
+            stream = self.transport_stream
+            try:
+                if isinstance(stream, trio.SocketStream):
+                    with _socket_errors_as_stream_errors():
+                        sent = await _sendfile(stream.socket, head, fd, offset, count)
+                else:
+                    sent = 0
+                    await stream.send_all(head)
+                if sent < count:  # no sendfile, or it is not supported for this file
+                    data = await trio.to_thread.run_sync(os.pread, fd, count - sent, offset + sent)
+                    await stream.send_all(data + bytes(count - sent - len(data)))
+                    sent += len(data)
+            except BaseException as exc:
+                if not self._closed:
+                    self._broken = exc
+                raise
+            return sent
+
     async def receive(self) -> bytes:
         """Wait for the next frame and return its payload.
 
@@ -382,6 +496,81 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 data = await self.transport_stream.receive_some(min(want, _MAX_RECEIVE_SIZE))
                 waited = True
                 self._decoder.receive_data(data)
+
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """Wait for the next frame, put its payload at the start of ``buffer`` and return its
+        size: :meth:`receive` without a new ``bytes`` per frame.
+
+        On a plain TCP stream (:class:`trio.SocketStream`) most of the payload is read from the
+        socket straight into ``buffer``, so a large frame costs one copy and no allocation.
+        ``buffer`` must be writable and hold at least ``max_frame_size`` bytes; past the
+        payload, its contents are unspecified. A cancelled call loses nothing, as for
+        :meth:`receive` (the next call returns the same frame).
+
+        Raises:
+            ValueError: ``buffer`` is smaller than ``max_frame_size``.
+            trio.EndOfChannel, FrameTooLargeError, IncompleteFrameError, trio.BusyResourceError,
+                trio.BrokenResourceError, trio.ClosedResourceError: as for :meth:`receive`.
+        """
+        view = memoryview(buffer).cast("B")
+        if view.nbytes < self.max_frame_size:
+            raise ValueError(
+                f"a buffer of {view.nbytes} bytes cannot hold a frame of up to "
+                f"{self.max_frame_size} bytes"
+            )
+        with self._receive_conflict:
+            self._check_usable(receiving=True)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            decoder = self._decoder
+            try:
+                waited = await self._receive_header()
+                size = decoder._start_frame()
+                assert size is not None
+                filled = decoder._take_payload_into(view[:size])
+                try:
+                    while filled < size:
+                        count = await self._receive_straight_into(view[filled:size])
+                        waited = True
+                        if count == 0:
+                            raise decoder._end_of_stream_in_payload()
+                        decoder._payload_read(count)
+                        filled += count
+                except trio.Cancelled:
+                    decoder._unread_payload(bytes(view[:filled]))
+                    raise
+            except (FrameTooLargeError, IncompleteFrameError) as exc:
+                self._receive_broken = exc
+                raise
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return size
+
+    async def _receive_header(self) -> bool:
+        """Receive until the decoder has the next frame's header; return whether it waited.
+
+        Raises:
+            trio.EndOfChannel: the peer closed cleanly on a frame boundary.
+        """
+        waited = False
+        while self._decoder._start_frame() is None:
+            if self._decoder.eof:
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                raise trio.EndOfChannel
+            data = await self.transport_stream.receive_some(self._receive_chunk_size)
+            waited = True
+            self._decoder.receive_data(data)
+        return waited
+
+    async def _receive_straight_into(self, view: memoryview) -> int:
+        """Read from the transport into ``view``, around the decoder; 0 means end of stream."""
+        stream = self.transport_stream
+        if isinstance(stream, trio.SocketStream):
+            with _socket_errors_as_stream_errors():
+                return await stream.socket.recv_into(view)
+        data = await stream.receive_some(view.nbytes)
+        view[: len(data)] = data
+        return len(data)
 
     async def send_eof(self) -> None:
         """Close the sending direction only: the peer's ``receive`` raises ``EndOfChannel`` once it
@@ -423,3 +612,40 @@ def _coalesce(header: bytes, parts: tuple[Buffer, ...]) -> list[Buffer]:
     if pending:
         writes.append(pending)
     return writes
+
+
+@contextmanager
+def _socket_errors_as_stream_errors() -> Iterator[None]:
+    """Raise what :class:`trio.SocketStream` raises for the socket errors it translates."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+            raise trio.ClosedResourceError("the socket was closed") from None
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+
+async def _sendfile(
+    sock: trio.socket.SocketType, head: bytes, fd: int, offset: int, count: int
+) -> int:
+    """Send ``head`` then up to ``count`` bytes of file ``fd`` from ``offset`` on ``sock``;
+    return how many file bytes went (fewer if the file ended or sendfile cannot read it)."""
+    view = memoryview(head)
+    while view:
+        # MSG_MORE holds the header back until the file's bytes follow (trio sets TCP_NODELAY).
+        view = view[await sock.send(view, socket.MSG_MORE if count else 0) :]
+    sent = 0
+    while sent < count:
+        try:
+            done = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as exc:
+            if sent == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                break  # a file sendfile cannot read (some file systems): the caller reads it
+            raise
+        if done == 0:
+            break  # the file ended early
+        sent += done
+    return sent

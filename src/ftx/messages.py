@@ -21,6 +21,7 @@ from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
 
 __all__ = [
+    "DATA_PREFIX",
     "MAX_PATH_BYTES",
     "Auth",
     "AuthOk",
@@ -283,7 +284,7 @@ Message = (
     | Done
 )
 
-_DATA_PREFIX: Final = bytes([Kind.DATA])
+DATA_PREFIX: Final = bytes([Kind.DATA])
 
 
 def encode_message(message: Message) -> tuple[Buffer, ...]:
@@ -297,7 +298,7 @@ def encode_message(message: Message) -> tuple[Buffer, ...]:
         LocalProtocolError: a field is out of range or a string is not valid Unicode.
     """
     if isinstance(message, Data):
-        return (_DATA_PREFIX, message.data)
+        return (DATA_PREFIX, message.data)
     if isinstance(message, Error):
         text = message.message.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(text) > _MAX_MESSAGE_CHARS:  # e.g. quoting a very long path: shorten, not fail

@@ -33,6 +33,7 @@ from ftx._auth import (
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
 from ftx.messages import (
+    DATA_PREFIX,
     Auth,
     AuthOk,
     Challenge,
@@ -187,6 +188,16 @@ class _Responses:
         done = self._pending.popleft()
         self._ids.discard(done.request.request_id)
 
+    def check_data(self, size: int) -> None:
+        if not self._pending:
+            raise self._fail("Data without a request to answer")
+        head = self._pending[0]
+        if head.phase is not _Phase.DATA:
+            raise self._fail("file data outside of a file")
+        if size > head.remaining:
+            raise self._fail(f"{size} bytes of data where {head.remaining} remained")
+        head.remaining -= size
+
     def check(self, message: Message) -> None:
         if isinstance(message, Error) and message.request_id is None:
             return  # concerns the whole connection; the caller closes
@@ -194,12 +205,7 @@ class _Responses:
             raise self._fail(f"{type(message).__name__} without a request to answer")
         head = self._pending[0]
         if isinstance(message, Data):
-            if head.phase is not _Phase.DATA:
-                raise self._fail("file data outside of a file")
-            size = memoryview(message.data).nbytes
-            if size > head.remaining:
-                raise self._fail(f"{size} bytes of data where {head.remaining} remained")
-            head.remaining -= size
+            self.check_data(memoryview(message.data).nbytes)
             return
         request_id = getattr(message, "request_id", None)
         if request_id != head.request.request_id:
@@ -574,6 +580,22 @@ class ServerProtocol(_Protocol):
         else:
             self._requests.check(message)
         return parts
+
+    def send_data_prefix(self, size: int) -> bytes:
+        """Check that a :class:`~ftx.messages.Data` of ``size`` bytes may be sent now, as
+        :meth:`send` does, and return the start of its payload: the caller sends the ``size``
+        bytes of content after it itself, e.g. from a file with
+        :meth:`ftx.framing.FramedChannel.send_file` (like h11's data passthrough).
+
+        Raises:
+            LocalProtocolError: the data may not be sent now.
+        """
+        if self.closed:
+            raise LocalProtocolError("the connection was closed with an error")
+        if not self._hello_sent or not self._auth.done:
+            raise LocalProtocolError("file data before the handshake was done")
+        self._requests.check_data(size)
+        return DATA_PREFIX
 
 
 def _hello_fields(hello: Hello) -> tuple[frozenset[str], int, str]:
