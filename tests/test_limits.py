@@ -2,7 +2,7 @@
 writes, TCP keepalive, the listen backlog, and running out of file descriptors.
 
 Real servers on 127.0.0.1 with short limits, raw sockets for the misbehaving peers; the write
-deadline's exact semantics are checked on in-memory streams with a mock clock; the descriptor
+deadline's exact semantics are checked on an in-memory lockstep stream; the descriptor
 exhaustion in a subprocess with a low ``RLIMIT_NOFILE``. Every wait is bounded.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import resource
 import socket
@@ -24,10 +25,20 @@ import trio
 import trio.testing
 
 import ftx
-from ftx._limits import WRITE_PROGRESS_UNIT, Limits, SendDeadlineStream, WriteStalledError
+from ftx._limits import Limits
 from ftx._listen import FdReserve, accept_loop, set_keepalive
 from ftx.framing import FrameDecoder, encode_frame
-from ftx.messages import Error, FileHeader, Get, Hello, Message, decode_message, encode_message
+from ftx.messages import (
+    Data,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    Hello,
+    Message,
+    decode_message,
+    encode_message,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -243,49 +254,58 @@ async def _receive_or_none(stream: trio.SocketStream) -> bytes | None:
 
 @pytest.mark.parametrize(
     ("read_size", "cut_off"),
-    [(1, True), (WRITE_PROGRESS_UNIT, False)],
+    [(1, True), (256 * 1024, False)],
     ids=["trickling reader", "slow but steady reader"],
 )
-async def test_the_write_deadline_is_on_progress_not_on_the_whole_write(
-    mock_clock: trio.testing.MockClock, read_size: int, cut_off: bool
+async def test_the_write_deadline_is_per_frame_not_per_answer(
+    tmp_path: Path, read_size: int, cut_off: bool
 ) -> None:
-    """Each piece of WRITE_PROGRESS_UNIT bytes must be taken within the idle period: a reader
-    taking one byte every 5 s is cut off after 10 s; one taking a unit every 5 s never is,
-    though the whole write takes far longer than the deadline."""
-    mock_clock.autojump_threshold = 0
-    sender, receiver = trio.testing.lockstep_stream_pair()
-    stream = SendDeadlineStream(sender, idle_timeout=10.0)
-    data = bytes(8 * WRITE_PROGRESS_UNIT)
-    got = bytearray()
+    """Each frame must be taken within the idle period, however long the whole answer takes: a
+    reader taking a byte every 0.1 s is cut off; one taking a 128 KiB frame every 0.1 s never
+    is, though the answer takes far longer than the deadline. A lockstep stream (no buffering
+    at all) makes the reader's pace the server's."""
+    root = tmp_path / "root"
+    root.mkdir()
+    content = random.Random(7).randbytes(16 * 128 * 1024)
+    (root / "file.bin").write_bytes(content)
+    server = ftx.Server(root, idle_timeout=0.4, chunk_size=128 * 1024)
+    client_side, server_side = trio.testing.lockstep_stream_pair()
+    decoder = FrameDecoder()
+    messages: list[Message] = []
 
     async def read() -> None:
-        while len(got) < len(data):
-            got.extend(await receiver.receive_some(read_size))
-            await trio.sleep(5)
+        while True:
+            data = await client_side.receive_some(read_size)
+            if not data:
+                return
+            decoder.receive_data(data)
+            while (payload := decoder.next_frame()) is not None:
+                messages.append(decoded(payload))
+            await trio.sleep(0.1)
 
     start = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read)
-        if cut_off:
-            with pytest.raises(WriteStalledError):
-                await stream.send_all(data)
-            assert trio.current_time() - start == pytest.approx(10)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_side)
+            nursery.start_soon(read)
+            await client_side.send_all(HELLO + frame(Get(1, "file.bin")))
+            await wait_until(lambda: server.connections == 0, 14)
             nursery.cancel_scope.cancel()
-        else:
-            await stream.send_all(data)
-    if not cut_off:
-        assert bytes(got) == data
-        assert trio.current_time() - start >= 35  # 8 units, one per 5 s
+    elapsed = trio.current_time() - start
+    data = b"".join(bytes(m.data) for m in messages if isinstance(m, Data))
+    if cut_off:
+        assert len(data) < len(content)
+        assert elapsed < 3
+    else:
+        assert data == content
+        assert any(isinstance(m, FileEnd) for m in messages)
+        assert elapsed > 1.5  # 16 frames, one per 0.1 s: several times the deadline
 
 
-async def test_the_write_deadline_passes_small_and_empty_writes_through() -> None:
-    sender, receiver = trio.testing.memory_stream_pair()
-    stream = SendDeadlineStream(sender, idle_timeout=1.0)
-    await stream.send_all(b"")
-    await stream.send_all(memoryview(b"abc"))
-    await stream.send_eof()
-    assert await receiver.receive_some() == b"abc"
-    assert await receiver.receive_some() == b""
+def decoded(payload: bytes) -> Message:
+    message = decode_message(payload)
+    assert message is not None
+    return message
 
 
 @pytest.mark.parametrize(

@@ -66,9 +66,9 @@ class Server:
         max_connections: connections served at once; one more is sent a connection-level
             ``busy`` ERROR and closed, without disturbing the others.
         handshake_timeout: seconds from accepting a connection to the end of the handshake.
-        idle_timeout: seconds the server waits for each complete request, and the longest a
-            write may go without the client accepting :data:`~ftx._limits.WRITE_PROGRESS_UNIT`
-            bytes. ``math.inf`` switches a deadline off.
+        idle_timeout: seconds the server waits for each complete request, and the longest the
+            client may take to accept one frame (at most ``chunk_size`` bytes of a file).
+            ``math.inf`` switches a deadline off.
         writable: accept uploads and new directories (otherwise clients are told
             ``read-only``); see :class:`~ftx._upload.UploadPolicy`.
         allow_overwrite: let a client that asks for it replace an existing file.
