@@ -6,6 +6,7 @@ Used by :class:`ftx._session.Session`, one :class:`DownloadHandler` per connecti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Final
@@ -14,9 +15,8 @@ import trio
 
 from ftx._access import AccessRecord
 from ftx._threads import ThreadJob
-from ftx.fs import FsError, OpenedFile
+from ftx.fs import FsError, OpenedFile, ServedRoot
 from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
-from ftx.messages import Message as _Message
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ _HASH_PREFIX_BLOCK: Final = 1 << 20
 # A transfer cut short has its digest finished from the disk when what remains is at most this,
 # or at most what was already sent (the client paid for that much).
 _FINISH_HASH_FREE: Final = 64 << 20
+# Files up to this size are read whole with their opening, and sent in one write.
+_SMALL_FILE: Final = 64 * 1024
 
 
 class DownloadHandler:
@@ -40,7 +42,7 @@ class DownloadHandler:
     Args:
         server: the server (its root, buffer pool and digest cache).
         protocol: the connection's state machine (for the client's frame limit).
-        send: sends one message on the connection.
+        send: sends messages on the connection (several in one write, if small).
         send_from_file: ``send_from_file(opened, offset, count)`` sends one DATA message of
             ``count`` bytes of the file without reading it into Python (sendfile), and returns
             how many the file gave (fewer only if it was truncated meanwhile); ``None`` where
@@ -53,7 +55,7 @@ class DownloadHandler:
         server: Server,
         protocol: ServerProtocol,
         *,
-        send: Callable[[_Message], Awaitable[None]],
+        send: Callable[..., Awaitable[None]],
         send_from_file: Callable[[OpenedFile, int, int], Awaitable[int]] | None,
         check_stop: Callable[[], None],
     ) -> None:
@@ -85,7 +87,9 @@ class DownloadHandler:
             )
             return
         try:
-            opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
+            opened, content = await trio.to_thread.run_sync(
+                _open_small_whole, self._server.root, request.path
+            )
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return
@@ -96,26 +100,48 @@ class DownloadHandler:
             elif request.offset > opened.size:
                 message = f"offset {request.offset} is beyond the end of {request.path!r}"
                 await self._refuse(request, record, ErrorCode.BAD_REQUEST, message)
+            elif content is not None:
+                await self._send_small_file(request, record, opened, content)
             else:
                 await self._stream_file(request, record, opened, chunk_size)
+
+    def _file_header(self, request: Get, record: AccessRecord, opened: OpenedFile) -> FileHeader:
+        st = opened.stat
+        record.offset = request.offset
+        record.size = st.st_size
+        return FileHeader(
+            request.request_id,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            identity=opened.identity,
+            offset=request.offset,
+            mode=st.st_mode & 0o7777,
+            digest=request.digest,
+        )
+
+    async def _send_small_file(
+        self, request: Get, record: AccessRecord, opened: OpenedFile, content: bytes
+    ) -> None:
+        """Answer with a file read whole already: header, data and end in one write, hashed
+        here (a small hash costs less than a thread hop)."""
+        digest = None
+        if request.digest is not None:
+            hasher = new_hasher(request.digest)
+            hasher.update(content)
+            digest = hasher.hexdigest()
+        header = self._file_header(request, record, opened)
+        body = memoryview(content)[request.offset :]
+        self._check_stop()
+        if body:
+            await self._send(header, Data(body), FileEnd(request.request_id, digest))
+        else:
+            await self._send(header, FileEnd(request.request_id, digest))
+        record.bytes += len(body)
 
     async def _stream_file(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
     ) -> None:
-        st = opened.stat
-        record.offset = request.offset
-        record.size = st.st_size
-        await self._send(
-            FileHeader(
-                request.request_id,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                identity=opened.identity,
-                offset=request.offset,
-                mode=st.st_mode & 0o7777,
-                digest=request.digest,
-            )
-        )
+        await self._send(self._file_header(request, record, opened))
         try:
             digest = await self._stream_chunks(request, record, opened, chunk_size)
         except _FileChangedError:
@@ -323,6 +349,21 @@ class _FileHasher:
     async def wait_quietly(self) -> None:
         """Wait for the thread, ignoring its outcome: for cleanup after a failure."""
         await self._job.wait_quietly()
+
+
+def _open_small_whole(root: ServedRoot, path: str) -> tuple[OpenedFile, bytes | None]:
+    """Open the file at ``path``; if it is small, read it whole too: one thread hop for both.
+    The content is ``None`` for a larger file, or one that changed while it was read."""
+    opened = root.open_file(path)
+    if opened.size > _SMALL_FILE:
+        return opened, None
+    try:
+        content = os.pread(opened.fd, opened.size + 1, 0)  # one byte more: notice growth
+        unchanged = len(content) == opened.size and not opened.changed()
+    except BaseException:
+        opened.close()
+        raise
+    return opened, content if unchanged else None
 
 
 def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:

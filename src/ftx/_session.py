@@ -142,10 +142,11 @@ class Session:
             return False
         return True
 
-    async def _send(self, message: _Message) -> None:
-        parts = self._protocol.send(message)
+    async def _send(self, *messages: _Message) -> None:
+        """Send the messages, in one write if they are small."""
+        frames = [self._protocol.send(message) for message in messages]
         with self._send_deadline():
-            await self._channel.send_parts(*parts)
+            await self._channel.send_frames(*frames)
 
     async def _send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``opened`` from ``offset`` as one DATA message (with

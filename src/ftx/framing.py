@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
@@ -399,21 +399,31 @@ class FramedChannel(trio.abc.Channel[bytes]):
         Small parts are joined with the header into one write; large ones are written as they
         are, so a file chunk in a reused buffer is never copied. Raises as :meth:`send` does.
         """
+        await self.send_frames(parts)
+
+    async def send_frames(self, *frames: Sequence[Buffer]) -> None:
+        """Send several frames, each given as its parts (as for :meth:`send_parts`), in as few
+        writes as possible: small frames sent together cost one system call, and reach the
+        peer together. Raises as :meth:`send` does; if one frame is too large, none is sent.
+        """
         with self._send_conflict:
             self._check_usable()
-            size = sum(memoryview(part).nbytes for part in parts)
-            if size > self.max_frame_size:
-                # Checkpoint first, so that every path through send is a checkpoint.
-                await trio.lowlevel.checkpoint()
-                raise LocalProtocolError(
-                    f"a frame of {size} bytes is larger than the limit of "
-                    f"{self.max_frame_size} bytes"
-                )
+            headers = []
+            for parts in frames:
+                size = sum(memoryview(part).nbytes for part in parts)
+                if size > self.max_frame_size:
+                    # Checkpoint first, so that every path through send is a checkpoint.
+                    await trio.lowlevel.checkpoint()
+                    raise LocalProtocolError(
+                        f"a frame of {size} bytes is larger than the limit of "
+                        f"{self.max_frame_size} bytes"
+                    )
+                headers.append(encode_header(size))
             try:
-                for write in _coalesce(encode_header(size), parts):
+                for write in _coalesce(zip(headers, frames, strict=True)):
                     await self.transport_stream.send_all(write)
             except BaseException as exc:
-                # Some unknown part of the frame may have gone out: the peer's framing is lost.
+                # Some unknown part of a frame may have gone out: the peer's framing is lost.
                 if not self._closed:
                     self._broken = exc
                 raise
@@ -597,18 +607,20 @@ class FramedChannel(trio.abc.Channel[bytes]):
         await self.transport_stream.aclose()
 
 
-def _coalesce(header: bytes, parts: tuple[Buffer, ...]) -> list[Buffer]:
-    """Group the header and parts into as few writes as possible without copying big parts."""
+def _coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
+    """Group headers and parts into as few writes as possible without copying big parts."""
     writes: list[Buffer] = []
-    pending = bytearray(header)
-    for part in parts:
-        if memoryview(part).nbytes <= _JOIN_THRESHOLD:
-            pending += part
-        else:
-            if pending:
-                writes.append(pending)
-                pending = bytearray()
-            writes.append(part)
+    pending = bytearray()
+    for header, parts in frames:
+        pending += header
+        for part in parts:
+            if memoryview(part).nbytes <= _JOIN_THRESHOLD:
+                pending += part
+            else:
+                if pending:
+                    writes.append(pending)
+                    pending = bytearray()
+                writes.append(part)
     if pending:
         writes.append(pending)
     return writes
