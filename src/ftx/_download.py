@@ -7,15 +7,16 @@ Used by :class:`ftx._session.Session`, one :class:`DownloadHandler` per connecti
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ftx._access import AccessRecord
+from ftx._prefetch import SmallFile, read_small_files
 from ftx._threads import ThreadJob
-from ftx.fs import FsError, OpenedFile, ServedRoot
+from ftx.fs import FsError, OpenedFile, file_identity
 from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
 
@@ -32,8 +33,6 @@ _HASH_PREFIX_BLOCK: Final = 1 << 20
 # A transfer cut short has its digest finished from the disk when what remains is at most this,
 # or at most what was already sent (the client paid for that much).
 _FINISH_HASH_FREE: Final = 64 << 20
-# Files up to this size are read whole with their opening, and sent in one write.
-_SMALL_FILE: Final = 64 * 1024
 
 
 class DownloadHandler:
@@ -64,6 +63,8 @@ class DownloadHandler:
         self._send = send
         self._send_from_file = send_from_file
         self._check_stop = check_stop
+        self._prepared: dict[int, SmallFile | FsError] = {}
+        self._batch_buffer: bytearray | None = None
 
     async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
         """Answer ``request`` completely (or with a per-request ERROR), noting in ``record``
@@ -80,57 +81,74 @@ class DownloadHandler:
         record.message = message
         await self._send(Error(request.request_id, code, message))
 
+    async def prepare(self, requests: Sequence[Get]) -> None:
+        """Read ahead the small files that ``requests`` (pipelined, to be answered next) ask
+        for, in one worker-thread hop. Call :meth:`release_prepared` once they are answered."""
+        if not requests:
+            return
+        self._batch_buffer = await self._server.batch_buffers.acquire()
+        self._prepared = await trio.to_thread.run_sync(
+            read_small_files, self._server.root, requests, self._batch_buffer
+        )
+
+    def release_prepared(self) -> None:
+        """Forget what :meth:`prepare` read and give its buffer back."""
+        self._prepared = {}
+        if self._batch_buffer is not None:
+            self._server.batch_buffers.release(self._batch_buffer)
+            self._batch_buffer = None
+
     async def _send_file(self, request: Get, record: AccessRecord, chunk_size: int) -> None:
         if request.digest is not None and request.digest not in DIGEST_ALGORITHMS:
             await self._refuse(
                 request, record, ErrorCode.BAD_REQUEST, f"unknown digest {request.digest}"
             )
             return
+        prepared = self._prepared.pop(request.request_id, None)
+        if isinstance(prepared, SmallFile):
+            refusal = _check_request(request, prepared.stat)
+            if refusal is not None:
+                await self._refuse(request, record, *refusal)
+            else:
+                await self._send_small_file(request, record, prepared)
+            return
         try:
-            opened, content = await trio.to_thread.run_sync(
-                _open_small_whole, self._server.root, request.path
-            )
+            if isinstance(prepared, FsError):
+                raise prepared
+            opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return
         with opened:
-            if request.identity is not None and request.identity != opened.identity:
-                message = f"{request.path!r} changed since the transfer began"
-                await self._refuse(request, record, ErrorCode.CHANGED, message)
-            elif request.offset > opened.size:
-                message = f"offset {request.offset} is beyond the end of {request.path!r}"
-                await self._refuse(request, record, ErrorCode.BAD_REQUEST, message)
-            elif content is not None:
-                await self._send_small_file(request, record, opened, content)
+            refusal = _check_request(request, opened.stat)
+            if refusal is not None:
+                await self._refuse(request, record, *refusal)
             else:
                 await self._stream_file(request, record, opened, chunk_size)
 
-    def _file_header(self, request: Get, record: AccessRecord, opened: OpenedFile) -> FileHeader:
-        st = opened.stat
+    def _file_header(self, request: Get, record: AccessRecord, st: os.stat_result) -> FileHeader:
         record.offset = request.offset
         record.size = st.st_size
         return FileHeader(
             request.request_id,
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
-            identity=opened.identity,
+            identity=file_identity(st),
             offset=request.offset,
             mode=st.st_mode & 0o7777,
             digest=request.digest,
         )
 
-    async def _send_small_file(
-        self, request: Get, record: AccessRecord, opened: OpenedFile, content: bytes
-    ) -> None:
-        """Answer with a file read whole already: header, data and end in one write, hashed
-        here (a small hash costs less than a thread hop)."""
+    async def _send_small_file(self, request: Get, record: AccessRecord, small: SmallFile) -> None:
+        """Answer with a file read ahead: header, data and end in one write, hashed here (a
+        small hash costs less than a thread hop)."""
         digest = None
         if request.digest is not None:
             hasher = new_hasher(request.digest)
-            hasher.update(content)
+            hasher.update(small.content)
             digest = hasher.hexdigest()
-        header = self._file_header(request, record, opened)
-        body = memoryview(content)[request.offset :]
+        header = self._file_header(request, record, small.stat)
+        body = small.content[request.offset :]
         self._check_stop()
         if body:
             await self._send(header, Data(body), FileEnd(request.request_id, digest))
@@ -141,7 +159,7 @@ class DownloadHandler:
     async def _stream_file(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
     ) -> None:
-        await self._send(self._file_header(request, record, opened))
+        await self._send(self._file_header(request, record, opened.stat))
         try:
             digest = await self._stream_chunks(request, record, opened, chunk_size)
         except _FileChangedError:
@@ -311,6 +329,18 @@ class DownloadHandler:
         await self._send(ListEnd(request.request_id, record.entries))
 
 
+def _check_request(request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | None:
+    """Why a GET of the file with metadata ``st`` cannot be answered, if it cannot."""
+    if request.identity is not None and request.identity != file_identity(st):
+        return ErrorCode.CHANGED, f"{request.path!r} changed since the transfer began"
+    if request.offset > st.st_size:
+        return (
+            ErrorCode.BAD_REQUEST,
+            f"offset {request.offset} is beyond the end of {request.path!r}",
+        )
+    return None
+
+
 class _FileChangedError(Exception):
     pass
 
@@ -349,21 +379,6 @@ class _FileHasher:
     async def wait_quietly(self) -> None:
         """Wait for the thread, ignoring its outcome: for cleanup after a failure."""
         await self._job.wait_quietly()
-
-
-def _open_small_whole(root: ServedRoot, path: str) -> tuple[OpenedFile, bytes | None]:
-    """Open the file at ``path``; if it is small, read it whole too: one thread hop for both.
-    The content is ``None`` for a larger file, or one that changed while it was read."""
-    opened = root.open_file(path)
-    if opened.size > _SMALL_FILE:
-        return opened, None
-    try:
-        content = os.pread(opened.fd, opened.size + 1, 0)  # one byte more: notice growth
-        unchanged = len(content) == opened.size and not opened.changed()
-    except BaseException:
-        opened.close()
-        raise
-    return opened, content if unchanged else None
 
 
 def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:

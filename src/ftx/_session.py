@@ -17,6 +17,7 @@ import trio
 from ftx._access import AccessRecord
 from ftx._download import DownloadHandler
 from ftx._limits import WriteStalledError
+from ftx._prefetch import MAX_BATCH
 from ftx._tls import accept_tls
 from ftx._upload import UploadHandler
 from ftx._version import __version__
@@ -142,27 +143,28 @@ class Session:
             return False
         return True
 
+    # Each frame must be taken by the client within the idle period (see _limits). The scope is
+    # written out in both senders: a contextmanager costs more than the rest of a small send.
+
     async def _send(self, *messages: _Message) -> None:
         """Send the messages, in one write if they are small."""
         frames = [self._protocol.send(message) for message in messages]
-        with self._send_deadline():
+        with trio.move_on_after(self._limits.idle_timeout) as deadline:
             await self._channel.send_frames(*frames)
+        if deadline.cancelled_caught:
+            raise self._stalled()
 
     async def _send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``opened`` from ``offset`` as one DATA message (with
         sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file)."""
         prefix = self._protocol.send_data_prefix(count)
-        with self._send_deadline():
+        with trio.move_on_after(self._limits.idle_timeout):
             return await self._channel.send_file(prefix, opened.fd, offset, count)
+        raise self._stalled()  # reached only when the deadline cancelled the send
 
-    @contextmanager
-    def _send_deadline(self) -> Iterator[None]:
-        """Each frame must be taken by the client within the idle period (see _limits)."""
+    def _stalled(self) -> WriteStalledError:
         timeout = self._limits.idle_timeout
-        with trio.move_on_after(timeout) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise WriteStalledError(f"the client accepted no frame for {timeout:g} seconds")
+        return WriteStalledError(f"the client accepted no frame for {timeout:g} seconds")
 
     async def _receive(self) -> _Message:
         """The next message from the client, skipping extensions this version ignores."""
@@ -265,15 +267,38 @@ class Session:
                 message = f"no request for {limits.idle_timeout:g} seconds"
                 await self.farewell(ErrorCode.TIMEOUT, message)
                 return
+            batch = [request, *self._pipelined_requests(request)]
             with trio.CancelScope() as self._working:
                 try:
                     if not self._stop_now:
-                        await self._answer(request, chunk)
+                        await self._downloads.prepare([r for r in batch if isinstance(r, Get)])
+                        for queued in batch:
+                            await self._answer(queued, chunk)
+                            if self.stopping:  # (stop() may have run during the answer)
+                                break  # the answer in progress is finished: stop there
                 except _StoppedError:
                     pass
                 finally:
                     self._working = None
+                    self._downloads.release_prepared()
         await self._stopped()
+
+    def _pipelined_requests(self, first: _Message) -> list[_Message]:
+        """The requests the client pipelined after ``first`` that have arrived already, up to
+        a batch: GETs, then at most one other request (after which the client may be waiting
+        for an answer before it sends more, e.g. an upload's DATA after READY)."""
+        more: list[_Message] = []
+        last = first
+        while isinstance(last, Get) and len(more) < MAX_BATCH - 1:
+            try:
+                payload = self._channel.receive_nowait()
+            except trio.WouldBlock:
+                break
+            message = self._protocol.receive(payload)
+            if message is not None:
+                more.append(message)
+                last = message
+        return more
 
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""

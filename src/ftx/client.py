@@ -343,11 +343,15 @@ class Client(trio.abc.AsyncResource):
             raise ValueError("window must be at least 1")
         options = _GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=False)
         digest = self.digest_algorithm if verify else None
-        slots = trio.Semaphore(window)
         # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
         send_sent, receive_sent = trio.open_memory_channel[tuple[str, Path, int]](math.inf)
         # Resumes refused because the file changed: asked for again from zero.
         send_retry, receive_retry = trio.open_memory_channel[tuple[str, Path]](math.inf)
+        # Requests go out in batches, one write each: the window is refilled once half of it
+        # is answered, so that the server finds several requests at once and can read their
+        # files ahead in one go (a request per answer would arrive, and be served, alone).
+        batch: list[tuple[str, Path, int, str | None]] = []
+        half_answered = trio.Event()
         outstanding = 0
         source_done = False
         taken_any = False
@@ -357,11 +361,27 @@ class Client(trio.abc.AsyncResource):
             if source_done and idle:
                 send_retry.close()  # ends the second phase of send_requests
 
-        async def request(path: str, target: Path, offset: int, identity: str | None) -> None:
+        async def send_batch() -> None:
             nonlocal outstanding
-            outstanding += 1
-            send_sent.send_nowait((path, target, offset))
-            await self._request_file(path, verify=verify, offset=offset, identity=identity)
+            if not batch:
+                return
+            for path, target, offset, _ in batch:
+                send_sent.send_nowait((path, target, offset))
+            outstanding += len(batch)
+            await self._send(*(self._get_request(path, verify, offset, identity)
+                               for path, _, offset, identity in batch))  # fmt: skip
+            batch.clear()
+
+        async def request(path: str, target: Path, offset: int, identity: str | None) -> None:
+            nonlocal half_answered
+            if outstanding + len(batch) >= window:
+                await send_batch()
+                half_answered = trio.Event()
+                if outstanding > window // 2:
+                    await half_answered.wait()
+            batch.append((path, target, offset, identity))
+            if _nothing_waiting(files) or len(batch) >= window:
+                await send_batch()
 
         async def send_requests() -> None:
             nonlocal source_done, taken_any
@@ -374,14 +394,14 @@ class Client(trio.abc.AsyncResource):
                     except LocalFileError as exc:
                         on_done(path, exc)
                         continue
-                    await slots.acquire()
                     offset, identity = PartFile(target).resumable(path, digest) or (0, None)
                     await request(path, target, offset, identity)
+                await send_batch()
                 source_done = True
                 finish_if_idle()
                 async for path, target in receive_retry:
-                    await slots.acquire()
                     await request(path, target, 0, None)
+                    await send_batch()
 
         async def receive_answers() -> None:
             nonlocal outstanding
@@ -396,7 +416,8 @@ class Client(trio.abc.AsyncResource):
                         raise
                     result = exc
                 outstanding -= 1
-                slots.release()
+                if outstanding <= window // 2:
+                    half_answered.set()
                 if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
                     send_retry.send_nowait((path, target))
                 else:
@@ -412,9 +433,12 @@ class Client(trio.abc.AsyncResource):
     async def _request_file(
         self, path: str, *, verify: bool, offset: int = 0, identity: str | None = None
     ) -> None:
+        await self._send(self._get_request(path, verify, offset, identity))
+
+    def _get_request(self, path: str, verify: bool, offset: int, identity: str | None) -> Get:
         request_id = self._protocol.new_request_id()
         digest = self.digest_algorithm if verify else None
-        await self._send(Get(request_id, path, offset=offset, identity=identity, digest=digest))
+        return Get(request_id, path, offset=offset, identity=identity, digest=digest)
 
     async def _receive_answer(
         self,
@@ -623,9 +647,11 @@ class Client(trio.abc.AsyncResource):
         if self._protocol.peer_hello is None:
             raise RuntimeError("handshake() first (ftx.connect does it)")
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, *messages: Message) -> None:
+        """Send the messages, in one write if they are small."""
+        frames = [self._protocol.send(message) for message in messages]
         try:
-            await self._channel.send_parts(*self._protocol.send(message))
+            await self._channel.send_frames(*frames)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self._fail()
             raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
@@ -644,20 +670,21 @@ class Client(trio.abc.AsyncResource):
         DATA message's chunk is then a view of it); any failure closes the client."""
         try:
             while True:
-                with trio.fail_after(self._idle_timeout):
+                # A bare scope, not fail_after: this runs for every message.
+                with trio.move_on_after(self._idle_timeout) as idle:
                     if into is None:
                         payload: Buffer = await self._channel.receive()
                     else:
                         size = await self._channel.receive_into(into)
                         payload = memoryview(into)[:size]
+                if idle.cancelled_caught:
+                    await self._fail()
+                    raise ConnectionLostError(
+                        f"the server sent nothing for {self._idle_timeout:g} seconds"
+                    )
                 message = self._protocol.receive(payload)
                 if message is not None:
                     break
-        except trio.TooSlowError:
-            await self._fail()
-            raise ConnectionLostError(
-                f"the server sent nothing for {self._idle_timeout:g} seconds"
-            ) from None
         except (trio.EndOfChannel, IncompleteFrameError) as exc:
             await self._fail()
             raise ConnectionLostError("the server closed the connection") from exc
@@ -730,3 +757,13 @@ def _write_and_hash(part: PartFile, hasher: Hasher | None, data: Buffer) -> None
     part.write(data)
     if hasher is not None:
         hasher.update(data)
+
+
+def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:
+    """Whether ``channel`` has nothing more to give at once. Known for channels with trio's
+    memory-channel ``statistics()`` (and wrappers that pass it on); for others, assumed, so
+    that a batch is sent at every item rather than held back."""
+    statistics = getattr(channel, "statistics", None)
+    if statistics is None:
+        return True
+    return bool(statistics().current_buffer_used == 0)

@@ -507,6 +507,28 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 waited = True
                 self._decoder.receive_data(data)
 
+    def receive_nowait(self) -> bytes:
+        """Return the next frame's payload if it has arrived whole already, without reading
+        from the transport (as :meth:`trio.MemoryReceiveChannel.receive_nowait` does): a
+        receiver can take the requests a peer pipelined, as a batch.
+
+        Raises:
+            trio.WouldBlock: no whole frame is buffered (also at the end of the stream: then
+                :meth:`receive` raises what it raises).
+            FrameTooLargeError, trio.BusyResourceError, trio.BrokenResourceError,
+                trio.ClosedResourceError: as for :meth:`receive`.
+        """
+        with self._receive_conflict:
+            self._check_usable(receiving=True)
+            try:
+                payload = self._decoder.next_frame()
+            except (FrameTooLargeError, IncompleteFrameError) as exc:
+                self._receive_broken = exc
+                raise
+            if payload is None:
+                raise trio.WouldBlock
+            return payload
+
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         """Wait for the next frame, put its payload at the start of ``buffer`` and return its
         size: :meth:`receive` without a new ``bytes`` per frame.

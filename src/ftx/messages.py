@@ -306,7 +306,7 @@ def encode_message(message: Message) -> tuple[Buffer, ...]:
         message = Error(message.request_id, message.code, text)
     kind, body = _to_json(message)
     try:
-        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        encoded = _JSON_ENCODER.encode(body)
         payload = bytes([kind]) + encoded.encode("utf-8")
     except (ValueError, UnicodeEncodeError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
@@ -419,10 +419,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+# Made once: json.loads and json.dumps with options build a new coder on every call.
+_JSON_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _parse_object(body: memoryview) -> dict[str, Any]:
     try:
         text = str(body, "utf-8")
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _JSON_DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RemoteProtocolError(f"message body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

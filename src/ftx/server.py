@@ -31,6 +31,7 @@ from ftx._limits import (
     transport_of,
 )
 from ftx._listen import FdReserve, accept_loop
+from ftx._prefetch import BATCH_BUFFER_SIZE
 from ftx._resources import BufferPool, DigestCache
 from ftx._session import Session
 from ftx._upload import UploadPolicy
@@ -45,6 +46,7 @@ DEFAULT_PORT: Final = 3890
 DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 # All connections together read and send through at most this much buffer memory.
 _BUFFER_MEMORY: Final = 32 * 1024 * 1024
+_BATCH_BUFFERS: Final = 64  # of BATCH_BUFFER_SIZE (256 KiB): 16 MiB at most
 # Connections being refused (``busy``) at once; beyond this, further ones are just closed.
 # Each holds a descriptor for at most REFUSAL_HELLO_SECONDS (plus a TLS handshake): a burst of
 # real clients beyond the connection limit is told "busy" rather than cut off.
@@ -108,6 +110,9 @@ class Server:
         self.ssl_context: Final = ssl_context
         self._token = check_token(token) if token is not None else None
         self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
+        # Separate from the chunk buffers: a batch holds its buffer while a large file in it
+        # is sent with a chunk buffer, so one pool for both could run dry and deadlock.
+        self.batch_buffers: Final = BufferPool(BATCH_BUFFER_SIZE, _BATCH_BUFFERS)
         self.digests: Final = DigestCache()
         self.uploads: Final = UploadPolicy(writable, allow_overwrite, max_upload_size)
         self._sessions: set[Session] = set()

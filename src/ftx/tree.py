@@ -156,7 +156,12 @@ async def download(
                     totals.bytes_done += entry.size
                     finish(remote, Skipped(remote, "up to date"))
                     continue
-                await send_work.send((remote, local))
+                try:
+                    # Without yielding while there is room: the workers then find a directory's
+                    # files queued together, and send their requests in batches.
+                    send_work.send_nowait((remote, local))
+                except trio.WouldBlock:
+                    await send_work.send((remote, local))
         totals.listing_done = True
 
     async def work() -> None:
@@ -194,10 +199,14 @@ class _MarkingInFlight(trio.abc.ReceiveChannel[tuple[str, Path]]):
     """Passes work items through, noting which remote paths are being downloaded."""
 
     def __init__(
-        self, inner: trio.abc.ReceiveChannel[tuple[str, Path]], totals: TreeProgress
+        self, inner: trio.MemoryReceiveChannel[tuple[str, Path]], totals: TreeProgress
     ) -> None:
         self._inner = inner
         self._totals = totals
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        """The inner channel's: :meth:`Client.fetch` batches requests by what is waiting."""
+        return self._inner.statistics()
 
     async def receive(self) -> tuple[str, Path]:
         item = await self._inner.receive()
