@@ -91,6 +91,7 @@ class PartFile:
         self.part_path: Final = self.dest.with_name(self.dest.name + ".part")
         self.record_path: Final = self.dest.with_name(self.dest.name + ".part.resume")
         self._fd: int | None = None
+        self._record_may_exist = False  # ours, or an earlier download's: publish removes it
         self._written = 0  # the file's size, as far as our writes go
         self._flushing_from = 0  # where the last early write-back request ended
 
@@ -102,17 +103,25 @@ class PartFile:
             LocalFileError: the part file cannot be written, is locked by another download, or
                 holds fewer than ``keep`` bytes.
         """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            fd = os.open(
-                self.part_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
-            )
+            if keep == 0:
+                try:
+                    # Usually there is no part yet: a new, empty file needs none of the checks
+                    # below (each a metadata operation, which a tree of small files pays).
+                    fd = os.open(self.part_path, flags | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    pass
+                else:
+                    self._lock(fd)
+                    self._fd = fd
+                    self._written = self._flushing_from = 0
+                    return
+            fd = os.open(self.part_path, flags, 0o644)
         except OSError as exc:
             raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LocalFileError(f"another download to {self.dest} is in progress") from None
+        self._lock(fd)
+        self._record_may_exist = True  # an earlier download's may lie beside its part
         # A download that finished meanwhile renamed (or linked) this inode into place: it is
         # DEST now, and must not be written again. Only the inode still at the part's name is
         # ours to take over.
@@ -132,6 +141,13 @@ class PartFile:
         os.lseek(fd, keep, os.SEEK_SET)
         self._fd = fd
         self._written = self._flushing_from = keep
+
+    def _lock(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LocalFileError(f"another download to {self.dest} is in progress") from None
 
     def resumable(self, path: str, digest: str | None) -> tuple[int, str] | None:
         """Where an earlier download of remote ``path`` to the same place, verified with the
@@ -164,6 +180,7 @@ class PartFile:
     def write_record(self, record: ResumeRecord) -> None:
         """Say what the part file holds, for a later resume."""
         data = json.dumps({"version": _RECORD_VERSION, **asdict(record)}).encode()
+        self._record_may_exist = True
         temporary = self.record_path.with_name(self.record_path.name + ".tmp")
         try:
             temporary.write_bytes(data)
@@ -231,7 +248,8 @@ class PartFile:
                 os.replace(self.part_path, self.dest)
             else:
                 _link_without_replacing(self.part_path, self.dest)
-            self.record_path.unlink(missing_ok=True)
+            if self._record_may_exist:
+                self.record_path.unlink(missing_ok=True)
             if durable:
                 _fsync_directory(self.dest.parent)
         except FileExistsError as exc:
