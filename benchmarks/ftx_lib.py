@@ -4,8 +4,9 @@
     python ftx_lib.py big PORT PATH DEST [--no-verify]
         One download on one connection; ``--no-verify`` passes ``verify=False`` (no digest).
     python ftx_lib.py tree PORT DEST CONNECTIONS
-        Everything under the served root: directories are listed and files fetched by
-        CONNECTIONS workers, each with its own connection, sharing one queue.
+        Everything under the served root: directories are listed by one client and the files
+        fetched by CONNECTIONS clients, each pipelining its requests (``Client.fetch``) from a
+        shared queue; one ``sync`` at the end.
     python ftx_lib.py many PORT PATH COUNT CONCURRENCY DEST_DIR
         COUNT verified downloads of PATH, CONCURRENCY at a time, each on its own connection,
         saved in DEST_DIR and deleted once verified; a download taking over 10 s counts as
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
 import posixpath
 import sys
@@ -44,33 +44,42 @@ async def big(port: int, path: str, dest: str, *, verify: bool) -> None:
 
 
 async def tree(port: int, dest: Path, connections: int) -> None:
-    send, receive = trio.open_memory_channel[tuple[str, bool]](math.inf)
-    pending = 1  # items queued or in progress; the queue closes when it reaches 0
-    send.send_nowait(("", True))
+    # One lister feeds CONNECTIONS clients through a memory channel; each client pipelines its
+    # requests with Client.fetch, and the files are flushed to disk with one sync at the end.
+    send, receive = trio.open_memory_channel[tuple[str, Path]](1024)
+    failures: list[str] = []
 
-    async def worker(client: ftx.Client) -> None:
-        nonlocal pending
-        async for path, is_dir in receive:
-            if is_dir:
-                (dest / path).mkdir(parents=True, exist_ok=True)
-                for entry in await client.list(path):
-                    if entry.type in (ftx.EntryType.DIRECTORY, ftx.EntryType.FILE):
-                        child = posixpath.join(path, entry.name)
-                        send.send_nowait((child, entry.type is ftx.EntryType.DIRECTORY))
-                        pending += 1
-            else:
-                await client.get(path, dest / path)
-            pending -= 1
-            if pending == 0:
-                await send.aclose()
+    def done(path: str, result: object) -> None:
+        if isinstance(result, ftx.FtxError):
+            failures.append(f"{path}: {result}")
 
-    async def connected_worker() -> None:
-        async with ftx.connect(HOST, port) as client:
-            await worker(client)
+    async def list_everything() -> None:
+        async with send, ftx.connect(HOST, port) as client:
+            pending = [""]
+            while pending:
+                directory = pending.pop()
+                (dest / directory).mkdir(parents=True, exist_ok=True)
+                for entry in await client.list(directory):
+                    child = posixpath.join(directory, entry.name)
+                    if entry.type is ftx.EntryType.DIRECTORY:
+                        pending.append(child)
+                    elif entry.type is ftx.EntryType.FILE:
+                        try:  # queue a whole listing at once: fetch then sends batches
+                            send.send_nowait((child, dest / child))
+                        except trio.WouldBlock:
+                            await send.send((child, dest / child))
 
-    async with send, receive, trio.open_nursery() as nursery:
+    async def fetch() -> None:
+        async with ftx.connect(HOST, port) as client, receive.clone() as items:
+            await client.fetch(items, on_done=done, sync=False)
+
+    async with receive, trio.open_nursery() as nursery:
+        nursery.start_soon(list_everything)
         for _ in range(connections):
-            nursery.start_soon(connected_worker)
+            nursery.start_soon(fetch)
+    await trio.to_thread.run_sync(os.sync)
+    if failures:
+        raise SystemExit(f"{len(failures)} failed, e.g. {failures[0]}")
 
 
 async def many(port: int, path: str, count: int, concurrency: int, dest: Path) -> int:
