@@ -63,7 +63,7 @@ class DownloadHandler:
         self._send = send
         self._send_from_file = send_from_file
         self._check_stop = check_stop
-        self._prepared: dict[int, SmallFile | FsError] = {}
+        self._prepared: dict[int, SmallFile | OpenedFile | FsError] = {}
         self._batch_buffer: bytearray | None = None
 
     async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
@@ -93,6 +93,9 @@ class DownloadHandler:
 
     def release_prepared(self) -> None:
         """Forget what :meth:`prepare` read and give its buffer back."""
+        for unused in self._prepared.values():
+            if isinstance(unused, OpenedFile):
+                unused.close()
         self._prepared = {}
         if self._batch_buffer is not None:
             self._server.batch_buffers.release(self._batch_buffer)
@@ -115,7 +118,10 @@ class DownloadHandler:
         try:
             if isinstance(prepared, FsError):
                 raise prepared
-            opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
+            if isinstance(prepared, OpenedFile):
+                opened = prepared
+            else:
+                opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return

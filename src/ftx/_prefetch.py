@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ftx.fs import FsError, ServedRoot, file_identity
+from ftx.fs import FsError, OpenedFile, ServedRoot, file_identity
 from ftx.messages import Get
 
 __all__ = ["BATCH_BUFFER_SIZE", "MAX_BATCH", "SMALL_FILE_SIZE", "SmallFile", "read_small_files"]
@@ -40,14 +40,16 @@ class SmallFile:
 
 def read_small_files(
     root: ServedRoot, requests: Sequence[Get], buffer: bytearray
-) -> dict[int, SmallFile | FsError]:
+) -> dict[int, SmallFile | OpenedFile | FsError]:
     """Open the files that ``requests`` ask for and read the small ones into ``buffer``.
 
     Returns, by request id, the :class:`SmallFile` read or the :class:`FsError` that opening
-    raised. A request missing from the result (a large file, no room left in ``buffer``, a file
-    that changed or could not be read) is answered the usual way, which opens it again.
+    raised; for a batch of one request, a large file is returned open (the caller closes it),
+    so that a lone GET costs one hop too. A request missing from the result (a large file in a
+    batch, no room left in ``buffer``, a file that changed or could not be read) is answered
+    the usual way, which opens it again.
     """
-    results: dict[int, SmallFile | FsError] = {}
+    results: dict[int, SmallFile | OpenedFile | FsError] = {}
     view = memoryview(buffer)
     used = 0
     for request in requests:
@@ -56,6 +58,9 @@ def read_small_files(
         except FsError as exc:
             results[request.request_id] = exc
             continue
+        if len(requests) == 1 and opened.size > SMALL_FILE_SIZE:
+            results[request.request_id] = opened
+            break
         with opened:
             size = opened.size
             if size > SMALL_FILE_SIZE or used + size + 1 > len(buffer):
