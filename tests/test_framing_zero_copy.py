@@ -13,9 +13,8 @@ peer receives, zero padding when the file is short, the size limit, a closed pee
 large enough to fill the socket so that ``sendfile`` has to wait.
 
 Where a test must prove that the fast path really ran, it counts the bytes that went through
-``recv_into`` or ``os.sendfile``. Tests marked ``xfail(strict=True)`` with a reason starting with
-``BUG:`` show defects of ``src/ftx/framing.py`` that are not fixed yet: fix the code, then drop the
-marker.
+``recv_into`` or ``os.sendfile``. The regression tests for four bugs these tests found (an empty
+frame, a transport error in a payload, a read-only buffer, an unreadable file) are among them.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from typing import Literal
 
 import pytest
 import trio
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio.testing import (
     MemoryReceiveStream,
@@ -56,27 +55,6 @@ PROPERTY = settings(
     max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-EMPTY_FRAME_BUG = (
-    "BUG: receive_into never consumes an empty frame (FrameDecoder._take_payload_into does not "
-    "call _payload_read when the payload is 0 bytes, so _payload_size stays 0): the same empty "
-    "frame comes back from every later receive_into, and once more from receive"
-)
-TRANSPORT_ERROR_BUG = (
-    "BUG: receive_into only gives back the bytes it read when it is Cancelled; after any other "
-    "exception from the transport in the middle of a payload they are lost while the decoder "
-    "still counts them, so the next receive raises RuntimeError and the next receive_into "
-    "returns the rest of the payload run into the next frame's header"
-)
-READ_ONLY_BUFFER_BUG = (
-    "BUG (robustness): a read-only buffer is not refused up front like a small one; the write "
-    "into it fails after the payload was taken from the decoder, so the frame is lost"
-)
-BAD_FILE_FD_BUG = (
-    "BUG: on TCP, os.sendfile's EBADF about the *file* descriptor goes through "
-    "_socket_errors_as_stream_errors and comes out as ClosedResourceError('the socket was "
-    "closed'), although the socket is open; on other streams the same call raises OSError(EBADF)"
 )
 
 Transport = Literal["memory", "tcp"]
@@ -290,15 +268,14 @@ async def test_any_mix_of_receive_and_receive_into_gives_every_payload_in_order(
     await check_any_mix(pair, data, allow_empty=False)
 
 
-@pytest.mark.xfail(strict=True, reason=EMPTY_FRAME_BUG)
 @pytest.mark.parametrize("pair", PAIRS)
-@settings(PROPERTY, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # known bug: no shrink
+@PROPERTY
 @given(data=st.data())
 async def test_any_mix_with_empty_frames_gives_every_payload_in_order(
     pair: PairMaker, data: st.DataObject
 ) -> None:
-    """The same property with empty payloads among the others. When the empty-frame bug is
-    fixed, drop the xfail marker (and, if you like, merge this into the test above)."""
+    """The same property with empty payloads among the others (regression: receive_into once
+    returned the same empty frame for ever)."""
     await check_any_mix(pair, data, allow_empty=True)
 
 
@@ -697,14 +674,12 @@ async def test_receive_into_any_writable_buffer(transport: Transport, kind: str)
 
 
 # ---------------------------------------------------------------------------------------------
-# receive_into: known bugs
+# receive_into: regressions
 
 
-@pytest.mark.xfail(strict=True, reason=EMPTY_FRAME_BUG)
 async def test_receive_into_empty_frame_is_consumed_once() -> None:
     """Smallest reproducer: frames b"" and b"abc", then end of stream. receive_into must return 0
-    once, then 3, then raise EndOfChannel. Today it returns 0 for ever (and a receive after it
-    returns b"" a second time)."""
+    once, then 3, then raise EndOfChannel (it once returned 0 for ever)."""
     channel, _, incoming = hand_driven(max_frame_size=16)
     incoming.put_data(encode_frame(b"") + encode_frame(b"abc"))
     incoming.put_eof()
@@ -749,9 +724,7 @@ class FailingOnce(trio.abc.HalfCloseableStream):
     "how",
     [
         "receive",
-        pytest.param(
-            "into-bytearray", marks=pytest.mark.xfail(strict=True, reason=TRANSPORT_ERROR_BUG)
-        ),
+        "into-bytearray",
     ],
 )
 async def test_transport_error_mid_payload_then_the_frame_or_broken_never_garbage(
@@ -792,11 +765,9 @@ async def test_transport_error_mid_payload_then_the_frame_or_broken_never_garbag
     assert await reader.read(channel, how) == b"next"
 
 
-@pytest.mark.xfail(strict=True, reason=READ_ONLY_BUFFER_BUG)
 async def test_receive_into_read_only_buffer_is_refused_without_losing_the_frame() -> None:
     """A read-only memoryview (of bytes) cannot be written: receive_into must raise (TypeError or
-    ValueError) before it takes anything, so that a receive afterwards still gets the frame.
-    Today the frame is consumed first and lost: the receive then raises IncompleteFrameError."""
+    ValueError) before it takes anything, so that a receive afterwards still gets the frame."""
     channel, _, incoming = hand_driven(max_frame_size=16)
     incoming.put_data(encode_frame(b"hello"))
     incoming.put_eof()
@@ -1116,7 +1087,7 @@ async def test_send_file_any_prefix_offset_and_count(
 
 @pytest.mark.parametrize(
     "transport",
-    ["memory", pytest.param("tcp", marks=pytest.mark.xfail(strict=True, reason=BAD_FILE_FD_BUG))],
+    ["memory", "tcp"],
 )
 async def test_send_file_from_an_unreadable_fd_is_an_os_error_not_a_closed_channel(
     transport: Transport, tmp_path: Path

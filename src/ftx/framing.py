@@ -216,7 +216,7 @@ class FrameDecoder:
         count = min(view.nbytes, self._buffered, self._payload_size - self._payload_taken)
         if count:
             view[:count] = self._take(count)
-            self._payload_read(count)
+        self._payload_read(count)  # even 0: that completes an empty frame
         return count
 
     def _payload_read(self, count: int) -> None:
@@ -437,12 +437,22 @@ class FramedChannel(trio.abc.Channel[bytes]):
         on any other stream (TLS included) they are read in a worker thread and sent. If the
         file ends first (it was truncated meanwhile), the frame is completed with zero bytes,
         so that the framing holds: the return value is then less than ``count`` and the caller
-        must tell its peer that the content is wrong. Raises as :meth:`send` does.
+        must tell its peer that the content is wrong.
+
+        Raises:
+            OSError: the file could not be read; part of the frame may have gone out, so the
+                channel is broken.
+            LocalProtocolError, trio.BusyResourceError, trio.BrokenResourceError,
+                trio.ClosedResourceError: as for :meth:`send` (``LocalProtocolError`` also for
+                a negative ``offset`` or ``count``).
         """
         with self._send_conflict:
             self._check_usable()
             size = memoryview(prefix).nbytes + count
-            if size > self.max_frame_size or count < 0:
+            if count < 0 or offset < 0:
+                await trio.lowlevel.checkpoint()
+                raise LocalProtocolError(f"cannot send {count} bytes from offset {offset}")
+            if size > self.max_frame_size:
                 await trio.lowlevel.checkpoint()
                 raise LocalProtocolError(
                     f"a frame of {size} bytes is larger than the limit of "
@@ -452,8 +462,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
             stream = self.transport_stream
             try:
                 if isinstance(stream, trio.SocketStream):
-                    with _socket_errors_as_stream_errors():
-                        sent = await _sendfile(stream.socket, head, fd, offset, count)
+                    sent = await _sendfile(stream.socket, head, fd, offset, count)
                 else:
                     sent = 0
                     await stream.send_all(head)
@@ -540,11 +549,13 @@ class FramedChannel(trio.abc.Channel[bytes]):
         :meth:`receive` (the next call returns the same frame).
 
         Raises:
-            ValueError: ``buffer`` is smaller than ``max_frame_size``.
+            ValueError: ``buffer`` is read-only or smaller than ``max_frame_size``.
             trio.EndOfChannel, FrameTooLargeError, IncompleteFrameError, trio.BusyResourceError,
                 trio.BrokenResourceError, trio.ClosedResourceError: as for :meth:`receive`.
         """
         view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise ValueError("the buffer is read-only")
         if view.nbytes < self.max_frame_size:
             raise ValueError(
                 f"a buffer of {view.nbytes} bytes cannot hold a frame of up to "
@@ -567,8 +578,11 @@ class FramedChannel(trio.abc.Channel[bytes]):
                             raise decoder._end_of_stream_in_payload()
                         decoder._payload_read(count)
                         filled += count
-                except trio.Cancelled:
-                    decoder._unread_payload(bytes(view[:filled]))
+                except BaseException:
+                    # Cancelled, or the transport failed (and may recover): the bytes taken
+                    # go back, so that the next receive returns the whole frame, or nothing.
+                    if decoder._error is None:
+                        decoder._unread_payload(bytes(view[:filled]))
                     raise
             except (FrameTooLargeError, IncompleteFrameError) as exc:
                 self._receive_broken = exc
@@ -665,21 +679,34 @@ async def _sendfile(
     """Send ``head`` then up to ``count`` bytes of file ``fd`` from ``offset`` on ``sock``;
     return how many file bytes went (fewer if the file ended or sendfile cannot read it)."""
     view = memoryview(head)
-    while view:
-        # MSG_MORE holds the header back until the file's bytes follow (trio sets TCP_NODELAY).
-        view = view[await sock.send(view, socket.MSG_MORE if count else 0) :]
+    with _socket_errors_as_stream_errors():
+        while view:
+            # MSG_MORE holds the header back until the file's bytes follow (trio sets
+            # TCP_NODELAY, which would send it alone).
+            view = view[await sock.send(view, socket.MSG_MORE if count else 0) :]
     sent = 0
     while sent < count:
         try:
             done = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            with _socket_errors_as_stream_errors():
+                await trio.lowlevel.wait_writable(sock)
             continue
         except OSError as exc:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the socket was closed") from None
+            if exc.errno in _SOCKET_ERRNOS:
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             if sent == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 break  # a file sendfile cannot read (some file systems): the caller reads it
-            raise
+            raise  # the file's own error (EIO, EBADF...): an OSError, as from a read
         if done == 0:
             break  # the file ended early
         sent += done
     return sent
+
+
+# What os.sendfile raises for the socket's sake (anything else concerns the file).
+_SOCKET_ERRNOS: Final = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ETIMEDOUT}
+)
