@@ -717,13 +717,6 @@ async def test_small_files_around_the_size_limit_fit_the_client_frame_limit(
         assert all(len(chunk) < MIN_FRAME_SIZE for chunk in answer.chunks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a read-ahead small file is sent as ONE DATA frame whatever the client's frame "
-    "limit: a 65536-byte file to a client with max_frame_size 65536 (the protocol minimum) "
-    "needs a 65537-byte DATA payload; the server raises LocalProtocolError and closes the "
-    "connection with a connection-level 'internal' ERROR instead of splitting the data",
-)
 async def test_a_64_kib_file_reaches_a_client_with_a_64_kib_frame_limit(
     root: Path, tmp_path: Path
 ) -> None:
@@ -761,15 +754,6 @@ async def test_a_batch_may_end_with_an_upload_or_a_mkdir(root: Path) -> None:
     assert (root / "new" / "up.bin").read_bytes() == content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (regression from batching): a protocol violation pipelined behind valid GETs in "
-    "the same segment (a frame that is not valid JSON, or a header over the frame limit) is "
-    "met while the batch is being taken (_pipelined_requests), before anything is answered: "
-    "the server closes with a connection-level bad-request and the valid GETs before it are "
-    "never answered. Sent in two writes, the same GETs are answered first; the server used "
-    "to answer every request read before the bad one",
-)
 @pytest.mark.parametrize("bad", ["not-json", "too-large"])
 async def test_gets_before_a_bad_pipelined_frame_are_answered_first(root: Path, bad: str) -> None:
     """Valid GETs, then a malformed frame, all in one write: the GETs read before the violation
@@ -861,14 +845,6 @@ async def test_a_file_changed_after_the_read_ahead_is_never_a_mix(
     assert answer.end.digest == digest_of("sha256", answer.data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (stale read-ahead): a small file read ahead for a batch is answered from the "
-    "read-ahead buffer without checking the file again: modified after the read-ahead and "
-    "before its answer, it is served in its OLD version (old header, old digest) as if "
-    "current, with no 'changed'; the staleness lasts as long as the answers before it in the "
-    "batch (e.g. a large file) take",
-)
 async def test_a_file_changed_after_the_read_ahead_is_not_served_stale(
     root: Path, changed_after_read_ahead: Versions
 ) -> None:

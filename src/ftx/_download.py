@@ -108,19 +108,23 @@ class DownloadHandler:
             )
             return
         prepared = self._prepared.pop(request.request_id, None)
-        if isinstance(prepared, SmallFile):
+        # Read ahead maybe a while ago (answers before it in its batch took time): served from
+        # the copy only if the file is still the same, else opened again.
+        if isinstance(prepared, SmallFile) and self._server.root.is_unchanged(
+            request.path, prepared.stat
+        ):
             refusal = _check_request(request, prepared.stat)
             if refusal is not None:
                 await self._refuse(request, record, *refusal)
             else:
-                await self._send_small_file(request, record, prepared)
+                await self._send_small_file(request, record, prepared, chunk_size)
             return
         try:
             if isinstance(prepared, FsError):
                 raise prepared
             if isinstance(prepared, OpenedFile):
                 opened = prepared
-            else:
+            else:  # not read ahead, or changed since
                 opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
@@ -145,7 +149,9 @@ class DownloadHandler:
             digest=request.digest,
         )
 
-    async def _send_small_file(self, request: Get, record: AccessRecord, small: SmallFile) -> None:
+    async def _send_small_file(
+        self, request: Get, record: AccessRecord, small: SmallFile, chunk_size: int
+    ) -> None:
         """Answer with a file read ahead: header, data and end in one write, hashed here (a
         small hash costs less than a thread hop)."""
         digest = None
@@ -155,11 +161,12 @@ class DownloadHandler:
             digest = hasher.hexdigest()
         header = self._file_header(request, record, small.stat)
         body = small.content[request.offset :]
+        # As many DATA frames as the client's frame limit needs (one, unless it is tiny).
+        chunks = [
+            Data(body[start : start + chunk_size]) for start in range(0, len(body), chunk_size)
+        ]
         self._check_stop()
-        if body:
-            await self._send(header, Data(body), FileEnd(request.request_id, digest))
-        else:
-            await self._send(header, FileEnd(request.request_id, digest))
+        await self._send(header, *chunks, FileEnd(request.request_id, digest))
         record.bytes += len(body)
 
     async def _stream_file(

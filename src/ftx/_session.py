@@ -67,6 +67,8 @@ class Session:
         self._stopping = False  # end after the current answer
         self._stop_now = False  # end at the next frame boundary
         self._waiting: trio.CancelScope | None = None
+        # A protocol error met while taking pipelined requests, raised once they are answered.
+        self._deferred_error: RemoteProtocolError | None = None
         self._working: trio.CancelScope | None = None
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
@@ -168,6 +170,10 @@ class Session:
 
     async def _receive(self) -> _Message:
         """The next message from the client, skipping extensions this version ignores."""
+        if self._deferred_error is not None:
+            error, self._deferred_error = self._deferred_error, None
+            await trio.lowlevel.checkpoint()
+            raise error
         while True:
             message = self._protocol.receive(await self._channel.receive())
             if message is not None:
@@ -291,10 +297,14 @@ class Session:
         last = first
         while isinstance(last, Get) and len(more) < MAX_BATCH - 1:
             try:
-                payload = self._channel.receive_nowait()
+                message = self._protocol.receive(self._channel.receive_nowait())
             except trio.WouldBlock:
                 break
-            message = self._protocol.receive(payload)
+            except RemoteProtocolError as exc:
+                # The requests before it were valid: they are answered first, as they would
+                # be had the bad frame come in a later segment; the next receive raises this.
+                self._deferred_error = exc
+                break
             if message is not None:
                 more.append(message)
                 last = message

@@ -266,6 +266,17 @@ class ServedRoot:
                 raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
             return opened
 
+    def is_unchanged(self, path: str, known: os.stat_result) -> bool:
+        """Whether ``path`` still leads to the file that had the metadata ``known``, with the
+        same identity (so unchanged): a cheap check before answering from a copy read earlier.
+        One ``stat``, following links as they are now, opening nothing; ``False`` whenever in
+        doubt (the caller then opens the file again, the careful way)."""
+        try:
+            now = os.stat("/".join(split_request_path(path)) or ".", dir_fd=self._fd)
+        except (OSError, FsError):
+            return False
+        return file_identity(now) == file_identity(known)
+
     def list_directory(self, path: str) -> DirectoryListing | Entry:
         """Open the directory at ``path`` for listing, or return the entry of a non-directory.
 
