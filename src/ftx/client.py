@@ -24,8 +24,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -33,7 +31,8 @@ import trio
 
 from ftx._auth import ClientAuthenticator, check_token
 from ftx._listen import set_keepalive
-from ftx._threads import ThreadJob, run_together
+from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx._threads import run_together
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.errors import (
@@ -48,11 +47,8 @@ from ftx.errors import (
 )
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer, FramedChannel
 from ftx.messages import (
-    Data,
     Entry,
     Error,
-    FileEnd,
-    FileHeader,
     Get,
     Hello,
     ListDir,
@@ -60,56 +56,19 @@ from ftx.messages import (
     ListEntries,
     Message,
 )
-from ftx.partfile import PartFile, ResumeRecord, check_destination, local_destination
+from ftx.partfile import PartFile, check_destination, local_destination
 from ftx.protocol import (
     BLAKE3_FEATURE,
     UPLOAD_FEATURE,
     ClientProtocol,
     ErrorCode,
-    Hasher,
-    new_hasher,
 )
 from ftx.upload import UPLOAD_CHUNK, Upload, UploadWire, local_name, make_directory, send_file
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
-ProgressCallback = Callable[[int, int], object]
-"""Called as ``progress(bytes_done, bytes_total)`` as a download advances."""
-
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 DEFAULT_PIPELINE_WINDOW: Final = 64
-# Smaller downloads leave no resume record: fetching them again costs less than the record.
-_RESUMABLE_SIZE: Final = 1 << 20
-_HASH_BLOCK: Final = 1 << 20
-# Chunks smaller than this are written and hashed in the event loop's thread.
-_INLINE_CHUNK: Final = 64 * 1024
-# Files at least this large are received into two reused buffers (one filling while the other
-# is written and hashed) instead of a new bytes object per frame, which costs page faults.
-_BUFFERED_RECEIVE_SIZE: Final = 4 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Download:
-    """What :meth:`Client.get` saved."""
-
-    path: str
-    dest: Path
-    size: int
-    mtime_ns: int
-    digest: str | None
-    """The hex digest of the whole file, verified; ``None`` if verification was off."""
-    digest_algorithm: str | None
-    """``"blake3"`` or ``"sha256"``; ``None`` if verification was off."""
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class _GetOptions:
-    overwrite: bool
-    verify: bool
-    preserve_mtime: bool
-    preserve_mode: bool
-    durable: bool  # flush each file to disk before renaming it (else the caller syncs)
 
 
 class Client(trio.abc.AsyncResource):
@@ -148,7 +107,7 @@ class Client(trio.abc.AsyncResource):
         )
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
-        self._receive_buffers: tuple[bytearray, bytearray] | None = None
+        self._files = FileReceiver(self._receive, self._fail, max_frame_size)
         self._closed = False
 
     @property
@@ -243,20 +202,22 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             started = time.monotonic()
-            options = _GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
+            options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
             digest = self.digest_algorithm if verify else None
             resume_from = PartFile(target).resumable(path, digest) if resume else None
             if resume_from is not None:
                 offset, identity = resume_from
                 await self._request_file(path, verify=verify, offset=offset, identity=identity)
                 try:
-                    return await self._receive_answer(path, target, progress, options, started)
+                    return await self._files.receive_answer(
+                        path, target, progress, options, started
+                    )
                 except RemoteError as exc:
                     if exc.code != ErrorCode.CHANGED:
                         raise
                     # The file is not the one the part holds the start of: start from zero.
             await self._request_file(path, verify=verify)
-            return await self._receive_answer(path, target, progress, options, started)
+            return await self._files.receive_answer(path, target, progress, options, started)
 
     async def get_many(
         self,
@@ -341,7 +302,7 @@ class Client(trio.abc.AsyncResource):
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        options = _GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=False)
+        options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=False)
         digest = self.digest_algorithm if verify else None
         # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
         send_sent, receive_sent = trio.open_memory_channel[tuple[str, Path, int]](math.inf)
@@ -408,7 +369,7 @@ class Client(trio.abc.AsyncResource):
             async for path, target, offset in receive_sent:
                 result: Download | FtxError
                 try:
-                    result = await self._receive_answer(
+                    result = await self._files.receive_answer(
                         path, target, progress, options, time.monotonic()
                     )
                 except (RemoteError, IntegrityError, LocalFileError) as exc:
@@ -439,112 +400,6 @@ class Client(trio.abc.AsyncResource):
         request_id = self._protocol.new_request_id()
         digest = self.digest_algorithm if verify else None
         return Get(request_id, path, offset=offset, identity=identity, digest=digest)
-
-    async def _receive_answer(
-        self,
-        path: str,
-        target: Path,
-        progress: ProgressCallback | None,
-        options: _GetOptions,
-        started: float,
-    ) -> Download:
-        """Receive the answer to the oldest outstanding GET and save the file at ``target``."""
-        header = await self._receive()
-        if isinstance(header, Error):
-            raise RemoteError(header.code, header.message)
-        assert isinstance(header, FileHeader)
-        part = PartFile(target)
-        answered = False
-        try:
-            part.open(keep=header.offset)
-            if header.size - header.offset >= _RESUMABLE_SIZE:
-                record = ResumeRecord(path, header.identity, header.size, header.digest)
-                part.write_record(record)
-            digest = await self._receive_file(header, part, progress, verify=options.verify)
-            answered = True
-            publish = partial(
-                part.publish,
-                overwrite=options.overwrite,
-                mtime_ns=header.mtime_ns if options.preserve_mtime else None,
-                mode=header.mode & 0o777 if options.preserve_mode else None,
-                durable=options.durable,
-            )
-            if options.durable:
-                await trio.to_thread.run_sync(publish)  # fsync can take milliseconds
-            else:
-                publish()
-        except BaseException as exc:
-            part.close()
-            answered = answered or isinstance(exc, RemoteError | IntegrityError)
-            if not answered:
-                await self._fail()  # the rest of this answer is still on its way: give up
-            raise
-        return Download(
-            path,
-            target,
-            header.size,
-            header.mtime_ns,
-            digest,
-            header.digest if digest else None,
-            time.monotonic() - started,
-        )
-
-    async def _receive_file(
-        self, header: FileHeader, part: PartFile, progress: ProgressCallback | None, verify: bool
-    ) -> str | None:
-        hasher = new_hasher(header.digest) if verify and header.digest else None
-        if hasher is not None and header.offset:
-            # The digest covers the whole file: hash what the part file already holds.
-            await trio.to_thread.run_sync(part.hash_prefix, header.offset, hasher)
-        done, total = header.offset, header.size
-        if progress is not None:
-            progress(done, total)
-        # Each chunk is written, and hashed, in worker threads while the next one is received.
-        jobs: list[ThreadJob[object]] = []
-        buffers = self._buffers_for(total - done)
-        turn = 0
-        try:
-            while True:
-                try:
-                    # The buffer filled now was last used two chunks ago: its jobs are done.
-                    message = await self._receive(buffers[turn] if buffers else None)
-                    turn ^= 1
-                except BaseException:
-                    if done == 0:
-                        part.discard()  # nothing worth keeping for a resume
-                    raise
-                if not isinstance(message, Data):
-                    break
-                for job in jobs:
-                    await job.result()
-                jobs.clear()
-                data = message.data
-                size = memoryview(data).nbytes
-                if size < _INLINE_CHUNK:
-                    part.write(data)  # a thread hop would cost more than the work
-                    if hasher is not None:
-                        hasher.update(data)
-                else:
-                    jobs.append(ThreadJob(partial(_write_and_hash, part, hasher, data)))
-                done += size
-                if progress is not None:
-                    progress(done, total)
-            for job in jobs:
-                await job.result()
-        finally:
-            for job in jobs:
-                await job.wait_quietly()  # never close the part file under a running write
-        if isinstance(message, Error):
-            part.discard()  # e.g. the file changed mid-way: these bytes are of no use
-            raise RemoteError(message.code, message.message)
-        assert isinstance(message, FileEnd)
-        if hasher is not None and message.digest != hasher.hexdigest():
-            part.discard()
-            raise IntegrityError(
-                f"{header.size}-byte download does not match the server's {header.digest}: "
-                f"expected {message.digest}, got {hasher.hexdigest()}; nothing was saved"
-            )
-        return message.digest if verify else None
 
     async def list(self, path: str = "") -> list[Entry]:
         """Return the entries of the directory at ``path`` on the server ("" is the root), or
@@ -656,15 +511,6 @@ class Client(trio.abc.AsyncResource):
             await self._fail()
             raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
 
-    def _buffers_for(self, size: int) -> tuple[bytearray, bytearray] | None:
-        """The two receive buffers, if a download of ``size`` bytes should use them."""
-        if size < _BUFFERED_RECEIVE_SIZE:
-            return None
-        if self._receive_buffers is None:
-            frame = self._channel.max_frame_size
-            self._receive_buffers = (bytearray(frame), bytearray(frame))
-        return self._receive_buffers
-
     async def _receive(self, into: bytearray | None = None) -> Message:
         """The next message from the server (received ``into`` that buffer if one is given: a
         DATA message's chunk is then a view of it); any failure closes the client."""
@@ -749,14 +595,6 @@ async def connect(
     async with client:
         await client.handshake()
         yield client
-
-
-def _write_and_hash(part: PartFile, hasher: Hasher | None, data: Buffer) -> None:
-    """One worker-thread job per chunk: a second thread hop would cost more than the overlap of
-    writing with hashing gains (the receive is what runs in parallel)."""
-    part.write(data)
-    if hasher is not None:
-        hasher.update(data)
 
 
 def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:
