@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -19,6 +21,7 @@ from trio.testing import (
     wait_all_tasks_blocked,
 )
 
+import ftx.framing
 from ftx.errors import FrameTooLargeError, IncompleteFrameError, LocalProtocolError
 from ftx.framing import FRAME_SIZE_LIMIT, FramedChannel, encode_frame, encode_header
 from ftx.testing import ChannelPair, check_framed_channel
@@ -545,3 +548,19 @@ def test_constructor_validates_its_arguments() -> None:
     assert channel.max_frame_size == FRAME_SIZE_LIMIT
     assert channel.transport_stream is stream
     assert isinstance(channel, trio.abc.Channel)
+
+
+def test_the_framing_package_imports_nothing_of_ftx_but_its_errors() -> None:
+    """ftx.framing is embedded on its own: besides trio and the standard library, its modules
+    import only ftx.errors and each other."""
+    package = Path(ftx.framing.__file__).parent
+    imported: set[str] = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    ours = {name for name in imported if name == "ftx" or name.startswith("ftx.")}
+    assert ours <= {"ftx.errors", "ftx.framing._decoder", "ftx.framing._channel"}, ours
+    assert "ftx.errors" in ours  # the check sees the imports at all

@@ -1,0 +1,45 @@
+"""Length-prefixed frames over any byte stream.
+
+Wire format::
+
+    frame   = length payload
+    length  = 4 octets, unsigned, big-endian: the number of payload octets (header excluded)
+    payload = length octets (zero is allowed)
+
+Two layers, in the h11 style:
+
+* :class:`FrameDecoder` is sans-IO: feed it bytes with :meth:`~FrameDecoder.receive_data`, pull
+  whole payloads with :meth:`~FrameDecoder.next_frame`. It never touches a socket, so it can be
+  fuzzed and reused on any transport.
+* :class:`FramedChannel` is a :class:`trio.abc.Channel` of ``bytes`` over any
+  :class:`trio.abc.Stream` (TCP, :class:`trio.SSLStream`, memory streams, pipes): one ``send`` is
+  one frame, one ``receive`` is one frame.
+
+The receiver enforces ``max_frame_size`` (1 MiB by default) the moment a header arrives, before
+any of the body is buffered, so a peer cannot make us allocate more than that per connection.
+
+This package imports nothing of ftx but :mod:`ftx.errors`; its private modules are
+``_decoder`` (sans-IO) and ``_channel`` (trio I/O).
+"""
+
+from ftx.framing._channel import FramedChannel
+from ftx.framing._decoder import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FRAME_SIZE_LIMIT,
+    HEADER_SIZE,
+    Buffer,
+    FrameDecoder,
+    encode_frame,
+    encode_header,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "FRAME_SIZE_LIMIT",
+    "HEADER_SIZE",
+    "Buffer",
+    "FrameDecoder",
+    "FramedChannel",
+    "encode_frame",
+    "encode_header",
+]
