@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from trio.testing import (
     MemoryReceiveStream,
     MemorySendStream,
+    assert_checkpoints,
     memory_stream_pair,
     open_stream_to_socket_listener,
     wait_all_tasks_blocked,
@@ -1241,3 +1242,27 @@ async def test_shutdown_without_grace_cuts_a_large_answer_at_a_frame_boundary(
     assert all(len(chunk) == 256 * 1024 for chunk in chunks)
     assert data[: len(head)] == head[: len(data)]
     assert data[len(head) :] == bytes(max(0, len(data) - len(head)))
+
+
+async def test_send_frames_takes_frames_as_any_iterable_of_parts_and_refuses_a_bare_buffer() -> (
+    None
+):
+    """A frame given as a generator of parts is sent whole (not consumed by the size check and
+    sent empty); a frame given as a bare buffer instead of a sequence of parts is refused before
+    anything is sent; an empty call is still a checkpoint."""
+    sender, receiver = memory_stream_pair()
+    channel = FramedChannel(sender)
+    await channel.send_frames((part for part in (b"ab", b"cd")), [b"e"])
+    with pytest.raises(TypeError):
+        await channel.send_frames(b"ab")  # type: ignore[arg-type]
+    with assert_checkpoints():
+        await channel.send_frames()
+    await channel.send(b"after")
+    await sender.aclose()
+    decoder = FrameDecoder()
+    while data := await receiver.receive_some():
+        decoder.receive_data(data)
+    frames = []
+    while (payload := decoder.next_frame()) is not None:
+        frames.append(payload)
+    assert frames == [b"abcd", b"e", b"after"]

@@ -37,6 +37,26 @@ def python_blocks(path: Path) -> list[tuple[str, str]]:
 BLOCKS = [block for guide in GUIDES for block in python_blocks(guide)]
 
 
+def test_framed_file_example_runs() -> None:
+    """docs/examples/framed_file.py: send_frames, receive_nowait, send_file and receive_into
+    together; the example checks every byte itself and says so."""
+    example = DOCS / "examples" / "framed_file.py"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(example)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=example.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == "server: took 3 request(s) in one batch"
+    assert len([line for line in lines if line.endswith("all correct")]) == 3, result.stdout
+    assert lines[-1] == "done"
+
+
 def test_framed_echo_example_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-W", "error", str(EXAMPLE)],

@@ -118,15 +118,21 @@ class FramedChannel(trio.abc.Channel[bytes]):
         """
         await self.send_frames(parts)
 
-    async def send_frames(self, *frames: Sequence[Buffer]) -> None:
+    async def send_frames(self, *frames: Iterable[Buffer]) -> None:
         """Send several frames, each given as its parts (as for :meth:`send_parts`), in as few
         writes as possible: small frames sent together cost one system call, and reach the
         peer together. Raises as :meth:`send` does; if one frame is too large, none is sent.
         """
+        if any(isinstance(parts, bytes | bytearray | memoryview) for parts in frames):
+            raise TypeError("each frame is a sequence of parts: send_frames((payload,), ...)")
+        # Made tuples first: a generator of parts would be used up by counting its size.
+        all_parts = [tuple(parts) for parts in frames]
         with self._send_conflict:
             self._check_usable()
+            if not all_parts:
+                await trio.lowlevel.checkpoint()
             headers = []
-            for parts in frames:
+            for parts in all_parts:
                 size = sum(memoryview(part).nbytes for part in parts)
                 if size > self.max_frame_size:
                     # Checkpoint first, so that every path through send is a checkpoint.
@@ -137,7 +143,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
                     )
                 headers.append(encode_header(size))
             try:
-                for write in _coalesce(zip(headers, frames, strict=True)):
+                for write in _coalesce(zip(headers, all_parts, strict=True)):
                     await self.transport_stream.send_all(write)
             except BaseException as exc:
                 # Some unknown part of a frame may have gone out: the peer's framing is lost.
@@ -184,7 +190,9 @@ class FramedChannel(trio.abc.Channel[bytes]):
                     sent = 0
                     await stream.send_all(head)
                 if sent < count:  # no sendfile, or it is not supported for this file
-                    data = await trio.to_thread.run_sync(os.pread, fd, count - sent, offset + sent)
+                    data = await trio.to_thread.run_sync(
+                        _read_up_to, fd, count - sent, offset + sent
+                    )
                     await stream.send_all(data + bytes(count - sent - len(data)))
                     sent += len(data)
             except BaseException as exc:
@@ -241,8 +249,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
         Raises:
             trio.WouldBlock: no whole frame is buffered (also at the end of the stream: then
                 :meth:`receive` raises what it raises).
-            FrameTooLargeError, trio.BusyResourceError, trio.BrokenResourceError,
-                trio.ClosedResourceError: as for :meth:`receive`.
+            FrameTooLargeError, IncompleteFrameError, trio.BusyResourceError,
+                trio.BrokenResourceError, trio.ClosedResourceError: as for :meth:`receive`.
         """
         with self._receive_conflict:
             self._check_usable(receiving=True)
@@ -379,6 +387,20 @@ def _coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
     return writes
 
 
+def _read_up_to(fd: int, count: int, offset: int) -> bytes:
+    """Read ``count`` bytes of file ``fd`` from ``offset``, fewer only at the end of the file
+    (one pread may return less: Linux caps a read near 2 GiB, and not every file is regular)."""
+    pieces = []
+    while count:
+        piece = os.pread(fd, count, offset)
+        if not piece:
+            break
+        pieces.append(piece)
+        count -= len(piece)
+        offset += len(piece)
+    return b"".join(pieces)
+
+
 @contextmanager
 def _socket_errors_as_stream_errors() -> Iterator[None]:
     """Raise what :class:`trio.SocketStream` raises for the socket errors it translates."""
@@ -400,7 +422,7 @@ async def _sendfile(
         while view:
             # MSG_MORE holds the header back until the file's bytes follow (trio sets
             # TCP_NODELAY, which would send it alone).
-            view = view[await sock.send(view, socket.MSG_MORE if count else 0) :]
+            view = view[await sock.send(view, _MSG_MORE if count else 0) :]
     sent = 0
     while sent < count:
         try:
@@ -425,5 +447,17 @@ async def _sendfile(
 
 # What os.sendfile raises for the socket's sake (anything else concerns the file).
 _SOCKET_ERRNOS: Final = frozenset(
-    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ETIMEDOUT}
+    {
+        errno.EPIPE,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ENOTCONN,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTDOWN,
+    }
 )
+# Linux only; elsewhere the header may go in a segment of its own.
+_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
