@@ -40,7 +40,15 @@ BLOCKS = [block for guide in GUIDES for block in python_blocks(guide)]
 def test_framed_file_example_runs() -> None:
     """docs/examples/framed_file.py: send_frames, receive_nowait, send_file and receive_into
     together; the example checks every byte itself and says so."""
-    example = DOCS / "examples" / "framed_file.py"
+    lines = run_example(DOCS / "examples" / "framed_file.py")
+    assert lines[0] == "server: took 3 request(s) in one batch"
+    assert len([line for line in lines if line.endswith("all correct")]) == 3, lines
+    assert lines[-1] == "done"
+
+
+def run_example(example: Path) -> list[str]:
+    """Run an example with warnings as errors; it must succeed silently on stderr. Returns the
+    lines it printed."""
     result = subprocess.run(
         [sys.executable, "-W", "error", str(example)],
         capture_output=True,
@@ -51,25 +59,12 @@ def test_framed_file_example_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    lines = result.stdout.splitlines()
-    assert lines[0] == "server: took 3 request(s) in one batch"
-    assert len([line for line in lines if line.endswith("all correct")]) == 3, result.stdout
-    assert lines[-1] == "done"
+    return result.stdout.splitlines()
 
 
 def test_framed_echo_example_runs() -> None:
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=EXAMPLE.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    lines = result.stdout.splitlines()
-    assert len(lines) == 8, result.stdout
+    lines = run_example(EXAMPLE)
+    assert len(lines) == 8, lines
     listening = re.fullmatch(r"echo server listening on 127\.0\.0\.1:(\d+)", lines[0])
     assert listening, lines[0]
     assert int(listening[1]) != 0  # the real port, not the 0 it was asked for

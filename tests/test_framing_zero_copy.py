@@ -27,7 +27,7 @@ import os
 import random
 import socket
 import termios
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,7 +47,7 @@ from trio.testing import (
 )
 
 from ftx.errors import FrameTooLargeError, IncompleteFrameError, LocalProtocolError
-from ftx.framing import FramedChannel, encode_frame, encode_header
+from ftx.framing import Buffer, FramedChannel, encode_frame, encode_header
 
 MIB = 1 << 20
 
@@ -809,6 +809,24 @@ async def collect(channel: FramedChannel, count: int, into: list[bytes]) -> None
         into.append(await channel.receive())
 
 
+async def send_files(
+    transport: Transport, fd: int, calls: Sequence[tuple[Buffer, int, int]]
+) -> tuple[list[int], list[bytes]]:
+    """Make each ``send_file(prefix, fd, offset, count)`` call on a new channel pair; return
+    what each call returned, and the frames the other end received."""
+    sending, receiving = await stream_pair(transport)
+    sender, receiver = FramedChannel(sending), FramedChannel(receiving)
+    returned: list[int] = []
+    got: list[bytes] = []
+    async with sender, receiver:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, receiver, len(calls), got)
+                for prefix, offset, count in calls:
+                    returned.append(await sender.send_file(prefix, fd, offset, count))
+    return returned, got
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_send_file_frames_carry_the_prefix_and_the_file_slice(
     transport: Transport, data_file: DataFile, sendfile_log: SendfileLog
@@ -830,15 +848,8 @@ async def test_send_file_frames_carry_the_prefix_and_the_file_slice(
         (b"tail", FILE_SIZE - 1, 1),
     ]
     expected = [bytes(p) + content[o : o + c] for p, o, c in cases]
-    sending, receiving = await stream_pair(transport)
-    sender, receiver = FramedChannel(sending), FramedChannel(receiving)
-    got: list[bytes] = []
-    async with sender, receiver:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(collect, receiver, len(cases), got)
-                for prefix, offset, count in cases:
-                    assert await sender.send_file(prefix, data_file.fd, offset, count) == count
+    returned, got = await send_files(transport, data_file.fd, cases)
+    assert returned == [count for _, _, count in cases]
     assert len(got) == len(expected)
     for index, (frame, wanted) in enumerate(zip(got, expected, strict=True)):
         assert_same(frame, wanted, f"frame {index} {cases[index][1:]}")
@@ -1070,16 +1081,8 @@ async def test_send_file_any_prefix_offset_and_count(
     """Random prefixes, offsets (some past the end) and counts: each frame is prefix + the file's
     bytes + zeros for what lies past the end, and the return value is the file's share."""
     content = data_file.content
-    sending, receiving = await stream_pair(transport)
-    sender, receiver = FramedChannel(sending), FramedChannel(receiving)
-    got: list[bytes] = []
-    async with sender, receiver:
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(collect, receiver, len(calls), got)
-                for prefix, offset, count in calls:
-                    from_file = max(0, min(count, FILE_SIZE - offset))
-                    assert await sender.send_file(prefix, data_file.fd, offset, count) == from_file
+    returned, got = await send_files(transport, data_file.fd, calls)
+    assert returned == [max(0, min(count, FILE_SIZE - offset)) for _, offset, count in calls]
     for frame, (prefix, offset, count) in zip(got, calls, strict=True):
         wanted = prefix + content[offset : offset + count]
         assert_same(frame, wanted + bytes(len(prefix) + count - len(wanted)), "frame")
