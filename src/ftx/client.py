@@ -17,6 +17,7 @@ Progress is reported through a callback; drawing it is the caller's business (th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import ssl
@@ -516,18 +517,24 @@ class Client(trio.abc.AsyncResource):
         DATA message's chunk is then a view of it); any failure closes the client."""
         try:
             while True:
-                # A bare scope, not fail_after: this runs for every message.
-                with trio.move_on_after(self._idle_timeout) as idle:
-                    if into is None:
-                        payload: Buffer = await self._channel.receive()
-                    else:
-                        size = await self._channel.receive_into(into)
-                        payload = memoryview(into)[:size]
-                if idle.cancelled_caught:
-                    await self._fail()
-                    raise ConnectionLostError(
-                        f"the server sent nothing for {self._idle_timeout:g} seconds"
-                    )
+                payload: Buffer | None = None
+                if into is None:
+                    # Small answers come several to a segment: a frame that is here already
+                    # needs no deadline (a cancel scope costs more than a small message).
+                    with contextlib.suppress(trio.WouldBlock):
+                        payload = self._channel.receive_nowait()
+                if payload is None:
+                    with trio.move_on_after(self._idle_timeout) as idle:
+                        if into is None:
+                            payload = await self._channel.receive()
+                        else:
+                            size = await self._channel.receive_into(into)
+                            payload = memoryview(into)[:size]
+                    if payload is None or idle.cancelled_caught:
+                        await self._fail()
+                        raise ConnectionLostError(
+                            f"the server sent nothing for {self._idle_timeout:g} seconds"
+                        )
                 message = self._protocol.receive(payload)
                 if message is not None:
                     break
