@@ -16,13 +16,12 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 import blake3
 
+from ftx._answers import MAX_PENDING_REQUESTS, Request, Responses
 from ftx._auth import (
     AUTH_FEATURE,
     ClientAuthenticator,
@@ -38,19 +37,14 @@ from ftx.messages import (
     AuthOk,
     Challenge,
     Data,
-    Done,
     Error,
     FileEnd,
-    FileHeader,
     Get,
     Hello,
     ListDir,
-    ListEnd,
-    ListEntries,
     MakeDir,
     Message,
     Put,
-    Ready,
     decode_message,
     encode_message,
 )
@@ -58,6 +52,7 @@ from ftx.messages import (
 __all__ = [
     "BLAKE3_FEATURE",
     "DIGEST_ALGORITHMS",
+    "MAX_PENDING_REQUESTS",
     "MIN_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
@@ -102,10 +97,6 @@ def new_hasher(algorithm: str) -> Hasher:
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
 
 
-# How many requests a client may have outstanding (pipelined) at once.
-MAX_PENDING_REQUESTS: Final = 1024
-
-
 class ErrorCode(enum.StrEnum):
     """The error codes of the protocol. A peer may send codes this version does not know."""
 
@@ -127,157 +118,6 @@ class ErrorCode(enum.StrEnum):
     DIGEST_MISMATCH = "digest-mismatch"
     TLS_REQUIRED = "tls-required"
     UNAUTHORIZED = "unauthorized"
-
-
-class _Phase(enum.Enum):
-    AWAIT_HEADER = enum.auto()  # a GET was sent, no FILE yet
-    DATA = enum.auto()  # FILE received, DATA bytes still due
-    LISTING = enum.auto()  # a LIST was sent, entries may come
-    AWAIT_READY = enum.auto()  # a PUT was sent, no READY yet
-    UPLOADING = enum.auto()  # READY received: the client's DATA bytes and END are due
-    AWAIT_RESULT = enum.auto()  # the client's END (or a MKDIR) was sent: DONE is due
-
-
-_Request = Get | ListDir | Put | MakeDir
-_FIRST_PHASE: Final = {
-    Get: _Phase.AWAIT_HEADER,
-    ListDir: _Phase.LISTING,
-    Put: _Phase.AWAIT_READY,
-    MakeDir: _Phase.AWAIT_RESULT,
-}
-
-
-@dataclass(slots=True)
-class _Pending:
-    request: _Request
-    phase: _Phase
-    remaining: int = 0
-    entries_seen: int = 0
-
-
-class _Responses:
-    """Tracks the requests one side has outstanding and checks the answers to them in order.
-
-    Shared by both roles: the client checks what it receives, the server what it sends. ``fail``
-    is the exception type to raise on a violation (Remote on the client, Local on the server).
-    """
-
-    def __init__(self, fail: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
-        self._fail = fail
-        self._pending: deque[_Pending] = deque()
-        self._ids: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def add(self, request: _Request, fail: type[Exception]) -> None:
-        if request.request_id in self._ids:
-            raise fail(f"request id {request.request_id} is already in use")
-        if len(self._pending) >= MAX_PENDING_REQUESTS:
-            raise fail(f"more than {MAX_PENDING_REQUESTS} requests outstanding")
-        if self._pending and self._pending[-1].phase in (_Phase.AWAIT_READY, _Phase.UPLOADING):
-            raise fail("a request before the END of the upload in progress")
-        self._pending.append(_Pending(request, _FIRST_PHASE[type(request)]))
-        self._ids.add(request.request_id)
-
-    @property
-    def current(self) -> _Request | None:
-        return self._pending[0].request if self._pending else None
-
-    def _finish(self) -> None:
-        done = self._pending.popleft()
-        self._ids.discard(done.request.request_id)
-
-    def check_data(self, size: int) -> None:
-        if not self._pending:
-            raise self._fail("Data without a request to answer")
-        head = self._pending[0]
-        if head.phase is not _Phase.DATA:
-            raise self._fail("file data outside of a file")
-        if size > head.remaining:
-            raise self._fail(f"{size} bytes of data where {head.remaining} remained")
-        head.remaining -= size
-
-    def check(self, message: Message) -> None:
-        if isinstance(message, Error) and message.request_id is None:
-            return  # concerns the whole connection; the caller closes
-        if not self._pending:
-            raise self._fail(f"{type(message).__name__} without a request to answer")
-        head = self._pending[0]
-        if isinstance(message, Data):
-            self.check_data(memoryview(message.data).nbytes)
-            return
-        request_id = getattr(message, "request_id", None)
-        if request_id != head.request.request_id:
-            raise self._fail(
-                f"{type(message).__name__} for request {request_id} while request "
-                f"{head.request.request_id} is being answered"
-            )
-        match message, head.phase:
-            case Error(), _Phase.UPLOADING:
-                raise self._fail("an answer to an upload before the upload's END")
-            case Error(), _:
-                self._finish()
-            case FileHeader(), _Phase.AWAIT_HEADER:
-                assert isinstance(head.request, Get)
-                if message.offset != head.request.offset or message.offset > message.size:
-                    raise self._fail("the file header does not match the requested offset")
-                if message.digest != head.request.digest:
-                    raise self._fail(
-                        f"the file header announces digest {message.digest!r} where "
-                        f"{head.request.digest!r} was asked for"
-                    )
-                head.phase = _Phase.DATA
-                head.remaining = message.size - message.offset
-            case FileEnd(), _Phase.DATA:
-                if head.remaining:
-                    raise self._fail(f"the file ended with {head.remaining} bytes still due")
-                self._finish()
-            case ListEntries(), _Phase.LISTING:
-                head.entries_seen += len(message.entries)
-            case ListEnd(), _Phase.LISTING:
-                if message.count != head.entries_seen:
-                    raise self._fail(
-                        f"the listing ended with a count of {message.count} after "
-                        f"{head.entries_seen} entries"
-                    )
-                self._finish()
-            case Ready(), _Phase.AWAIT_READY:
-                assert isinstance(head.request, Put)
-                if message.offset > head.request.size:
-                    raise self._fail(
-                        f"READY offset {message.offset} is beyond the upload's size of "
-                        f"{head.request.size}"
-                    )
-                head.phase = _Phase.UPLOADING
-                head.remaining = head.request.size - message.offset
-            case Done(), _Phase.AWAIT_RESULT:
-                self._finish()
-            case _:
-                raise self._fail(f"unexpected {type(message).__name__}")
-
-    def check_upload(self, message: Data | FileEnd, fail: type[Exception]) -> None:
-        """Check a DATA or END going from the client to the server: they belong to the oldest
-        request, a PUT whose READY has arrived, and add up to exactly the bytes it announced."""
-        head = self._pending[0] if self._pending else None
-        if head is None or head.phase is not _Phase.UPLOADING:
-            raise fail(f"{'DATA' if isinstance(message, Data) else 'END'} outside of an upload")
-        if isinstance(message, Data):
-            size = memoryview(message.data).nbytes
-            if size > head.remaining:
-                raise fail(f"{size} bytes of upload data where {head.remaining} remained")
-            head.remaining -= size
-            return
-        if message.request_id != head.request.request_id:
-            raise fail(
-                f"END for request {message.request_id} while request "
-                f"{head.request.request_id} is being uploaded"
-            )
-        if head.remaining:
-            raise fail(f"the upload ended with {head.remaining} bytes still due")
-        if message.digest is None:
-            raise fail("the END of an upload carries no digest")
-        head.phase = _Phase.AWAIT_RESULT
 
 
 _P = TypeVar("_P", bound="_Protocol")
@@ -372,7 +212,7 @@ class ClientProtocol(_Protocol):
         super().__init__(Hello(SUPPORTED_VERSIONS, features, max_frame_size, agent))
         self._auth = ClientAuthState(auth)
         self._hello_sent = False
-        self._responses = _Responses(RemoteProtocolError)
+        self._responses = Responses(RemoteProtocolError)
         self._next_id = 1
 
     @property
@@ -495,7 +335,7 @@ class ServerProtocol(_Protocol):
         self._auth = ServerAuthState(auth)
         self._version: int | None = None
         self._hello_sent = False
-        self._requests = _Responses(LocalProtocolError)
+        self._requests = Responses(LocalProtocolError)
 
     @property
     def version(self) -> int | None:
@@ -551,7 +391,7 @@ class ServerProtocol(_Protocol):
         return message
 
     @property
-    def current_request(self) -> _Request | None:
+    def current_request(self) -> Request | None:
         """The oldest request not yet fully answered: the one to answer next."""
         return self._requests.current
 

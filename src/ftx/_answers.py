@@ -1,0 +1,187 @@
+"""The answers to one connection's requests, checked in order: which message may come next.
+
+A request is outstanding from the moment it is sent until its answer is complete (FILE, DATA
+and END; entries and LIST_END; READY, the upload and DONE; or an ERROR). Answers come in request
+order and never interleave, so DATA and entries need no request id. Shared by both roles through
+:mod:`ftx.protocol`: the client checks what it receives, the server what it sends.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.messages import (
+    Data,
+    Done,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    ListDir,
+    ListEnd,
+    ListEntries,
+    MakeDir,
+    Message,
+    Put,
+    Ready,
+)
+
+__all__ = ["MAX_PENDING_REQUESTS", "Request", "Responses"]
+
+# How many requests a client may have outstanding (pipelined) at once.
+MAX_PENDING_REQUESTS: Final = 1024
+
+
+class _Phase(enum.Enum):
+    AWAIT_HEADER = enum.auto()  # a GET was sent, no FILE yet
+    DATA = enum.auto()  # FILE received, DATA bytes still due
+    LISTING = enum.auto()  # a LIST was sent, entries may come
+    AWAIT_READY = enum.auto()  # a PUT was sent, no READY yet
+    UPLOADING = enum.auto()  # READY received: the client's DATA bytes and END are due
+    AWAIT_RESULT = enum.auto()  # the client's END (or a MKDIR) was sent: DONE is due
+
+
+Request = Get | ListDir | Put | MakeDir
+_FIRST_PHASE: Final = {
+    Get: _Phase.AWAIT_HEADER,
+    ListDir: _Phase.LISTING,
+    Put: _Phase.AWAIT_READY,
+    MakeDir: _Phase.AWAIT_RESULT,
+}
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Request
+    phase: _Phase
+    remaining: int = 0
+    entries_seen: int = 0
+
+
+class Responses:
+    """Tracks the requests one side has outstanding and checks the answers to them in order.
+
+    Shared by both roles: the client checks what it receives, the server what it sends. ``fail``
+    is the exception type to raise on a violation (Remote on the client, Local on the server).
+    """
+
+    def __init__(self, fail: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
+        self._fail = fail
+        self._pending: deque[_Pending] = deque()
+        self._ids: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, request: Request, fail: type[Exception]) -> None:
+        if request.request_id in self._ids:
+            raise fail(f"request id {request.request_id} is already in use")
+        if len(self._pending) >= MAX_PENDING_REQUESTS:
+            raise fail(f"more than {MAX_PENDING_REQUESTS} requests outstanding")
+        if self._pending and self._pending[-1].phase in (_Phase.AWAIT_READY, _Phase.UPLOADING):
+            raise fail("a request before the END of the upload in progress")
+        self._pending.append(_Pending(request, _FIRST_PHASE[type(request)]))
+        self._ids.add(request.request_id)
+
+    @property
+    def current(self) -> Request | None:
+        return self._pending[0].request if self._pending else None
+
+    def _finish(self) -> None:
+        done = self._pending.popleft()
+        self._ids.discard(done.request.request_id)
+
+    def check_data(self, size: int) -> None:
+        if not self._pending:
+            raise self._fail("Data without a request to answer")
+        head = self._pending[0]
+        if head.phase is not _Phase.DATA:
+            raise self._fail("file data outside of a file")
+        if size > head.remaining:
+            raise self._fail(f"{size} bytes of data where {head.remaining} remained")
+        head.remaining -= size
+
+    def check(self, message: Message) -> None:
+        if isinstance(message, Error) and message.request_id is None:
+            return  # concerns the whole connection; the caller closes
+        if not self._pending:
+            raise self._fail(f"{type(message).__name__} without a request to answer")
+        head = self._pending[0]
+        if isinstance(message, Data):
+            self.check_data(memoryview(message.data).nbytes)
+            return
+        request_id = getattr(message, "request_id", None)
+        if request_id != head.request.request_id:
+            raise self._fail(
+                f"{type(message).__name__} for request {request_id} while request "
+                f"{head.request.request_id} is being answered"
+            )
+        match message, head.phase:
+            case Error(), _Phase.UPLOADING:
+                raise self._fail("an answer to an upload before the upload's END")
+            case Error(), _:
+                self._finish()
+            case FileHeader(), _Phase.AWAIT_HEADER:
+                assert isinstance(head.request, Get)
+                if message.offset != head.request.offset or message.offset > message.size:
+                    raise self._fail("the file header does not match the requested offset")
+                if message.digest != head.request.digest:
+                    raise self._fail(
+                        f"the file header announces digest {message.digest!r} where "
+                        f"{head.request.digest!r} was asked for"
+                    )
+                head.phase = _Phase.DATA
+                head.remaining = message.size - message.offset
+            case FileEnd(), _Phase.DATA:
+                if head.remaining:
+                    raise self._fail(f"the file ended with {head.remaining} bytes still due")
+                self._finish()
+            case ListEntries(), _Phase.LISTING:
+                head.entries_seen += len(message.entries)
+            case ListEnd(), _Phase.LISTING:
+                if message.count != head.entries_seen:
+                    raise self._fail(
+                        f"the listing ended with a count of {message.count} after "
+                        f"{head.entries_seen} entries"
+                    )
+                self._finish()
+            case Ready(), _Phase.AWAIT_READY:
+                assert isinstance(head.request, Put)
+                if message.offset > head.request.size:
+                    raise self._fail(
+                        f"READY offset {message.offset} is beyond the upload's size of "
+                        f"{head.request.size}"
+                    )
+                head.phase = _Phase.UPLOADING
+                head.remaining = head.request.size - message.offset
+            case Done(), _Phase.AWAIT_RESULT:
+                self._finish()
+            case _:
+                raise self._fail(f"unexpected {type(message).__name__}")
+
+    def check_upload(self, message: Data | FileEnd, fail: type[Exception]) -> None:
+        """Check a DATA or END going from the client to the server: they belong to the oldest
+        request, a PUT whose READY has arrived, and add up to exactly the bytes it announced."""
+        head = self._pending[0] if self._pending else None
+        if head is None or head.phase is not _Phase.UPLOADING:
+            raise fail(f"{'DATA' if isinstance(message, Data) else 'END'} outside of an upload")
+        if isinstance(message, Data):
+            size = memoryview(message.data).nbytes
+            if size > head.remaining:
+                raise fail(f"{size} bytes of upload data where {head.remaining} remained")
+            head.remaining -= size
+            return
+        if message.request_id != head.request.request_id:
+            raise fail(
+                f"END for request {message.request_id} while request "
+                f"{head.request.request_id} is being uploaded"
+            )
+        if head.remaining:
+            raise fail(f"the upload ended with {head.remaining} bytes still due")
+        if message.digest is None:
+            raise fail("the END of an upload carries no digest")
+        head.phase = _Phase.AWAIT_RESULT
