@@ -12,11 +12,69 @@ bytes go out without being copied (see :meth:`ftx.framing.FramedChannel.send_par
 
 from __future__ import annotations
 
-import enum
 import json
-from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ftx._message_types import (
+    Auth as Auth,
+)
+from ftx._message_types import (
+    AuthOk as AuthOk,
+)
+from ftx._message_types import (
+    Challenge as Challenge,
+)
+from ftx._message_types import (
+    Data as Data,
+)
+from ftx._message_types import (
+    Done as Done,
+)
+from ftx._message_types import (
+    Entry as Entry,
+)
+from ftx._message_types import (
+    EntryType as EntryType,
+)
+from ftx._message_types import (
+    Error as Error,
+)
+from ftx._message_types import (
+    FileEnd as FileEnd,
+)
+from ftx._message_types import (
+    FileHeader as FileHeader,
+)
+from ftx._message_types import (
+    Get as Get,
+)
+from ftx._message_types import (
+    Hello as Hello,
+)
+from ftx._message_types import (
+    Kind as Kind,
+)
+from ftx._message_types import (
+    ListDir as ListDir,
+)
+from ftx._message_types import (
+    ListEnd as ListEnd,
+)
+from ftx._message_types import (
+    ListEntries as ListEntries,
+)
+from ftx._message_types import (
+    MakeDir as MakeDir,
+)
+from ftx._message_types import (
+    Message as Message,
+)
+from ftx._message_types import (
+    Put as Put,
+)
+from ftx._message_types import (
+    Ready as Ready,
+)
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
 
@@ -54,235 +112,6 @@ _MAX_MESSAGE_CHARS: Final = 4096
 _MAX_FEATURES: Final = 64
 _FIRST_EXTENSION_KIND: Final = 0x80
 
-
-class Kind(enum.IntEnum):
-    """The first byte of every frame payload."""
-
-    HELLO = 0x01
-    ERROR = 0x02
-    CHALLENGE = 0x03
-    AUTH = 0x04
-    AUTH_OK = 0x05
-    GET = 0x10
-    LIST = 0x11
-    PUT = 0x12
-    MKDIR = 0x13
-    FILE = 0x20
-    DATA = 0x21
-    END = 0x22
-    READY = 0x23
-    DONE = 0x24
-    ENTRIES = 0x30
-    LIST_END = 0x31
-
-
-class EntryType(enum.StrEnum):
-    """What a directory entry is. Symbolic links are reported as such, not followed."""
-
-    FILE = "file"
-    DIRECTORY = "dir"
-    SYMLINK = "symlink"
-    OTHER = "other"
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """The first message in each direction.
-
-    The client lists every major version it speaks in ``versions``; the server answers with the
-    one it chose, alone. ``features`` names optional extensions; only those both sides list are
-    in use. ``max_frame_size`` is the largest frame payload the sender accepts.
-    """
-
-    versions: tuple[int, ...]
-    features: frozenset[str] = frozenset()
-    max_frame_size: int = 1 << 20
-    agent: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Get:
-    """Ask for the regular file at ``path``, from byte ``offset`` on.
-
-    With ``identity`` set, the server refuses with ``changed`` unless the file still has that
-    identity (how a resume makes sure it continues the same file). ``digest`` names the digest
-    algorithm for the end message, or is ``None`` for no digest.
-    """
-
-    request_id: int
-    path: str
-    offset: int = 0
-    identity: str | None = None
-    digest: str | None = "sha256"
-
-
-@dataclass(frozen=True, slots=True)
-class ListDir:
-    """Ask for the entries of the directory at ``path`` ("" is the served root)."""
-
-    request_id: int
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class FileHeader:
-    """The answer to :class:`Get`: ``size - offset`` bytes of DATA follow, then :class:`FileEnd`.
-
-    ``identity`` is an opaque token that changes whenever the file changes.
-    """
-
-    request_id: int
-    size: int
-    mtime_ns: int
-    identity: str
-    offset: int = 0
-    mode: int = 0o644
-    digest: str | None = "sha256"
-
-
-@dataclass(frozen=True, slots=True)
-class Data:
-    """A chunk of file content (no request id: it belongs to the file being sent, by the server
-    answering a GET or by the client uploading after READY)."""
-
-    data: Buffer
-
-
-@dataclass(frozen=True, slots=True)
-class FileEnd:
-    """The end of a file: ``digest`` is the hex digest of the *whole* file (from byte 0).
-
-    Sent by the server to end a GET's DATA, and by the client to end an upload's DATA.
-    """
-
-    request_id: int
-    digest: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One directory entry. ``name`` is a single path component."""
-
-    name: str
-    type: EntryType
-    size: int
-    mtime_ns: int
-    mode: int
-
-
-@dataclass(frozen=True, slots=True)
-class ListEntries:
-    """A page of entries answering :class:`ListDir`; more may follow, then :class:`ListEnd`."""
-
-    request_id: int
-    entries: tuple[Entry, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True, slots=True)
-class ListEnd:
-    """The end of a listing; ``count`` entries were sent in all."""
-
-    request_id: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    """A refusal. With a ``request_id`` it ends that request and the connection goes on; with
-    ``None`` it concerns the whole connection, which the sender then closes."""
-
-    request_id: int | None
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """The server's challenge (feature ``auth-hmac-sha256``): ``nonce`` is 32 random bytes, as
-    64 lowercase hex digits. See :mod:`ftx._auth`."""
-
-    nonce: str
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """The client's answer to :class:`Challenge`: its own ``nonce`` and its ``proof`` that it
-    knows the token (both 64 lowercase hex digits)."""
-
-    nonce: str
-    proof: str
-
-
-@dataclass(frozen=True, slots=True)
-class AuthOk:
-    """The server accepted the client's proof, and proves in turn that it knows the token."""
-
-    proof: str
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    """Ask to upload a file of ``size`` bytes to ``path`` (feature ``upload``).
-
-    The server answers :class:`Ready` with the offset to send from, the client sends DATA from
-    there and :class:`FileEnd` with the ``digest`` of the whole file, and the server answers
-    :class:`Done` once the file is verified and in place. ``source`` names the version of the
-    local file (``None``: never resume); ``mtime_ns`` is the modification time to give the file.
-    """
-
-    request_id: int
-    path: str
-    size: int
-    digest: str = "sha256"
-    source: str | None = None
-    overwrite: bool = False
-    mtime_ns: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MakeDir:
-    """Ask to create the directory ``path`` (feature ``upload``); its parent must exist."""
-
-    request_id: int
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """The server's go-ahead for a :class:`Put`: send the file from byte ``offset`` (the bytes
-    before it are already held, from an interrupted upload of the same source)."""
-
-    request_id: int
-    offset: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """The end of a :class:`Put` (the file is verified and in place) or of a :class:`MakeDir`.
-    ``created`` is false when it replaced a file, or when the directory already existed."""
-
-    request_id: int
-    created: bool = True
-
-
-Message = (
-    Hello
-    | Get
-    | ListDir
-    | FileHeader
-    | Data
-    | FileEnd
-    | ListEntries
-    | ListEnd
-    | Error
-    | Challenge
-    | Auth
-    | AuthOk
-    | Put
-    | MakeDir
-    | Ready
-    | Done
-)
 
 DATA_PREFIX: Final = bytes([Kind.DATA])
 
