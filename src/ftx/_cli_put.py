@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import trio
 
+from ftx._cli_get import ProgressBar
 from ftx.cli import (
     _ADDRESS_HELP,
     _MAX_RETRY_DELAY,
@@ -26,7 +27,6 @@ from ftx.cli import (
     _count,
     _describe,
     _human_size,
-    _ProgressBar,
     _say,
     parse_address,
     printable,
@@ -235,7 +235,7 @@ def _failed(args: argparse.Namespace, run: _Run, item: Planned, error: FtxError)
 
 
 async def _put_file(client: Client, item: Planned, args: argparse.Namespace) -> Upload:
-    bar = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=str(item.local))
+    bar = ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=str(item.local))
     try:
         result = await client.put(
             item.local,

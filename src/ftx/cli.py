@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import enum
-import itertools
-import json
 import logging
 import os
-import stat
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -30,7 +26,6 @@ from ftx.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
 from ftx.server import DEFAULT_PORT
 from ftx.tree import DEFAULT_JOBS
@@ -414,128 +409,15 @@ async def _get(args: argparse.Namespace) -> None:
 
         await get_tree(args)
         return
-    args.path = args.paths[0]
-    bar = _ProgressBar(
-        enabled=not args.quiet and not args.json and sys.stderr.isatty(), label=args.path
-    )
-    try:
-        for attempt in itertools.count():
-            try:
-                async with await _connect(args) as client:
-                    result = await client.get(
-                        args.path,
-                        args.output,
-                        progress=bar.update,
-                        overwrite=args.force,
-                        preserve_mode=args.preserve,
-                        resume=args.resume,
-                    )
-                break
-            except (ConnectionLostError, CliError, RemoteError) as exc:
-                if not _worth_retrying(exc) or attempt >= args.retries:
-                    raise
-                delay = min(2.0**attempt, _MAX_RETRY_DELAY)
-                bar.clear()
-                _say(args, f"{exc}; retrying in {delay:g} s ({attempt + 1} of {args.retries})")
-                await trio.sleep(delay)
-    finally:
-        bar.close()
-    timing = ""
-    if result.size >= 2**20 and result.seconds > 0:
-        rate = result.size / result.seconds / 2**20
-        timing = f" in {result.seconds:.2f} s, {rate:.1f} MiB/s"
-    if args.json:
-        from ftx._cli_tree import _as_json
+    from ftx._cli_get import get_command  # imported here: it imports this module
 
-        print(json.dumps(_as_json(args.path, result)))
-        return
-    verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
-    _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), {verified}")
-
-
-def _worth_retrying(exc: ConnectionLostError | CliError | RemoteError) -> bool:
-    """A lost or refused connection, or a server that is busy or restarting: trying again
-    later (and resuming) may succeed. Anything else would fail the same way again."""
-    if isinstance(exc, RemoteError):
-        return exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN)
-    if isinstance(exc, CliError):
-        return exc.code == ExitCode.NETWORK
-    return True
-
-
-class _ProgressBar:
-    """A tqdm bar drawn on stderr, created when the size of the download is known."""
-
-    def __init__(self, *, enabled: bool, label: str) -> None:
-        self._enabled = enabled
-        self._label = printable(label)
-        self._bar: Any = None
-        self._shown = 0
-
-    def update(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm  # only when a bar is drawn: keeps start-up fast
-
-            self._bar = tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=self._label,
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-        if done < self._shown:  # started again from zero: the file changed on the server
-            self._bar.reset(total=total)
-            self._shown = 0
-        self._bar.update(done - self._shown)
-        self._shown = done
-
-    def clear(self) -> None:
-        """Wipe the bar from the terminal, so that a message can be printed in its place."""
-        if self._bar is not None:
-            self._bar.clear()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+    await get_command(args)
 
 
 async def _ls(args: argparse.Namespace) -> None:
-    client = await _connect(args)
-    async with client:
-        entries = await client.list(args.path)
-    entries.sort(key=lambda entry: entry.name)
-    if args.json:
-        fields = ("name", "type", "size", "mtime_ns", "mode")
-        rows = [{key: getattr(entry, key) for key in fields} for entry in entries]
-        print(json.dumps(rows, indent=1))
-        return
-    for entry in entries:
-        print(_format_entry(entry) if args.long else _short_name(entry))
+    from ftx._cli_get import ls_command  # imported here: it imports this module
 
-
-def _short_name(entry: Entry) -> str:
-    suffix = "/" if entry.type is EntryType.DIRECTORY else ""
-    return printable(entry.name) + suffix
-
-
-_TYPE_BITS: Final = {
-    EntryType.FILE: stat.S_IFREG,
-    EntryType.DIRECTORY: stat.S_IFDIR,
-    EntryType.SYMLINK: stat.S_IFLNK,
-    EntryType.OTHER: 0,
-}
-
-
-def _format_entry(entry: Entry) -> str:
-    mode = stat.filemode(_TYPE_BITS[entry.type] | entry.mode)
-    if entry.type is EntryType.OTHER:
-        mode = "?" + mode[1:]
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime_ns / 1e9))
-    return f"{mode} {entry.size:>12} {when} {_short_name(entry)}"
+    await ls_command(args)
 
 
 def _human_size(size: float) -> str:
