@@ -1266,3 +1266,23 @@ async def test_send_frames_takes_frames_as_any_iterable_of_parts_and_refuses_a_b
     while (payload := decoder.next_frame()) is not None:
         frames.append(payload)
     assert frames == [b"abcd", b"e", b"after"]
+
+
+async def test_a_large_file_does_not_hold_a_batch_buffer_while_it_is_sent(root: Path) -> None:
+    """The batch buffer is given back as soon as no file read into it waits to be sent: a
+    client reading a large file slowly (here: not at all, after the header) must not keep a
+    buffer of the pool, or a few such clients would make every other batch wait."""
+    (root / "large.bin").write_bytes(random_bytes(32 << 20, 11))
+    async with serving(root) as (server, port):
+        with trio.fail_after(10):
+            async with Peer.connected(port) as peer:
+                # A small file first, then the large one, in one batch: the small one's answer
+                # needs the buffer, the large one's does not.
+                await peer.send(Get(1, "a.txt"), Get(2, "large.bin"))
+                first = await peer.answer()
+                assert first.error is None
+                header = await peer.receive()
+                assert isinstance(header, FileHeader)
+                assert header.size == 32 << 20
+                # The server is now stuck sending large.bin to a client that does not read.
+                await wait_until(lambda: batch_buffers_all_free(server))

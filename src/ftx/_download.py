@@ -90,6 +90,7 @@ class DownloadHandler:
         self._prepared = await trio.to_thread.run_sync(
             read_small_files, self._server.root, requests, self._batch_buffer
         )
+        self._release_buffer_if_unused()
 
     def release_prepared(self) -> None:
         """Forget what :meth:`prepare` read and give its buffer back."""
@@ -97,7 +98,14 @@ class DownloadHandler:
             if isinstance(unused, OpenedFile):
                 unused.close()
         self._prepared = {}
-        if self._batch_buffer is not None:
+        self._release_buffer_if_unused()
+
+    def _release_buffer_if_unused(self) -> None:
+        """Give the batch buffer back as soon as no file read into it waits to be sent: a
+        batch that goes on with a large file must not hold it for the whole transfer."""
+        if self._batch_buffer is None:
+            return
+        if not any(isinstance(item, SmallFile) for item in self._prepared.values()):
             self._server.batch_buffers.release(self._batch_buffer)
             self._batch_buffer = None
 
@@ -118,7 +126,9 @@ class DownloadHandler:
                 await self._refuse(request, record, *refusal)
             else:
                 await self._send_small_file(request, record, prepared, chunk_size)
+            self._release_buffer_if_unused()
             return
+        self._release_buffer_if_unused()
         try:
             if isinstance(prepared, FsError):
                 raise prepared
