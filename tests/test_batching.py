@@ -1286,3 +1286,31 @@ async def test_a_large_file_does_not_hold_a_batch_buffer_while_it_is_sent(root: 
                 assert header.size == 32 << 20
                 # The server is now stuck sending large.bin to a client that does not read.
                 await wait_until(lambda: batch_buffers_all_free(server))
+
+
+def chunk_buffers_all_free(server: ftx.Server) -> bool:
+    return server.buffers._available.value == server.buffers.max_buffers
+
+
+async def test_a_slow_client_does_not_hold_a_chunk_buffer_once_the_file_is_hashed(
+    root: Path,
+) -> None:
+    """On plain TCP the file goes with sendfile while a worker thread hashes it (its digest is
+    not known yet) into a buffer of the pool; the hashing runs far ahead of a client that reads
+    slowly (here: not at all after the header), and its buffer must go back to the pool as soon
+    as it is done, not when the whole transfer is."""
+    (root / "large.bin").write_bytes(random_bytes(32 << 20, 12))
+    async with serving(root) as (server, port):
+        with trio.fail_after(10):
+            async with Peer.connected(port) as peer:
+                await peer.send(Get(1, "large.bin", digest="blake3"))
+                header = await peer.receive()
+                assert isinstance(header, FileHeader)
+                await wait_until(lambda: chunk_buffers_all_free(server))
+                # ... and the digest is right once the client does read everything.
+                data = bytearray()
+                while not isinstance(message := await peer.receive(), FileEnd):
+                    assert isinstance(message, Data)
+                    data += message.data
+                assert message.digest == blake3.blake3(data).hexdigest()
+                assert len(data) == 32 << 20

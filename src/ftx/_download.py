@@ -243,8 +243,22 @@ class DownloadHandler:
         assert self._send_from_file is not None
         cache_key = f"{request.digest}:{opened.identity}"
         buffer = await self._server.buffers.acquire() if hasher is not None else None
+        released = False
+
+        def release_buffer() -> None:
+            # As soon as the hashing is done: it runs far ahead of a slow client, whose whole
+            # transfer must not hold a buffer of the pool.
+            nonlocal released
+            if buffer is not None and not released:
+                released = True
+                self._server.buffers.release(buffer)
+
         try:
-            background = _FileHasher(opened, hasher, buffer) if hasher and buffer else None
+            background = (
+                _FileHasher(opened, hasher, buffer, on_finished=release_buffer)
+                if hasher and buffer
+                else None
+            )
             position, size = request.offset, opened.size
             try:
                 while position < size:
@@ -277,8 +291,7 @@ class DownloadHandler:
             self._server.digests.put(cache_key, digest)
             return digest
         finally:
-            if buffer is not None:
-                self._server.buffers.release(buffer)
+            release_buffer()
 
     async def _finish_hash(
         self, opened: OpenedFile, position: int, hasher: Hasher, cache_key: str
@@ -371,13 +384,19 @@ class _FileChangedError(Exception):
 class _FileHasher:
     """Hashes a whole file in a worker thread, starting now, while it is sent by other means."""
 
-    def __init__(self, opened: OpenedFile, hasher: Hasher, buffer: bytearray) -> None:
+    def __init__(
+        self,
+        opened: OpenedFile,
+        hasher: Hasher,
+        buffer: bytearray,
+        on_finished: Callable[[], object],
+    ) -> None:
         self._opened = opened
         self._hasher = hasher
         self._buffer = buffer
         self._position = 0
         self._end = opened.size  # lowered to stop the thread early
-        self._job = ThreadJob(self._run)
+        self._job = ThreadJob(self._run, on_done=on_finished)
 
     def _run(self) -> str | None:
         view = memoryview(self._buffer)

@@ -23,16 +23,27 @@ T = TypeVar("T")
 
 
 class ThreadJob(Generic[T]):
-    """Runs ``function()`` in a worker thread, starting now; :meth:`result` waits for it."""
+    """Runs ``function()`` in a worker thread, starting now; :meth:`result` waits for it.
 
-    def __init__(self, function: Callable[[], T]) -> None:
+    ``on_done``, if given, is called in the trio thread as soon as the function has returned
+    (or raised), whether or not anyone is waiting for the result yet.
+    """
+
+    def __init__(
+        self, function: Callable[[], T], on_done: Callable[[], object] | None = None
+    ) -> None:
         self._done = trio.Event()
         self._outcome: outcome.Outcome[T] | None = None
         token = trio.lowlevel.current_trio_token()
 
+        def finish() -> None:
+            self._done.set()
+            if on_done is not None:
+                on_done()
+
         def deliver(result: outcome.Outcome[T]) -> None:
             self._outcome = result
-            token.run_sync_soon(self._done.set)
+            token.run_sync_soon(finish)
 
         trio.lowlevel.start_thread_soon(function, deliver)
 
