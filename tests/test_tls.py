@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import blake3
 import pytest
 import trio
 import trustme
@@ -26,6 +27,7 @@ import ftx
 from conftest import SMALL_TEXT, serving
 from ftx._tls import certificate_fingerprint, file_fingerprint, normalize_fingerprint
 from ftx.errors import AuthenticationError, RemoteProtocolError
+from ftx.fs import OpenedFile
 
 LOOPBACK = "127.0.0.1"
 SECRET = b"the content of this file must never cross the wire in clear " * 1000
@@ -86,6 +88,37 @@ async def test_a_verified_tls_download(
     assert (tmp_path / "secret.bin").read_bytes() == SECRET
     assert result.digest is not None
     assert "secret.bin" in names
+
+
+async def test_a_large_tls_download_reads_short_and_cold_chunks_whole(
+    root: Path,
+    tmp_path: Path,
+    ca: trustme.CA,
+    server_cert: trustme.LeafCert,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under TLS there is no sendfile: each chunk is read, then sent. Page-cache reads may be
+    short, or decline (not cached): every chunk must still be read whole, and the digest (from
+    the worker thread that hashes the file meanwhile) must match what arrived."""
+    cached = OpenedFile.read_cached_into
+    calls = [0]
+
+    def read_cached_into(self: OpenedFile, buffer: memoryview, offset: int) -> int | None:
+        calls[0] += 1
+        if calls[0] % 3 == 0:
+            return None  # as if not cached: a worker thread reads it
+        return cached(self, buffer[:1000], offset)  # short
+
+    monkeypatch.setattr(OpenedFile, "read_cached_into", read_cached_into)
+    dest = tmp_path / "big.bin"
+    async with serving_tls(root, server_cert) as (_server, port):
+        with trio.fail_after(60):
+            async with ftx.connect(LOOPBACK, port, ssl_context=client_context(ca)) as client:
+                result = await client.get("big.bin", dest)
+    content = (root / "big.bin").read_bytes()
+    assert dest.read_bytes() == content
+    assert result.digest == blake3.blake3(content).hexdigest()
+    assert calls[0] > 64  # the short reads were really taken
 
 
 async def test_a_pinned_tls_download(

@@ -1,5 +1,6 @@
-"""Answering GET and LIST: a file streamed as DATA frames (hashed as it goes, digests
-remembered per file identity), a directory listed page by page.
+"""Answering GET and LIST: a file streamed as DATA frames (with sendfile on plain TCP; hashed
+by a worker thread meanwhile, digests remembered per file identity), small pipelined files
+answered from a read-ahead, a directory listed page by page.
 
 Used by :class:`ftx._session.Session`, one :class:`DownloadHandler` per connection.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -29,7 +29,6 @@ __all__ = ["DownloadHandler"]
 # peer_max_frame_size // 2048 entries always fit in a frame.
 _MAX_LIST_PAGE: Final = 256
 _ENTRY_BUDGET: Final = 2048
-_HASH_PREFIX_BLOCK: Final = 1 << 20
 # A transfer cut short has its digest finished from the disk when what remains is at most this,
 # or at most what was already sent (the client paid for that much).
 _FINISH_HASH_FREE: Final = 64 << 20
@@ -45,7 +44,7 @@ class DownloadHandler:
         send_from_file: ``send_from_file(opened, offset, count)`` sends one DATA message of
             ``count`` bytes of the file without reading it into Python (sendfile), and returns
             how many the file gave (fewer only if it was truncated meanwhile); ``None`` where
-            that is not possible (TLS): chunks are then read, hashed and sent.
+            that is not possible (TLS): chunks are then read and sent.
         check_stop: called at each frame boundary; raises to stop an answer there.
     """
 
@@ -197,51 +196,18 @@ class DownloadHandler:
         """Send the file from the requested offset as DATA frames; return the digest of the
         whole file, or ``None`` if none was asked for.
 
-        Each chunk is hashed in a worker thread while it is being sent. A digest computed over
-        an unchanged file is remembered, so a file downloaded again (or resumed) is not re-read
-        for it.
+        On plain TCP the chunks go with sendfile; under TLS they are read and sent. When a
+        digest is needed and not known, a worker thread hashes the whole file meanwhile, from
+        the page cache (a second read costs less than handing every chunk to a thread); it is
+        remembered per file identity, so a file downloaded again (or resumed) is not re-read.
 
         Raises:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
-        identity = opened.identity
-        algorithm = request.digest
-        cache_key = f"{algorithm}:{identity}"
-        known = self._server.digests.get(cache_key) if algorithm else None
-        hasher = new_hasher(algorithm) if algorithm and known is None else None
-        if self._send_from_file is not None:
-            return await self._send_zero_copy(request, record, opened, chunk_size, hasher, known)
-        if hasher is not None and request.offset:
-            await trio.to_thread.run_sync(_hash_prefix, opened, request.offset, hasher)
-        hashed = [request.offset]  # how far the hasher has got, kept up to date by _send_chunks
-        try:
-            await self._send_chunks(opened, request.offset, chunk_size, hasher, hashed, record)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if hasher is not None:
-                await self._finish_hash(opened, hashed[0], hasher, cache_key)
-            raise
-        if opened.changed():
-            raise _FileChangedError
-        if hasher is None:
-            return known
-        digest = hasher.hexdigest()
-        self._server.digests.put(cache_key, digest)
-        return digest
-
-    async def _send_zero_copy(
-        self,
-        request: Get,
-        record: AccessRecord,
-        opened: OpenedFile,
-        chunk_size: int,
-        hasher: Hasher | None,
-        known: str | None,
-    ) -> str | None:
-        """Send the file with sendfile, one DATA frame per chunk; when a digest is needed and
-        not known, hash the whole file in a worker thread meanwhile (from the page cache: the
-        second read costs less than copying every chunk through Python to send it)."""
-        assert self._send_from_file is not None
         cache_key = f"{request.digest}:{opened.identity}"
+        known = self._server.digests.get(cache_key) if request.digest else None
+        hasher = new_hasher(request.digest) if request.digest and known is None else None
+        send_chunk = self._send_from_file or self._send_read_chunk
         buffer = await self._server.buffers.acquire() if hasher is not None else None
         released = False
 
@@ -264,7 +230,7 @@ class DownloadHandler:
                 while position < size:
                     count = min(chunk_size, size - position)
                     self._check_stop()
-                    if await self._send_from_file(opened, position, count) < count:
+                    if await send_chunk(opened, position, count) < count:
                         raise _FileChangedError  # truncated under us
                     position += count
                     record.bytes += count
@@ -293,56 +259,28 @@ class DownloadHandler:
         finally:
             release_buffer()
 
-    async def _finish_hash(
-        self, opened: OpenedFile, position: int, hasher: Hasher, cache_key: str
-    ) -> None:
-        """The client went away mid-file: finish the digest from the disk and remember it, so
-        that its resume (usually soon) need not re-read the part it already has. Bounded, so
-        that a client cannot make the server read far more than it was sent."""
-        remaining = opened.size - position
-        if remaining > max(position, _FINISH_HASH_FREE):
-            return
-        await trio.to_thread.run_sync(_hash_range, opened, position, opened.size, hasher)
-        if not opened.changed():
-            self._server.digests.put(cache_key, hasher.hexdigest())
-
-    async def _send_chunks(
-        self,
-        opened: OpenedFile,
-        position: int,
-        chunk_size: int,
-        hasher: Hasher | None,
-        hashed: list[int],
-        record: AccessRecord,
-    ) -> None:
-        """Send the file from ``position`` to its end as DATA frames, hashing each chunk in a
-        worker thread while it is sent; ``hashed[0]`` follows the bytes hashed so far."""
-        pool = self._server.buffers
-        size = opened.size
-        while position < size:
-            buffer = await pool.acquire()
-            try:
-                with memoryview(buffer) as whole:
-                    view = whole[: min(chunk_size, size - position)]
+    async def _send_read_chunk(self, opened: OpenedFile, position: int, count: int) -> int:
+        """Read ``count`` bytes of the file from ``position`` and send them as one DATA message
+        (where sendfile cannot be used); return how many the file gave (fewer at its end)."""
+        buffer = await self._server.buffers.acquire()
+        try:
+            with memoryview(buffer) as whole:
+                view = whole[:count]
+                filled = 0
+                while filled < count:
                     # Page-cache reads are memory copies: done here, no thread hop per chunk.
-                    count = opened.read_cached_into(view, position)
-                    if count is None:
-                        count = await trio.to_thread.run_sync(opened.read_into, view, position)
-                    if count == 0:
-                        raise _FileChangedError  # truncated under us
-                    chunk = view[:count]
-                    job = ThreadJob(partial(hasher.update, chunk)) if hasher else None
-                    try:
-                        self._check_stop()
-                        await self._send(Data(chunk))
-                    finally:
-                        if job is not None:
-                            await job.wait_quietly()
-                            hashed[0] = position + count
-                    position += count
-                    record.bytes += count
-            finally:
-                pool.release(buffer)
+                    got = opened.read_cached_into(view[filled:], position + filled)
+                    if got is None:
+                        got = await trio.to_thread.run_sync(
+                            opened.read_into, view[filled:], position + filled
+                        )
+                    if got == 0:
+                        return filled  # truncated under us
+                    filled += got
+                await self._send(Data(view))
+                return filled
+        finally:
+            self._server.buffers.release(buffer)
 
     async def _send_listing(self, request: ListDir, record: AccessRecord) -> None:
         try:
@@ -421,20 +359,3 @@ class _FileHasher:
     async def wait_quietly(self) -> None:
         """Wait for the thread, ignoring its outcome: for cleanup after a failure."""
         await self._job.wait_quietly()
-
-
-def _hash_prefix(opened: OpenedFile, end: int, hasher: Hasher) -> None:
-    """Hash the first ``end`` bytes: a resumed transfer's digest still covers the whole file."""
-    _hash_range(opened, 0, end, hasher)
-
-
-def _hash_range(opened: OpenedFile, start: int, end: int, hasher: Hasher) -> None:
-    """Hash bytes ``start`` to ``end`` (stopping early if the file was truncated)."""
-    buffer = memoryview(bytearray(max(1, min(end - start, _HASH_PREFIX_BLOCK))))
-    position = start
-    while position < end:
-        count = opened.read_into(buffer[: end - position], position)
-        if count == 0:
-            return  # truncated: the transfer will notice and report the change
-        hasher.update(buffer[:count])
-        position += count
