@@ -139,11 +139,22 @@ def build(args: argparse.Namespace, settings: sc.Settings) -> list[sc.Scenario]:
     return built
 
 
-def run_once(method: sc.Method, settings: sc.Settings, index: int, timeout: float) -> Outcome:
-    """Run ``method`` once; an Outcome holding this one sample, failure or warning."""
+def slug(method: sc.Method) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", f"{method.group} {method.name}".lower()).strip("-")
+
+
+def run_directory(method: sc.Method, settings: sc.Settings, index: int) -> Path:
+    """Where the ``index``-th run of ``method`` writes its output."""
+    return (method.out_base or settings.tmp / "out") / slug(method) / f"run{index}"
+
+
+def run_once(
+    method: sc.Method, settings: sc.Settings, index: int, timeout: float, *, keep: bool = False
+) -> Outcome:
+    """Run ``method`` once; an Outcome holding this one sample, failure or warning. The output
+    is deleted afterwards, unless ``keep``."""
     outcome = Outcome(method)
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{method.group} {method.name}".lower()).strip("-")
-    run_dir = (method.out_base or settings.tmp / "out") / slug / f"run{index}"
+    run_dir = run_directory(method, settings, index)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     try:
@@ -151,7 +162,8 @@ def run_once(method: sc.Method, settings: sc.Settings, index: int, timeout: floa
             method.prepare(run_dir)
         server = None
         if method.server is not None:
-            server = procs.start_server(method.server, settings.tmp / "logs" / f"{slug}.log")
+            log = settings.tmp / "logs" / f"{slug(method)}.log"
+            server = procs.start_server(method.server, log)
         try:
             run = procs.run_client(
                 method.argv(server.port if server else 0, run_dir), timeout=timeout
@@ -172,7 +184,8 @@ def run_once(method: sc.Method, settings: sc.Settings, index: int, timeout: floa
     except (OSError, RuntimeError) as exc:
         outcome.failures.append(f"{type(exc).__name__}: {exc}")
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
     return outcome
 
 
@@ -183,15 +196,21 @@ def run_scenario(
     outcomes = [Outcome(method) for method in scenario.methods]
     into.extend(outcomes)
     runs = scenario.runs or runs
-    for index in range(runs):
-        for outcome in outcomes:
-            one = run_once(outcome.method, settings, index, timeout)
-            outcome.samples += one.samples
-            outcome.failures += one.failures
-            outcome.warnings += one.warnings
-            result = f"{one.samples[0].wall:.3f} s" if one.samples else "FAILED"
-            say(f"  [{scenario.key} {index + 1}/{runs}] {outcome.method.group} / "
-                f"{outcome.method.name}: {result}")  # fmt: skip
+    try:
+        for index in range(runs):
+            for outcome in outcomes:
+                one = run_once(outcome.method, settings, index, timeout, keep=scenario.keep_outputs)
+                outcome.samples += one.samples
+                outcome.failures += one.failures
+                outcome.warnings += one.warnings
+                result = f"{one.samples[0].wall:.3f} s" if one.samples else "FAILED"
+                say(f"  [{scenario.key} {index + 1}/{runs}] {outcome.method.group} / "
+                    f"{outcome.method.name}: {result}")  # fmt: skip
+    finally:
+        if scenario.keep_outputs:
+            for outcome in outcomes:
+                for index in range(runs):
+                    shutil.rmtree(run_directory(outcome.method, settings, index), True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
