@@ -18,7 +18,6 @@ Progress is reported through a callback; drawing it is the caller's business (th
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import ssl
 import time
@@ -31,9 +30,9 @@ from typing import Final
 import trio
 
 from ftx._auth import ClientAuthenticator, check_token
+from ftx._fetch import FetchWire, fetch_files
 from ftx._listen import set_keepalive
 from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
-from ftx._threads import run_together
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.errors import (
@@ -41,8 +40,6 @@ from ftx.errors import (
     ConnectionLostError,
     FtxError,
     IncompleteFrameError,
-    IntegrityError,
-    LocalFileError,
     RemoteError,
     RemoteProtocolError,
 )
@@ -304,91 +301,18 @@ class Client(trio.abc.AsyncResource):
         if window < 1:
             raise ValueError("window must be at least 1")
         options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=False)
-        digest = self.digest_algorithm if verify else None
-        # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
-        send_sent, receive_sent = trio.open_memory_channel[tuple[str, Path, int]](math.inf)
-        # Resumes refused because the file changed: asked for again from zero.
-        send_retry, receive_retry = trio.open_memory_channel[tuple[str, Path]](math.inf)
-        # Requests go out in batches, one write each: the window is refilled once half of it
-        # is answered, so that the server finds several requests at once and can read their
-        # files ahead in one go (a request per answer would arrive, and be served, alone).
-        batch: list[tuple[str, Path, int, str | None]] = []
-        half_answered = trio.Event()
-        outstanding = 0
-        source_done = False
-        taken_any = False
-
-        def finish_if_idle() -> None:
-            idle = outstanding == 0 and receive_retry.statistics().current_buffer_used == 0
-            if source_done and idle:
-                send_retry.close()  # ends the second phase of send_requests
-
-        async def send_batch() -> None:
-            nonlocal outstanding
-            if not batch:
-                return
-            for path, target, offset, _ in batch:
-                send_sent.send_nowait((path, target, offset))
-            outstanding += len(batch)
-            await self._send(*(self._get_request(path, verify, offset, identity)
-                               for path, _, offset, identity in batch))  # fmt: skip
-            batch.clear()
-
-        async def request(path: str, target: Path, offset: int, identity: str | None) -> None:
-            nonlocal half_answered
-            if outstanding + len(batch) >= window:
-                await send_batch()
-                half_answered = trio.Event()
-                if outstanding > window // 2:
-                    await half_answered.wait()
-            batch.append((path, target, offset, identity))
-            if _nothing_waiting(files) or len(batch) >= window:
-                await send_batch()
-
-        async def send_requests() -> None:
-            nonlocal source_done, taken_any
-            async with send_sent:
-                async for path, dest in files:
-                    taken_any = True
-                    try:
-                        target = local_destination(path, dest)
-                        check_destination(target, overwrite=overwrite)
-                    except LocalFileError as exc:
-                        on_done(path, exc)
-                        continue
-                    offset, identity = PartFile(target).resumable(path, digest) or (0, None)
-                    await request(path, target, offset, identity)
-                await send_batch()
-                source_done = True
-                finish_if_idle()
-                async for path, target in receive_retry:
-                    await request(path, target, 0, None)
-                    await send_batch()
-
-        async def receive_answers() -> None:
-            nonlocal outstanding
-            async for path, target, offset in receive_sent:
-                result: Download | FtxError
-                try:
-                    result = await self._files.receive_answer(
-                        path, target, progress, options, time.monotonic()
-                    )
-                except (RemoteError, IntegrityError, LocalFileError) as exc:
-                    if self._closed:
-                        raise
-                    result = exc
-                outstanding -= 1
-                if outstanding <= window // 2:
-                    half_answered.set()
-                if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
-                    send_retry.send_nowait((path, target))
-                else:
-                    on_done(path, result)
-                finish_if_idle()
-
+        wire = FetchWire(
+            send=self._send,
+            get_request=self._get_request,
+            files=self._files,
+            is_closed=lambda: self._closed,
+            digest_algorithm=self.digest_algorithm,
+        )
         async with self._lock:
             await self._check_open()
-            await run_together(send_requests, receive_answers)
+            taken_any = await fetch_files(
+                wire, files, on_done=on_done, progress=progress, options=options, window=window
+            )
         if sync and taken_any:
             await trio.to_thread.run_sync(os.sync)
 
@@ -602,13 +526,3 @@ async def connect(
     async with client:
         await client.handshake()
         yield client
-
-
-def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:
-    """Whether ``channel`` has nothing more to give at once. Known for channels with trio's
-    memory-channel ``statistics()`` (and wrappers that pass it on); for others, assumed, so
-    that a batch is sent at every item rather than held back."""
-    statistics = getattr(channel, "statistics", None)
-    if statistics is None:
-        return True
-    return bool(statistics().current_buffer_used == 0)

@@ -1,0 +1,146 @@
+"""Pipelined downloads: the loop behind :meth:`ftx.Client.fetch` and :meth:`ftx.Client.get_many`.
+
+One task sends GET requests in batches, another receives the answers in order; a resume the
+server refuses because the file changed is asked for again from zero.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx._threads import run_together
+from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
+from ftx.messages import Get, Message
+from ftx.partfile import PartFile, check_destination, local_destination
+from ftx.protocol import ErrorCode
+
+__all__ = ["FetchWire", "fetch_files"]
+
+FetchItems = trio.abc.ReceiveChannel[tuple[str, str | os.PathLike[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchWire:
+    """What pipelined downloads need of a client connection."""
+
+    send: Callable[..., Awaitable[None]]  # send(*messages), in one write
+    get_request: Callable[[str, bool, int, str | None], Get]  # (path, verify, offset, identity)
+    files: FileReceiver
+    is_closed: Callable[[], bool]
+    digest_algorithm: str
+
+
+async def fetch_files(
+    wire: FetchWire,
+    files: FetchItems,
+    *,
+    on_done: Callable[[str, Download | FtxError], object],
+    progress: ProgressCallback | None,
+    options: GetOptions,
+    window: int,
+) -> bool:
+    """Download the files that arrive on ``files`` until it is closed (see
+    :meth:`ftx.Client.fetch`); return whether any was taken."""
+    digest = wire.digest_algorithm if options.verify else None
+    # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
+    send_sent, receive_sent = trio.open_memory_channel[tuple[str, Path, int]](math.inf)
+    # Resumes refused because the file changed: asked for again from zero.
+    send_retry, receive_retry = trio.open_memory_channel[tuple[str, Path]](math.inf)
+    # Requests go out in batches, one write each: the window is refilled once half of it is
+    # answered, so that the server finds several requests at once and can read their files
+    # ahead in one go (a request per answer would arrive, and be served, alone).
+    batch: list[tuple[str, Path, int, str | None]] = []
+    half_answered = trio.Event()
+    outstanding = 0
+    source_done = False
+    taken_any = False
+
+    def finish_if_idle() -> None:
+        idle = outstanding == 0 and receive_retry.statistics().current_buffer_used == 0
+        if source_done and idle:
+            send_retry.close()  # ends the second phase of send_requests
+
+    async def send_batch() -> None:
+        nonlocal outstanding
+        if not batch:
+            return
+        requests: list[Message] = []
+        for path, target, offset, identity in batch:
+            send_sent.send_nowait((path, target, offset))
+            requests.append(wire.get_request(path, options.verify, offset, identity))
+        outstanding += len(batch)
+        await wire.send(*requests)
+        batch.clear()
+
+    async def request(path: str, target: Path, offset: int, identity: str | None) -> None:
+        nonlocal half_answered
+        if outstanding + len(batch) >= window:
+            await send_batch()
+            half_answered = trio.Event()
+            if outstanding > window // 2:
+                await half_answered.wait()
+        batch.append((path, target, offset, identity))
+        if _nothing_waiting(files) or len(batch) >= window:
+            await send_batch()
+
+    async def send_requests() -> None:
+        nonlocal source_done, taken_any
+        async with send_sent:
+            async for path, dest in files:
+                taken_any = True
+                try:
+                    target = local_destination(path, dest)
+                    check_destination(target, overwrite=options.overwrite)
+                except LocalFileError as exc:
+                    on_done(path, exc)
+                    continue
+                offset, identity = PartFile(target).resumable(path, digest) or (0, None)
+                await request(path, target, offset, identity)
+            await send_batch()
+            source_done = True
+            finish_if_idle()
+            async for path, target in receive_retry:
+                await request(path, target, 0, None)
+                await send_batch()
+
+    async def receive_answers() -> None:
+        nonlocal outstanding
+        async for path, target, offset in receive_sent:
+            result: Download | FtxError
+            try:
+                result = await wire.files.receive_answer(
+                    path, target, progress, options, time.monotonic()
+                )
+            except (RemoteError, IntegrityError, LocalFileError) as exc:
+                if wire.is_closed():
+                    raise
+                result = exc
+            outstanding -= 1
+            if outstanding <= window // 2:
+                half_answered.set()
+            if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
+                send_retry.send_nowait((path, target))
+            else:
+                on_done(path, result)
+            finish_if_idle()
+
+    await run_together(send_requests, receive_answers)
+    return taken_any
+
+
+def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:
+    """Whether ``channel`` has nothing more to give at once. Known for channels with trio's
+    memory-channel ``statistics()`` (and wrappers that pass it on); for others, assumed, so
+    that a batch is sent at every item rather than held back."""
+    statistics = getattr(channel, "statistics", None)
+    if statistics is None:
+        return True
+    return bool(statistics().current_buffer_used == 0)
