@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -50,14 +49,14 @@ async def fetch_files(
     """Download the files that arrive on ``files`` until it is closed (see
     :meth:`ftx.Client.fetch`); return whether any was taken."""
     digest = wire.digest_algorithm if options.verify else None
-    # Requests sent, oldest first, for the receiving task: (path, target, resumed offset).
-    send_sent, receive_sent = trio.open_memory_channel[tuple[str, Path, int]](math.inf)
+    # Requests sent, oldest first, for the receiving task: (path, part, resumed offset).
+    send_sent, receive_sent = trio.open_memory_channel[tuple[str, PartFile, int]](math.inf)
     # Resumes refused because the file changed: asked for again from zero.
-    send_retry, receive_retry = trio.open_memory_channel[tuple[str, Path]](math.inf)
+    send_retry, receive_retry = trio.open_memory_channel[tuple[str, PartFile]](math.inf)
     # Requests go out in batches, one write each: the window is refilled once half of it is
     # answered, so that the server finds several requests at once and can read their files
     # ahead in one go (a request per answer would arrive, and be served, alone).
-    batch: list[tuple[str, Path, int, str | None]] = []
+    batch: list[tuple[str, PartFile, int, str | None]] = []
     half_answered = trio.Event()
     outstanding = 0
     source_done = False
@@ -73,21 +72,21 @@ async def fetch_files(
         if not batch:
             return
         requests: list[Message] = []
-        for path, target, offset, identity in batch:
-            send_sent.send_nowait((path, target, offset))
+        for path, part, offset, identity in batch:
+            send_sent.send_nowait((path, part, offset))
             requests.append(wire.get_request(path, options.verify, offset, identity))
         outstanding += len(batch)
         await wire.send(*requests)
         batch.clear()
 
-    async def request(path: str, target: Path, offset: int, identity: str | None) -> None:
+    async def request(path: str, part: PartFile, offset: int, identity: str | None) -> None:
         nonlocal half_answered
         if outstanding + len(batch) >= window:
             await send_batch()
             half_answered = trio.Event()
             if outstanding > window // 2:
                 await half_answered.wait()
-        batch.append((path, target, offset, identity))
+        batch.append((path, part, offset, identity))
         if _nothing_waiting(files) or len(batch) >= window:
             await send_batch()
 
@@ -102,22 +101,23 @@ async def fetch_files(
                 except LocalFileError as exc:
                     on_done(path, exc)
                     continue
-                offset, identity = PartFile(target).resumable(path, digest) or (0, None)
-                await request(path, target, offset, identity)
+                part = PartFile(target)
+                offset, identity = part.resumable(path, digest) or (0, None)
+                await request(path, part, offset, identity)
             await send_batch()
             source_done = True
             finish_if_idle()
-            async for path, target in receive_retry:
-                await request(path, target, 0, None)
+            async for path, part in receive_retry:
+                await request(path, part, 0, None)
                 await send_batch()
 
     async def receive_answers() -> None:
         nonlocal outstanding
-        async for path, target, offset in receive_sent:
+        async for path, part, offset in receive_sent:
             result: Download | FtxError
             try:
                 result = await wire.files.receive_answer(
-                    path, target, progress, options, time.monotonic()
+                    path, part, progress, options, time.monotonic()
                 )
             except (RemoteError, IntegrityError, LocalFileError) as exc:
                 if wire.is_closed():
@@ -127,7 +127,7 @@ async def fetch_files(
             if outstanding <= window // 2:
                 half_answered.set()
             if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
-                send_retry.send_nowait((path, target))
+                send_retry.send_nowait((path, part))
             else:
                 on_done(path, result)
             finish_if_idle()

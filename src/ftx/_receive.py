@@ -87,17 +87,17 @@ class FileReceiver:
     async def receive_answer(
         self,
         path: str,
-        target: Path,
+        part: PartFile,
         progress: ProgressCallback | None,
         options: GetOptions,
         started: float,
     ) -> Download:
-        """Receive the answer to the oldest outstanding GET and save the file at ``target``."""
+        """Receive the answer to the oldest outstanding GET and save the file through ``part``
+        (not open yet)."""
         header = await self._receive_message(None)
         if isinstance(header, Error):
             raise RemoteError(header.code, header.message)
         assert isinstance(header, FileHeader)
-        part = PartFile(target)
         answered = False
         try:
             part.open(keep=header.offset)
@@ -125,7 +125,7 @@ class FileReceiver:
             raise
         return Download(
             path,
-            target,
+            part.dest,
             header.size,
             header.mtime_ns,
             digest,

@@ -202,20 +202,19 @@ class Client(trio.abc.AsyncResource):
             started = time.monotonic()
             options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
             digest = self.digest_algorithm if verify else None
-            resume_from = PartFile(target).resumable(path, digest) if resume else None
+            part = PartFile(target)
+            resume_from = part.resumable(path, digest) if resume else None
             if resume_from is not None:
                 offset, identity = resume_from
                 await self._request_file(path, verify=verify, offset=offset, identity=identity)
                 try:
-                    return await self._files.receive_answer(
-                        path, target, progress, options, started
-                    )
+                    return await self._files.receive_answer(path, part, progress, options, started)
                 except RemoteError as exc:
                     if exc.code != ErrorCode.CHANGED:
                         raise
                     # The file is not the one the part holds the start of: start from zero.
             await self._request_file(path, verify=verify)
-            return await self._files.receive_answer(path, target, progress, options, started)
+            return await self._files.receive_answer(path, part, progress, options, started)
 
     async def get_many(
         self,

@@ -12,6 +12,7 @@ Everything here blocks; the client calls it from worker threads where a call may
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -42,8 +43,8 @@ def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> 
         LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``).
     """
     name = posixpath.basename(posixpath.normpath(remote_path.rstrip("/") or "."))
-    if dest is not None and not Path(dest).is_dir():
-        return Path(dest)
+    if dest is not None and not os.path.isdir(dest):
+        return dest if isinstance(dest, Path) else Path(dest)
     if name in ("", ".", "..", "/"):
         raise LocalFileError(f"{remote_path!r} names no file: give a destination with -o")
     return Path(dest if dest is not None else ".") / name
@@ -59,8 +60,9 @@ def check_destination(target: Path, *, overwrite: bool) -> None:
     """
     if not overwrite and os.path.lexists(target):
         raise LocalFileError(f"{target} already exists (use --force to replace)")
-    if not target.parent.is_dir():
-        raise LocalFileError(f"cannot save to {target}: {target.parent} is not a directory")
+    parent = os.path.dirname(target) or "."
+    if not os.path.isdir(parent):
+        raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +89,25 @@ class PartFile:
     """
 
     def __init__(self, dest: str | os.PathLike[str]) -> None:
-        self.dest: Final = Path(dest)
-        self.part_path: Final = self.dest.with_name(self.dest.name + ".part")
-        self.record_path: Final = self.dest.with_name(self.dest.name + ".part.resume")
+        self.dest: Final = dest if isinstance(dest, Path) else Path(dest)
+        # Kept as strings: a tree of small files pays for every pathlib object made per file.
+        self._dest = os.fspath(self.dest)
+        self._part = self._dest + ".part"
+        self._record = self._dest + ".part.resume"
         self._fd: int | None = None
         self._record_may_exist = False  # ours, or an earlier download's: publish removes it
         self._written = 0  # the file's size, as far as our writes go
         self._flushing_from = 0  # where the last early write-back request ended
+
+    @property
+    def part_path(self) -> Path:
+        """The part file: ``DEST.part``."""
+        return Path(self._part)
+
+    @property
+    def record_path(self) -> Path:
+        """The resume record: ``DEST.part.resume``."""
+        return Path(self._record)
 
     def open(self, *, keep: int = 0) -> None:
         """Create (or take over) the part file, lock it, and cut it to its first ``keep`` bytes
@@ -109,7 +123,7 @@ class PartFile:
                 try:
                     # Usually there is no part yet: a new, empty file needs none of the checks
                     # below (each a metadata operation, which a tree of small files pays).
-                    fd = os.open(self.part_path, flags | os.O_EXCL, 0o644)
+                    fd = os.open(self._part, flags | os.O_EXCL, 0o644)
                 except FileExistsError:
                     pass
                 else:
@@ -117,26 +131,26 @@ class PartFile:
                     self._fd = fd
                     self._written = self._flushing_from = 0
                     return
-            fd = os.open(self.part_path, flags, 0o644)
+            fd = os.open(self._part, flags, 0o644)
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
         self._lock(fd)
         self._record_may_exist = True  # an earlier download's may lie beside its part
         # A download that finished meanwhile renamed (or linked) this inode into place: it is
         # DEST now, and must not be written again. Only the inode still at the part's name is
         # ours to take over.
         try:
-            current = os.stat(self.part_path, follow_symlinks=False)
+            current = os.stat(self._part, follow_symlinks=False)
         except FileNotFoundError:
             current = None
         opened = os.fstat(fd)
         if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
             os.close(fd)
-            raise LocalFileError(f"another download to {self.dest} just finished; try again")
+            raise LocalFileError(f"another download to {self._dest} just finished; try again")
         # Truncate only once the lock is ours, never under another download's feet.
         if opened.st_size < keep:
             os.close(fd)
-            raise LocalFileError(f"{self.part_path} is shorter than expected: cannot resume")
+            raise LocalFileError(f"{self._part} is shorter than expected: cannot resume")
         os.ftruncate(fd, keep)
         os.lseek(fd, keep, os.SEEK_SET)
         self._fd = fd
@@ -147,17 +161,17 @@ class PartFile:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LocalFileError(f"another download to {self.dest} is in progress") from None
+            raise LocalFileError(f"another download to {self._dest} is in progress") from None
 
     def resumable(self, path: str, digest: str | None) -> tuple[int, str] | None:
         """Where an earlier download of remote ``path`` to the same place, verified with the
         ``digest`` algorithm, can resume: ``(offset, identity of the file it began)``, or
         ``None`` if there is nothing to resume."""
         try:
-            with open(self.record_path, "rb") as file:
+            with open(self._record, "rb") as file:
                 raw = file.read(_MAX_RECORD_BYTES)
             record = _parse_record(json.loads(raw))
-            held = os.stat(self.part_path).st_size
+            held = os.stat(self._part).st_size
         except (OSError, ValueError, TypeError, KeyError):
             return None  # no record, or one we cannot trust: start from zero
         if record is None or record.path != path or record.digest != digest or held == 0:
@@ -167,13 +181,13 @@ class PartFile:
     def hash_prefix(self, end: int, hasher: Hasher) -> None:
         """Feed the first ``end`` bytes of the part file to ``hasher`` (for a resumed download,
         whose digest covers the whole file)."""
-        with open(self.part_path, "rb", buffering=0) as file:
+        with open(self._part, "rb", buffering=0) as file:
             buffer = memoryview(bytearray(min(_HASH_BLOCK, max(end, 1))))
             position = 0
             while position < end:
                 count = file.readinto(buffer[: end - position])
                 if not count:
-                    raise LocalFileError(f"{self.part_path} shrank while resuming")
+                    raise LocalFileError(f"{self._part} shrank while resuming")
                 hasher.update(buffer[:count])
                 position += count
 
@@ -181,12 +195,13 @@ class PartFile:
         """Say what the part file holds, for a later resume."""
         data = json.dumps({"version": _RECORD_VERSION, **asdict(record)}).encode()
         self._record_may_exist = True
-        temporary = self.record_path.with_name(self.record_path.name + ".tmp")
+        temporary = self._record + ".tmp"
         try:
-            temporary.write_bytes(data)
-            os.replace(temporary, self.record_path)
+            with open(temporary, "wb") as file:
+                file.write(data)
+            os.replace(temporary, self._record)
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self.record_path}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._record}: {exc.strerror}") from exc
 
     def write(self, data: Buffer) -> None:
         """Append ``data`` to the part file."""
@@ -201,7 +216,7 @@ class PartFile:
             if self._written - self._flushing_from >= _WRITE_BACK_STEP:
                 self._start_write_back()
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self.part_path}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
 
     def _start_write_back(self) -> None:
         """Ask the kernel to start writing what we wrote since the last call to disk now, so
@@ -245,25 +260,25 @@ class PartFile:
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             if overwrite:
-                os.replace(self.part_path, self.dest)
+                os.replace(self._part, self._dest)
             else:
-                _link_without_replacing(self.part_path, self.dest)
+                _link_without_replacing(self._part, self._dest)
             if self._record_may_exist:
-                self.record_path.unlink(missing_ok=True)
+                _unlink_if_present(self._record)
             if durable:
-                _fsync_directory(self.dest.parent)
+                _fsync_directory(os.path.dirname(self._dest) or ".")
         except FileExistsError as exc:
-            raise LocalFileError(f"{self.dest} already exists (use --force to replace)") from exc
+            raise LocalFileError(f"{self._dest} already exists (use --force to replace)") from exc
         except OSError as exc:
-            raise LocalFileError(f"cannot save {self.dest}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot save {self._dest}: {exc.strerror}") from exc
         finally:
             self.close()
 
     def discard(self) -> None:
         """Close and delete the part file and its record (the content is worthless)."""
         self.close()
-        self.record_path.unlink(missing_ok=True)
-        self.part_path.unlink(missing_ok=True)
+        _unlink_if_present(self._record)
+        _unlink_if_present(self._part)
 
     def close(self) -> None:
         """Close the part file and release the lock, keeping what was written."""
@@ -272,7 +287,12 @@ class PartFile:
             self._fd = None
 
 
-def _link_without_replacing(source: Path, dest: Path) -> None:
+def _unlink_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _link_without_replacing(source: str, dest: str) -> None:
     try:
         os.link(source, dest)
     except FileExistsError:
@@ -281,14 +301,14 @@ def _link_without_replacing(source: Path, dest: Path) -> None:
         # No hard links on this file system (FAT, some FUSE): check, then rename.
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
-        if dest.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+        if os.path.exists(dest):
+            raise FileExistsError(errno.EEXIST, "exists", dest) from None
         os.replace(source, dest)
     else:
-        source.unlink()
+        os.unlink(source)
 
 
-def _fsync_directory(directory: Path) -> None:
+def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
