@@ -41,6 +41,8 @@ class DownloadHandler:
         server: the server (its root, buffer pool and digest cache).
         protocol: the connection's state machine (for the client's frame limit).
         send: sends messages on the connection (several in one write, if small).
+        send_soon: queues messages to go out with the next ones (at the latest once the
+            batch of requests being answered is done): for small answers.
         send_from_file: ``send_from_file(opened, offset, count)`` sends one DATA message of
             ``count`` bytes of the file without reading it into Python (sendfile), and returns
             how many the file gave (fewer only if it was truncated meanwhile); ``None`` where
@@ -54,12 +56,14 @@ class DownloadHandler:
         protocol: ServerProtocol,
         *,
         send: Callable[..., Awaitable[None]],
+        send_soon: Callable[..., Awaitable[None]],
         send_from_file: Callable[[OpenedFile, int, int], Awaitable[int]] | None,
         check_stop: Callable[[], None],
     ) -> None:
         self._server = server
         self._protocol = protocol
         self._send = send
+        self._send_soon = send_soon
         self._send_from_file = send_from_file
         self._check_stop = check_stop
         self._prepared: dict[int, SmallFile | OpenedFile | FsError] = {}
@@ -78,7 +82,7 @@ class DownloadHandler:
     ) -> None:
         record.result = code
         record.message = message
-        await self._send(Error(request.request_id, code, message))
+        await self._send_soon(Error(request.request_id, code, message))
 
     async def prepare(self, requests: Sequence[Get]) -> None:
         """Read ahead the small files that ``requests`` (pipelined, to be answered next) ask
@@ -161,21 +165,22 @@ class DownloadHandler:
     async def _send_small_file(
         self, request: Get, record: AccessRecord, small: SmallFile, chunk_size: int
     ) -> None:
-        """Answer with a file read ahead: header, data and end in one write, hashed here (a
-        small hash costs less than a thread hop)."""
+        """Answer with a file read ahead: header, data and end queued to go out with the rest
+        of the batch, hashed here (a small hash costs less than a thread hop)."""
         digest = None
         if request.digest is not None:
             hasher = new_hasher(request.digest)
             hasher.update(small.content)
             digest = hasher.hexdigest()
         header = self._file_header(request, record, small.stat)
-        body = small.content[request.offset :]
+        # Copied out of the batch buffer, which goes back to the pool before the queue is sent.
+        body = bytes(small.content[request.offset :])
         # As many DATA frames as the client's frame limit needs (one, unless it is tiny).
         chunks = [
             Data(body[start : start + chunk_size]) for start in range(0, len(body), chunk_size)
         ]
         self._check_stop()
-        await self._send(header, *chunks, FileEnd(request.request_id, digest))
+        await self._send_soon(header, *chunks, FileEnd(request.request_id, digest))
         record.bytes += len(body)
 
     async def _stream_file(

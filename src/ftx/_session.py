@@ -22,7 +22,7 @@ from ftx._tls import accept_tls
 from ftx._upload import UploadHandler
 from ftx._version import __version__
 from ftx.errors import RemoteProtocolError
-from ftx.framing import FramedChannel
+from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
 from ftx.messages import (
     Error,
@@ -53,6 +53,9 @@ AUTH_FAILURE_DELAY: Final = 1.0
 
 logger = logging.getLogger("ftx.server")
 
+# Answers queued by _send_soon go out once this many bytes wait (or the batch is answered).
+_OUTBOX_BYTES: Final = 256 * 1024
+
 
 class Session:
     """One client connection, from the client's HELLO to the end of the stream."""
@@ -70,6 +73,11 @@ class Session:
         # A protocol error met while taking pipelined requests, raised once they are answered.
         self._deferred_error: RemoteProtocolError | None = None
         self._working: trio.CancelScope | None = None
+        # The answers of a batch of small files, encoded, wait here to go out in one write
+        # (see _send_soon); their access-log records are written once they have gone.
+        self._outbox: list[tuple[Buffer, ...]] = []
+        self._outbox_bytes = 0
+        self._unlogged: list[AccessRecord] = []
         self._protocol = ServerProtocol(
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
@@ -80,6 +88,7 @@ class Session:
             server,
             self._protocol,
             send=self._send,
+            send_soon=self._send_soon,
             # Under TLS the file's bytes must pass through Python anyway: no sendfile.
             send_from_file=self._send_from_file if server.ssl_context is None else None,
             check_stop=self._check_stop,
@@ -149,16 +158,54 @@ class Session:
     # written out in both senders: a contextmanager costs more than the rest of a small send.
 
     async def _send(self, *messages: _Message) -> None:
-        """Send the messages, in one write if they are small."""
+        """Send the messages after anything queued, in one write if they are small."""
+        self._queue(messages)
+        await self._flush()
+
+    async def _send_soon(self, *messages: _Message) -> None:
+        """Queue the messages, to be sent with the answers that follow in the same batch (at
+        the latest when the batch is answered): small answers cost one write for many."""
+        self._queue(messages)
+        if self._outbox_bytes >= _OUTBOX_BYTES:
+            await self._flush()
+
+    def _queue(self, messages: tuple[_Message, ...]) -> None:
         frames = [self._protocol.send(message) for message in messages]
-        with trio.move_on_after(self._limits.idle_timeout) as deadline:
-            await self._channel.send_frames(*frames)
-        if deadline.cancelled_caught:
-            raise self._stalled()
+        self._outbox += frames
+        self._outbox_bytes += sum(memoryview(part).nbytes for frame in frames for part in frame)
+
+    async def _flush(self) -> None:
+        """Send what the outbox holds, then log the answers that were waiting for it."""
+        frames, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        try:
+            if frames:
+                with trio.move_on_after(self._limits.idle_timeout) as deadline:
+                    await self._channel.send_frames(*frames)
+                if deadline.cancelled_caught:
+                    raise self._stalled()
+        except BaseException as exc:
+            self._abandon_outbox(exc)
+            raise
+        records, self._unlogged = self._unlogged, []
+        now = trio.current_time()
+        for record in records:
+            record.log(now)
+
+    def _abandon_outbox(self, exc: BaseException) -> None:
+        """The connection failed with ``exc``: what waited in the outbox is lost; say so."""
+        self._outbox, self._outbox_bytes = [], 0
+        records, self._unlogged = self._unlogged, []
+        now = trio.current_time()
+        for record in records:
+            if record.result == "ok":
+                record.result = self._outcome(exc)
+            record.log(now)
 
     async def _send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``opened`` from ``offset`` as one DATA message (with
         sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file)."""
+        if self._outbox:
+            await self._flush()
         prefix = self._protocol.send_data_prefix(count)
         with trio.move_on_after(self._limits.idle_timeout):
             return await self._channel.send_file(prefix, opened.fd, offset, count)
@@ -282,8 +329,12 @@ class Session:
                             await self._answer(queued, chunk)
                             if self.stopping:  # (stop() may have run during the answer)
                                 break  # the answer in progress is finished: stop there
+                        await self._flush()
                 except _StoppedError:
-                    pass
+                    pass  # _stopped's farewell sends what the outbox holds, then the error
+                except BaseException as exc:
+                    self._abandon_outbox(exc)
+                    raise
                 finally:
                     self._working = None
                     self._downloads.release_prepared()
@@ -324,7 +375,10 @@ class Session:
             record.result = self._outcome(exc)
             raise
         finally:
-            record.log(trio.current_time())
+            if self._outbox:  # (some of) the answer waits there: logged once it has gone
+                self._unlogged.append(record)
+            else:
+                record.log(trio.current_time())
 
     def _outcome(self, exc: BaseException) -> str:
         """The access-log result of an answer cut short by ``exc``."""
