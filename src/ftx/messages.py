@@ -140,7 +140,9 @@ def encode_message(message: Message) -> tuple[Buffer, ...]:
     except (ValueError, UnicodeEncodeError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     try:
-        _from_json(kind, _parse_object(memoryview(payload)[1:]))
+        # The decoder's own checks, run on the object just encoded: what JSON would give back
+        # (str, int, bool, None, list, dict) without the cost of parsing it again.
+        _from_json(kind, body)
     except RemoteProtocolError as exc:
         name = type(message).__name__
         raise LocalProtocolError(f"refusing to send an invalid {name}: {exc}") from None
