@@ -47,6 +47,8 @@ class AccessRecord:
 
     def log(self, now: float) -> None:
         """Emit the record, ``now`` being the current time on the clock of :attr:`started`."""
+        if not ACCESS_LOGGER.isEnabledFor(logging.INFO):
+            return  # (ftx serve -q): a tree of small files would pay for lines nobody reads
         duration = max(0.0, now - self.started)
         fields: dict[str, Any] = {
             "peer": self.peer,
