@@ -45,7 +45,7 @@ from ftx.fs import (
     split_request_path,
 )
 from ftx.messages import Entry, EntryType
-from ftx.partfile import PartFile
+from ftx.partfile import PartFile, check_destination, local_destination
 from ftx.protocol import ErrorCode
 
 SMALL = b"hello from the served root\n"
@@ -1546,3 +1546,47 @@ def test_uploads_in_progress_are_neither_listed_nor_served(tmp_path: Path) -> No
             assert refused.value.code == ErrorCode.NOT_FOUND
     finally:
         root.close()
+
+
+def test_local_destination_is_dest_or_the_remote_name_inside_a_directory(tmp_path: Path) -> None:
+    assert local_destination("a/b.txt", tmp_path / "x.bin") == tmp_path / "x.bin"
+    assert local_destination("a/b.txt", tmp_path) == tmp_path / "b.txt"
+    assert local_destination("a/b.txt", str(tmp_path)) == tmp_path / "b.txt"
+    assert local_destination("a/b.txt", None) == Path("b.txt")
+    with pytest.raises(LocalFileError, match="names no file"):
+        local_destination("a/..", tmp_path)
+
+
+def test_check_destination_refuses_an_existing_file_and_a_missing_directory(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "there.bin").write_bytes(b"x")
+    with pytest.raises(LocalFileError, match="already exists"):
+        check_destination(tmp_path / "there.bin", overwrite=False)
+    check_destination(tmp_path / "there.bin", overwrite=True)
+    with pytest.raises(LocalFileError, match="is not a directory"):
+        check_destination(tmp_path / "missing" / "f.bin", overwrite=False)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(LocalFileError, match="is not a directory"):
+        check_destination(tmp_path / "file" / "f.bin", overwrite=True)
+
+
+def test_check_destination_looks_a_known_directory_up_once(tmp_path: Path) -> None:
+    """With ``known_directories`` a directory found once is not looked up again (many files
+    into few directories); the existence of each file is still checked every time."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    known: set[str] = set()
+    check_destination(sub / "a.bin", overwrite=False, known_directories=known)
+    assert known == {str(sub)}
+    (sub / "b.bin").write_bytes(b"")
+    with pytest.raises(LocalFileError, match="already exists"):
+        check_destination(sub / "b.bin", overwrite=False, known_directories=known)
+    with pytest.raises(LocalFileError, match="is not a directory"):
+        check_destination(tmp_path / "gone" / "c.bin", overwrite=False, known_directories=known)
+    assert known == {str(sub)}
+    (sub / "b.bin").unlink()
+    sub.rmdir()
+    check_destination(sub / "c.bin", overwrite=False, known_directories=known)  # not looked up
+    with pytest.raises(LocalFileError, match="is not a directory"):
+        check_destination(sub / "c.bin", overwrite=False)

@@ -92,12 +92,17 @@ async def fetch_files(
 
     async def send_requests() -> None:
         nonlocal source_done, taken_any
+        # A missing directory makes a clear error when the part file is created, if it is
+        # removed after this early check.
+        directories: set[str] = set()
         async with send_sent:
             async for path, dest in files:
                 taken_any = True
                 try:
                     target = local_destination(path, dest)
-                    check_destination(target, overwrite=options.overwrite)
+                    check_destination(
+                        target, overwrite=options.overwrite, known_directories=directories
+                    )
                 except LocalFileError as exc:
                     on_done(path, exc)
                     continue

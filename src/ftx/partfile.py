@@ -50,9 +50,14 @@ def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> 
     return Path(dest if dest is not None else ".") / name
 
 
-def check_destination(target: Path, *, overwrite: bool) -> None:
+def check_destination(
+    target: Path, *, overwrite: bool, known_directories: set[str] | None = None
+) -> None:
     """Refuse early a download that could not be saved at ``target`` (checked again, without a
     race, when the part file is renamed into place).
+
+    ``known_directories``, if given, holds the directories found to exist by earlier calls (and
+    gets this one's): for many files into few directories.
 
     Raises:
         LocalFileError: ``target`` exists (and ``overwrite`` is false), or its directory does
@@ -61,8 +66,12 @@ def check_destination(target: Path, *, overwrite: bool) -> None:
     if not overwrite and os.path.lexists(target):
         raise LocalFileError(f"{target} already exists (use --force to replace)")
     parent = os.path.dirname(target) or "."
+    if known_directories is not None and parent in known_directories:
+        return
     if not os.path.isdir(parent):
         raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
+    if known_directories is not None:
+        known_directories.add(parent)
 
 
 @dataclass(frozen=True, slots=True)
