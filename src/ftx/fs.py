@@ -100,8 +100,12 @@ def file_identity(st: os.stat_result) -> str:
     It is stable across server restarts, so that a resume can check it continues the same file.
     ctime is in it because it changes on every write, even one that restores the mtime.
     """
-    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    key = ":".join(map(str, _identity_key(st)))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _identity_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _os_error(exc: OSError, path: str) -> FsError:
@@ -275,7 +279,7 @@ class ServedRoot:
             now = os.stat("/".join(split_request_path(path)) or ".", dir_fd=self._fd)
         except (OSError, FsError):
             return False
-        return file_identity(now) == file_identity(known)
+        return _identity_key(now) == _identity_key(known)
 
     def list_directory(self, path: str) -> DirectoryListing | Entry:
         """Open the directory at ``path`` for listing, or return the entry of a non-directory.
