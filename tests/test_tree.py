@@ -73,6 +73,49 @@ async def test_recursive_download_is_identical(tmp_path: Path, start_server: obj
     assert not [r for _, r in again if isinstance(r, ftx.Download)]
 
 
+async def test_many_paths_in_one_directory_list_it_once(
+    tmp_path: Path, start_server: object
+) -> None:
+    """`get -r a b c missing` (say, from a shell glob): the parent is listed once for all of
+    them, not once per path; each path is still fetched or refused on its own."""
+    served = tmp_path / "served"
+    for name in ("a", "b", "c"):
+        (served / name).mkdir(parents=True)
+        (served / name / "f.txt").write_bytes(name.encode())
+    (served / "top.txt").write_bytes(b"top")
+    host, port = await start_server(served)  # type: ignore[operator]
+    listed: list[str] = []
+
+    @asynccontextmanager
+    async def counting() -> AsyncIterator[ftx.Client]:
+        async with ftx.connect(host, port) as client:
+            plain_list = client.list
+
+            async def list_counted(path: str = "") -> list[Entry]:
+                listed.append(path)
+                return await plain_list(path)
+
+            client.list = list_counted  # type: ignore[method-assign]
+            yield client
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with trio.fail_after(30):
+        results = dict(
+            await download(
+                counting, ["a", "b", "c", "top.txt", "missing"], dest, recursive=True, jobs=2
+            )
+        )
+    assert sorted(listed) == ["", "a", "b", "c"]
+    assert tree_files(dest) == {
+        "a/f.txt": b"a",
+        "b/f.txt": b"b",
+        "c/f.txt": b"c",
+        "top.txt": b"top",
+    }
+    assert isinstance(results["missing"], ftx.RemoteError)
+
+
 async def test_ten_thousand_small_files(tmp_path: Path, start_server: object) -> None:
     served = tmp_path / "served"
     rng = random.Random(10_000)

@@ -224,14 +224,20 @@ async def _walk(
     directory, creating the local directories on the way; problems are yielded in place of an
     entry."""
     pending: list[tuple[str, Path]] = []
+    # Each parent is listed once, however many of its children are asked for (`a/*`).
+    listings: dict[str, dict[str, Entry] | RemoteError] = {}
     for path in paths:
         parent, name = posixpath.split(path.strip("/"))
-        try:
-            entries = await client.list(parent)
-        except RemoteError as exc:
-            yield path, root, exc
+        if parent not in listings:
+            try:
+                listings[parent] = {entry.name: entry for entry in await client.list(parent)}
+            except RemoteError as exc:
+                listings[parent] = exc
+        listing = listings[parent]
+        if isinstance(listing, RemoteError):
+            yield path, root, listing
             continue
-        found = [entry for entry in entries if entry.name == name]
+        found = [listing[name]] if name in listing else []
         if not name or not found:
             if not name and recursive:  # the served root itself
                 pending.append(("", root))
