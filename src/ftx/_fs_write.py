@@ -28,6 +28,7 @@ import os
 import stat
 from typing import Final, Self
 
+from ftx._names import sibling_name
 from ftx.framing import Buffer
 from ftx.fs import UPLOAD_PART_SUFFIX, FsError, ServedRoot
 from ftx.protocol import ErrorCode, Hasher
@@ -81,8 +82,8 @@ class UploadTarget:
         self._dir_fd = dir_fd
         self.name: Final = name
         self.path: Final = path
-        self._part = name + PART_SUFFIX
-        self._record = name + RECORD_SUFFIX
+        self._part = sibling_name(name, PART_SUFFIX)
+        self._record = sibling_name(name, RECORD_SUFFIX)
         self._fd: int | None = None
 
     @classmethod

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from ftx._names import sibling_name
 from ftx.errors import LocalFileError
 from ftx.framing import Buffer
 from ftx.protocol import Hasher
@@ -101,8 +102,12 @@ class PartFile:
         self.dest: Final = dest if isinstance(dest, Path) else Path(dest)
         # Kept as strings: a tree of small files pays for every pathlib object made per file.
         self._dest = os.fspath(self.dest)
-        self._part = self._dest + ".part"
-        self._record = self._dest + ".part.resume"
+        self._directory, name = os.path.split(self._dest)
+        self._part = os.path.join(self._directory, sibling_name(name, ".part"))
+        self._record = os.path.join(self._directory, sibling_name(name, ".part.resume"))
+        self._record_temporary = os.path.join(
+            self._directory, sibling_name(name, ".part.resume.tmp")
+        )
         self._fd: int | None = None
         self._record_may_exist = False  # ours, or an earlier download's: publish removes it
         self._written = 0  # the file's size, as far as our writes go
@@ -110,7 +115,8 @@ class PartFile:
 
     @property
     def part_path(self) -> Path:
-        """The part file: ``DEST.part``."""
+        """The part file: ``DEST.part`` (for a name of over 250 bytes, a shortened one: see
+        :func:`ftx._names.sibling_name`)."""
         return Path(self._part)
 
     @property
@@ -204,11 +210,10 @@ class PartFile:
         """Say what the part file holds, for a later resume."""
         data = json.dumps({"version": _RECORD_VERSION, **asdict(record)}).encode()
         self._record_may_exist = True
-        temporary = self._record + ".tmp"
         try:
-            with open(temporary, "wb") as file:
+            with open(self._record_temporary, "wb") as file:
                 file.write(data)
-            os.replace(temporary, self._record)
+            os.replace(self._record_temporary, self._record)
         except OSError as exc:
             raise LocalFileError(f"cannot write {self._record}: {exc.strerror}") from exc
 
@@ -275,7 +280,7 @@ class PartFile:
             if self._record_may_exist:
                 _unlink_if_present(self._record)
             if durable:
-                _fsync_directory(os.path.dirname(self._dest) or ".")
+                _fsync_directory(self._directory or ".")
         except FileExistsError as exc:
             raise LocalFileError(f"{self._dest} already exists (use --force to replace)") from exc
         except OSError as exc:
