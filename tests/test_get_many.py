@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 import ftx
@@ -91,3 +92,56 @@ async def test_one_failing_file_does_not_stop_the_others(
     assert not (dest / "missing.txt").exists()
     assert not (dest / "secret").exists()
     assert not list(dest.glob("*.part"))
+
+
+async def test_a_file_whose_part_cannot_be_created_is_skipped_and_the_others_arrive(
+    tmp_path: Path, start_server: object
+) -> None:
+    """A directory where a file's part file should go (so it cannot be created once the answer
+    arrives): that file fails with LocalFileError, its data (small, and 5 MiB) is read and
+    dropped, and every file pipelined after it arrives whole on the same connection."""
+    served, dest = tmp_path / "served", tmp_path / "dest"
+    served.mkdir()
+    dest.mkdir()
+    contents = {f"f{i}.bin": os.urandom(i * 997) for i in range(8)}
+    contents["big.bin"] = os.urandom(5 << 20)
+    contents["z.bin"] = b"last"
+    for name, content in contents.items():
+        (served / name).write_bytes(content)
+    blocked = {"f3.bin", "big.bin"}
+    for name in blocked:
+        (dest / f"{name}.part").mkdir()
+    host, port = await start_server(served)  # type: ignore[operator]
+    names = [f"f{i}.bin" for i in range(4)] + ["big.bin"] + [f"f{i}.bin" for i in range(4, 8)]
+    names.append("z.bin")
+    with trio.fail_after(30):
+        async with ftx.connect(host, port) as client:
+            results = await client.get_many([(name, dest / name) for name in names])
+            assert {e.name for e in await client.list("")} == set(contents)  # still in step
+    for name, result in zip(names, results, strict=True):
+        if name in blocked:
+            assert isinstance(result, LocalFileError), (name, result)
+            assert "Is a directory" in str(result)
+            assert not (dest / name).exists()
+        else:
+            assert isinstance(result, Download), (name, result)
+            assert (dest / name).read_bytes() == contents[name]
+    assert sorted(p.name for p in dest.glob("*.part")) == sorted(f"{n}.part" for n in blocked)
+
+
+async def test_a_single_get_whose_part_cannot_be_created_fails_at_once(
+    tmp_path: Path, start_server: object
+) -> None:
+    """Client.get does not read a whole file only to drop it: it fails, and the client closes."""
+    served, dest = tmp_path / "served", tmp_path / "dest"
+    served.mkdir()
+    dest.mkdir()
+    (served / "big.bin").write_bytes(os.urandom(5 << 20))
+    (dest / "big.bin.part").mkdir()
+    host, port = await start_server(served)  # type: ignore[operator]
+    with trio.fail_after(30):
+        async with ftx.connect(host, port) as client:
+            with pytest.raises(LocalFileError, match="Is a directory"):
+                await client.get("big.bin", dest / "big.bin")
+            with pytest.raises(ftx.ConnectionLostError):
+                await client.list("")

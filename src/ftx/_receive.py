@@ -18,7 +18,7 @@ from typing import Final
 import trio
 
 from ftx._threads import ThreadJob
-from ftx.errors import IntegrityError, RemoteError
+from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.framing import Buffer
 from ftx.messages import Data, Error, FileEnd, FileHeader, Message
 from ftx.partfile import PartFile, ResumeRecord
@@ -60,6 +60,9 @@ class GetOptions:
     preserve_mtime: bool
     preserve_mode: bool
     durable: bool  # flush each file to disk before renaming it (else the caller syncs)
+    # A file whose part cannot be created is skipped (its data read and dropped) so that the
+    # connection goes on with the next answer; else the connection is closed.
+    skip_unwritable: bool = False
 
 
 class FileReceiver:
@@ -98,12 +101,16 @@ class FileReceiver:
         if isinstance(header, Error):
             raise RemoteError(header.code, header.message)
         assert isinstance(header, FileHeader)
+        try:
+            _open_part(part, path, header)
+        except LocalFileError:
+            if options.skip_unwritable:
+                await self._skip_rest(header)
+            else:
+                await self._fail()  # the rest of this answer is still on its way: give up
+            raise
         answered = False
         try:
-            part.open(keep=header.offset)
-            if header.size - header.offset >= _RESUMABLE_SIZE:
-                record = ResumeRecord(path, header.identity, header.size, header.digest)
-                part.write_record(record)
             digest = await self._receive_file(header, part, progress, verify=options.verify)
             answered = True
             publish = partial(
@@ -190,6 +197,13 @@ class FileReceiver:
             )
         return message.digest if verify else None
 
+    async def _skip_rest(self, header: FileHeader) -> None:
+        """Read and drop the rest of an answer whose file cannot be saved (as rsync does), so
+        that the answers after it can still be read."""
+        buffers = self._buffers_for(header.size - header.offset)
+        while isinstance(await self._receive_message(buffers[0] if buffers else None), Data):
+            pass  # until END (or an ERROR: the file changed meanwhile)
+
     def _buffers_for(self, size: int) -> tuple[bytearray, bytearray] | None:
         """The two receive buffers, if a download of ``size`` bytes should use them."""
         if size < _BUFFERED_RECEIVE_SIZE:
@@ -198,6 +212,18 @@ class FileReceiver:
             frame = self._max_frame_size
             self._receive_buffers = (bytearray(frame), bytearray(frame))
         return self._receive_buffers
+
+
+def _open_part(part: PartFile, path: str, header: FileHeader) -> None:
+    """Open the part file for the answer ``header`` begins, with a resume record if the file
+    is worth one; closed again if that fails."""
+    part.open(keep=header.offset)
+    if header.size - header.offset >= _RESUMABLE_SIZE:
+        try:
+            part.write_record(ResumeRecord(path, header.identity, header.size, header.digest))
+        except LocalFileError:
+            part.close()
+            raise
 
 
 def _write_and_hash(part: PartFile, hasher: Hasher | None, data: Buffer) -> None:

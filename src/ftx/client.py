@@ -231,7 +231,8 @@ class Client(trio.abc.AsyncResource):
         """Download several files, pipelining the requests so that small files do not cost a
         round trip each. Returns one result per file, in order: a :class:`Download`, or the
         error that file met (:exc:`RemoteError`, :exc:`IntegrityError`, :exc:`LocalFileError`)
-        while the others went on.
+        while the others went on. (A file whose part file cannot be created, say because a
+        directory has its name, is still sent by the server: its data is read and dropped.)
 
         Each file is verified, resumed when possible and renamed into place as :meth:`get`
         does; the files are flushed to disk together at the end (one ``sync`` for the batch
@@ -299,7 +300,9 @@ class Client(trio.abc.AsyncResource):
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=False)
+        options = GetOptions(
+            overwrite, verify, preserve_mtime, preserve_mode, durable=False, skip_unwritable=True
+        )
         wire = FetchWire(
             send=self._send,
             get_request=self._get_request,
