@@ -90,7 +90,7 @@ def raise_open_files_limit() -> None:
 
 
 def fast_directory(tmp: Path) -> Path:
-    """A tmpfs directory for scenario c's downloads, when there is one."""
+    """A tmpfs directory for the downloads where the disk should not count, if there is one."""
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         return Path(tempfile.mkdtemp(prefix="ftx-bench-", dir=shm))

@@ -181,6 +181,9 @@ def big_file(settings: Settings) -> Scenario:
         to_file("python sendfile/recv_into -> file", bl.pylimit_get("big.bin", dest), py,
                 reference=True),
         to_file("python ... -> file+fsync", bl.pylimit_get("big.bin", dest, fsync=True), py),
+        to_file("ftx lib, digest -> tmpfs", big, ftx_server, out_base=settings.fast),
+        to_file("python ... -> tmpfs", bl.pylimit_get("big.bin", dest), py,
+                out_base=settings.fast),
         to_null("python ... -> /dev/null", bl.pylimit_get("big.bin", "/dev/null"), py),
         to_file("http.server + curl -> file", bl.curl_get(curl, "big.bin", dest), http,
                 needs=("curl",)),
@@ -195,9 +198,12 @@ def big_file(settings: Settings) -> Scenario:
         to_null("iperf3 -R (memory to memory)", bl.iperf3_get(settings.tool("iperf3"),
                 settings.size), bl.iperf3_server(settings.tool("iperf3")), needs=("iperf3",)),
     ]  # fmt: skip
+    if settings.fast == settings.tmp:  # no tmpfs: drop the rows that need one
+        methods = [m for m in methods if "tmpfs" not in m.name]
     notes = [
-        "a: to a file on disk; ftx fsyncs it (and its directory) before the rename, like the "
-        "'+fsync' row; wall time includes each client's start-up (see d)"
+        "a: to a file on disk unless marked; ftx fsyncs it (and its directory) before the "
+        "rename, like the '+fsync' row; the tmpfs rows leave the disk out; wall time includes "
+        "each client's start-up (see d)"
     ]
     return Scenario("a", methods, notes)
 
