@@ -192,13 +192,16 @@ def run_once(
 def run_scenario(
     scenario: sc.Scenario, settings: sc.Settings, runs: int, timeout: float, into: list[Outcome]
 ) -> None:
-    """Every method of ``scenario``, interleaved: A B C, A B C, ..."""
+    """Every method of ``scenario``, interleaved and rotated: A B C, B C A, C A B, ... (a
+    method that always ran right after the same one would carry what that one left behind,
+    such as a big file's blocks being freed)."""
     outcomes = [Outcome(method) for method in scenario.methods]
     into.extend(outcomes)
     runs = scenario.runs or runs
     try:
         for index in range(runs):
-            for outcome in outcomes:
+            shift = index * max(1, len(outcomes) // runs) % max(1, len(outcomes))
+            for outcome in outcomes[shift:] + outcomes[:shift]:
                 one = run_once(outcome.method, settings, index, timeout, keep=scenario.keep_outputs)
                 outcome.samples += one.samples
                 outcome.failures += one.failures
@@ -264,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if fast != tmp:
                 shutil.rmtree(fast, ignore_errors=True)
     print("\n".join(header))
-    print(f"median of {args.runs} runs (d: {args.startup_runs}), methods interleaved, "
+    print(f"median of {args.runs} runs (d: {args.startup_runs}), methods interleaved and rotated, "
           f"{time.monotonic() - started:.0f} s in all; rate = work / client wall time unless "
           f"noted; RSS = peak VmHWM of the client / the server process(es); 'vs ref' = speed "
           f"relative to the group's ref row (higher is faster)")  # fmt: skip
