@@ -648,3 +648,35 @@ def test_get_and_ls_from_a_fresh_server(start_ftx_server: ServerStarter, tmp_pat
     assert result.returncode == OK, result.stderr
     assert sha256(out / "random-3MiB.bin") == sha256(served / "random-3MiB.bin")
     assert server.log.read_text() == ""  # -q: warnings and errors only
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+def test_get_to_dev_null_verifies_and_keeps_nothing(
+    sample_server: ServerProcess, out: Path, force: list[str]
+) -> None:
+    """`-o /dev/null` (to check a file, or time a transfer) downloads and verifies, and leaves
+    the device as it was: never replaced by a file, even with --force (as root it could be),
+    and no part file beside it."""
+    before = os.stat(os.devnull)
+    result = ftx_cli("get", sample_server.address, "random-3MiB.bin", "-o", os.devnull, *force)
+    assert result.returncode == OK, result.stderr
+    expected = blake3.blake3((SAMPLE_FILES / "random-3MiB.bin").read_bytes()).hexdigest()
+    saved = [line for line in result.stderr.splitlines() if line.startswith("saved ")]
+    assert len(saved) == 1, result.stderr
+    assert saved[0].startswith(f"saved nothing ({os.devnull}) (3.0 MiB"), saved
+    assert saved[0].endswith(f"blake3 {expected}")
+    after = os.stat(os.devnull)
+    assert stat.S_ISCHR(after.st_mode)
+    assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    assert not os.path.lexists(os.devnull + ".part")
+
+
+def test_get_force_never_replaces_a_pipe_or_a_directory(
+    sample_server: ServerProcess, out: Path
+) -> None:
+    fifo = out / "pipe"
+    os.mkfifo(fifo)
+    result = ftx_cli("get", sample_server.address, "hello.txt", "-o", str(fifo), "--force")
+    assert "is not a regular file" in assert_one_line_error(result, LOCAL_FILE)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(out)) == ["pipe"]

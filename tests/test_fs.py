@@ -45,7 +45,13 @@ from ftx.fs import (
     split_request_path,
 )
 from ftx.messages import Entry, EntryType
-from ftx.partfile import PartFile, check_destination, local_destination
+from ftx.partfile import (
+    DiscardingPart,
+    PartFile,
+    check_destination,
+    local_destination,
+    part_for,
+)
 from ftx.protocol import ErrorCode
 
 SMALL = b"hello from the served root\n"
@@ -1590,3 +1596,42 @@ def test_check_destination_looks_a_known_directory_up_once(tmp_path: Path) -> No
     check_destination(sub / "c.bin", overwrite=False, known_directories=known)  # not looked up
     with pytest.raises(LocalFileError, match="is not a directory"):
         check_destination(sub / "c.bin", overwrite=False)
+
+
+def test_check_destination_never_lets_a_device_pipe_or_directory_be_replaced(
+    tmp_path: Path,
+) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    (tmp_path / "link").symlink_to("file")
+    for name, why in (("pipe", "is not a regular file"), ("dir", "is a directory")):
+        with pytest.raises(LocalFileError, match=why):
+            check_destination(tmp_path / name, overwrite=True)
+    check_destination(tmp_path / "file", overwrite=True)
+    check_destination(tmp_path / "link", overwrite=True)  # the link is replaced, not followed
+    check_destination(Path(os.devnull), overwrite=False)  # verified, and dropped
+
+
+def test_publish_refuses_a_pipe_that_took_the_destination_meanwhile(tmp_path: Path) -> None:
+    dest = tmp_path / "out.bin"
+    part = PartFile(dest)
+    part.open()
+    part.write(b"data")
+    os.mkfifo(dest)  # after the early check, before the rename
+    with pytest.raises(LocalFileError, match="is not a regular file"):
+        part.publish(overwrite=True, durable=False)
+    assert stat.S_ISFIFO(os.lstat(dest).st_mode)
+    assert part.part_path.read_bytes() == b"data"  # kept
+
+
+def test_a_download_to_the_null_device_writes_nothing_anywhere() -> None:
+    part = part_for(Path(os.devnull))
+    assert isinstance(part, DiscardingPart)
+    assert part.resumable("x", "blake3") is None
+    part.open()
+    part.write(b"dropped")
+    part.publish(overwrite=True, mtime_ns=0, mode=0o600)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert not os.path.lexists(os.devnull + ".part")
+    assert type(part_for(Path("/tmp/dev/null"))) is PartFile

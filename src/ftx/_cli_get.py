@@ -25,6 +25,7 @@ from ftx.cli import (
 )
 from ftx.errors import ConnectionLostError, RemoteError
 from ftx.messages import Entry, EntryType
+from ftx.partfile import is_null_device
 from ftx.protocol import ErrorCode
 
 __all__ = ["ProgressBar", "get_command", "ls_command"]
@@ -66,7 +67,8 @@ async def get_command(args: argparse.Namespace) -> None:
         print(json.dumps(_as_json(args.path, result)))
         return
     verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
-    _say(args, f"saved {result.dest} ({_human_size(result.size)}{timing}), {verified}")
+    what = f"{result.dest}" if not is_null_device(result.dest) else f"nothing ({result.dest})"
+    _say(args, f"saved {what} ({_human_size(result.size)}{timing}), {verified}")
 
 
 def _worth_retrying(exc: ConnectionLostError | CliError | RemoteError) -> bool:

@@ -18,7 +18,7 @@ from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
 from ftx._threads import run_together
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.messages import Get, Message
-from ftx.partfile import PartFile, check_destination, local_destination
+from ftx.partfile import PartFile, check_destination, local_destination, part_for
 from ftx.protocol import ErrorCode
 
 __all__ = ["FetchWire", "fetch_files"]
@@ -106,7 +106,7 @@ async def fetch_files(
                 except LocalFileError as exc:
                     on_done(path, exc)
                     continue
-                part = PartFile(target)
+                part = part_for(target)
                 offset, identity = part.resumable(path, digest) or (0, None)
                 await request(path, part, offset, identity)
             await send_batch()

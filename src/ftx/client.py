@@ -54,7 +54,7 @@ from ftx.messages import (
     ListEntries,
     Message,
 )
-from ftx.partfile import PartFile, check_destination, local_destination
+from ftx.partfile import check_destination, local_destination, part_for
 from ftx.protocol import (
     BLAKE3_FEATURE,
     UPLOAD_FEATURE,
@@ -202,7 +202,7 @@ class Client(trio.abc.AsyncResource):
             started = time.monotonic()
             options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
             digest = self.digest_algorithm if verify else None
-            part = PartFile(target)
+            part = part_for(target)
             resume_from = part.resumable(path, digest) if resume else None
             if resume_from is not None:
                 offset, identity = resume_from

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import posixpath
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -27,7 +28,15 @@ from ftx.errors import LocalFileError
 from ftx.framing import Buffer
 from ftx.protocol import Hasher
 
-__all__ = ["PartFile", "ResumeRecord", "check_destination", "local_destination"]
+__all__ = [
+    "DiscardingPart",
+    "PartFile",
+    "ResumeRecord",
+    "check_destination",
+    "is_null_device",
+    "local_destination",
+    "part_for",
+]
 
 _RECORD_VERSION: Final = 1
 _MAX_RECORD_BYTES: Final = 64 * 1024
@@ -60,11 +69,19 @@ def check_destination(
     ``known_directories``, if given, holds the directories found to exist by earlier calls (and
     gets this one's): for many files into few directories.
 
+    The null device (``-o /dev/null``) is accepted as it is: a download there is verified and
+    its data dropped (see :func:`part_for`).
+
     Raises:
-        LocalFileError: ``target`` exists (and ``overwrite`` is false), or its directory does
-            not exist.
+        LocalFileError: ``target`` exists (and ``overwrite`` is false), is not a regular file
+            or a symbolic link (a device, a pipe, a directory: never replaced), or its
+            directory does not exist.
     """
-    if not overwrite and os.path.lexists(target):
+    if is_null_device(target):
+        return
+    if overwrite:
+        _check_replaceable(target)
+    elif os.path.lexists(target):
         raise LocalFileError(f"{target} already exists (use --force to replace)")
     parent = os.path.dirname(target) or "."
     if known_directories is not None and parent in known_directories:
@@ -73,6 +90,35 @@ def check_destination(
         raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
     if known_directories is not None:
         known_directories.add(parent)
+
+
+def is_null_device(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` is the null device, named as such (``/dev/null``)."""
+    if os.path.normpath(target) != os.devnull:
+        return False  # (no system call for every other file)
+    try:
+        return stat.S_ISCHR(os.stat(target).st_mode)
+    except OSError:
+        return False
+
+
+def _check_replaceable(target: str | os.PathLike[str]) -> None:
+    """Refuse to replace anything but a file or a symbolic link (as root, a device node)."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LocalFileError(f"cannot save to {target}: {exc.strerror}") from exc
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise LocalFileError(f"{target} is {kind}: ftx replaces only files")
+
+
+def part_for(target: Path) -> PartFile:
+    """The part file a download to ``target`` goes through: a :class:`DiscardingPart` for the
+    null device, else a :class:`PartFile`."""
+    return DiscardingPart(target) if is_null_device(target) else PartFile(target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +320,7 @@ class PartFile:
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             if overwrite:
+                _check_replaceable(self._dest)
                 os.replace(self._part, self._dest)
             else:
                 _link_without_replacing(self._part, self._dest)
@@ -339,3 +386,34 @@ def _parse_record(obj: object) -> ResumeRecord | None:
     if isinstance(size, bool) or size < 0 or not (digest is None or isinstance(digest, str)):
         return None
     return ResumeRecord(path, identity, size, digest)
+
+
+class DiscardingPart(PartFile):
+    """A download to the null device: nothing is written, kept or renamed; the data is only
+    verified (``ftx get HOST FILE -o /dev/null`` checks a file, or measures the transfer)."""
+
+    def open(self, *, keep: int = 0) -> None:
+        if keep:
+            raise LocalFileError("nothing to resume into /dev/null")
+
+    def resumable(self, path: str, digest: str | None) -> tuple[int, str] | None:
+        return None
+
+    def write_record(self, record: ResumeRecord) -> None:
+        pass
+
+    def write(self, data: Buffer) -> None:
+        pass
+
+    def publish(
+        self,
+        *,
+        overwrite: bool = False,
+        mtime_ns: int | None = None,
+        mode: int | None = None,
+        durable: bool = True,
+    ) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
