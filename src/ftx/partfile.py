@@ -106,8 +106,8 @@ def _check_replaceable(target: str | os.PathLike[str]) -> None:
     """Refuse to replace anything but a file or a symbolic link (as root, a device node)."""
     try:
         mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there (the caller checks the directory)
     except OSError as exc:
         raise LocalFileError(f"cannot save to {target}: {exc.strerror}") from exc
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
