@@ -94,8 +94,9 @@ def check_destination(
 
 def is_null_device(target: str | os.PathLike[str]) -> bool:
     """Whether ``target`` is the null device, named as such (``/dev/null``)."""
-    if os.path.normpath(target) != os.devnull:
-        return False  # (no system call for every other file)
+    name = os.fspath(target)
+    if not name.endswith("null") or os.path.normpath(name) != os.devnull:
+        return False  # (no system call, nor much else, for every other file)
     try:
         return stat.S_ISCHR(os.stat(target).st_mode)
     except OSError:
