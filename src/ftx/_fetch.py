@@ -45,9 +45,11 @@ async def fetch_files(
     progress: ProgressCallback | None,
     options: GetOptions,
     window: int,
-) -> bool:
+) -> set[str]:
     """Download the files that arrive on ``files`` until it is closed (see
-    :meth:`ftx.Client.fetch`); return whether any was taken."""
+    :meth:`ftx.Client.fetch`); return the directories they were saved into (to be flushed).
+    A directory that vanishes after its first file was checked makes a clear error when the
+    next part file is created there."""
     digest = wire.digest_algorithm if options.verify else None
     # Requests sent, oldest first, for the receiving task: (path, part, resumed offset).
     send_sent, receive_sent = trio.open_memory_channel[tuple[str, PartFile, int]](math.inf)
@@ -60,7 +62,8 @@ async def fetch_files(
     half_answered = trio.Event()
     outstanding = 0
     source_done = False
-    taken_any = False
+    # Where files go: each looked up once (check_destination), and flushed by the caller.
+    directories: set[str] = set()
 
     def finish_if_idle() -> None:
         idle = outstanding == 0 and receive_retry.statistics().current_buffer_used == 0
@@ -91,13 +94,9 @@ async def fetch_files(
             await send_batch()
 
     async def send_requests() -> None:
-        nonlocal source_done, taken_any
-        # A missing directory makes a clear error when the part file is created, if it is
-        # removed after this early check.
-        directories: set[str] = set()
+        nonlocal source_done
         async with send_sent:
             async for path, dest in files:
-                taken_any = True
                 try:
                     target = local_destination(path, dest)
                     check_destination(
@@ -138,7 +137,7 @@ async def fetch_files(
             finish_if_idle()
 
     await run_together(send_requests, receive_answers)
-    return taken_any
+    return directories
 
 
 def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:

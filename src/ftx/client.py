@@ -33,6 +33,7 @@ from ftx._auth import ClientAuthenticator, check_token
 from ftx._fetch import FetchWire, fetch_files
 from ftx._listen import set_keepalive
 from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx._sync import sync_file_systems
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.errors import (
@@ -235,8 +236,9 @@ class Client(trio.abc.AsyncResource):
         directory has its name, is still sent by the server: its data is read and dropped.)
 
         Each file is verified, resumed when possible and renamed into place as :meth:`get`
-        does; the files are flushed to disk together at the end (one ``sync`` for the batch
-        instead of one per file).
+        does; the files are flushed to disk together at the end (one ``syncfs`` per file
+        system they were saved on, instead of an fsync per file; ``sync`` where the system has
+        no ``syncfs``).
 
         Args:
             files: ``(remote path, local destination)`` pairs; a destination may be an
@@ -248,6 +250,8 @@ class Client(trio.abc.AsyncResource):
         Raises:
             ConnectionLostError, RemoteProtocolError: the connection failed; files already
                 saved stay saved, the rest are not (their parts are kept for a resume).
+            LocalFileError: the final flush failed (an I/O error): the files are in place, but
+                may not survive a power cut.
         """
         items = list(files)
         send_items, receive_items = trio.open_memory_channel[tuple[str, str | os.PathLike[str]]](
@@ -296,7 +300,7 @@ class Client(trio.abc.AsyncResource):
         a stream of work (several clients may share one channel, each taking the next file).
 
         ``on_done`` is called with each result in the order the files were taken. ``sync=False``
-        leaves the final ``sync`` to the caller. Raises as :meth:`get_many` does.
+        leaves the final flush to the caller. Raises as :meth:`get_many` does.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -312,11 +316,11 @@ class Client(trio.abc.AsyncResource):
         )
         async with self._lock:
             await self._check_open()
-            taken_any = await fetch_files(
+            directories = await fetch_files(
                 wire, files, on_done=on_done, progress=progress, options=options, window=window
             )
-        if sync and taken_any:
-            await trio.to_thread.run_sync(os.sync)
+        if sync and directories:
+            await trio.to_thread.run_sync(sync_file_systems, directories)
 
     async def _request_file(
         self, path: str, *, verify: bool, offset: int = 0, identity: str | None = None

@@ -24,6 +24,7 @@ from typing import Final
 
 import trio
 
+from ftx._sync import sync_file_systems
 from ftx._threads import run_together
 from ftx.client import Client, Download
 from ftx.errors import FtxError, LocalFileError, RemoteError
@@ -121,7 +122,8 @@ async def download(
         every ``(remote path, result)``, in the order the files finished.
 
     Raises:
-        LocalFileError: ``dest`` is not a directory.
+        LocalFileError: ``dest`` is not a directory, or the final flush to disk failed (an
+            I/O error: the files are in place, but may not survive a power cut).
         ConnectionLostError, RemoteProtocolError, OSError: a connection failed; files already
             saved stay saved, interrupted ones keep their parts.
     """
@@ -141,6 +143,9 @@ async def download(
             on_done(path, result)
 
     send_work, receive_work = trio.open_memory_channel[tuple[str, Path]](_QUEUE_SIZE)
+    # Flushed at the end: the file systems of every directory a file went to (and of the
+    # root, for files an interrupted run saved but never flushed, now skipped as up to date).
+    directories = {os.fspath(root)}
 
     async def list_everything() -> None:
         async with send_work, connect() as lister:
@@ -156,6 +161,7 @@ async def download(
                     totals.bytes_done += entry.size
                     finish(remote, Skipped(remote, "up to date"))
                     continue
+                directories.add(os.path.dirname(local))
                 try:
                     # Without yielding while there is room: the workers then find a directory's
                     # files queued together, and send their requests in batches.
@@ -191,7 +197,7 @@ async def download(
     workers = [work] * jobs
     async with receive_work:
         await run_together(list_everything, *workers)
-    await trio.to_thread.run_sync(os.sync)  # one flush for every file of the batch
+    await trio.to_thread.run_sync(sync_file_systems, directories)  # one flush for the batch
     return results
 
 
