@@ -1561,6 +1561,13 @@ def test_local_destination_is_dest_or_the_remote_name_inside_a_directory(tmp_pat
     assert local_destination("a/b.txt", None) == Path("b.txt")
     with pytest.raises(LocalFileError, match="names no file"):
         local_destination("a/..", tmp_path)
+    # A trailing slash asks for a directory (as cp does): never a file of that name.
+    assert local_destination("a/b.txt", f"{tmp_path}/") == tmp_path / "b.txt"
+    with pytest.raises(LocalFileError, match="no such directory"):
+        local_destination("a/b.txt", f"{tmp_path}/new/")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(LocalFileError, match="no such directory"):
+        local_destination("a/b.txt", f"{tmp_path}/file/")
 
 
 def test_check_destination_refuses_an_existing_file_and_a_missing_directory(

@@ -50,10 +50,13 @@ def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> 
     The name is taken from the path the user asked for, never from anything a server says.
 
     Raises:
-        LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``).
+        LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``), or
+            ``dest`` ends with a slash but is no directory.
     """
     name = posixpath.basename(posixpath.normpath(remote_path.rstrip("/") or "."))
     if dest is not None and not os.path.isdir(dest):
+        if os.fspath(dest).endswith(os.sep):  # "-o new/" means a directory, as for cp
+            raise LocalFileError(f"cannot save to {os.fspath(dest)}: no such directory")
         return dest if isinstance(dest, Path) else Path(dest)
     if name in ("", ".", "..", "/"):
         raise LocalFileError(f"{remote_path!r} names no file: give a destination with -o")
