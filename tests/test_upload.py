@@ -623,12 +623,21 @@ def test_ftx_put_r_sends_a_tree(serve_cli: ServeCli, root: Path, tmp_path: Path)
     copied = root / "sub" / "tree"
     expected = {k: v for k, v in snapshot(tree).items() if k != "a/link"}
     assert snapshot(copied) == expected
-    # Again: every file exists now, and is not replaced without --force.
+    # Again, unchanged (as after an interrupted run): the files already there, with the same
+    # size and modification time, are skipped as up to date, as `ftx get -r` does.
     again = ftx_cli("put", address, str(tree), "-r", "--to", "sub")
-    line = again.stderr.strip().splitlines()[-1]
-    assert again.returncode == 8, again.stderr
-    assert line.startswith("ftx: 3 not sent")
+    assert again.returncode == 0, again.stderr
+    assert "0 file(s) sent (0 B in" in again.stderr
+    assert ", 3 already up to date" in again.stderr
+    # A file changed here is not replaced there without --force; the others are up to date.
+    (tree / "a" / "b" / "leaf.txt").write_bytes(b"leaf, longer\n")
+    changed = ftx_cli("put", address, str(tree), "-r", "--to", "sub")
+    line = changed.stderr.strip().splitlines()[-1]
+    assert changed.returncode == 8, changed.stderr
+    assert ", 2 already up to date, 1 failed" in changed.stderr
+    assert line.startswith("ftx: 'sub/tree/a/b/leaf.txt' already exists")
     assert "--force" in line
+    assert (copied / "a" / "b" / "leaf.txt").read_bytes() == b"leaf\n"
 
 
 def test_ftx_put_exit_codes(serve_cli: ServeCli, root: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ options of ``ftx serve`` that make it writable (``--writable``, ``--allow-overwr
 from __future__ import annotations
 
 import argparse
+import posixpath
 import re
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ftx.cli import (
 )
 from ftx.client import Client
 from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileError, RemoteError
+from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
 from ftx.upload import Planned, Upload, plan_uploads
 
@@ -145,6 +147,10 @@ class _Run:
     sent: list[Upload] = field(default_factory=list)
     failures: list[FtxError] = field(default_factory=list)
     failed_directories: list[str] = field(default_factory=list)
+    up_to_date: int = 0
+    # What each server directory holds, listed once: files already there with the same size
+    # and modification time are skipped, as `ftx get -r` skips them locally.
+    listings: dict[str, dict[str, Entry]] = field(default_factory=dict)
 
     def under_failed_directory(self, item: Planned) -> bool:
         return any(item.remote.startswith(d + "/") for d in self.failed_directories)
@@ -201,7 +207,10 @@ async def _put_all(client: Client, run: _Run, args: argparse.Namespace) -> None:
             continue
         try:
             if item.kind == "dir":
-                await client.mkdir(item.remote)
+                if await client.mkdir(item.remote):
+                    run.listings[item.remote] = {}  # new, so empty: no need to list it
+            elif len(run.plan) > 1 and not args.force and await _up_to_date(client, run, item):
+                run.up_to_date += 1
             else:
                 run.sent.append(await _put_file(client, item, args))
         except RemoteError as exc:
@@ -219,6 +228,27 @@ async def _put_all(client: Client, run: _Run, args: argparse.Namespace) -> None:
         except (IntegrityError, LocalFileError) as exc:
             _failed(args, run, item, exc)
         run.done += 1
+
+
+async def _up_to_date(client: Client, run: _Run, item: Planned) -> bool:
+    """Whether the server has ``item`` already: a file of the same size and modification time
+    (an upload keeps the modification time)."""
+    directory, name = posixpath.split(item.remote)
+    listing = run.listings.get(directory)
+    if listing is None:
+        try:
+            entries = await client.list(directory)
+        except RemoteError:
+            entries = []  # the upload itself then says what is wrong
+        listing = run.listings[directory] = {entry.name: entry for entry in entries}
+    entry = listing.get(name)
+    if entry is None or entry.type is not EntryType.FILE:
+        return False
+    try:
+        st = item.local.stat()
+    except OSError:
+        return False  # the upload itself then says what is wrong
+    return (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
 def _failed(args: argparse.Namespace, run: _Run, item: Planned, error: FtxError) -> None:
@@ -263,6 +293,8 @@ def _summarize(args: argparse.Namespace, run: _Run, elapsed: float) -> None:
     if len(run.plan) > 1:
         size = sum(upload.size for upload in run.sent)
         summary = f"{len(run.sent)} file(s) sent ({_human_size(size)} in {elapsed:.2f} s)"
+        if run.up_to_date:
+            summary += f", {run.up_to_date} already up to date"
         if run.failures:
             summary += f", {len(run.failures)} failed"
         _say(args, summary)
