@@ -145,3 +145,26 @@ async def test_a_single_get_whose_part_cannot_be_created_fails_at_once(
                 await client.get("big.bin", dest / "big.bin")
             with pytest.raises(ftx.ConnectionLostError):
                 await client.list("")
+
+
+async def test_a_file_whose_resume_record_cannot_be_written_is_skipped_and_leaves_nothing(
+    tmp_path: Path, start_server: object
+) -> None:
+    """A 5 MiB download gets a resume record; a directory where it should go makes that file
+    fail on its own (its new, empty part removed again), and the next file still arrives."""
+    served, dest = tmp_path / "served", tmp_path / "dest"
+    served.mkdir()
+    dest.mkdir()
+    (served / "big.bin").write_bytes(os.urandom(5 << 20))
+    (served / "next.txt").write_bytes(b"next")
+    (dest / "big.bin.part.resume").mkdir()
+    host, port = await start_server(served)  # type: ignore[operator]
+    with trio.fail_after(30):
+        async with ftx.connect(host, port) as client:
+            results = await client.get_many(
+                [("big.bin", dest / "big.bin"), ("next.txt", dest / "next.txt")]
+            )
+    assert isinstance(results[0], LocalFileError), results[0]
+    assert isinstance(results[1], Download), results[1]
+    assert (dest / "next.txt").read_bytes() == b"next"
+    assert sorted(p.name for p in dest.iterdir()) == ["big.bin.part.resume", "next.txt"]

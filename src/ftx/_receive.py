@@ -216,13 +216,16 @@ class FileReceiver:
 
 def _open_part(part: PartFile, path: str, header: FileHeader) -> None:
     """Open the part file for the answer ``header`` begins, with a resume record if the file
-    is worth one; closed again if that fails."""
+    is worth one; if that fails, closed again (and deleted, if it was just created empty)."""
     part.open(keep=header.offset)
     if header.size - header.offset >= _RESUMABLE_SIZE:
         try:
             part.write_record(ResumeRecord(path, header.identity, header.size, header.digest))
         except LocalFileError:
-            part.close()
+            if header.offset:
+                part.close()  # the start of the file, kept for a later resume
+            else:
+                part.discard()
             raise
 
 

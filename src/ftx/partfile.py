@@ -265,6 +265,7 @@ class PartFile:
                 file.write(data)
             os.replace(self._record_temporary, self._record)
         except OSError as exc:
+            _try_unlink(self._record_temporary)
             raise LocalFileError(f"cannot write {self._record}: {exc.strerror}") from exc
 
     def write(self, data: Buffer) -> None:
@@ -329,7 +330,7 @@ class PartFile:
             else:
                 _link_without_replacing(self._part, self._dest)
             if self._record_may_exist:
-                _unlink_if_present(self._record)
+                _try_unlink(self._record)
             if durable:
                 _fsync_directory(self._directory or ".")
         except FileExistsError as exc:
@@ -342,8 +343,8 @@ class PartFile:
     def discard(self) -> None:
         """Close and delete the part file and its record (the content is worthless)."""
         self.close()
-        _unlink_if_present(self._record)
-        _unlink_if_present(self._part)
+        _try_unlink(self._record)
+        _try_unlink(self._part)
 
     def close(self) -> None:
         """Close the part file and release the lock, keeping what was written."""
@@ -352,8 +353,10 @@ class PartFile:
             self._fd = None
 
 
-def _unlink_if_present(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+def _try_unlink(path: str) -> None:
+    """Remove ``path`` if possible: for clean-up, which must not hide the error it follows
+    (a part or record that cannot be removed is harmless: a later download replaces it)."""
+    with contextlib.suppress(OSError):
         os.unlink(path)
 
 
