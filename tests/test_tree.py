@@ -116,6 +116,33 @@ async def test_many_paths_in_one_directory_list_it_once(
     assert isinstance(results["missing"], ftx.RemoteError)
 
 
+async def test_a_server_that_takes_fewer_connections_than_jobs_still_gets_everything(
+    tmp_path: Path, start_server: object
+) -> None:
+    """-j 6 against a server that takes 2 connections (the lister's and one worker's): the
+    workers it refuses as busy leave the work to the one it took. With room for the lister
+    only, busy is the answer."""
+    served = tmp_path / "served"
+    for d in range(3):
+        (served / "top" / f"d{d}").mkdir(parents=True)
+        for f in range(20):
+            (served / "top" / f"d{d}" / f"f{f}.txt").write_bytes(f"{d}/{f}".encode())
+    host, port = await start_server(served, max_connections=2)  # type: ignore[operator]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with trio.fail_after(30):
+        results = await download(connector(host, port), ["top"], dest, recursive=True, jobs=6)
+    assert all(isinstance(result, ftx.Download) for _, result in results), results
+    assert tree_files(dest / "top") == tree_files(served / "top")
+
+    host, port = await start_server(served, max_connections=1)  # type: ignore[operator]
+    again = tmp_path / "again"
+    again.mkdir()
+    with trio.fail_after(30), pytest.raises(ftx.RemoteError) as refused:
+        await download(connector(host, port), ["top"], again, recursive=True, jobs=3)
+    assert refused.value.code == ftx.ErrorCode.BUSY
+
+
 async def test_ten_thousand_small_files(tmp_path: Path, start_server: object) -> None:
     served = tmp_path / "served"
     rng = random.Random(10_000)

@@ -13,6 +13,7 @@ are reported as skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
@@ -147,8 +148,13 @@ async def download(
     # root, for files an interrupted run saved but never flushed, now skipped as up to date).
     directories = {os.fspath(root)}
 
+    # The lister connects first: a server that takes few connections must not give them all
+    # to workers that would then wait for work that nobody lists.
+    lister_connected = trio.Event()
+
     async def list_everything() -> None:
         async with send_work, connect() as lister:
+            lister_connected.set()
             walk = _walk(lister, paths, root, recursive)
             async for remote, local, entry in walk:
                 if isinstance(entry, Skipped | FtxError):
@@ -170,8 +176,20 @@ async def download(
                     await send_work.send((remote, local))
         totals.listing_done = True
 
+    attempts = _Attempts(jobs)
+
     async def work() -> None:
-        async with connect() as client, receive_work.clone() as work_items:
+        await lister_connected.wait()
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                client = await stack.enter_async_context(connect())
+            except RemoteError as exc:
+                # A server that takes fewer connections than -j: the ones it took do the work.
+                if exc.code != ErrorCode.BUSY or not await attempts.refused():
+                    raise
+                return
+            attempts.connected()
+            work_items = await stack.enter_async_context(receive_work.clone())
             shown = 0
 
             def track(done: int, total: int) -> None:
@@ -199,6 +217,29 @@ async def download(
         await run_together(list_everything, *workers)
     await trio.to_thread.run_sync(sync_file_systems, directories)  # one flush for the batch
     return results
+
+
+class _Attempts:
+    """The workers' connection attempts: whether a worker the server refused as busy can leave
+    the work to another one that got a connection."""
+
+    def __init__(self, count: int) -> None:
+        self._pending = count
+        self._connected = False
+        self._settled = trio.Event()  # a worker is connected, or every one was refused
+
+    def connected(self) -> None:
+        self._pending -= 1
+        self._connected = True
+        self._settled.set()
+
+    async def refused(self) -> bool:
+        """Note a refusal; return whether another worker is connected (once that is known)."""
+        self._pending -= 1
+        if self._pending == 0:
+            self._settled.set()
+        await self._settled.wait()
+        return self._connected
 
 
 class _MarkingInFlight(trio.abc.ReceiveChannel[tuple[str, Path]]):
