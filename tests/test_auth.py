@@ -457,9 +457,10 @@ def test_serve_and_get_with_a_token(served_root: Path, tmp_path: Path) -> None:
         none = ftx_cli("ls", address, cwd=out)
         assert none.returncode == 5
         assert "requires a token" in none.stderr
+        assert none.stderr.count("--token-file") == 1, none.stderr  # the advice, once
         wrong = ftx_cli("ls", address, env={"FTX_TOKEN": OTHER}, cwd=out)
         assert wrong.returncode == 5
-        assert "wrong token" in wrong.stderr
+        assert "wrong token (check the token)" in wrong.stderr
     finally:
         process.terminate()
         process.wait(timeout=15)

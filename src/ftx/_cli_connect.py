@@ -98,9 +98,10 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
             ) from None
         if exc.code == ErrorCode.UNAUTHORIZED:
             advice = "check the token" if token else "give one with --token-file or FTX_TOKEN"
-            raise CliError(
-                f"{address} refused us: {printable(exc.message)} ({advice})", ExitCode.PERMISSION
-            ) from None
+            said = printable(exc.message)
+            if "--token-file" not in said:  # (an ftx server gives that advice itself)
+                said += f" ({advice})"
+            raise CliError(f"{address} refused us: {said}", ExitCode.PERMISSION) from None
         raise
     except AuthenticationError as exc:
         await trio.aclose_forcefully(client)
