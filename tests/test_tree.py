@@ -217,9 +217,39 @@ async def test_existing_symlink_in_dest_is_not_followed(
     dest = tmp_path / "dest"
     (dest / "top").mkdir(parents=True)
     (dest / "top" / "sub").symlink_to(outside)  # planted: would lead the download outside
-    with trio.fail_after(30), pytest.raises(ftx.LocalFileError, match="not a directory"):
-        await download(connector(host, port), ["top"], dest, recursive=True)
+    (served / "top" / "other").mkdir()
+    (served / "top" / "other" / "g.txt").write_bytes(b"fine")
+    with trio.fail_after(30):
+        results = dict(await download(connector(host, port), ["top"], dest, recursive=True))
     assert list(outside.iterdir()) == []
+    # Refused and reported; the rest of the tree still arrives.
+    refused = results["top/sub"]
+    assert isinstance(refused, ftx.LocalFileError)
+    assert "not a directory" in str(refused)
+    assert (dest / "top" / "other" / "g.txt").read_bytes() == b"fine"
+
+
+async def test_a_file_where_a_directory_goes_fails_that_directory_only(
+    tmp_path: Path, start_server: object
+) -> None:
+    served = tmp_path / "served"
+    for name in ("a", "b", "c"):
+        (served / name / "deep").mkdir(parents=True)
+        (served / name / "deep" / "f.txt").write_bytes(name.encode())
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "dest"
+    (dest / "c").mkdir(parents=True)
+    (dest / "b").write_bytes(b"a file of mine")
+    (dest / "c" / "deep").write_bytes(b"another")
+    with trio.fail_after(30):
+        results = dict(await download(connector(host, port), ["a", "b", "c"], dest, recursive=True))
+    assert (dest / "a" / "deep" / "f.txt").read_bytes() == b"a"
+    assert (dest / "b").read_bytes() == b"a file of mine"
+    assert (dest / "c" / "deep").read_bytes() == b"another"
+    assert {path for path, result in results.items() if isinstance(result, ftx.FtxError)} == {
+        "b",
+        "c/deep",
+    }
 
 
 def test_ctrl_c_in_the_middle_leaves_resumable_parts(

@@ -297,7 +297,11 @@ async def _walk(
             if not recursive:
                 yield path, local, Skipped(path, "a directory (use -r to fetch it)")
                 continue
-            _make_directory(local)
+            try:
+                _make_directory(local)
+            except LocalFileError as exc:
+                yield path, local, exc  # reported; the rest goes on without this directory
+                continue
             pending.append((path.strip("/"), local))
         else:
             yield path, local, _fetchable(path, entry)
@@ -316,7 +320,11 @@ async def _walk(
                 yield remote, local_directory, exc
                 continue
             if entry.type is EntryType.DIRECTORY:
-                _make_directory(local)
+                try:
+                    _make_directory(local)
+                except LocalFileError as exc:
+                    yield remote, local, exc
+                    continue
                 pending.append((remote, local))
             else:
                 yield remote, local, _fetchable(remote, entry)
