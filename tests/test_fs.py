@@ -34,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ftx.partfile
 from ftx.errors import LocalFileError
 from ftx.fs import (
     MAX_SYMLINKS,
@@ -1642,3 +1643,30 @@ def test_a_download_to_the_null_device_writes_nothing_anywhere() -> None:
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
     assert not os.path.lexists(os.devnull + ".part")
     assert type(part_for(Path("/tmp/dev/null"))) is PartFile
+
+
+def test_a_part_file_asks_for_write_back_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Early write-back (so that the final flush finds little left to write): requested for
+    each step's worth of new data, over exactly the range written since the last request."""
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise here")
+    requests: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(ftx.partfile, "_WRITE_BACK_STEP", 1 << 20)
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        requests.append((offset, length, advice))
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    part = PartFile(tmp_path / "out.bin")
+    part.open()
+    for _ in range(7):
+        part.write(b"x" * (512 << 10))  # 3.5 MiB in all
+    part.publish(durable=False)
+    assert requests == [
+        (0, 1 << 20, os.POSIX_FADV_DONTNEED),
+        (1 << 20, 1 << 20, os.POSIX_FADV_DONTNEED),
+        (2 << 20, 1 << 20, os.POSIX_FADV_DONTNEED),
+    ]
+    assert (tmp_path / "out.bin").stat().st_size == 7 * (512 << 10)

@@ -135,8 +135,10 @@ class ResumeRecord:
     digest: str | None
 
 
-# Early write-back (see PartFile._start_write_back) is asked for every this many bytes.
-_WRITE_BACK_STEP: Final = 8 << 20
+# Early write-back (see PartFile._start_write_back) is asked for every this many bytes. Each
+# request can block while the disk's queue is full; every 64 MiB measured faster than every
+# 8 MiB (1 GiB to disk, interleaved: 1.25-1.45 s against 1.33-1.70 s, medians of 3-4 runs).
+_WRITE_BACK_STEP: Final = 64 << 20
 
 
 class PartFile:
