@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -192,16 +193,19 @@ def run_once(
 def run_scenario(
     scenario: sc.Scenario, settings: sc.Settings, runs: int, timeout: float, into: list[Outcome]
 ) -> None:
-    """Every method of ``scenario``, interleaved and rotated: A B C, B C A, C A B, ... (a
-    method that always ran right after the same one would carry what that one left behind,
-    such as a big file's blocks being freed)."""
+    """Every method of ``scenario``, interleaved: A B C, then each further round in another
+    order (shuffled, the same way on every run of the benchmark). A method that always ran
+    right after the same one would carry what that one left behind (memory or disk blocks
+    just freed), round after round; a rotation (B C A) would keep those neighbours."""
     outcomes = [Outcome(method) for method in scenario.methods]
     into.extend(outcomes)
     runs = scenario.runs or runs
     try:
         for index in range(runs):
-            shift = index * max(1, len(outcomes) // runs) % max(1, len(outcomes))
-            for outcome in outcomes[shift:] + outcomes[:shift]:
+            order = list(outcomes)
+            if index:
+                random.Random(index).shuffle(order)
+            for outcome in order:
                 one = run_once(outcome.method, settings, index, timeout, keep=scenario.keep_outputs)
                 outcome.samples += one.samples
                 outcome.failures += one.failures
@@ -267,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if fast != tmp:
                 shutil.rmtree(fast, ignore_errors=True)
     print("\n".join(header))
-    print(f"median of {args.runs} runs (d: {args.startup_runs}), methods interleaved and rotated, "
+    print(f"median of {args.runs} runs (d: {args.startup_runs}), methods interleaved and shuffled, "
           f"{time.monotonic() - started:.0f} s in all; rate = work / client wall time unless "
           f"noted; RSS = peak VmHWM of the client / the server process(es); 'vs ref' = speed "
           f"relative to the group's ref row (higher is faster)")  # fmt: skip
