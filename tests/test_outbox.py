@@ -401,3 +401,23 @@ async def test_shutdown_mid_batch_sends_the_queued_answers_whole_before_the_erro
     expected[request.path] = "bad-request" if third == "refused" else "shutting-down"
     assert results == expected
     assert len(wire.logs) == len(expected)
+
+
+async def test_a_client_that_stops_reading_holds_no_batch_buffer(root: Path, wire: Wire) -> None:
+    """A batch [small, large, small]: the first small answer goes out before the large file's
+    header. While that write cannot finish (a client that stopped reading), no buffer of the
+    pool is held: the read-ahead was copied out and the buffer given back before anything was
+    sent, so slow clients cannot starve every other connection's batches."""
+    requests = [Get(1, "a.txt"), Get(2, "mib.bin"), Get(3, "tiny")]
+    async with serving(root) as (server, port):
+        with trio.fail_after(10):
+            async with Peer.connected(port) as peer:
+                release = trio.Event()
+                wire.hold = release
+                await peer.send(*requests)
+                await wire.held.wait()
+                assert batch_buffers_all_free(server)
+                release.set()
+                answers = [await peer.answer() for _ in requests]
+    for request, answer in zip(requests, answers, strict=True):
+        check_file(answer, request, SMALL_FILES[request.path], root / request.path)

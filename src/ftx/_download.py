@@ -67,7 +67,6 @@ class DownloadHandler:
         self._send_from_file = send_from_file
         self._check_stop = check_stop
         self._prepared: dict[int, SmallFile | OpenedFile | FsError] = {}
-        self._batch_buffer: bytearray | None = None
 
     async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
         """Answer ``request`` completely (or with a per-request ERROR), noting in ``record``
@@ -89,28 +88,28 @@ class DownloadHandler:
         for, in one worker-thread hop. Call :meth:`release_prepared` once they are answered."""
         if not requests:
             return
-        self._batch_buffer = await self._server.batch_buffers.acquire()
-        self._prepared = await trio.to_thread.run_sync(
-            read_small_files, self._server.root, requests, self._batch_buffer
-        )
-        self._release_buffer_if_unused()
+        buffer = await self._server.batch_buffers.acquire()
+        try:
+            prepared = await trio.to_thread.run_sync(
+                read_small_files, self._server.root, requests, buffer
+            )
+            # Copied out, and the buffer given back, before anything is sent: a client that
+            # stops reading must not hold a buffer of the pool that every batch needs.
+            self._prepared = {
+                request_id: SmallFile(item.stat, bytes(item.content))
+                if isinstance(item, SmallFile)
+                else item
+                for request_id, item in prepared.items()
+            }
+        finally:
+            self._server.batch_buffers.release(buffer)
 
     def release_prepared(self) -> None:
-        """Forget what :meth:`prepare` read and give its buffer back."""
+        """Forget what :meth:`prepare` read (closing what it left open)."""
         for unused in self._prepared.values():
             if isinstance(unused, OpenedFile):
                 unused.close()
         self._prepared = {}
-        self._release_buffer_if_unused()
-
-    def _release_buffer_if_unused(self) -> None:
-        """Give the batch buffer back as soon as no file read into it waits to be sent: a
-        batch that goes on with a large file must not hold it for the whole transfer."""
-        if self._batch_buffer is None:
-            return
-        if not any(isinstance(item, SmallFile) for item in self._prepared.values()):
-            self._server.batch_buffers.release(self._batch_buffer)
-            self._batch_buffer = None
 
     async def _send_file(self, request: Get, record: AccessRecord, chunk_size: int) -> None:
         if request.digest is not None and request.digest not in DIGEST_ALGORITHMS:
@@ -129,9 +128,7 @@ class DownloadHandler:
                 await self._refuse(request, record, *refusal)
             else:
                 await self._send_small_file(request, record, prepared, chunk_size)
-            self._release_buffer_if_unused()
             return
-        self._release_buffer_if_unused()
         try:
             if isinstance(prepared, FsError):
                 raise prepared
@@ -173,8 +170,7 @@ class DownloadHandler:
             hasher.update(small.content)
             digest = hasher.hexdigest()
         header = self._file_header(request, record, small.stat)
-        # Copied out of the batch buffer, which goes back to the pool before the queue is sent.
-        body = bytes(small.content[request.offset :])
+        body = small.content[request.offset :]
         # As many DATA frames as the client's frame limit needs (one, unless it is tiny).
         chunks = [
             Data(body[start : start + chunk_size]) for start in range(0, len(body), chunk_size)

@@ -31,7 +31,7 @@ class SmallFile:
     """A whole file, read while unchanged, with the metadata it had then."""
 
     stat: os.stat_result
-    content: memoryview
+    content: memoryview | bytes  # a view of the batch's buffer, or a copy of it
 
     @property
     def identity(self) -> str:
