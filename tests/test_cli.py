@@ -24,6 +24,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+import xxhash
 
 import ftx
 from conftest import (
@@ -265,17 +266,36 @@ def test_get_hello(sample_server: ServerProcess, out: Path) -> None:
 
 def test_saved_line_shows_the_digest(sample_server: ServerProcess, out: Path) -> None:
     # docs/user-guide.md: "one line says what was saved and its digest, which you can compare
-    # with b3sum", e.g. "saved big.bin (381.5 MiB in 2.06 s, 185.2 MiB/s), blake3 f23...".
+    # with xxhsum -H2", e.g. "saved big.bin (381.5 MiB in 2.06 s, 185.2 MiB/s), xxh3-128 a1...".
     result = ftx_cli("get", sample_server.address, "random-3MiB.bin", cwd=out)
     assert result.returncode == OK, result.stderr
     saved = [line for line in result.stderr.splitlines() if line.startswith("saved ")]
     assert len(saved) == 1, result.stderr
     assert re.fullmatch(
-        r"saved random-3MiB\.bin \(3\.0 MiB in [\d.]+ s, [\d.]+ MiB/s\), blake3 [0-9a-f]{64}",
+        r"saved random-3MiB\.bin \(3\.0 MiB in [\d.]+ s, [\d.]+ MiB/s\), xxh3-128 [0-9a-f]{32}",
         saved[0],
     ), saved[0]
+    expected = xxhash.xxh3_128((SAMPLE_FILES / "random-3MiB.bin").read_bytes()).hexdigest()
+    assert saved[0].endswith(f"xxh3-128 {expected}")
+
+
+def test_cryptographic_digest_on_request(sample_server: ServerProcess, out: Path) -> None:
+    # docs/user-guide.md: "--digest cryptographic ... compare with b3sum".
+    result = ftx_cli(
+        "get", sample_server.address, "random-3MiB.bin", "--digest", "cryptographic", cwd=out
+    )
+    assert result.returncode == OK, result.stderr
     expected = blake3.blake3((SAMPLE_FILES / "random-3MiB.bin").read_bytes()).hexdigest()
-    assert saved[0].endswith(f"blake3 {expected}")
+    assert result.stderr.strip().endswith(f"blake3 {expected}"), result.stderr
+    assert sha256(out / "random-3MiB.bin") == sha256(SAMPLE_FILES / "random-3MiB.bin")
+
+
+def test_unknown_digest_choice_is_a_usage_error(out: Path) -> None:
+    result = ftx_cli("get", "127.0.0.1:1", "x", "--digest", "md5", cwd=out)
+    assert result.returncode == USAGE
+    assert "invalid choice: 'md5'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(out) == []
 
 
 def test_saved_line_says_sha256_with_a_server_without_blake3(fake_server, out: Path) -> None:
@@ -660,11 +680,11 @@ def test_get_to_dev_null_verifies_and_keeps_nothing(
     before = os.stat(os.devnull)
     result = ftx_cli("get", sample_server.address, "random-3MiB.bin", "-o", os.devnull, *force)
     assert result.returncode == OK, result.stderr
-    expected = blake3.blake3((SAMPLE_FILES / "random-3MiB.bin").read_bytes()).hexdigest()
+    expected = xxhash.xxh3_128((SAMPLE_FILES / "random-3MiB.bin").read_bytes()).hexdigest()
     saved = [line for line in result.stderr.splitlines() if line.startswith("saved ")]
     assert len(saved) == 1, result.stderr
     assert saved[0].startswith(f"saved nothing ({os.devnull}) (3.0 MiB"), saved
-    assert saved[0].endswith(f"blake3 {expected}")
+    assert saved[0].endswith(f"xxh3-128 {expected}")
     after = os.stat(os.devnull)
     assert stat.S_ISCHR(after.st_mode)
     assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)

@@ -23,6 +23,7 @@ from pathlib import Path
 import blake3
 import pytest
 import trio
+import xxhash
 
 import ftx
 from conftest import (
@@ -69,7 +70,7 @@ async def fetch(address: Address, path: str, dest: str | os.PathLike[str] | None
 
 def algorithm_of(result: ftx.Download) -> str:
     """The digest algorithm a download was verified with."""
-    assert result.digest_algorithm in ("blake3", "sha256"), result.digest_algorithm
+    assert result.digest_algorithm in ("xxh3-128", "blake3", "sha256"), result.digest_algorithm
     return result.digest_algorithm
 
 
@@ -78,6 +79,8 @@ def digest_of(content: bytes, algorithm: str) -> str:
         return hashlib.sha256(content).hexdigest()
     if algorithm == "blake3":
         return blake3.blake3(content).hexdigest()
+    if algorithm == "xxh3-128":
+        return xxhash.xxh3_128(content).hexdigest()
     raise AssertionError(f"unexpected digest algorithm {algorithm!r}")
 
 
@@ -272,11 +275,58 @@ async def test_get_big_file_matches_session_digest(server, big_file: BigFile, tm
     assert sha256_file(tmp_path / "copy.bin") == big_file.sha256
 
 
-async def test_digest_is_blake3_between_ftx_peers(server, served_root, tmp_path):
-    # docs/user-guide.md: BLAKE3 when both sides support it ("every ftx does").
+async def test_digest_is_xxh3_between_ftx_peers(server, served_root, tmp_path):
+    # docs/user-guide.md: XXH3-128 by default, since every ftx computes it.
     result = await fetch(server, "medium.bin", tmp_path / "copy")
+    assert result.digest_algorithm == "xxh3-128"
+    assert result.digest == xxhash.xxh3_128((served_root / "medium.bin").read_bytes()).hexdigest()
+
+
+async def test_cryptographic_digest_is_blake3_between_ftx_peers(server, served_root, tmp_path):
+    with trio.fail_after(TIMEOUT):
+        async with ftx.connect(*server, digest="cryptographic") as client:
+            assert client.digest_algorithm == "blake3"
+            result = await client.get("medium.bin", tmp_path / "copy")
     assert result.digest_algorithm == "blake3"
     assert result.digest == blake3.blake3((served_root / "medium.bin").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("features", "choice", "expected"),
+    [
+        (frozenset({"digest-blake3"}), "fast", "blake3"),  # an ftx 0.2 server
+        (frozenset({"digest-xxh3-128"}), "cryptographic", "sha256"),
+        (frozenset(), "cryptographic", "sha256"),
+    ],
+)
+async def test_digest_falls_back_to_what_the_server_computes(
+    fake_server, tmp_path, features, choice, expected
+):
+    content = b"from an older server\n" * 1000
+    seen: list[Get] = []
+
+    def behaviour(conn: FakeConnection) -> None:
+        conn.handshake(features)
+        get = conn.receive()
+        assert isinstance(get, Get)
+        seen.append(get)
+        conn.send(FileHeader(get.request_id, len(content), 0, "0" * 32, digest=get.digest))
+        conn.send(Data(content))
+        conn.send(FileEnd(get.request_id, digest_of(content, get.digest or "none")))
+        conn.stop.wait(10)
+
+    fake = fake_server(behaviour)
+    with trio.fail_after(TIMEOUT):
+        async with ftx.connect("127.0.0.1", fake.port, digest=choice) as client:
+            result = await client.get("file.bin", tmp_path / "file.bin")
+    assert [get.digest for get in seen] == [expected]
+    assert (result.digest_algorithm, result.digest) == (expected, digest_of(content, expected))
+    assert (tmp_path / "file.bin").read_bytes() == content
+
+
+def test_an_unknown_digest_choice_is_refused_before_connecting():
+    with pytest.raises(ValueError, match="'fast' or 'cryptographic'"):
+        ftx.Client(trio.testing.memory_stream_pair()[0], digest="md5")  # type: ignore[arg-type]
 
 
 async def test_digest_falls_back_to_sha256(fake_server, tmp_path):

@@ -1636,7 +1636,7 @@ def test_publish_refuses_a_pipe_that_took_the_destination_meanwhile(tmp_path: Pa
 def test_a_download_to_the_null_device_writes_nothing_anywhere() -> None:
     part = part_for(Path(os.devnull))
     assert isinstance(part, DiscardingPart)
-    assert part.resumable("x", "blake3") is None
+    assert part.resumable("x") is None
     part.open()
     part.write(b"dropped")
     part.publish(overwrite=True, mtime_ns=0, mode=0o600)

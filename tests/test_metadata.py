@@ -54,5 +54,5 @@ def test_ls_json_and_get_json(tmp_path: Path, start_ftx_server: ServerStarter) -
     record = json.loads(got.stdout)
     assert record["status"] == "saved"
     assert record["size"] == 3
-    assert record["digest_algorithm"] == "blake3"
+    assert record["digest_algorithm"] == "xxh3-128"
     assert (tmp_path / "a.txt").read_bytes() == b"abc"

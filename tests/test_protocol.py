@@ -37,14 +37,19 @@ from ftx.messages import (
     encode_message,
 )
 from ftx.protocol import (
+    BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
+    DIGEST_FEATURES,
     MAX_PENDING_REQUESTS,
     MIN_FRAME_SIZE,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
+    XXH3_FEATURE,
     ClientProtocol,
     ErrorCode,
     ServerProtocol,
+    choose_digest,
+    new_hasher,
 )
 
 FUZZ = settings(
@@ -120,6 +125,56 @@ def client_waiting_for_hello(**kwargs: object) -> ClientProtocol:
     client = ClientProtocol(**kwargs)  # type: ignore[arg-type]
     client.send(client.local_hello)
     return client
+
+
+# --------------------------------------------------------------------------- digests
+
+# The test vectors of docs/protocol.md §9.4: the digests of the empty file and of b"abc".
+DIGEST_VECTORS = {
+    "sha256": (
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    ),
+    "blake3": (
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+        "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85",
+    ),
+    "xxh3-128": ("99aa06d3014798d86001c324468d497f", "06b05ab6733a618578af5f94892f3950"),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(DIGEST_ALGORITHMS))
+def test_digest_test_vectors(algorithm: str) -> None:
+    empty, abc = DIGEST_VECTORS[algorithm]
+    assert new_hasher(algorithm).hexdigest() == empty
+    hasher = new_hasher(algorithm)
+    hasher.update(b"a")
+    hasher.update(memoryview(b"bc"))  # in pieces, and from a buffer, as transfers feed it
+    assert hasher.hexdigest() == abc
+
+
+def test_unknown_digest_algorithm() -> None:
+    with pytest.raises(ValueError, match="unknown digest algorithm 'md5'"):
+        new_hasher("md5")
+
+
+@pytest.mark.parametrize(
+    ("features", "fast", "cryptographic"),
+    [
+        (DIGEST_FEATURES, "xxh3-128", "blake3"),
+        (frozenset({BLAKE3_FEATURE}), "blake3", "blake3"),
+        (frozenset({XXH3_FEATURE}), "xxh3-128", "sha256"),
+        (frozenset(), "sha256", "sha256"),
+    ],
+)
+def test_choose_digest(features: frozenset[str], fast: str, cryptographic: str) -> None:
+    assert choose_digest(features) == choose_digest(features, "fast") == fast
+    assert choose_digest(features, "cryptographic") == cryptographic
+
+
+def test_choose_digest_refuses_unknown_choices() -> None:
+    with pytest.raises(ValueError, match="not 'secure'"):
+        choose_digest(DIGEST_FEATURES, "secure")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- handshake

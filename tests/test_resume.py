@@ -9,6 +9,7 @@ from pathlib import Path
 import blake3
 import pytest
 import trio
+import xxhash
 
 import ftx
 import ftx._download
@@ -61,6 +62,33 @@ async def test_interrupted_download_resumes_from_the_part(
     assert result.digest is not None
     assert not (tmp_path / "data.bin.part").exists()
     assert not (tmp_path / "data.bin.part.resume").exists()
+
+
+@pytest.mark.parametrize(
+    ("choice", "verify", "algorithm"),
+    [("cryptographic", True, "blake3"), ("fast", False, None)],
+)
+async def test_a_resume_may_verify_differently_from_the_start(
+    tmp_path: Path, start_server: object, choice: str, verify: bool, algorithm: str | None
+) -> None:
+    # The start was verified with xxh3-128 (the default): a resume with BLAKE3 hashes the kept
+    # bytes again, and one without verification keeps them as they are.
+    host, port, content = await serve_one_file(tmp_path, start_server, 4)
+    dest = tmp_path / "data.bin"
+    with trio.fail_after(30):
+        await download_until(host, port, dest, 3 * 1024 * 1024)
+        held = (tmp_path / "data.bin.part").stat().st_size
+        seen: list[int] = []
+        async with ftx.connect(host, port, digest=choice) as client:  # type: ignore[arg-type]
+            result = await client.get(
+                "data.bin", dest, verify=verify, progress=lambda d, t: seen.append(d)
+            )
+    assert 0 < held < SIZE
+    assert seen[0] == held, "resumed, not started again"
+    assert dest.read_bytes() == content
+    assert result.digest_algorithm == algorithm
+    if algorithm == "blake3":
+        assert result.digest == blake3.blake3(content).hexdigest()
 
 
 async def test_file_changed_since_the_interruption_restarts_from_zero(
@@ -139,7 +167,7 @@ async def test_a_cut_transfer_leaves_its_digest_for_the_resume(
     with trio.fail_after(30):
         async with serving(served) as (server, port):
             await download_until("127.0.0.1", port, dest, 3 * 1024 * 1024)
-            key = f"blake3:{file_identity(os.stat(served / 'data.bin'))}"
+            key = f"xxh3-128:{file_identity(os.stat(served / 'data.bin'))}"
             with trio.fail_after(20):  # the cut connection's task is finishing the digest
                 while not server.digests.get(key):  # noqa: ASYNC110 - bounded polling
                     await trio.sleep(0.01)
@@ -147,6 +175,6 @@ async def test_a_cut_transfer_leaves_its_digest_for_the_resume(
             async with ftx.connect("127.0.0.1", port) as client:
                 resumed = await client.get("data.bin", dest)
     assert dest.read_bytes() == content
-    assert resumed.digest == blake3.blake3(content).hexdigest()
+    assert resumed.digest == xxhash.xxh3_128(content).hexdigest()
     # Plain TCP sends with sendfile: with the digest known, the server reads nothing itself.
     assert file_reads == [], "the resume made the server read the file to hash it"

@@ -18,10 +18,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
-import blake3
 import pytest
 import trio
 import trustme
+import xxhash
 
 import ftx
 from conftest import SMALL_TEXT, serving
@@ -117,7 +117,7 @@ async def test_a_large_tls_download_reads_short_and_cold_chunks_whole(
                 result = await client.get("big.bin", dest)
     content = (root / "big.bin").read_bytes()
     assert dest.read_bytes() == content
-    assert result.digest == blake3.blake3(content).hexdigest()
+    assert result.digest == xxhash.xxh3_128(content).hexdigest()
     assert calls[0] > 64  # the short reads were really taken
 
 

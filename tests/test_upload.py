@@ -21,6 +21,7 @@ from pathlib import Path
 import blake3
 import pytest
 import trio
+import xxhash
 
 import ftx
 from conftest import (
@@ -150,7 +151,10 @@ async def test_put_stores_an_identical_file_with_its_mtime(
     assert (root / "sub" / "copy.bin").stat().st_mtime_ns == 1_700_000_000_123_456_789
     assert result.path == "sub/copy.bin"
     assert (result.size, result.offset, result.created) == (SIZE, 0, True)
-    assert (result.digest_algorithm, result.digest) == ("blake3", blake3.blake3(data).hexdigest())
+    assert (result.digest_algorithm, result.digest) == (
+        "xxh3-128",
+        xxhash.xxh3_128(data).hexdigest(),
+    )
     assert seen[0] == (0, SIZE)
     assert seen[-1] == (SIZE, SIZE)
     assert leftovers(root) == []
@@ -184,6 +188,19 @@ async def test_empty_file_and_directories(
 
 
 # --------------------------------------------------------------------------- read-only
+
+
+async def test_put_with_a_cryptographic_digest(
+    start_server: StartServer, root: Path, tmp_path: Path
+) -> None:
+    data = content(SIZE)
+    (tmp_path / "source.bin").write_bytes(data)
+    port = await writable(start_server, root)
+    async with ftx.connect("127.0.0.1", port, digest="cryptographic") as client:
+        result = await client.put(tmp_path / "source.bin")
+    assert (result.digest_algorithm, result.digest) == ("blake3", blake3.blake3(data).hexdigest())
+    assert (root / "source.bin").read_bytes() == data
+    assert leftovers(root) == []
 
 
 async def test_a_read_only_server_refuses_with_a_typed_error(

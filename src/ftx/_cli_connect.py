@@ -85,7 +85,9 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
         raise CliError(_describe_connect_error(exc, address), ExitCode.NETWORK) from None
     except (AuthenticationError, RemoteProtocolError) as exc:
         raise CliError(f"{address}: {exc}", ExitCode.PROTOCOL) from None
-    client = ftx.Client(stream, idle_timeout=args.timeout, token=token)
+    client = ftx.Client(
+        stream, idle_timeout=args.timeout, token=token, digest=getattr(args, "digest", "fast")
+    )
     try:
         await client.handshake()
     except RemoteError as exc:

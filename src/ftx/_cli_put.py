@@ -29,6 +29,7 @@ from ftx.cli import (
     _describe,
     _human_size,
     _say,
+    add_digest_option,
     parse_address,
     printable,
 )
@@ -99,7 +100,7 @@ def add_put_parser(commands: Any) -> None:
         description="Upload the local files LOCAL (with -r, also directories and everything "
         "under them) into the served directory of the ftx server at HOST, which must run "
         "with --writable. Each file lands in a part file on the server and takes its name "
-        "only once its BLAKE3 (or SHA-256) digest matched; an interrupted upload resumes.",
+        "only once its digest matched; an interrupted upload resumes.",
     )
     put.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
     put.add_argument("sources", metavar="LOCAL", nargs="+", help="a file (or, with -r, directory)")
@@ -133,6 +134,7 @@ def add_put_parser(commands: Any) -> None:
         action="store_false",
         help="send every file from its start, even if the server holds part of it",
     )
+    add_digest_option(put)
     _add_timeout(put)
     _add_connection_options(put)
     _add_verbosity(put)

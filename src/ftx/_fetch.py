@@ -34,7 +34,6 @@ class FetchWire:
     get_request: Callable[[str, bool, int, str | None], Get]  # (path, verify, offset, identity)
     files: FileReceiver
     is_closed: Callable[[], bool]
-    digest_algorithm: str
 
 
 async def fetch_files(
@@ -50,7 +49,6 @@ async def fetch_files(
     :meth:`ftx.Client.fetch`); return the directories they were saved into (to be flushed).
     A directory that vanishes after its first file was checked makes a clear error when the
     next part file is created there."""
-    digest = wire.digest_algorithm if options.verify else None
     # Requests sent, oldest first, for the receiving task: (path, part, resumed offset).
     send_sent, receive_sent = trio.open_memory_channel[tuple[str, PartFile, int]](math.inf)
     # Resumes refused because the file changed: asked for again from zero.
@@ -106,7 +104,7 @@ async def fetch_files(
                     on_done(path, exc)
                     continue
                 part = part_for(target)
-                offset, identity = part.resumable(path, digest) or (0, None)
+                offset, identity = part.resumable(path) or (0, None)
                 await request(path, part, offset, identity)
             await send_batch()
             source_done = True

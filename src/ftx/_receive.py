@@ -49,7 +49,7 @@ class Download:
     digest: str | None
     """The hex digest of the whole file, verified; ``None`` if verification was off."""
     digest_algorithm: str | None
-    """``"blake3"`` or ``"sha256"``; ``None`` if verification was off."""
+    """``"xxh3-128"``, ``"blake3"`` or ``"sha256"``; ``None`` if verification was off."""
     seconds: float
 
 

@@ -33,7 +33,7 @@ from ftx.messages import (
 )
 from ftx.messages import Message as _Message
 from ftx.protocol import (
-    BLAKE3_FEATURE,
+    DIGEST_FEATURES,
     SUPPORTED_VERSIONS,
     ErrorCode,
     ServerProtocol,
@@ -82,7 +82,7 @@ class Session:
             max_frame_size=server.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=server._new_authenticator(),
-            features=frozenset({BLAKE3_FEATURE}) | server.uploads.features,
+            features=DIGEST_FEATURES | server.uploads.features,
         )
         self._downloads = DownloadHandler(
             server,

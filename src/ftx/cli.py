@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "get",
         help="download a file",
         description="Download the file at PATH from the ftx server at HOST. It is written to "
-        "DEST.part, verified against the server's BLAKE3 (or SHA-256) digest, and only then "
+        "DEST.part, verified against the server's digest of the whole file, and only then "
         "renamed to DEST.",
     )
     get.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="start from zero even if DEST.part holds the start of the same file",
     )
+    add_digest_option(get)
     _add_timeout(get)
     _add_connection_options(get)
     _add_verbosity(get)
@@ -275,6 +276,17 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     group.add_argument("-v", "--verbose", action="store_true", help="print debugging details")
+
+
+def add_digest_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--digest",
+        choices=("fast", "cryptographic"),
+        default="fast",
+        help="how to check that every byte arrived intact: 'fast' (XXH3-128, as rsync; it "
+        "catches any accident) or 'cryptographic' (BLAKE3 or SHA-256; a collision cannot be "
+        "made even on purpose) (default: fast)",
+    )
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:

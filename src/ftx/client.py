@@ -57,10 +57,12 @@ from ftx.messages import (
 )
 from ftx.partfile import check_destination, local_destination, part_for
 from ftx.protocol import (
-    BLAKE3_FEATURE,
+    DIGEST_FEATURES,
     UPLOAD_FEATURE,
     ClientProtocol,
+    DigestChoice,
     ErrorCode,
+    choose_digest,
 )
 from ftx.upload import UPLOAD_CHUNK, Upload, UploadWire, local_name, make_directory, send_file
 
@@ -83,9 +85,12 @@ class Client(trio.abc.AsyncResource):
             :exc:`~ftx.errors.ConnectionLostError` is raised (``math.inf`` to wait forever).
         token: a shared token to prove to the server that we know, by challenge and response
             (it never crosses the wire); the server must then prove that it knows it too.
+        digest: which whole-file digest to verify downloads and uploads with (see
+            :attr:`digest_algorithm`): ``"fast"``, or ``"cryptographic"`` where a collision
+            must be infeasible even to make on purpose.
 
     Raises:
-        ValueError: the token is shorter than 16 bytes.
+        ValueError: the token is shorter than 16 bytes, or ``digest`` is not one of the two.
     """
 
     def __init__(
@@ -95,15 +100,18 @@ class Client(trio.abc.AsyncResource):
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         token: str | bytes | None = None,
+        digest: DigestChoice = "fast",
     ) -> None:
+        choose_digest(frozenset(), digest)  # raises ValueError before anything else happens
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
         self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
         self._protocol = ClientProtocol(
             max_frame_size=max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(token) if token is not None else None,
-            features=frozenset({BLAKE3_FEATURE, UPLOAD_FEATURE}),
+            features=DIGEST_FEATURES | {UPLOAD_FEATURE},
         )
+        self._digest_choice: DigestChoice = digest
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
         self._files = FileReceiver(self._receive, self._fail, max_frame_size)
@@ -111,9 +119,10 @@ class Client(trio.abc.AsyncResource):
 
     @property
     def digest_algorithm(self) -> str:
-        """The whole-file digest downloads are verified with: ``blake3`` if the server computes
-        it, else ``sha256``."""
-        return "blake3" if BLAKE3_FEATURE in self._protocol.features else "sha256"
+        """The whole-file digest transfers are verified with: the fastest one the server computes
+        of ``xxh3-128``, ``blake3`` and ``sha256``; with ``digest="cryptographic"``, of
+        ``blake3`` and ``sha256``. (Every server computes ``sha256``.)"""
+        return choose_digest(self._protocol.features, self._digest_choice)
 
     @property
     def server_hello(self) -> Hello | None:
@@ -202,9 +211,8 @@ class Client(trio.abc.AsyncResource):
             await self._check_open()
             started = time.monotonic()
             options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
-            digest = self.digest_algorithm if verify else None
             part = part_for(target)
-            resume_from = part.resumable(path, digest) if resume else None
+            resume_from = part.resumable(path) if resume else None
             if resume_from is not None:
                 offset, identity = resume_from
                 await self._request_file(path, verify=verify, offset=offset, identity=identity)
@@ -312,7 +320,6 @@ class Client(trio.abc.AsyncResource):
             get_request=self._get_request,
             files=self._files,
             is_closed=lambda: self._closed,
-            digest_algorithm=self.digest_algorithm,
         )
         async with self._lock:
             await self._check_open()
@@ -498,6 +505,7 @@ async def connect(
     server_hostname: str | None = None,
     fingerprint: str | None = None,
     token: str | bytes | None = None,
+    digest: DigestChoice = "fast",
 ) -> AsyncIterator[Client]:
     """Connect to the ftx server at ``host``:``port`` over TCP and shake hands.
 
@@ -509,7 +517,8 @@ async def connect(
     ``server_hostname`` (default: ``host``); ``fingerprint`` (64 hex digits, colons allowed)
     instead pins the server's certificate by its SHA-256 fingerprint, as printed by
     ``ftx serve``. Nothing is sent before the server is verified. With ``token``, the client
-    and the server prove to each other that they know it (see :class:`Client`).
+    and the server prove to each other that they know it; ``digest`` chooses the digest transfers
+    are verified with (both: see :class:`Client`).
 
     Raises:
         OSError: the connection could not be made (refused, unreachable, unknown host).
@@ -517,8 +526,9 @@ async def connect(
             or, with a token, the server did not prove that it knows it.
         RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`
             (a TLS handshake that fails otherwise raises RemoteProtocolError).
-        ValueError: ``fingerprint`` is malformed, or ``token`` too short.
+        ValueError: ``fingerprint`` is malformed, ``token`` too short, or ``digest`` unknown.
     """
+    choose_digest(frozenset(), digest)  # raises ValueError before connecting
     if token is not None:
         check_token(token)  # before connecting
     stream: trio.abc.Stream
@@ -528,7 +538,13 @@ async def connect(
         stream = await open_tls_stream(
             host, port, ssl_context, server_hostname=server_hostname, fingerprint=fingerprint
         )
-    client = Client(stream, max_frame_size=max_frame_size, idle_timeout=idle_timeout, token=token)
+    client = Client(
+        stream,
+        max_frame_size=max_frame_size,
+        idle_timeout=idle_timeout,
+        token=token,
+        digest=digest,
+    )
     async with client:
         await client.handshake()
         yield client

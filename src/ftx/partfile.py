@@ -230,10 +230,12 @@ class PartFile:
             os.close(fd)
             raise LocalFileError(f"another download to {self._dest} is in progress") from None
 
-    def resumable(self, path: str, digest: str | None) -> tuple[int, str] | None:
-        """Where an earlier download of remote ``path`` to the same place, verified with the
-        ``digest`` algorithm, can resume: ``(offset, identity of the file it began)``, or
-        ``None`` if there is nothing to resume."""
+    def resumable(self, path: str) -> tuple[int, str] | None:
+        """Where an earlier download of remote ``path`` to the same place can resume:
+        ``(offset, identity of the file it began)``, or ``None`` if there is nothing to resume.
+
+        Whatever digest the earlier download used, or none: a verified download hashes the bytes
+        kept again (:meth:`hash_prefix`), since its digest covers the whole file."""
         try:
             with open(self._record, "rb") as file:
                 raw = file.read(_MAX_RECORD_BYTES)
@@ -241,7 +243,7 @@ class PartFile:
             held = os.stat(self._part).st_size
         except (OSError, ValueError, TypeError, KeyError):
             return None  # no record, or one we cannot trust: start from zero
-        if record is None or record.path != path or record.digest != digest or held == 0:
+        if record is None or record.path != path or held == 0:
             return None
         return min(held, record.size), record.identity
 
@@ -405,7 +407,7 @@ class DiscardingPart(PartFile):
         if keep:
             raise LocalFileError("nothing to resume into /dev/null")
 
-    def resumable(self, path: str, digest: str | None) -> tuple[int, str] | None:
+    def resumable(self, path: str) -> tuple[int, str] | None:
         return None
 
     def write_record(self, record: ResumeRecord) -> None:
