@@ -50,9 +50,10 @@ def ftx_command() -> list[str]:
 
 
 def ftx_features() -> dict[str, bool]:
-    """Optional features of the ftx being measured: ``recursive`` (``ftx get -r -j``) and
-    ``max_connections`` (a connection limit that ``ftx.serve`` can raise)."""
-    found = {"recursive": False, "max_connections": False}
+    """Optional features of the ftx being measured: ``recursive`` (``ftx get -r -j``),
+    ``max_connections`` (a connection limit that ``ftx.serve`` can raise) and ``digest choice``
+    (``ftx.connect(digest=...)``)."""
+    found = {"recursive": False, "max_connections": False, "digest choice": False}
     get_help = subprocess.run([*ftx_command(), "get", "--help"], capture_output=True, text=True)
     found["recursive"] = "--recursive" in get_help.stdout and "--jobs" in get_help.stdout
     probe = subprocess.run([PYTHON, FTX_LIB, "features"], capture_output=True, text=True)

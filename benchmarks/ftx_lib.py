@@ -1,8 +1,9 @@
 """Benchmark programs written against ftx's public library API only (``ftx.connect``,
 ``Client.get``, ``Client.list``, ``ftx.serve``). ``run.py`` starts them as separate processes::
 
-    python ftx_lib.py big PORT PATH DEST [--no-verify]
-        One download on one connection; ``--no-verify`` passes ``verify=False`` (no digest).
+    python ftx_lib.py big PORT PATH DEST [--no-verify | --cryptographic]
+        One download on one connection; ``--no-verify`` passes ``verify=False`` (no digest),
+        ``--cryptographic`` connects with ``digest="cryptographic"`` (BLAKE3, not XXH3-128).
     python ftx_lib.py tree PORT DEST CONNECTIONS
         Everything under the served root: directories are listed by one client and the files
         fetched by CONNECTIONS clients, each pipelining its requests (``Client.fetch``) from a
@@ -35,11 +36,13 @@ import trio
 import ftx
 
 HOST: Final = "127.0.0.1"
+NO_VERIFY, CRYPTOGRAPHIC = "--no-verify", "--cryptographic"
 TIMEOUT: Final = 10.0  # seconds per download in `many`, as pylimit's and wrk's timeouts
 
 
-async def big(port: int, path: str, dest: str, *, verify: bool) -> None:
-    async with ftx.connect(HOST, port) as client:
+async def big(port: int, path: str, dest: str, *, verify: bool, cryptographic: bool) -> None:
+    options = {"digest": "cryptographic"} if cryptographic else {}
+    async with ftx.connect(HOST, port, **options) as client:  # type: ignore[arg-type]
         await client.get(path, dest, verify=verify, overwrite=True)
 
 
@@ -107,7 +110,10 @@ async def many(port: int, path: str, count: int, concurrency: int, dest: Path) -
 
 
 def features() -> dict[str, bool]:
-    return {"max_connections": "max_connections" in inspect.signature(ftx.serve).parameters}
+    return {
+        "max_connections": "max_connections" in inspect.signature(ftx.serve).parameters,
+        "digest choice": "digest" in inspect.signature(ftx.connect).parameters,
+    }
 
 
 async def serve(root: str, port: int, max_connections: int) -> None:
@@ -116,8 +122,9 @@ async def serve(root: str, port: int, max_connections: int) -> None:
 
 def main(argv: list[str]) -> int:
     match argv:
-        case ["big", port, path, dest, *flags] if set(flags) <= {"--no-verify"}:
-            trio.run(lambda: big(int(port), path, dest, verify="--no-verify" not in flags))
+        case ["big", port, path, dest, *flags] if flags in ([], [NO_VERIFY], [CRYPTOGRAPHIC]):
+            verify, cryptographic = NO_VERIFY not in flags, CRYPTOGRAPHIC in flags
+            trio.run(lambda: big(int(port), path, dest, verify=verify, cryptographic=cryptographic))
         case ["tree", port, dest, connections]:
             trio.run(tree, int(port), Path(dest), int(connections))
         case ["many", port, path, count, concurrency, dest]:

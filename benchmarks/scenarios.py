@@ -178,6 +178,8 @@ def big_file(settings: Settings) -> Scenario:
                 [*ftx, "get", "127.0.0.1:{port}", "big.bin", "-o", dest, "-q"], ftx_server),
         to_file("ftx lib, digest", big, ftx_server),
         to_file("ftx lib, no digest", [*big, "--no-verify"], ftx_server),
+        to_file("ftx lib, BLAKE3 digest", [*big, "--cryptographic"], ftx_server,
+                needs=("ftx digest choice",)),
         to_file("python sendfile/recv_into -> file", bl.pylimit_get("big.bin", dest), py,
                 reference=True),
         to_file("python ... -> file+fsync", bl.pylimit_get("big.bin", dest, fsync=True), py),
