@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -62,6 +63,7 @@ async def fetch_files(
     source_done = False
     # Where files go: each looked up once (check_destination), and flushed by the caller.
     directories: set[str] = set()
+    listings = _Listings()
 
     def finish_if_idle() -> None:
         idle = outstanding == 0 and receive_retry.statistics().current_buffer_used == 0
@@ -95,16 +97,24 @@ async def fetch_files(
         nonlocal source_done
         async with send_sent:
             async for path, dest in files:
-                try:
-                    target = local_destination(path, dest)
-                    check_destination(
-                        target, overwrite=options.overwrite, known_directories=directories
-                    )
-                except LocalFileError as exc:
-                    on_done(path, exc)
-                    continue
+                new = listings.new_file(dest)
+                if new is not None:
+                    target = new
+                    directories.add(os.path.dirname(new) or ".")
+                else:
+                    try:
+                        target = local_destination(path, dest)
+                        check_destination(
+                            target, overwrite=options.overwrite, known_directories=directories
+                        )
+                    except LocalFileError as exc:
+                        on_done(path, exc)
+                        continue
                 part = part_for(target)
-                offset, identity = part.resumable(path) or (0, None)
+                if new is not None and not listings.holds(part.part_path):
+                    offset, identity = 0, None  # no part file: nothing to resume
+                else:
+                    offset, identity = part.resumable(path) or (0, None)
                 await request(path, part, offset, identity)
             await send_batch()
             source_done = True
@@ -136,6 +146,43 @@ async def fetch_files(
 
     await run_together(send_requests, receive_answers)
     return directories
+
+
+class _Listings:
+    """The names in each destination directory, listed once, when its first file comes.
+
+    A file whose name is not in its directory's listing needs none of the lookups a download
+    otherwise starts with (is the destination a directory to save into? does it exist? is a part
+    file there to resume?): a tree of small files into a fresh directory saves three failing
+    system calls per file. A name that appears after the listing is caught all the same, later:
+    a part file is created exclusively, and publishing never replaces what it may not.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, frozenset[str] | None] = {}
+
+    def new_file(self, dest: str | os.PathLike[str]) -> Path | None:
+        """``dest`` as a path if it names nothing yet in an existing directory, else ``None``
+        (then look it up the usual way, which also says what is wrong)."""
+        raw = os.fspath(dest)
+        if os.path.basename(raw) in ("", ".", ".."):  # "dir/" means a directory
+            return None
+        target = dest if isinstance(dest, Path) else Path(raw)
+        names = self._listing(os.path.dirname(target) or ".")
+        return None if names is None or target.name in names else target
+
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the listing of ``path``'s directory (taken by :meth:`new_file`) has it."""
+        names = self._names.get(os.path.dirname(path) or ".")
+        return names is not None and os.path.basename(path) in names
+
+    def _listing(self, directory: str) -> frozenset[str] | None:
+        if directory not in self._names:
+            try:
+                self._names[directory] = frozenset(os.listdir(directory))
+            except OSError:
+                self._names[directory] = None  # missing, or not a directory: said later
+        return self._names[directory]
 
 
 def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:

@@ -112,6 +112,7 @@ class Client(trio.abc.AsyncResource):
             features=DIGEST_FEATURES | {UPLOAD_FEATURE},
         )
         self._digest_choice: DigestChoice = digest
+        self._digest_algorithm: str | None = None  # known once the handshake is done
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
         self._files = FileReceiver(self._receive, self._fail, max_frame_size)
@@ -122,7 +123,12 @@ class Client(trio.abc.AsyncResource):
         """The whole-file digest transfers are verified with: the fastest one the server computes
         of ``xxh3-128``, ``blake3`` and ``sha256``; with ``digest="cryptographic"``, of
         ``blake3`` and ``sha256``. (Every server computes ``sha256``.)"""
-        return choose_digest(self._protocol.features, self._digest_choice)
+        if self._digest_algorithm is not None:
+            return self._digest_algorithm  # (asked for every request)
+        algorithm = choose_digest(self._protocol.features, self._digest_choice)
+        if self._protocol.peer_hello is not None:
+            self._digest_algorithm = algorithm
+        return algorithm
 
     @property
     def server_hello(self) -> Hello | None:
