@@ -63,18 +63,24 @@ async def test_a_file_made_after_the_listing_is_never_replaced_unasked(
     dest = tmp_path / "dest"
     dest.mkdir()
     results: dict[str, Download | ftx.FtxError] = {}
+    first_done = trio.Event()
     send, receive = trio.open_memory_channel[tuple[str, Path]](0)
+
+    def done(path: str, result: Download | ftx.FtxError) -> None:
+        results[path] = result
+        first_done.set()
 
     async def feed() -> None:
         async with send:
-            await send.send(("a.txt", dest / "a.txt"))  # the listing of dest is taken here
+            await send.send(("a.txt", dest / "a.txt"))  # the listing of dest is taken for it
+            await first_done.wait()
             (dest / "b.txt").write_bytes(b"someone else's")
             await send.send(("b.txt", dest / "b.txt"))
 
     with trio.fail_after(TIMEOUT):
         async with ftx.connect(host, port) as client, trio.open_nursery() as nursery:
             nursery.start_soon(feed)
-            await client.fetch(receive, on_done=results.__setitem__, overwrite=overwrite, window=4)
+            await client.fetch(receive, on_done=done, overwrite=overwrite, window=4)
     assert isinstance(results["a.txt"], Download)
     assert (dest / "a.txt").read_bytes() == b"a"
     if overwrite:
