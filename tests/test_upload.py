@@ -14,6 +14,7 @@ import os
 import random
 import resource
 import subprocess
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ from conftest import (
     Behaviour,
     FakeConnection,
     FakeServer,
+    ServerProcess,
     ServerStarter,
     StartServer,
 )
@@ -655,6 +657,65 @@ def test_ftx_put_r_sends_a_tree(serve_cli: ServeCli, root: Path, tmp_path: Path)
     assert line.startswith("ftx: 'sub/tree/a/b/leaf.txt' already exists")
     assert "--force" in line
     assert (copied / "a" / "b" / "leaf.txt").read_bytes() == b"leaf\n"
+
+
+def put_log(server: ServerProcess, count: int) -> list[tuple[str, str]]:
+    """(client address, request kind) of the PUTs and MKDIRs in the server's access log, once
+    there are ``count`` (a request is logged just after its answer is sent: wait a little)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = []
+        for line in server.log.read_text(encoding="utf-8").splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[2] in ("PUT", "MKDIR"):
+                found.append((fields[1], fields[2]))
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def small_tree(tmp_path: Path, directories: int, files: int) -> Path:
+    tree = tmp_path / "tree"
+    for d in range(directories):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(files):
+            (tree / f"d{d}" / f"f{f}.txt").write_bytes(f"{d}/{f}\n".encode() * (f + 1))
+    return tree
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_ftx_put_r_sends_files_over_jobs_connections(
+    start_ftx_server: ServerStarter, root: Path, tmp_path: Path, jobs: int
+) -> None:
+    tree = small_tree(tmp_path, 3, 20)
+    server = start_ftx_server(root, "--writable")
+    result = ftx_cli("put", server.address, str(tree), "-r", "-j", str(jobs))
+    assert result.returncode == 0, result.stderr
+    assert "60 file(s) sent" in result.stderr
+    assert snapshot(root / "tree") == snapshot(tree)
+    assert leftovers(root) == []
+    log = put_log(server, 64)
+    kinds = [kind for _, kind in log]
+    assert kinds == ["MKDIR"] * 4 + ["PUT"] * 60, "every directory is made before any file"
+    senders = {address for address, kind in log if kind == "PUT"}
+    if jobs == 1:
+        assert len(senders) == 1, senders
+    else:  # (each connection takes files as it comes: a slow one may find none left)
+        assert 2 <= len(senders) <= jobs, senders
+
+
+def test_ftx_put_j_with_a_server_that_takes_one_connection(
+    start_ftx_server: ServerStarter, root: Path, tmp_path: Path
+) -> None:
+    # The connections the server refuses as busy leave their files to the one it took.
+    tree = small_tree(tmp_path, 2, 10)
+    server = start_ftx_server(root, "--writable", "--max-connections", "1")
+    result = ftx_cli("put", server.address, str(tree), "-r", "-j", "4")
+    assert result.returncode == 0, result.stderr
+    assert "20 file(s) sent" in result.stderr
+    assert "busy" not in result.stderr
+    assert snapshot(root / "tree") == snapshot(tree)
+    assert leftovers(root) == []
 
 
 def test_ftx_put_exit_codes(serve_cli: ServeCli, root: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import argparse
 import posixpath
 import re
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -15,6 +16,7 @@ from typing import Any, Final
 import trio
 
 from ftx._cli_get import ProgressBar
+from ftx._threads import run_together
 from ftx.cli import (
     _ADDRESS_HELP,
     _MAX_RETRY_DELAY,
@@ -28,6 +30,7 @@ from ftx.cli import (
     _count,
     _describe,
     _human_size,
+    _positive_count,
     _say,
     add_digest_option,
     parse_address,
@@ -37,6 +40,7 @@ from ftx.client import Client
 from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
+from ftx.tree import DEFAULT_JOBS
 from ftx.upload import Planned, Upload, plan_uploads
 
 __all__ = ["add_put_parser", "add_upload_serve_options", "put_command", "upload_server_options"]
@@ -121,6 +125,15 @@ def add_put_parser(commands: Any) -> None:
         help="replace files that exist on the server (if it allows it: --allow-overwrite)",
     )
     put.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_count,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help="with several files: connections used at once (after the directories are made; "
+        f"a server that refuses some as busy gets fewer) (default: {DEFAULT_JOBS})",
+    )
+    put.add_argument(
         "--retries",
         type=_count,
         default=DEFAULT_RETRIES,
@@ -144,7 +157,9 @@ def add_put_parser(commands: Any) -> None:
 class _Run:
     """The state of one ``ftx put``: what is left to do, and what happened."""
 
-    plan: list[Planned]
+    plan: list[Planned]  # directories first (top-down), then files
+    taken: int = 0  # items of the plan handed out so far
+    given_back: deque[int] = field(default_factory=deque)  # taken, not done: hand out again
     done: int = 0
     sent: list[Upload] = field(default_factory=list)
     failures: list[FtxError] = field(default_factory=list)
@@ -153,6 +168,17 @@ class _Run:
     # What each server directory holds, listed once: files already there with the same size
     # and modification time are skipped, as `ftx get -r` skips them locally.
     listings: dict[str, dict[str, Entry]] = field(default_factory=dict)
+
+    def take(self, *, files: bool) -> int | None:
+        """The index of the next item to send (a file only if ``files``), or ``None``."""
+        if self.given_back:
+            if files or self.plan[self.given_back[0]].kind == "dir":
+                return self.given_back.popleft()
+            return None
+        if self.taken < len(self.plan) and (files or self.plan[self.taken].kind == "dir"):
+            self.taken += 1
+            return self.taken - 1
+        return None
 
     def under_failed_directory(self, item: Planned) -> bool:
         return any(item.remote.startswith(d + "/") for d in self.failed_directories)
@@ -171,7 +197,10 @@ async def put_command(args: argparse.Namespace) -> None:
     def skip(path: Path, reason: str) -> None:
         _say(args, f"skipped {printable(str(path))}: {reason}")
 
-    run = _Run(list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip)))
+    plan = list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip))
+    # Every directory is made before any file is sent: files then go over several connections
+    # in any order.
+    run = _Run(sorted(plan, key=lambda item: item.kind != "dir"))
     started = trio.current_time()
     failed_in_a_row = 0  # connection attempts that made no progress
     while True:
@@ -202,34 +231,73 @@ class _TransientError(Exception):
 
 
 async def _put_all(client: Client, run: _Run, args: argparse.Namespace) -> None:
-    while run.done < len(run.plan):
-        item = run.plan[run.done]
-        if run.under_failed_directory(item):
-            run.done += 1
-            continue
+    """Make the directories on ``client``'s connection, then send the files over it and up to
+    ``args.jobs - 1`` more (for many small files, each of which waits for two answers)."""
+    await _put_items(client, run, args, files=False)
+    files_left = len(run.plan) - run.taken + len(run.given_back)
+    extra = min(args.jobs, files_left) - 1
+    bars = extra <= 0
+    await run_together(
+        lambda: _put_items(client, run, args, files=True, bars=bars),
+        *[lambda: _extra_connection(run, args)] * max(extra, 0),
+    )
+    await _put_items(client, run, args, files=True, bars=bars)  # what the others gave back
+
+
+async def _extra_connection(run: _Run, args: argparse.Namespace) -> None:
+    """Send files on a connection of its own until none is left. Whatever goes wrong with it
+    (refused as busy, lost), it gives its file back and leaves: the main connection, which
+    reports and retries, does the rest."""
+    try:
+        async with await _connect(args) as client:
+            await _put_items(client, run, args, files=True, bars=False)
+    except (FtxError, CliError, _TransientError, OSError):
+        pass
+
+
+async def _put_items(
+    client: Client, run: _Run, args: argparse.Namespace, *, files: bool, bars: bool = True
+) -> None:
+    while (index := run.take(files=files)) is not None:
+        done = False
         try:
-            if item.kind == "dir":
-                if await client.mkdir(item.remote):
-                    run.listings[item.remote] = {}  # new, so empty: no need to list it
-            elif len(run.plan) > 1 and not args.force and await _up_to_date(client, run, item):
-                run.up_to_date += 1
-            else:
-                run.sent.append(await _put_file(client, item, args))
-        except RemoteError as exc:
-            if exc.code in _FATAL:
-                raise CliError(
-                    f"{args.address} does not accept uploads ({printable(exc.message)}): "
-                    "it must run with 'ftx serve --writable' [read-only]",
-                    ExitCode.PERMISSION,
-                ) from None
-            if exc.code in _TRANSIENT:
-                raise _TransientError(exc) from exc
-            if exc.code == ErrorCode.EXISTS and not args.force and item.kind == "file":
-                exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
-            _failed(args, run, item, exc)
-        except (IntegrityError, LocalFileError) as exc:
-            _failed(args, run, item, exc)
-        run.done += 1
+            await _put_item(client, run, run.plan[index], args, bar=bars)
+            done = True
+        finally:
+            if done:
+                run.done += 1
+            else:  # the connection failed, or the command is ending: send it again
+                run.given_back.appendleft(index)
+
+
+async def _put_item(
+    client: Client, run: _Run, item: Planned, args: argparse.Namespace, *, bar: bool
+) -> None:
+    """Send one item; a failure of that item alone is noted, not raised."""
+    if run.under_failed_directory(item):
+        return
+    try:
+        if item.kind == "dir":
+            if await client.mkdir(item.remote):
+                run.listings[item.remote] = {}  # new, so empty: no need to list it
+        elif len(run.plan) > 1 and not args.force and await _up_to_date(client, run, item):
+            run.up_to_date += 1
+        else:
+            run.sent.append(await _put_file(client, item, args, bar=bar))
+    except RemoteError as exc:
+        if exc.code in _FATAL:
+            raise CliError(
+                f"{args.address} does not accept uploads ({printable(exc.message)}): "
+                "it must run with 'ftx serve --writable' [read-only]",
+                ExitCode.PERMISSION,
+            ) from None
+        if exc.code in _TRANSIENT:
+            raise _TransientError(exc) from exc
+        if exc.code == ErrorCode.EXISTS and not args.force and item.kind == "file":
+            exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
+        _failed(args, run, item, exc)
+    except (IntegrityError, LocalFileError) as exc:
+        _failed(args, run, item, exc)
 
 
 async def _up_to_date(client: Client, run: _Run, item: Planned) -> bool:
@@ -266,18 +334,23 @@ def _failed(args: argparse.Namespace, run: _Run, item: Planned, error: FtxError)
         _say(args, f"{printable(str(item.local))}: {_describe(error, args)[0]}")
 
 
-async def _put_file(client: Client, item: Planned, args: argparse.Namespace) -> Upload:
-    bar = ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=str(item.local))
+async def _put_file(
+    client: Client, item: Planned, args: argparse.Namespace, *, bar: bool
+) -> Upload:
+    """Send one file; with ``bar``, draw its progress (when standard error is a terminal)."""
+    shown = ProgressBar(
+        enabled=bar and not args.quiet and sys.stderr.isatty(), label=str(item.local)
+    )
     try:
         result = await client.put(
             item.local,
             item.remote,
-            progress=bar.update,
+            progress=shown.update,
             overwrite=args.force,
             resume=args.resume,
         )
     finally:
-        bar.close()
+        shown.close()
     timing = ""
     if result.size >= 2**20 and result.seconds > 0:
         timing = f" in {result.seconds:.2f} s, {result.size / result.seconds / 2**20:.1f} MiB/s"
