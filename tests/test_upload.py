@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import resource
 import subprocess
 import time
@@ -289,6 +290,32 @@ async def test_a_link_inside_the_root_is_followed_to_its_directory(
     async with ftx.connect("127.0.0.1", port) as client:
         await client.put(tmp_path / "source", "link-in/x")
     assert (root / "sub" / "x").read_bytes() == b"payload"
+
+
+@pytest.mark.parametrize("force", [False, True])
+async def test_the_remains_of_a_publish_cut_short_are_cleared(
+    start_server: StartServer, root: Path, tmp_path: Path, force: bool
+) -> None:
+    """A server killed between publishing a file (its part linked at the final name) and
+    deleting the part leaves the part, a second name of the published file, and its record.
+    The next PUT of that name clears them: refused as existing, or (with overwrite) stored,
+    without ever writing into the published file through its second name."""
+    (root / "done.bin").write_bytes(b"published")
+    os.link(root / "done.bin", root / ("done.bin" + PART))
+    (root / ("done.bin" + RECORD)).write_text('{"version": 1, "source": "s", "size": 9}')
+    (tmp_path / "done.bin").write_bytes(b"new content")
+    port = await writable(start_server, root, allow_overwrite=True)
+    async with ftx.connect("127.0.0.1", port) as client:
+        if force:
+            result = await client.put(tmp_path / "done.bin", overwrite=True)
+            assert (result.created, result.offset) == (False, 0)
+        else:
+            with pytest.raises(ftx.RemoteError) as caught:
+                await client.put(tmp_path / "done.bin")
+            assert caught.value.code == ftx.ErrorCode.EXISTS
+    expected = b"new content" if force else b"published"
+    assert (root / "done.bin").read_bytes() == expected
+    assert leftovers(root) == []
 
 
 @pytest.mark.parametrize("what", ["symlink", "hardlink", "fifo", "directory"])
@@ -714,6 +741,51 @@ def test_ftx_put_j_with_a_server_that_takes_one_connection(
     assert result.returncode == 0, result.stderr
     assert "20 file(s) sent" in result.stderr
     assert "busy" not in result.stderr
+    assert snapshot(root / "tree") == snapshot(tree)
+    assert leftovers(root) == []
+
+
+def test_ftx_put_j_survives_a_killed_server(
+    start_ftx_server: ServerStarter, root: Path, tmp_path: Path
+) -> None:
+    """The server is killed (SIGKILL) while four connections send files, and started again on
+    the same port: `ftx put` reconnects by itself, resumes what was cut, and every file arrives
+    whole, with no part file left on the server."""
+    tree = tmp_path / "tree"
+    for d in range(4):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(50):
+            (tree / f"d{d}" / f"f{f}.bin").write_bytes(content(512 * 1024, seed=d * 100 + f))
+    first = start_ftx_server(root, "--writable")
+    put = subprocess.Popen(
+        [*PYTHON_M_FTX, "put", first.address, str(tree), "-r", "-j", "4", "--retries", "5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=ENV,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(list(root.rglob("f*.bin"))) < 10 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert put.poll() is None, "the upload ended before the server could be killed"
+        first.process.kill()
+        first.process.wait(timeout=10)
+        start_ftx_server(root, "--writable", "--port", str(first.port))
+        _, stderr = put.communicate(timeout=60)
+    finally:
+        if put.poll() is None:
+            put.kill()
+            put.wait()
+    assert put.returncode == 0, stderr
+    assert "retrying" in stderr
+    # A file the server stored just before it died, its answer lost, is found stored on retry.
+    summary = re.search(r"(\d+) file\(s\) sent .*?(?:, (\d+) already up to date)?$", stderr, re.M)
+    assert summary, stderr
+    sent, stored = int(summary[1]), int(summary[2] or 0)
+    assert sent + stored == 200, stderr
+    assert stderr.count("stored before the connection broke") == stored, stderr
     assert snapshot(root / "tree") == snapshot(tree)
     assert leftovers(root) == []
 

@@ -160,6 +160,7 @@ class _Run:
     plan: list[Planned]  # directories first (top-down), then files
     taken: int = 0  # items of the plan handed out so far
     given_back: deque[int] = field(default_factory=deque)  # taken, not done: hand out again
+    retried: set[int] = field(default_factory=set)  # items given back at least once
     done: int = 0
     sent: list[Upload] = field(default_factory=list)
     failures: list[FtxError] = field(default_factory=list)
@@ -261,19 +262,21 @@ async def _put_items(
     while (index := run.take(files=files)) is not None:
         done = False
         try:
-            await _put_item(client, run, run.plan[index], args, bar=bars)
+            await _put_item(client, run, run.plan[index], args, index in run.retried, bar=bars)
             done = True
         finally:
             if done:
                 run.done += 1
             else:  # the connection failed, or the command is ending: send it again
                 run.given_back.appendleft(index)
+                run.retried.add(index)
 
 
 async def _put_item(
-    client: Client, run: _Run, item: Planned, args: argparse.Namespace, *, bar: bool
+    client: Client, run: _Run, item: Planned, args: argparse.Namespace, retried: bool, *, bar: bool
 ) -> None:
-    """Send one item; a failure of that item alone is noted, not raised."""
+    """Send one item (``retried``: again, after its connection failed); a failure of that item
+    alone is noted, not raised."""
     if run.under_failed_directory(item):
         return
     try:
@@ -294,17 +297,24 @@ async def _put_item(
         if exc.code in _TRANSIENT:
             raise _TransientError(exc) from exc
         if exc.code == ErrorCode.EXISTS and not args.force and item.kind == "file":
+            # Stored already? By this very command, if the connection was lost after the server
+            # stored the file but before its answer came; else by anyone, since the listing.
+            if (retried or len(run.plan) > 1) and await _up_to_date(client, run, item, again=True):
+                if retried:
+                    _say(args, f"{printable(str(item.local))}: stored before the connection broke")
+                run.up_to_date += 1
+                return
             exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
         _failed(args, run, item, exc)
     except (IntegrityError, LocalFileError) as exc:
         _failed(args, run, item, exc)
 
 
-async def _up_to_date(client: Client, run: _Run, item: Planned) -> bool:
+async def _up_to_date(client: Client, run: _Run, item: Planned, *, again: bool = False) -> bool:
     """Whether the server has ``item`` already: a file of the same size and modification time
-    (an upload keeps the modification time)."""
+    (an upload keeps the modification time). ``again``: list its directory anew."""
     directory, name = posixpath.split(item.remote)
-    listing = run.listings.get(directory)
+    listing = None if again else run.listings.get(directory)
     if listing is None:
         try:
             entries = await client.list(directory)

@@ -111,6 +111,19 @@ class UploadTarget:
         except OSError as exc:
             raise write_error(exc, self.path) from None
 
+    def forget_published_part(self, existing: os.stat_result) -> None:
+        """Delete the part file and its record if the part *is* the file at the final name
+        (``existing``): what a publish cut short between its link and its unlinks (the server
+        killed) leaves. Else they would stay forever, and block every later upload there."""
+        try:
+            part = os.stat(self._part, dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return
+        if (part.st_dev, part.st_ino) == (existing.st_dev, existing.st_ino):
+            for name in (self._part, self._record):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dir_fd)
+
     def open_part(self, *, source: str | None, size: int) -> int:
         """Create or take over the part file, lock it, and return how many bytes of it are kept:
         its length if the resume record says it holds the start of ``source`` (``size`` bytes

@@ -173,6 +173,8 @@ class UploadHandler:
                 raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is a directory")
             if not (stat.S_ISREG(existing.st_mode) or stat.S_ISLNK(existing.st_mode)):
                 raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is not a regular file")
+            if existing.st_nlink > 1:
+                target.forget_published_part(existing)
             if not request.overwrite:
                 raise FsError(ErrorCode.EXISTS, f"{path!r} already exists")
             if not self._policy.allow_overwrite:
