@@ -14,7 +14,7 @@ import ftx
 from ftx._auth import load_token
 from ftx._tls import client_context, normalize_fingerprint, open_tls_stream
 from ftx.cli import Address, CliError, ExitCode, printable
-from ftx.errors import AuthenticationError, RemoteError, RemoteProtocolError
+from ftx.errors import AuthenticationError, ConnectionLostError, RemoteError, RemoteProtocolError
 from ftx.protocol import ErrorCode
 
 
@@ -159,3 +159,13 @@ def _describe_connect_error(exc: OSError, address: Address) -> str:
     if errno.ETIMEDOUT in numbers:
         return f"{prefix}: timed out"
     return f"{prefix}: {exc.strerror or exc}"
+
+
+def worth_retrying(exc: ConnectionLostError | CliError | RemoteError) -> bool:
+    """A lost or refused connection, or a server that is busy or restarting: trying again
+    later (and resuming) may succeed. Anything else would fail the same way again."""
+    if isinstance(exc, RemoteError):
+        return exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN)
+    if isinstance(exc, CliError):
+        return exc.code == ExitCode.NETWORK
+    return True

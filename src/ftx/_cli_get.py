@@ -13,11 +13,11 @@ from typing import Any, Final
 
 import trio
 
+from ftx._cli_connect import worth_retrying
 from ftx._cli_tree import _as_json
 from ftx.cli import (
     _MAX_RETRY_DELAY,
     CliError,
-    ExitCode,
     _connect,
     _human_size,
     _say,
@@ -26,7 +26,6 @@ from ftx.cli import (
 from ftx.errors import ConnectionLostError, RemoteError
 from ftx.messages import Entry, EntryType
 from ftx.partfile import is_null_device
-from ftx.protocol import ErrorCode
 
 __all__ = ["ProgressBar", "get_command", "ls_command"]
 
@@ -51,7 +50,7 @@ async def get_command(args: argparse.Namespace) -> None:
                     )
                 break
             except (ConnectionLostError, CliError, RemoteError) as exc:
-                if not _worth_retrying(exc) or attempt >= args.retries:
+                if not worth_retrying(exc) or attempt >= args.retries:
                     raise
                 delay = min(2.0**attempt, _MAX_RETRY_DELAY)
                 bar.clear()
@@ -69,16 +68,6 @@ async def get_command(args: argparse.Namespace) -> None:
     verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
     what = f"{result.dest}" if not is_null_device(result.dest) else f"nothing ({result.dest})"
     _say(args, f"saved {what} ({_human_size(result.size)}{timing}), {verified}")
-
-
-def _worth_retrying(exc: ConnectionLostError | CliError | RemoteError) -> bool:
-    """A lost or refused connection, or a server that is busy or restarting: trying again
-    later (and resuming) may succeed. Anything else would fail the same way again."""
-    if isinstance(exc, RemoteError):
-        return exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN)
-    if isinstance(exc, CliError):
-        return exc.code == ExitCode.NETWORK
-    return True
 
 
 class ProgressBar:

@@ -7,15 +7,26 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Final
 
 import trio
 
-from ftx.cli import CliError, ExitCode, _connect, _describe, _human_size, _say, printable
+from ftx._cli_connect import worth_retrying
+from ftx._threads import leaf_exceptions
+from ftx.cli import (
+    _MAX_RETRY_DELAY,
+    CliError,
+    ExitCode,
+    _connect,
+    _describe,
+    _human_size,
+    _say,
+    printable,
+)
 from ftx.client import Client, Download
-from ftx.errors import FtxError, RemoteError
+from ftx.errors import ConnectionLostError, FtxError, RemoteError
 from ftx.tree import Skipped, TreeProgress, download
 
 _REFRESH_SECONDS: Final = 0.2
@@ -23,10 +34,13 @@ _IN_FLIGHT_SHOWN: Final = 3
 
 
 async def get_tree(args: argparse.Namespace) -> None:
-    """Run ``ftx get`` for several paths or a tree; raise :class:`CliError` if any file failed."""
-    totals = TreeProgress()
-    failures: list[tuple[str, FtxError]] = []
-    saved: list[Download] = []
+    """Run ``ftx get`` for several paths or a tree; raise :class:`CliError` if any file failed.
+
+    After a lost connection (or a server that is busy or restarting) it runs again, up to
+    ``--retries`` times in a row without progress: files saved meanwhile are then up to date,
+    interrupted ones resume from their parts.
+    """
+    outcomes: dict[str, Download | FtxError] = {}  # the last of each file, over every attempt
     up_to_date = 0
 
     @asynccontextmanager
@@ -36,38 +50,45 @@ async def get_tree(args: argparse.Namespace) -> None:
 
     def on_done(path: str, result: Download | FtxError | Skipped) -> None:
         nonlocal up_to_date
-        if isinstance(result, Download):
-            saved.append(result)
-        elif isinstance(result, Skipped):
-            up_to_date += result.reason == "up to date"
+        previous = outcomes.get(path)
+        if isinstance(result, Skipped):
             if result.reason != "up to date":
                 _report(args, f"skipped {printable(path)}: {result.reason}")
+            elif previous is None:  # (not saved by an earlier attempt of this command)
+                up_to_date += 1
+            if previous is not None:
+                return
         else:
-            failures.append((path, result))
-            _report(args, f"{printable(path)}: {_describe(result, args)[0]}")
+            outcomes[path] = result
+            if isinstance(previous, FtxError) and str(previous) == str(result):
+                return  # said already, by an earlier attempt
+            if isinstance(result, FtxError):
+                _report(args, f"{printable(path)}: {_describe(result, args)[0]}")
         if args.json:
             print(json.dumps(_as_json(path, result)), flush=True)
 
     started = time.monotonic()
-    bar = _TreeBar(enabled=not args.quiet and not args.json and sys.stderr.isatty())
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(bar.run, totals)
-            await download(
-                connect,
-                args.paths,
-                args.output,
-                recursive=args.recursive,
-                jobs=args.jobs,
-                overwrite=args.force,
-                preserve_mode=args.preserve,
-                on_done=on_done,
-                progress=totals,
-            )
-            nursery.cancel_scope.cancel()
-    finally:
-        bar.close()
+    failed_in_a_row = 0  # attempts that saved nothing
+    while True:
+        saved_before = sum(isinstance(result, Download) for result in outcomes.values())
+        try:
+            await _download_once(args, connect, on_done)
+            break
+        except (ConnectionLostError, CliError, RemoteError) as exc:
+            saved_now = sum(isinstance(result, Download) for result in outcomes.values())
+            failed_in_a_row = 0 if saved_now > saved_before else failed_in_a_row + 1
+            if not worth_retrying(exc) or failed_in_a_row > args.retries:
+                raise
+            if failed_in_a_row:
+                delay = min(2.0 ** (failed_in_a_row - 1), _MAX_RETRY_DELAY)
+                retry = f"{failed_in_a_row} of {args.retries}"
+                _say(args, f"{exc}; retrying in {delay:g} s ({retry})")
+                await trio.sleep(delay)
+            else:
+                _say(args, f"{exc}; retrying")
     elapsed = time.monotonic() - started
+    saved = [result for result in outcomes.values() if isinstance(result, Download)]
+    failures = [(path, result) for path, result in outcomes.items() if isinstance(result, FtxError)]
     size = sum(result.size for result in saved)
     summary = f"{len(saved)} file(s) saved ({_human_size(size)} in {elapsed:.2f} s)"
     if up_to_date:
@@ -80,6 +101,46 @@ async def get_tree(args: argparse.Namespace) -> None:
         if len(failures) > 1:
             code = ExitCode.FAILURE if code != ExitCode.NETWORK else code
         raise CliError(f"{len(failures)} file(s) not saved; the first: {message}", code)
+
+
+async def _download_once(
+    args: argparse.Namespace,
+    connect: Callable[[], AbstractAsyncContextManager[Client]],
+    on_done: Callable[[str, Download | FtxError | Skipped], object],
+) -> None:
+    totals = TreeProgress()
+    bar = _TreeBar(enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        with _unwrapped_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bar.run, totals)
+                await download(
+                    connect,
+                    args.paths,
+                    args.output,
+                    recursive=args.recursive,
+                    jobs=args.jobs,
+                    overwrite=args.force,
+                    preserve_mode=args.preserve,
+                    on_done=on_done,
+                    progress=totals,
+                )
+                nursery.cancel_scope.cancel()
+    finally:
+        bar.close()
+
+
+@contextmanager
+def _unwrapped_errors() -> Iterator[None]:
+    """Raise a nursery's lone failure as itself (the bar's task never fails), so that callers
+    can catch it by type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = [exc for exc in leaf_exceptions(group) if not isinstance(exc, trio.Cancelled)]
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
 
 
 def _report(args: argparse.Namespace, message: str) -> None:
