@@ -790,6 +790,21 @@ def test_ftx_put_j_survives_a_killed_server(
     assert leftovers(root) == []
 
 
+@pytest.mark.parametrize(
+    ("options", "algorithm"), [((), "xxh3-128"), (("--digest", "cryptographic"), "blake3")]
+)
+def test_ftx_put_digest_choice(
+    serve_cli: ServeCli, root: Path, tmp_path: Path, options: tuple[str, ...], algorithm: str
+) -> None:
+    data = content(100_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    result = ftx_cli("put", serve_cli(root, "--writable"), str(tmp_path / "f.bin"), *options)
+    assert result.returncode == 0, result.stderr
+    expected = (xxhash.xxh3_128 if algorithm == "xxh3-128" else blake3.blake3)(data).hexdigest()
+    assert result.stderr.strip().endswith(f"{algorithm} {expected}"), result.stderr
+    assert (root / "f.bin").read_bytes() == data
+
+
 def test_ftx_put_exit_codes(serve_cli: ServeCli, root: Path, tmp_path: Path) -> None:
     small, large = tmp_path / "small.txt", tmp_path / "large.bin"
     small.write_bytes(b"small\n")
