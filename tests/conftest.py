@@ -339,6 +339,40 @@ class ServerStarter:
             _stop(process)
 
 
+def kill_mid_run(
+    command: list[str],
+    server: ServerProcess,
+    progressed: Callable[[], bool],
+    restart: Callable[[], object] | None = None,
+) -> tuple[int, str]:
+    """Run the ftx ``command``; once ``progressed()`` (polled, for 20 s at most), kill the
+    ``server`` (SIGKILL: its connections cut mid-transfer), call ``restart`` if given; return
+    the command's exit code and standard error (it must end within 60 s)."""
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=ENV,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not progressed() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert run.poll() is None, "the command ended before the server could be killed"
+        server.process.kill()
+        server.process.wait(timeout=10)
+        if restart is not None:
+            restart()
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return run.returncode, stderr
+
+
 @pytest.fixture
 def start_ftx_server(tmp_path: Path) -> Iterator[ServerStarter]:
     """``start_ftx_server(directory, *options)`` runs ``ftx serve`` on 127.0.0.1, port 0, and

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
-import time
 from pathlib import Path
 
-from conftest import ENV, PYTHON_M_FTX, ServerStarter
+from conftest import PYTHON_M_FTX, ServerStarter, kill_mid_run
 
 FILES = 200
 
@@ -25,15 +23,8 @@ def make_tree(root: Path) -> dict[str, bytes]:
     return contents
 
 
-def get_r(address: str, dest: Path, *options: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*PYTHON_M_FTX, "get", "-r", address, "d0", "d1", "d2", "d3", "-o", str(dest), *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=ENV,
-        text=True,
-    )
+def get_r(address: str, dest: Path, *options: str) -> list[str]:
+    return [*PYTHON_M_FTX, "get", "-r", address, "d0", "d1", "d2", "d3", "-o", str(dest), *options]
 
 
 def saved_files(dest: Path) -> int:
@@ -45,21 +36,13 @@ def test_get_r_survives_a_killed_server(start_ftx_server: ServerStarter, tmp_pat
     contents = make_tree(served)
     dest.mkdir()
     first = start_ftx_server(served)
-    get = get_r(first.address, dest, "-j", "4", "--retries", "5")
-    try:
-        deadline = time.monotonic() + 20
-        while saved_files(dest) < 10 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert get.poll() is None, "the download ended before the server could be killed"
-        first.process.kill()  # SIGKILL: connections cut mid-file
-        first.process.wait(timeout=10)
-        start_ftx_server(served, "--port", str(first.port))
-        _, stderr = get.communicate(timeout=60)
-    finally:
-        if get.poll() is None:
-            get.kill()
-            get.wait()
-    assert get.returncode == 0, stderr
+    code, stderr = kill_mid_run(
+        get_r(first.address, dest, "-j", "4", "--retries", "5"),
+        first,
+        lambda: saved_files(dest) >= 10,
+        lambda: start_ftx_server(served, "--port", str(first.port)),
+    )
+    assert code == 0, stderr
     assert "retrying" in stderr
     summary = re.search(r"^(\d+) file\(s\) saved .*?(?:, (\d+) already up to date)?$", stderr, re.M)
     assert summary, stderr
@@ -76,19 +59,12 @@ def test_get_r_gives_up_after_its_retries(start_ftx_server: ServerStarter, tmp_p
     make_tree(served)
     dest.mkdir()
     first = start_ftx_server(served)
-    get = get_r(first.address, dest, "-j", "2", "--retries", "1")
-    try:
-        deadline = time.monotonic() + 20
-        while saved_files(dest) < 5 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        first.process.kill()  # and nobody listens on its port any more
-        first.process.wait(timeout=10)
-        _, stderr = get.communicate(timeout=60)
-    finally:
-        if get.poll() is None:
-            get.kill()
-            get.wait()
-    assert get.returncode == 3, stderr  # network
+    code, stderr = kill_mid_run(  # and nobody listens on its port any more
+        get_r(first.address, dest, "-j", "2", "--retries", "1"),
+        first,
+        lambda: saved_files(dest) >= 5,
+    )
+    assert code == 3, stderr  # network
     assert "retrying in 1 s (1 of 1)" in stderr
     assert "Traceback" not in stderr
     assert 5 <= saved_files(dest) < FILES

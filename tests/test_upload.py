@@ -35,6 +35,7 @@ from conftest import (
     ServerProcess,
     ServerStarter,
     StartServer,
+    kill_mid_run,
 )
 from ftx.framing import FramedChannel
 from ftx.messages import (
@@ -757,28 +758,13 @@ def test_ftx_put_j_survives_a_killed_server(
         for f in range(50):
             (tree / f"d{d}" / f"f{f}.bin").write_bytes(content(512 * 1024, seed=d * 100 + f))
     first = start_ftx_server(root, "--writable")
-    put = subprocess.Popen(
+    code, stderr = kill_mid_run(
         [*PYTHON_M_FTX, "put", first.address, str(tree), "-r", "-j", "4", "--retries", "5"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=ENV,
-        text=True,
+        first,
+        lambda: len(list(root.rglob("f*.bin"))) >= 10,
+        lambda: start_ftx_server(root, "--writable", "--port", str(first.port)),
     )
-    try:
-        deadline = time.monotonic() + 20
-        while len(list(root.rglob("f*.bin"))) < 10 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert put.poll() is None, "the upload ended before the server could be killed"
-        first.process.kill()
-        first.process.wait(timeout=10)
-        start_ftx_server(root, "--writable", "--port", str(first.port))
-        _, stderr = put.communicate(timeout=60)
-    finally:
-        if put.poll() is None:
-            put.kill()
-            put.wait()
-    assert put.returncode == 0, stderr
+    assert code == 0, stderr
     assert "retrying" in stderr
     # A file the server stored just before it died, its answer lost, is found stored on retry.
     summary = re.search(r"(\d+) file\(s\) sent .*?(?:, (\d+) already up to date)?$", stderr, re.M)
