@@ -344,13 +344,13 @@ def kill_mid_run(
     server: ServerProcess,
     progressed: Callable[[], bool],
     restart: Callable[[], object] | None = None,
-) -> tuple[int, str]:
+) -> tuple[int, str, str]:
     """Run the ftx ``command``; once ``progressed()`` (polled, for 20 s at most), kill the
     ``server`` (SIGKILL: its connections cut mid-transfer), call ``restart`` if given; return
-    the command's exit code and standard error (it must end within 60 s)."""
+    the command's exit code, standard output and standard error (it must end within 60 s)."""
     run = subprocess.Popen(
         command,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=ENV,
@@ -365,12 +365,12 @@ def kill_mid_run(
         server.process.wait(timeout=10)
         if restart is not None:
             restart()
-        _, stderr = run.communicate(timeout=60)
+        stdout, stderr = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
-    return run.returncode, stderr
+    return run.returncode, stdout, stderr
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@ saved before are up to date, the interrupted ones resume."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
+
+import pytest
 
 from conftest import PYTHON_M_FTX, ServerStarter, kill_mid_run
 
@@ -31,13 +34,17 @@ def saved_files(dest: Path) -> int:
     return sum(1 for path in dest.rglob("f*.bin"))
 
 
-def test_get_r_survives_a_killed_server(start_ftx_server: ServerStarter, tmp_path: Path) -> None:
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_get_r_survives_a_killed_server(
+    start_ftx_server: ServerStarter, tmp_path: Path, json_lines: bool
+) -> None:
     served, dest = tmp_path / "served", tmp_path / "dest"
     contents = make_tree(served)
     dest.mkdir()
     first = start_ftx_server(served)
-    code, stderr = kill_mid_run(
-        get_r(first.address, dest, "-j", "4", "--retries", "5"),
+    options = ["-j", "4", "--retries", "5"] + (["--json"] if json_lines else [])
+    code, stdout, stderr = kill_mid_run(
+        get_r(first.address, dest, *options),
         first,
         lambda: saved_files(dest) >= 10,
         lambda: start_ftx_server(served, "--port", str(first.port)),
@@ -49,6 +56,10 @@ def test_get_r_survives_a_killed_server(start_ftx_server: ServerStarter, tmp_pat
     assert int(summary[2] or 0) == 0, "files saved before the cut are not counted twice"
     assert int(summary[1]) == FILES, stderr
     assert "failed" not in stderr
+    if json_lines:  # one line per file, each saved once
+        records = [json.loads(line) for line in stdout.splitlines()]
+        assert sorted(record["path"] for record in records) == sorted(contents)
+        assert {record["status"] for record in records} == {"saved"}
     for name, data in contents.items():
         assert (dest / name).read_bytes() == data, name
     assert not [path for path in dest.rglob("*") if path.name.endswith((".part", ".resume"))]
@@ -59,7 +70,7 @@ def test_get_r_gives_up_after_its_retries(start_ftx_server: ServerStarter, tmp_p
     make_tree(served)
     dest.mkdir()
     first = start_ftx_server(served)
-    code, stderr = kill_mid_run(  # and nobody listens on its port any more
+    code, _, stderr = kill_mid_run(  # and nobody listens on its port any more
         get_r(first.address, dest, "-j", "2", "--retries", "1"),
         first,
         lambda: saved_files(dest) >= 5,

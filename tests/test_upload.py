@@ -758,7 +758,7 @@ def test_ftx_put_j_survives_a_killed_server(
         for f in range(50):
             (tree / f"d{d}" / f"f{f}.bin").write_bytes(content(512 * 1024, seed=d * 100 + f))
     first = start_ftx_server(root, "--writable")
-    code, stderr = kill_mid_run(
+    code, _, stderr = kill_mid_run(
         [*PYTHON_M_FTX, "put", first.address, str(tree), "-r", "-j", "4", "--retries", "5"],
         first,
         lambda: len(list(root.rglob("f*.bin"))) >= 10,
