@@ -290,6 +290,28 @@ def test_cryptographic_digest_on_request(sample_server: ServerProcess, out: Path
     assert sha256(out / "random-3MiB.bin") == sha256(SAMPLE_FILES / "random-3MiB.bin")
 
 
+def test_digest_by_name(sample_server: ServerProcess, out: Path) -> None:
+    # docs/user-guide.md: to compare with a published SHA-256, "--digest sha256".
+    result = ftx_cli("get", sample_server.address, "random-3MiB.bin", "--digest", "sha256", cwd=out)
+    assert result.returncode == OK, result.stderr
+    assert result.stderr.strip().endswith(f"sha256 {sha256(SAMPLE_FILES / 'random-3MiB.bin')}")
+
+
+def test_digest_by_name_that_the_server_lacks(fake_server, out: Path) -> None:
+    def behaviour(conn: FakeConnection) -> None:
+        conn.handshake()  # offers no optional digest
+        conn.stop.wait(10)
+
+    fake = fake_server(behaviour)
+    result = ftx_cli("get", f"127.0.0.1:{fake.port}", "f.txt", "--digest", "blake3", cwd=out)
+    assert result.returncode == PROTOCOL, result.stderr
+    assert result.stderr.strip() == (
+        f"ftx: 127.0.0.1:{fake.port}: the server does not compute blake3 digests; it offers "
+        "sha256: choose another --digest"
+    )
+    assert os.listdir(out) == []
+
+
 def test_unknown_digest_choice_is_a_usage_error(out: Path) -> None:
     result = ftx_cli("get", "127.0.0.1:1", "x", "--digest", "md5", cwd=out)
     assert result.returncode == USAGE

@@ -324,8 +324,34 @@ async def test_digest_falls_back_to_what_the_server_computes(
     assert (tmp_path / "file.bin").read_bytes() == content
 
 
+async def test_a_digest_by_name(server, served_root, tmp_path):
+    # docs/user-guide.md: "--digest sha256", to compare with a published digest.
+    with trio.fail_after(TIMEOUT):
+        async with ftx.connect(*server, digest="sha256") as client:
+            result = await client.get("medium.bin", tmp_path / "copy")
+    content = (served_root / "medium.bin").read_bytes()
+    assert (result.digest_algorithm, result.digest) == (
+        "sha256",
+        hashlib.sha256(content).hexdigest(),
+    )
+
+
+async def test_a_digest_by_name_the_server_lacks_fails_the_handshake(fake_server):
+    def behaviour(conn: FakeConnection) -> None:
+        conn.handshake(frozenset({"digest-blake3"}))  # an ftx 0.2 server
+        conn.stop.wait(10)
+
+    fake = fake_server(behaviour)
+    with trio.fail_after(TIMEOUT), pytest.raises(ftx.LocalProtocolError) as caught:
+        async with ftx.connect("127.0.0.1", fake.port, digest="xxh3-128"):
+            pass
+    assert str(caught.value) == (
+        "the server does not compute xxh3-128 digests; it offers blake3, sha256"
+    )
+
+
 def test_an_unknown_digest_choice_is_refused_before_connecting():
-    with pytest.raises(ValueError, match="'fast' or 'cryptographic'"):
+    with pytest.raises(ValueError, match="not 'md5'"):
         ftx.Client(trio.testing.memory_stream_pair()[0], digest="md5")  # type: ignore[arg-type]
 
 

@@ -177,6 +177,27 @@ def test_choose_digest_refuses_unknown_choices() -> None:
         choose_digest(DIGEST_FEATURES, "secure")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("algorithm", sorted(DIGEST_ALGORITHMS))
+def test_choose_digest_by_name(algorithm: str) -> None:
+    assert choose_digest(DIGEST_FEATURES, algorithm) == algorithm  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("features", "algorithm", "offered"),
+    [
+        (frozenset(), "xxh3-128", "sha256"),
+        (frozenset({BLAKE3_FEATURE}), "xxh3-128", "blake3, sha256"),
+        (frozenset({XXH3_FEATURE}), "blake3", "xxh3-128, sha256"),
+    ],
+)
+def test_a_digest_by_name_the_server_lacks_is_refused(
+    features: frozenset[str], algorithm: str, offered: str
+) -> None:
+    message = f"the server does not compute {algorithm} digests; it offers {offered}"
+    with pytest.raises(LocalProtocolError, match=message):
+        choose_digest(features, algorithm)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- handshake
 
 

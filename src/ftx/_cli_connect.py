@@ -14,7 +14,13 @@ import ftx
 from ftx._auth import load_token
 from ftx._tls import client_context, normalize_fingerprint, open_tls_stream
 from ftx.cli import Address, CliError, ExitCode, printable
-from ftx.errors import AuthenticationError, ConnectionLostError, RemoteError, RemoteProtocolError
+from ftx.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+)
 from ftx.protocol import ErrorCode
 
 
@@ -108,6 +114,9 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
     except AuthenticationError as exc:
         await trio.aclose_forcefully(client)
         raise CliError(f"{address}: {exc}", ExitCode.PROTOCOL) from None
+    except LocalProtocolError as exc:  # a --digest the server does not compute
+        await trio.aclose_forcefully(client)
+        raise CliError(f"{address}: {exc}: choose another --digest", ExitCode.PROTOCOL) from None
     except BaseException:
         await trio.aclose_forcefully(client)
         raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final, Literal, Protocol
 
+from ftx.errors import LocalProtocolError
 from ftx.framing import Buffer
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "XXH3_FEATURE",
     "DigestChoice",
     "Hasher",
+    "check_digest_choice",
     "choose_digest",
     "new_hasher",
 ]
@@ -28,13 +30,20 @@ BLAKE3_FEATURE: Final = "digest-blake3"
 XXH3_FEATURE: Final = "digest-xxh3-128"
 DIGEST_FEATURES: Final = frozenset({BLAKE3_FEATURE, XXH3_FEATURE})
 """The features naming the optional digests: a peer that computes them all lists these."""
-DigestChoice = Literal["fast", "cryptographic"]
-"""Which digest a client prefers: ``"fast"`` (XXH3-128, which only guards against accidents) or
-``"cryptographic"`` (BLAKE3 or SHA-256, which no one can forge a collision for)."""
-# Fastest first; every server computes sha256, so both lists always end in a match.
-_PREFERENCES: Final[dict[str, tuple[tuple[str, str | None], ...]]] = {
-    "fast": (("xxh3-128", XXH3_FEATURE), ("blake3", BLAKE3_FEATURE), ("sha256", None)),
-    "cryptographic": (("blake3", BLAKE3_FEATURE), ("sha256", None)),
+DigestChoice = Literal["fast", "cryptographic", "xxh3-128", "blake3", "sha256"]
+"""Which digest a client wants: ``"fast"`` (XXH3-128, which only guards against accidents),
+``"cryptographic"`` (BLAKE3 or SHA-256, which no one can forge a collision for), or one of
+:data:`DIGEST_ALGORITHMS` by name (to compare with a digest published elsewhere)."""
+_FEATURE_OF: Final[dict[str, str | None]] = {
+    "xxh3-128": XXH3_FEATURE,
+    "blake3": BLAKE3_FEATURE,
+    "sha256": None,  # every server computes it
+}
+# Fastest first; "fast" and "cryptographic" end with sha256, so they always find a match.
+_PREFERENCES: Final[dict[str, tuple[str, ...]]] = {
+    "fast": ("xxh3-128", "blake3", "sha256"),
+    "cryptographic": ("blake3", "sha256"),
+    **{name: (name,) for name in _FEATURE_OF},
 }
 
 
@@ -65,15 +74,26 @@ def new_hasher(algorithm: str) -> Hasher:
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
 
 
+def check_digest_choice(choice: str) -> None:
+    """Raise :exc:`ValueError` unless ``choice`` is one of :data:`DigestChoice`."""
+    if choice not in _PREFERENCES:
+        known = ", ".join(repr(name) for name in _PREFERENCES)
+        raise ValueError(f"digest must be one of {known}, not {choice!r}")
+
+
 def choose_digest(features: frozenset[str], choice: DigestChoice = "fast") -> str:
     """The digest algorithm a client verifies with, given the ``features`` both peers list: the
     fastest one the ``choice`` allows that the server computes.
 
     Raises:
-        ValueError: ``choice`` is neither ``"fast"`` nor ``"cryptographic"``.
+        ValueError: ``choice`` is not one of :data:`DigestChoice`.
+        LocalProtocolError: ``choice`` names an algorithm that the server does not compute.
     """
-    try:
-        preferences = _PREFERENCES[choice]
-    except KeyError:
-        raise ValueError(f"digest must be 'fast' or 'cryptographic', not {choice!r}") from None
-    return next(name for name, feature in preferences if feature is None or feature in features)
+    check_digest_choice(choice)
+    offered = [name for name, feature in _FEATURE_OF.items() if feature in features | {None}]
+    for name in _PREFERENCES[choice]:
+        if name in offered:
+            return name
+    raise LocalProtocolError(
+        f"the server does not compute {choice} digests; it offers {', '.join(offered)}"
+    )

@@ -281,11 +281,12 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 def add_digest_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--digest",
-        choices=("fast", "cryptographic"),
+        choices=("fast", "cryptographic", "xxh3-128", "blake3", "sha256"),
         default="fast",
         help="how to check that every byte arrived intact: 'fast' (XXH3-128, as rsync; it "
-        "catches any accident) or 'cryptographic' (BLAKE3 or SHA-256; a collision cannot be "
-        "made even on purpose) (default: fast)",
+        "catches any accident), 'cryptographic' (BLAKE3 or SHA-256; a collision cannot be "
+        "made even on purpose), or an algorithm by name, e.g. to compare with a published "
+        "sha256 (default: fast)",
     )
 
 

@@ -41,6 +41,7 @@ from ftx.errors import (
     ConnectionLostError,
     FtxError,
     IncompleteFrameError,
+    LocalProtocolError,
     RemoteError,
     RemoteProtocolError,
 )
@@ -62,6 +63,7 @@ from ftx.protocol import (
     ClientProtocol,
     DigestChoice,
     ErrorCode,
+    check_digest_choice,
     choose_digest,
 )
 from ftx.upload import UPLOAD_CHUNK, Upload, UploadWire, local_name, make_directory, send_file
@@ -86,11 +88,12 @@ class Client(trio.abc.AsyncResource):
         token: a shared token to prove to the server that we know, by challenge and response
             (it never crosses the wire); the server must then prove that it knows it too.
         digest: which whole-file digest to verify downloads and uploads with (see
-            :attr:`digest_algorithm`): ``"fast"``, or ``"cryptographic"`` where a collision
-            must be infeasible even to make on purpose.
+            :attr:`digest_algorithm`): ``"fast"``; ``"cryptographic"`` where a collision must
+            be infeasible even to make on purpose; or an algorithm by name (``"sha256"``, say,
+            to compare with a published digest), which the server must then compute.
 
     Raises:
-        ValueError: the token is shorter than 16 bytes, or ``digest`` is not one of the two.
+        ValueError: the token is shorter than 16 bytes, or ``digest`` is none of these.
     """
 
     def __init__(
@@ -102,7 +105,7 @@ class Client(trio.abc.AsyncResource):
         token: str | bytes | None = None,
         digest: DigestChoice = "fast",
     ) -> None:
-        choose_digest(frozenset(), digest)  # raises ValueError before anything else happens
+        check_digest_choice(digest)
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
         self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
         self._protocol = ClientProtocol(
@@ -112,7 +115,7 @@ class Client(trio.abc.AsyncResource):
             features=DIGEST_FEATURES | {UPLOAD_FEATURE},
         )
         self._digest_choice: DigestChoice = digest
-        self._digest_algorithm: str | None = None  # known once the handshake is done
+        self._digest_algorithm: str | None = None  # chosen by the handshake
         self._idle_timeout = idle_timeout
         self._lock = trio.Lock()
         self._files = FileReceiver(self._receive, self._fail, max_frame_size)
@@ -122,13 +125,14 @@ class Client(trio.abc.AsyncResource):
     def digest_algorithm(self) -> str:
         """The whole-file digest transfers are verified with: the fastest one the server computes
         of ``xxh3-128``, ``blake3`` and ``sha256``; with ``digest="cryptographic"``, of
-        ``blake3`` and ``sha256``. (Every server computes ``sha256``.)"""
+        ``blake3`` and ``sha256``; else the one named. (Every server computes ``sha256``.)
+
+        Raises:
+            LocalProtocolError: the algorithm named is not one the server computes (raised by
+                :meth:`handshake` already)."""
         if self._digest_algorithm is not None:
-            return self._digest_algorithm  # (asked for every request)
-        algorithm = choose_digest(self._protocol.features, self._digest_choice)
-        if self._protocol.peer_hello is not None:
-            self._digest_algorithm = algorithm
-        return algorithm
+            return self._digest_algorithm  # known since the handshake
+        return choose_digest(self._protocol.features, self._digest_choice)
 
     @property
     def server_hello(self) -> Hello | None:
@@ -152,6 +156,7 @@ class Client(trio.abc.AsyncResource):
                 not prove that it knows it.
             RemoteProtocolError: the peer does not speak ftx.
             ConnectionLostError: the connection closed or the server stayed silent.
+            LocalProtocolError: the digest asked for by name is not one the server computes.
         """
         async with self._lock:
             if self._protocol.peer_hello is not None and self._protocol.authenticated:
@@ -165,7 +170,9 @@ class Client(trio.abc.AsyncResource):
                     await self._receive()  # CHALLENGE
                     await self._send(self._protocol.auth_answer())
                     await self._receive()  # AUTH_OK, checked by the protocol
-            except AuthenticationError:
+                # Chosen now, so that a digest the server does not compute fails here.
+                self._digest_algorithm = choose_digest(self._protocol.features, self._digest_choice)
+            except (AuthenticationError, LocalProtocolError):
                 await self._fail()
                 raise
             return message
@@ -534,7 +541,7 @@ async def connect(
             (a TLS handshake that fails otherwise raises RemoteProtocolError).
         ValueError: ``fingerprint`` is malformed, ``token`` too short, or ``digest`` unknown.
     """
-    choose_digest(frozenset(), digest)  # raises ValueError before connecting
+    check_digest_choice(digest)  # before connecting
     if token is not None:
         check_token(token)  # before connecting
     stream: trio.abc.Stream

@@ -33,6 +33,7 @@ from ftx._digests import (
     XXH3_FEATURE,
     DigestChoice,
     Hasher,
+    check_digest_choice,
     choose_digest,
     new_hasher,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "ErrorCode",
     "Hasher",
     "ServerProtocol",
+    "check_digest_choice",
     "choose_digest",
     "new_hasher",
 ]
