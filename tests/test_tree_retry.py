@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,10 @@ def test_get_r_survives_a_killed_server(
 ) -> None:
     served, dest = tmp_path / "served", tmp_path / "dest"
     contents = make_tree(served)
-    dest.mkdir()
+    # Met again by every attempt: a link that -r skips, and a file here already up to date.
+    (served / "d0" / "link").symlink_to("f1.bin")
+    (dest / "d0").mkdir(parents=True)
+    shutil.copy2(served / "d0" / "f0.bin", dest / "d0" / "f0.bin")
     first = start_ftx_server(served)
     options = ["-j", "4", "--retries", "5"] + (["--json"] if json_lines else [])
     code, stdout, stderr = kill_mid_run(
@@ -53,13 +57,26 @@ def test_get_r_survives_a_killed_server(
     assert "retrying" in stderr
     summary = re.search(r"^(\d+) file\(s\) saved .*?(?:, (\d+) already up to date)?$", stderr, re.M)
     assert summary, stderr
-    assert int(summary[2] or 0) == 0, "files saved before the cut are not counted twice"
-    assert int(summary[1]) == FILES, stderr
+    # Files saved before the cut are not counted as up to date; each file is counted once.
+    assert (int(summary[1]), int(summary[2] or 0)) == (FILES - 1, 1), stderr
     assert "failed" not in stderr
-    if json_lines:  # one line per file, each saved once
-        records = [json.loads(line) for line in stdout.splitlines()]
-        assert sorted(record["path"] for record in records) == sorted(contents)
-        assert {record["status"] for record in records} == {"saved"}
+    if json_lines:  # one line per file, with its one outcome
+        records = {}
+        for line in stdout.splitlines():
+            record = json.loads(line)
+            assert record["path"] not in records, line
+            records[record["path"]] = record
+        assert sorted(records) == sorted([*contents, "d0/link"])
+        assert records["d0/link"]["status"] == "skipped"
+        assert records["d0/f0.bin"] == {
+            "path": "d0/f0.bin",
+            "status": "skipped",
+            "reason": "up to date",
+        }
+        saved = {path for path, record in records.items() if record["status"] == "saved"}
+        assert saved == set(contents) - {"d0/f0.bin"}
+    else:
+        assert stderr.count("skipped d0/link") == 1, stderr
     for name, data in contents.items():
         assert (dest / name).read_bytes() == data, name
     assert not [path for path in dest.rglob("*") if path.name.endswith((".part", ".resume"))]

@@ -40,8 +40,9 @@ async def get_tree(args: argparse.Namespace) -> None:
     ``--retries`` times in a row without progress: files saved meanwhile are then up to date,
     interrupted ones resume from their parts.
     """
-    outcomes: dict[str, Download | FtxError] = {}  # the last of each file, over every attempt
-    up_to_date = 0
+    # The last result of each file, over every attempt: a later attempt finds the files an
+    # earlier one saved up to date, and meets the same skips and refusals again.
+    outcomes: dict[str, Download | FtxError | Skipped] = {}
 
     @asynccontextmanager
     async def connect() -> AsyncIterator[Client]:
@@ -49,21 +50,16 @@ async def get_tree(args: argparse.Namespace) -> None:
             yield client
 
     def on_done(path: str, result: Download | FtxError | Skipped) -> None:
-        nonlocal up_to_date
         previous = outcomes.get(path)
-        if isinstance(result, Skipped):
-            if result.reason != "up to date":
-                _report(args, f"skipped {printable(path)}: {result.reason}")
-            elif previous is None:  # (not saved by an earlier attempt of this command)
-                up_to_date += 1
-            if previous is not None:
-                return
-        else:
-            outcomes[path] = result
-            if isinstance(previous, FtxError) and str(previous) == str(result):
-                return  # said already, by an earlier attempt
-            if isinstance(result, FtxError):
-                _report(args, f"{printable(path)}: {_describe(result, args)[0]}")
+        if isinstance(previous, Download) and isinstance(result, Skipped):
+            return  # saved by an earlier attempt of this command
+        outcomes[path] = result
+        if type(previous) is type(result) and str(previous) == str(result):
+            return  # said already, by an earlier attempt
+        if isinstance(result, FtxError):
+            _report(args, f"{printable(path)}: {_describe(result, args)[0]}")
+        elif isinstance(result, Skipped) and result.reason != "up to date":
+            _report(args, f"skipped {printable(path)}: {result.reason}")
         if args.json:
             print(json.dumps(_as_json(path, result)), flush=True)
 
@@ -89,6 +85,10 @@ async def get_tree(args: argparse.Namespace) -> None:
     elapsed = time.monotonic() - started
     saved = [result for result in outcomes.values() if isinstance(result, Download)]
     failures = [(path, result) for path, result in outcomes.items() if isinstance(result, FtxError)]
+    up_to_date = sum(
+        isinstance(result, Skipped) and result.reason == "up to date"
+        for result in outcomes.values()
+    )
     size = sum(result.size for result in saved)
     summary = f"{len(saved)} file(s) saved ({_human_size(size)} in {elapsed:.2f} s)"
     if up_to_date:
