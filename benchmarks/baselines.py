@@ -65,12 +65,17 @@ def ftx_features() -> dict[str, bool]:
 # --- servers ----------------------------------------------------------------------------------
 
 
-def ftx_server(root: Path) -> ServerSpec:
+def ftx_server(root: Path, *, warm_up: str | None = None) -> ServerSpec:
+    """``ftx serve ROOT``; with ``warm_up``, a file under ROOT that the library client downloads
+    (verified, to /dev/null) before each timed run: the server then knows its digest."""
     base = ftx_command()
     return ServerSpec(
-        "ftx serve",
+        "ftx serve" if warm_up is None else f"ftx serve, {warm_up} downloaded once",
         lambda port: [*base, "serve", str(root), "--host", "127.0.0.1", "--port", str(port), "-q"],
         stop_signal=signal.SIGINT,  # Ctrl-C: ftx serve exits cleanly
+        warm_up=None
+        if warm_up is None
+        else lambda port: [PYTHON, FTX_LIB, "big", str(port), warm_up, os.devnull],
     )
 
 

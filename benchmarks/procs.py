@@ -34,12 +34,15 @@ _live: set[subprocess.Popen[bytes]] = set()
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
     """How to start one server: ``argv(port)`` (which may write a config file for that port)
-    and the signal that stops it cleanly."""
+    and the signal that stops it cleanly. ``warm_up(port)``, if given, is a client command run
+    once the server listens and before the timed client, untimed: a server that has already
+    answered once (e.g. whose digest cache holds the file), as a long-running one would."""
 
     label: str
     argv: Callable[[int], list[str]]
     stop_signal: int = signal.SIGTERM
     cwd: Path | None = None
+    warm_up: Callable[[int], list[str]] | None = None
 
 
 @dataclass(slots=True)
@@ -156,7 +159,8 @@ class RunningServer:
 
 
 def start_server(spec: ServerSpec, log_path: Path, *, timeout: float = 15.0) -> RunningServer:
-    """Start ``spec`` on a free port of 127.0.0.1 and wait until it listens."""
+    """Start ``spec`` on a free port of 127.0.0.1, wait until it listens, and run its warm-up
+    (if any)."""
     port = free_port()
     log = open(log_path, "ab")  # noqa: SIM115 - closed by RunningServer.stop
     process = _spawn(spec.argv(port), stdout=log, stderr=log, cwd=spec.cwd)
@@ -168,6 +172,12 @@ def start_server(spec: ServerSpec, log_path: Path, *, timeout: float = 15.0) -> 
             tail = log_path.read_text(errors="replace")[-800:]
             raise RuntimeError(f"{spec.label} did not start on port {port}: {tail}")
         time.sleep(0.01)
+    if spec.warm_up is not None:
+        warm_up = run_client(spec.warm_up(port), timeout=timeout)
+        if warm_up.returncode != 0:
+            server.stop()
+            tail = (warm_up.stderr.strip() or warm_up.stdout.strip())[-300:]
+            raise RuntimeError(f"{spec.label}: warm-up failed ({warm_up.returncode}): {tail}")
     return server
 
 

@@ -50,7 +50,8 @@ def _reference(outcomes: Sequence[Outcome]) -> Outcome | None:
     ran = [outcome for outcome in outcomes if outcome.speed()]
     marked = [outcome for outcome in ran if outcome.method.reference]
     baselines = [outcome for outcome in ran if not outcome.method.name.startswith("ftx")]
-    return (marked or baselines or [None])[0]
+    chosen = marked or baselines
+    return chosen[0] if chosen else None
 
 
 def _mib(kib: int | None) -> str:
