@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from ftx._names import sibling_name
 from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
 from ftx._threads import run_together
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
@@ -111,7 +112,7 @@ async def fetch_files(
                         on_done(path, exc)
                         continue
                 part = part_for(target)
-                if new is not None and not listings.holds(part.part_path):
+                if new is not None:
                     offset, identity = 0, None  # no part file: nothing to resume
                 else:
                     offset, identity = part.resumable(path) or (0, None)
@@ -151,30 +152,29 @@ async def fetch_files(
 class _Listings:
     """The names in each destination directory, listed once, when its first file comes.
 
-    A file whose name is not in its directory's listing needs none of the lookups a download
-    otherwise starts with (is the destination a directory to save into? does it exist? is a part
-    file there to resume?): a tree of small files into a fresh directory saves three failing
-    system calls per file. A name that appears after the listing is caught all the same, later:
-    a part file is created exclusively, and publishing never replaces what it may not.
+    A file whose name, and its part file's, are not in its directory's listing needs none of
+    the lookups a download otherwise starts with (is the destination a directory to save into?
+    does it exist? is a part file there to resume?): a tree of small files into a fresh
+    directory saves three failing system calls per file. A name that appears after the listing
+    is caught all the same, later: a part file is created exclusively, and publishing never
+    replaces what it may not.
     """
 
     def __init__(self) -> None:
         self._names: dict[str, frozenset[str] | None] = {}
 
     def new_file(self, dest: str | os.PathLike[str]) -> Path | None:
-        """``dest`` as a path if it names nothing yet in an existing directory, else ``None``
-        (then look it up the usual way, which also says what is wrong)."""
+        """``dest`` as a path if neither it nor its part file exists yet in an existing
+        directory, else ``None`` (then look it up the usual way, which also says what is wrong,
+        and finds the part file to resume)."""
         raw = os.fspath(dest)
-        if os.path.basename(raw) in ("", ".", ".."):  # "dir/" means a directory
+        directory, name = os.path.split(raw)
+        if name in ("", ".", ".."):  # "dir/" means a directory
             return None
-        target = dest if isinstance(dest, Path) else Path(raw)
-        names = self._listing(os.path.dirname(target) or ".")
-        return None if names is None or target.name in names else target
-
-    def holds(self, path: str | os.PathLike[str]) -> bool:
-        """Whether the listing of ``path``'s directory (taken by :meth:`new_file`) has it."""
-        names = self._names.get(os.path.dirname(path) or ".")
-        return names is not None and os.path.basename(path) in names
+        names = self._listing(directory or ".")
+        if names is None or name in names or sibling_name(name, ".part") in names:
+            return None
+        return dest if isinstance(dest, Path) else Path(raw)
 
     def _listing(self, directory: str) -> frozenset[str] | None:
         if directory not in self._names:
