@@ -39,8 +39,8 @@ class BufferPool:
 
 
 class DigestCache:
-    """The SHA-256 of files already read whole, by file identity (device, inode, size, mtime,
-    ctime), so that a file downloaded again, or resumed, is not hashed again.
+    """The digests of files already read whole, by algorithm and file identity (device, inode,
+    size, mtime, ctime), so that a file downloaded again, or resumed, is not hashed again.
 
     The identity changes on any write to the file (ctime), so a stale digest is never served
     for a file changed through the file system. Least recently used entries are dropped first.
