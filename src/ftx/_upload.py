@@ -144,16 +144,11 @@ class UploadHandler:
             await self._refuse(request, record, ErrorCode.TOO_LARGE, message)
             return
         try:
-            target = await trio.to_thread.run_sync(UploadTarget.open, self._root, request.path)
+            target, offset = await trio.to_thread.run_sync(self._open_target, request)
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return
         with target:
-            try:
-                offset = await trio.to_thread.run_sync(self._prepare, target, request)
-            except FsError as exc:
-                await self._refuse(request, record, exc.code, exc.message)
-                return
             record.offset = offset
             await self._send(Ready(request.request_id, offset))
             try:
@@ -162,6 +157,17 @@ class UploadHandler:
                 await self._refuse(request, record, exc.code, exc.message)
                 return
         await self._send(Done(request.request_id, created))
+
+    def _open_target(self, request: Put) -> tuple[UploadTarget, int]:
+        """Open where the upload lands and :meth:`_prepare` it, in one worker-thread hop (a
+        tree of small files pays for every hop): the target, and the offset to resume from.
+        Raises :class:`~ftx.fs.FsError`, the target then closed."""
+        target = UploadTarget.open(self._root, request.path)
+        try:
+            return target, self._prepare(target, request)
+        except BaseException:
+            target.close()
+            raise
 
     def _prepare(self, target: UploadTarget, request: Put) -> int:
         """Check what is at the final name, open the part file; return the offset to resume

@@ -37,6 +37,7 @@ __all__ = [
     "ServedRoot",
     "file_identity",
     "is_upload_in_progress",
+    "read_cached_into",
 ]
 
 MAX_SYMLINKS: Final = 40
@@ -84,6 +85,24 @@ def split_request_path(path: str) -> list[str]:
 
 
 _RWF_NOWAIT: Final[int | None] = getattr(os, "RWF_NOWAIT", None)
+
+
+def read_cached_into(fd: int, buffer: bytearray | memoryview, offset: int) -> int | None:
+    """Read the open file ``fd`` from ``offset`` into ``buffer``, but only from the page cache:
+    how many bytes were read (maybe fewer than asked for), or ``None`` if the read would have
+    to wait for the disk (or the system cannot tell), so that an event loop can call this and
+    fall back to a worker thread."""
+    if _RWF_NOWAIT is None:
+        return None
+    try:
+        count = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except OSError:
+        # EAGAIN: not cached. EOPNOTSUPP and friends: this file system cannot say.
+        return None
+    # 0 may mean EOF or "nothing cached here"; only a blocking read can tell them apart.
+    return count or None
+
+
 UPLOAD_PART_SUFFIX: Final = ".ftx-upload-part"
 """An upload in progress is written to ``NAME`` + this (and its resume record beside it, with
 ``.resume`` added): neither is listed or served until it is complete under its own name."""
@@ -140,15 +159,7 @@ class OpenedFile:
         to wait for the disk (or the system cannot tell), so that an event loop can call this
         and fall back to a worker thread. May read less than asked for.
         """
-        if _RWF_NOWAIT is None:
-            return None
-        try:
-            count = os.preadv(self.fd, [buffer], offset, _RWF_NOWAIT)
-        except (BlockingIOError, OSError):
-            # EAGAIN: not cached. EOPNOTSUPP and friends: this file system cannot say.
-            return None
-        # 0 may mean EOF or "nothing cached here"; only a blocking read can tell them apart.
-        return count or None
+        return read_cached_into(self.fd, buffer, offset)
 
     def changed(self) -> bool:
         """True if the file's size, mtime or ctime differ from when it was opened."""

@@ -32,7 +32,7 @@ import trio
 
 from ftx._threads import ThreadJob, run_together
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
-from ftx.fs import file_identity
+from ftx.fs import file_identity, read_cached_into
 from ftx.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 from ftx.protocol import ErrorCode, Hasher, new_hasher
 
@@ -112,6 +112,13 @@ class _LocalFile:
             return os.pread(self.fd, count, position)
         except OSError as exc:
             raise LocalFileError(f"cannot read {self.path}: {exc.strerror}") from exc
+
+    def read_cached(self, position: int, count: int) -> bytes | None:
+        """The ``count`` bytes from ``position`` if all are in the page cache (so that reading
+        them cannot block), else ``None``: then :meth:`read` them in a worker thread."""
+        buffer = bytearray(count)
+        got = read_cached_into(self.fd, buffer, position)
+        return bytes(buffer) if got == count else None
 
     def hash_prefix(self, end: int, hasher: Hasher) -> None:
         position = 0
@@ -229,7 +236,9 @@ async def _send_data(
     progress: ProgressCallback | None,
 ) -> str:
     """Send the file from ``offset`` as DATA; return the digest of the whole file. Each chunk
-    is read ahead, and hashed, in worker threads while the previous one is sent."""
+    is read ahead, and hashed, in worker threads while the previous one is sent; a small one
+    found in the page cache is read here (a thread hop would cost more than the read), which
+    for a tree of small files saves most of a file's thread hops."""
     size = local.stat.st_size
     if offset:
         await _hash_prefix(wire, local, offset, hasher)
@@ -237,14 +246,18 @@ async def _send_data(
     if progress is not None:
         progress(position, size)
 
-    def read_next() -> ThreadJob[bytes] | None:
+    def read_next() -> ThreadJob[bytes] | bytes | None:
         count = min(wire.chunk_size, size - position)
-        return ThreadJob(partial(local.read, position, count)) if count > 0 else None
+        if count <= 0:
+            return None
+        if count < _INLINE_CHUNK and (cached := local.read_cached(position, count)) is not None:
+            return cached
+        return ThreadJob(partial(local.read, position, count))
 
     reading = read_next()
     try:
         while reading is not None:
-            chunk = await reading.result()
+            chunk = reading if isinstance(reading, bytes) else await reading.result()
             reading = None
             if not chunk:
                 raise LocalFileError(f"{local.path} shrank while being sent; nothing was saved")
@@ -263,9 +276,13 @@ async def _send_data(
             if progress is not None:
                 progress(position, size)
     finally:
-        if reading is not None:
+        if isinstance(reading, ThreadJob):
             await reading.wait_quietly()  # never close the file under a running read
-    if await trio.to_thread.run_sync(local.changed):
+    # An fstat: for a small file, a thread hop would cost more than it may block.
+    changed = (
+        local.changed() if size < _INLINE_CHUNK else await trio.to_thread.run_sync(local.changed)
+    )
+    if changed:
         raise LocalFileError(f"{local.path} changed while being sent; nothing was saved")
     return hasher.hexdigest()
 
