@@ -334,7 +334,8 @@ async def test_something_planted_at_the_part_or_record_name_is_not_written(
         os.mkfifo(planted)
     else:
         planted.mkdir()
-    (tmp_path / "source").write_bytes(b"x" * 1000)
+    # 1 MiB: a smaller file is offered for no resume, and gets no record.
+    (tmp_path / "source").write_bytes(b"x" * (1 << 20))
     port = await writable(start_server, root)
     async with ftx.connect("127.0.0.1", port) as client:
         with pytest.raises(ftx.RemoteError) as caught, trio.fail_after(10):
@@ -825,8 +826,9 @@ def test_ftx_put_reconnects_and_resumes_after_a_lost_connection(
     fake_server: Callable[[Behaviour], FakeServer], tmp_path: Path
 ) -> None:
     """A scripted server takes the first 100,000 bytes and drops the connection; ``ftx put``
-    reconnects by itself (``--retries``) and sends only the rest, with the same source."""
-    data = content(300_000)
+    reconnects by itself (``--retries``) and sends only the rest, with the same source (a
+    file under 1 MiB would be sent whole again)."""
+    data = content(1_500_000)
     source = tmp_path / "f.bin"
     source.write_bytes(data)
     held = bytearray()

@@ -13,6 +13,7 @@ import xxhash
 
 import ftx
 from ftx import LocalFileError
+from ftx._fs_write import UploadTarget
 from ftx.upload import _LocalFile
 
 StartServer = Callable[..., Awaitable[tuple[str, int]]]
@@ -86,3 +87,31 @@ async def test_a_file_changed_while_being_sent_is_not_stored(
         with pytest.raises(LocalFileError, match="changed while being sent; nothing was saved"):
             await client.put(source, "copy.bin")
     assert not (root / "copy.bin").exists()
+
+
+@pytest.mark.parametrize(("size", "resumable"), [(SMALL, False), (1 << 20, True)])
+async def test_only_a_file_of_a_mebibyte_or_more_is_offered_for_resume(
+    start_server: StartServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    resumable: bool,
+) -> None:
+    # The server (in this process) writes a resume record only for an upload with a source.
+    sources: list[str | None] = []
+    original = UploadTarget._write_record
+
+    def spy(target: UploadTarget, source: str | None, size: int) -> None:
+        sources.append(source)
+        original(target, source, size)
+
+    monkeypatch.setattr(UploadTarget, "_write_record", spy)
+    root = served(tmp_path)
+    source, data = make_source(tmp_path, size)
+    _, port = await start_server(root, writable=True)
+    async with ftx.connect("127.0.0.1", port) as client:
+        await client.put(source, "copy.bin")
+    assert (root / "copy.bin").read_bytes() == data
+    assert len(sources) == 1
+    assert (sources[0] is not None) is resumable
+    assert [p.name for p in root.iterdir()] == ["copy.bin"]  # no part, no record left

@@ -395,7 +395,8 @@ class Client(trio.abc.AsyncResource):
             progress: called with ``(bytes_done, bytes_total)`` as data goes out.
             overwrite: replace the file at ``path`` if there is one (if the server allows it).
             resume: continue an interrupted upload of the same, unchanged, local file from
-                where the server's part file ends.
+                where the server's part file ends (for a file of 1 MiB or more: a smaller one
+                is sent whole again).
             preserve_mtime: give the server's file the local file's modification time.
 
         Raises:

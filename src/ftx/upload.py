@@ -7,7 +7,8 @@ when an earlier upload of the same source was interrupted, else 0. The client se
 the file as DATA and the digest of the *whole* file in END (the bytes before the offset are
 hashed from the local file); the server answers DONE once its copy matches that digest and is
 in place under the final name. If a resumed upload does not verify, it is sent again from zero,
-once.
+once. A file under 1 MiB is sent with no source token: it is sent whole again rather than
+resumed, and the server keeps no resume record for it.
 
 A local file that changes while it is being sent is not finished: the connection is closed
 (there is no way to abandon an upload otherwise), nothing appears on the server, and a later
@@ -54,6 +55,9 @@ _KEEPALIVE_SECONDS: Final = 5.0
 _HASH_BLOCK: Final = 1 << 20
 # Chunks smaller than this are hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
+# A smaller file is offered for no resume (as downloads keep no resume record for one): sending
+# it again whole costs less than the record the server would write and delete for every file.
+_RESUMABLE_SIZE: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,7 @@ async def send_file(
     """
     started = time.monotonic()
     with _LocalFile(source) as local:
-        token = local.source if resume else None
+        token = local.source if resume and local.stat.st_size >= _RESUMABLE_SIZE else None
         try:
             return await _send_once(wire, local, path, token, overwrite, preserve_mtime, progress)
         except _ResumedMismatchError:
