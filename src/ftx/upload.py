@@ -117,12 +117,12 @@ class _LocalFile:
         except OSError as exc:
             raise LocalFileError(f"cannot read {self.path}: {exc.strerror}") from exc
 
-    def read_cached(self, position: int, count: int) -> bytes | None:
+    def read_cached(self, position: int, count: int) -> bytearray | None:
         """The ``count`` bytes from ``position`` if all are in the page cache (so that reading
         them cannot block), else ``None``: then :meth:`read` them in a worker thread."""
         buffer = bytearray(count)
         got = read_cached_into(self.fd, buffer, position)
-        return bytes(buffer) if got == count else None
+        return buffer if got == count else None
 
     def hash_prefix(self, end: int, hasher: Hasher) -> None:
         position = 0
@@ -250,7 +250,7 @@ async def _send_data(
     if progress is not None:
         progress(position, size)
 
-    def read_next() -> ThreadJob[bytes] | bytes | None:
+    def read_next() -> ThreadJob[bytes] | bytearray | None:
         count = min(wire.chunk_size, size - position)
         if count <= 0:
             return None
@@ -261,7 +261,7 @@ async def _send_data(
     reading = read_next()
     try:
         while reading is not None:
-            chunk = reading if isinstance(reading, bytes) else await reading.result()
+            chunk = await reading.result() if isinstance(reading, ThreadJob) else reading
             reading = None
             if not chunk:
                 raise LocalFileError(f"{local.path} shrank while being sent; nothing was saved")
