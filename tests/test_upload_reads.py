@@ -52,6 +52,14 @@ async def test_the_file_arrives_whole_however_it_was_read(
     size: int,
     cached: bool,
 ) -> None:
+    threaded_reads: list[int] = []
+    read = _LocalFile.read
+
+    def counted_read(local: _LocalFile, position: int, count: int) -> bytes:
+        threaded_reads.append(count)
+        return read(local, position, count)
+
+    monkeypatch.setattr(_LocalFile, "read", counted_read)
     if not cached:  # as if the file were not in the page cache: every read in a thread
         monkeypatch.setattr(_LocalFile, "read_cached", lambda *args: None)
     root = served(tmp_path)
@@ -61,6 +69,8 @@ async def test_the_file_arrives_whole_however_it_was_read(
         result = await client.put(source, "copy.bin")
     assert (root / "copy.bin").read_bytes() == data
     assert result.digest == xxhash.xxh3_128(data).hexdigest()
+    if not cached:
+        assert sum(threaded_reads) == size  # every byte read by a worker thread's read
 
 
 @pytest.mark.parametrize(("size", "reader"), [(SMALL, "read_cached"), (LARGE, "read")])
