@@ -13,7 +13,7 @@ import trio
 import ftx
 from ftx import Download, LocalFileError
 from ftx._fetch import _Listings
-from ftx._names import sibling_name
+from ftx.partfile import PartFile
 
 TIMEOUT = 30
 
@@ -31,8 +31,8 @@ def test_a_name_missing_from_an_existing_directory_is_a_new_file(tmp_path: Path)
 
 def test_a_name_with_a_part_file_is_looked_up_to_resume(tmp_path: Path) -> None:
     (tmp_path / "half.bin.part").write_bytes(b"the start")
-    long_name = "x" * 255  # its part file has a shortened name (ftx._names.sibling_name)
-    (tmp_path / sibling_name(long_name, ".part")).write_bytes(b"the start")
+    long_name = "x" * 255  # its part file has a shortened name: the one PartFile uses
+    PartFile(tmp_path / long_name).part_path.write_bytes(b"the start")
     listings = _Listings()
     assert listings.new_file(tmp_path / "half.bin") is None
     assert listings.new_file(tmp_path / long_name) is None

@@ -15,12 +15,17 @@ from pathlib import Path
 
 import trio
 
-from ftx._names import sibling_name
 from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
 from ftx._threads import run_together
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.messages import Get, Message
-from ftx.partfile import PartFile, check_destination, local_destination, part_for
+from ftx.partfile import (
+    PartFile,
+    check_destination,
+    local_destination,
+    part_file_name,
+    part_for,
+)
 from ftx.protocol import ErrorCode
 
 __all__ = ["FetchWire", "fetch_files"]
@@ -172,7 +177,7 @@ class _Listings:
         if name in ("", ".", ".."):  # "dir/" means a directory
             return None
         names = self._listing(directory or ".")
-        if names is None or name in names or sibling_name(name, ".part") in names:
+        if names is None or name in names or part_file_name(name) in names:
             return None
         return dest if isinstance(dest, Path) else Path(raw)
 

@@ -21,7 +21,7 @@ from ftx._threads import ThreadJob
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.framing import Buffer
 from ftx.messages import Data, Error, FileEnd, FileHeader, Message
-from ftx.partfile import PartFile, ResumeRecord
+from ftx.partfile import RESUMABLE_SIZE, PartFile, ResumeRecord
 from ftx.protocol import Hasher, new_hasher
 
 __all__ = ["Download", "FileReceiver", "GetOptions", "ProgressCallback"]
@@ -29,8 +29,6 @@ __all__ = ["Download", "FileReceiver", "GetOptions", "ProgressCallback"]
 ProgressCallback = Callable[[int, int], object]
 """Called as ``progress(bytes_done, bytes_total)`` as a download advances."""
 
-# Smaller downloads leave no resume record: fetching them again costs less than the record.
-_RESUMABLE_SIZE: Final = 1 << 20
 # Chunks smaller than this are written and hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
 # Files at least this large are received into two reused buffers (one filling while the other
@@ -218,7 +216,7 @@ def _open_part(part: PartFile, path: str, header: FileHeader) -> None:
     """Open the part file for the answer ``header`` begins, with a resume record if the file
     is worth one; if that fails, closed again (and deleted, if it was just created empty)."""
     part.open(keep=header.offset)
-    if header.size - header.offset >= _RESUMABLE_SIZE:
+    if header.size - header.offset >= RESUMABLE_SIZE:
         try:
             part.write_record(ResumeRecord(path, header.identity, header.size, header.digest))
         except LocalFileError:

@@ -29,18 +29,30 @@ from ftx.framing import Buffer
 from ftx.protocol import Hasher
 
 __all__ = [
+    "RESUMABLE_SIZE",
     "DiscardingPart",
     "PartFile",
     "ResumeRecord",
     "check_destination",
     "is_null_device",
     "local_destination",
+    "part_file_name",
     "part_for",
 ]
 
 _RECORD_VERSION: Final = 1
 _MAX_RECORD_BYTES: Final = 64 * 1024
 _HASH_BLOCK: Final = 1 << 20
+
+RESUMABLE_SIZE: Final = 1 << 20
+"""Transfers of fewer bytes are not set up for a resume, neither downloads (no resume record)
+nor uploads (no source token, so the server keeps no record): sending them again costs less
+than the record."""
+
+
+def part_file_name(name: str) -> str:
+    """The name of the part file a download to the file named ``name`` goes through."""
+    return sibling_name(name, ".part")
 
 
 def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> Path:
@@ -155,7 +167,7 @@ class PartFile:
         # Kept as strings: a tree of small files pays for every pathlib object made per file.
         self._dest = os.fspath(self.dest)
         self._directory, name = os.path.split(self._dest)
-        self._part = os.path.join(self._directory, sibling_name(name, ".part"))
+        self._part = os.path.join(self._directory, part_file_name(name))
         self._record = os.path.join(self._directory, sibling_name(name, ".part.resume"))
         self._record_temporary = os.path.join(
             self._directory, sibling_name(name, ".part.resume.tmp")

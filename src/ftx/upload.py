@@ -35,6 +35,7 @@ from ftx._threads import ThreadJob, run_together
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.fs import file_identity, read_cached_into
 from ftx.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
+from ftx.partfile import RESUMABLE_SIZE
 from ftx.protocol import ErrorCode, Hasher, new_hasher
 
 __all__ = [
@@ -55,9 +56,6 @@ _KEEPALIVE_SECONDS: Final = 5.0
 _HASH_BLOCK: Final = 1 << 20
 # Chunks smaller than this are hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
-# A smaller file is offered for no resume (as downloads keep no resume record for one): sending
-# it again whole costs less than the record the server would write and delete for every file.
-_RESUMABLE_SIZE: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +169,7 @@ async def send_file(
     """
     started = time.monotonic()
     with _LocalFile(source) as local:
-        token = local.source if resume and local.stat.st_size >= _RESUMABLE_SIZE else None
+        token = local.source if resume and local.stat.st_size >= RESUMABLE_SIZE else None
         try:
             return await _send_once(wire, local, path, token, overwrite, preserve_mtime, progress)
         except _ResumedMismatchError:
