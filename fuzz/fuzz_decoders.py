@@ -10,7 +10,7 @@
 Targets (``--target``, all by default):
 
 - ``framing``: byte streams, cut into random pieces, into :class:`ftx.framing.FrameDecoder`;
-- ``messages``: frame payloads into :func:`ftx.messages.decode_message`;
+- ``messages``: frame payloads into :func:`ftx.protocol.messages.decode_message`;
 - ``client``: payload sequences into :meth:`ftx.protocol.ClientProtocol.receive` (HELLO first,
   with GET and LIST requests outstanding);
 - ``server``: payload sequences into :meth:`ftx.protocol.ServerProtocol.receive`, the server
@@ -57,7 +57,8 @@ from typing import Any, Final
 
 from ftx.errors import FrameTooLargeError, IncompleteFrameError, RemoteProtocolError
 from ftx.framing import FRAME_SIZE_LIMIT, HEADER_SIZE, FrameDecoder
-from ftx.messages import (
+from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ServerProtocol
+from ftx.protocol.messages import (
     Data,
     Entry,
     EntryType,
@@ -75,7 +76,6 @@ from ftx.messages import (
     decode_message,
     encode_message,
 )
-from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ServerProtocol
 
 Payloads = list[bytes]
 

@@ -28,7 +28,7 @@ import trio
 
 import ftx
 from ftx.framing import FrameDecoder, encode_frame
-from ftx.messages import Hello, Message, decode_message, encode_message
+from ftx.protocol.messages import Hello, Message, decode_message, encode_message
 
 SAMPLE_FILES = Path(__file__).resolve().parent.parent / "sample_files"
 

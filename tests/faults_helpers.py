@@ -218,7 +218,7 @@ class FrameSpan:
 
     start: int
     end: int
-    kind: int  # the payload's first byte (ftx.messages.Kind)
+    kind: int  # the payload's first byte (ftx.protocol.messages.Kind)
 
     @property
     def body(self) -> int:

@@ -22,9 +22,9 @@ import trio
 
 import ftx
 from conftest import MEDIUM_SIZE, SMALL_TEXT, BigFile, serving
-from ftx._access import AccessRecord, JsonFormatter
 from ftx.framing import FrameDecoder, encode_frame
-from ftx.messages import FileEnd, Get, Hello, Message, decode_message, encode_message
+from ftx.protocol.messages import FileEnd, Get, Hello, Message, decode_message, encode_message
+from ftx.server._access_log import AccessRecord, JsonFormatter
 
 LOOPBACK = "127.0.0.1"
 

@@ -22,8 +22,10 @@ import trio
 
 import ftx
 from conftest import SMALL_TEXT, serving
-from ftx import _auth
-from ftx._auth import (
+from ftx.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from ftx.framing import Buffer
+from ftx.protocol import ClientProtocol, ErrorCode, ServerProtocol, _auth
+from ftx.protocol._auth import (
     AUTH_FEATURE,
     ClientAuthenticator,
     ServerAuthenticator,
@@ -31,10 +33,7 @@ from ftx._auth import (
     load_token,
     server_proof,
 )
-from ftx._session import AUTH_FAILURE_DELAY
-from ftx.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from ftx.framing import Buffer
-from ftx.messages import (
+from ftx.protocol.messages import (
     Auth,
     AuthOk,
     Challenge,
@@ -47,7 +46,7 @@ from ftx.messages import (
     decode_message,
     encode_message,
 )
-from ftx.protocol import ClientProtocol, ErrorCode, ServerProtocol
+from ftx.server._session import AUTH_FAILURE_DELAY
 
 TOKEN = "correct horse battery staple"
 OTHER = "incorrect horse battery staple"

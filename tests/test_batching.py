@@ -1,6 +1,7 @@
 """Batching: several frames in one write (FramedChannel.send_frames), the frames a peer pipelined
 taken without waiting (FramedChannel.receive_nowait), the server's read-ahead of the small files
-a batch of pipelined GETs asks for (ftx._prefetch), and the client's batched GETs (Client.fetch).
+a batch of pipelined GETs asks for (ftx.server._readahead), and the client's batched GETs
+(Client.fetch).
 
 The framing tests run on memory streams, hand-driven transports and TCP; the server tests on a
 real ftx.Server over loopback TCP, driven by a hand-written peer (as RawPeer in test_limits.py)
@@ -35,20 +36,13 @@ from trio.testing import (
 )
 
 import ftx
-import ftx._download
+import ftx.server._downloads
 from conftest import serving
-from ftx._prefetch import (
-    BATCH_BUFFER_SIZE,
-    MAX_BATCH,
-    SMALL_FILE_SIZE,
-    SmallFile,
-    read_small_files,
-)
-from ftx._resources import BufferPool
 from ftx.errors import FrameTooLargeError, IncompleteFrameError, LocalProtocolError
 from ftx.framing import Buffer, FramedChannel, FrameDecoder, encode_frame, encode_header
 from ftx.fs import FsError, OpenedFile, ServedRoot, file_identity
-from ftx.messages import (
+from ftx.protocol import BLAKE3_FEATURE, MIN_FRAME_SIZE, UPLOAD_FEATURE, ErrorCode
+from ftx.protocol.messages import (
     Data,
     Done,
     Entry,
@@ -67,7 +61,14 @@ from ftx.messages import (
     decode_message,
     encode_message,
 )
-from ftx.protocol import BLAKE3_FEATURE, MIN_FRAME_SIZE, UPLOAD_FEATURE, ErrorCode
+from ftx.server._readahead import (
+    BATCH_BUFFER_SIZE,
+    MAX_BATCH,
+    SMALL_FILE_SIZE,
+    SmallFile,
+    read_small_files,
+)
+from ftx.server._resources import BufferPool
 
 LOOPBACK = "127.0.0.1"
 JOIN_THRESHOLD = 16 * 1024  # ftx.framing._JOIN_THRESHOLD: parts up to this are copied together
@@ -224,12 +225,13 @@ class ReadAhead:
 
 
 class ReadAheadSpy:
-    """Wraps ``ftx._download.read_small_files`` (the name the server calls) and records calls."""
+    """Wraps ``ftx.server._downloads.read_small_files`` (the name the server calls) and records
+    calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[ReadAhead] = []
         self.pool: BufferPool | None = None
-        monkeypatch.setattr(ftx._download, "read_small_files", self)
+        monkeypatch.setattr(ftx.server._downloads, "read_small_files", self)
 
     def __call__(self, root: ServedRoot, requests: Sequence[Get], buffer: bytearray) -> ReadResult:
         free = self.pool._available.value if self.pool is not None else -1
@@ -810,7 +812,7 @@ def changed_after_read_ahead(
         versions.new_identity = file_identity(path.stat())
         return results
 
-    monkeypatch.setattr(ftx._download, "read_small_files", then_change)
+    monkeypatch.setattr(ftx.server._downloads, "read_small_files", then_change)
     return versions
 
 
@@ -907,7 +909,7 @@ async def test_a_file_changing_during_the_read_ahead_falls_back_and_is_served_ri
 
     monkeypatch.setattr(ServedRoot, "open_file", open_then_change)
     monkeypatch.setattr(OpenedFile, "changed", changed)
-    monkeypatch.setattr(ftx._download, "read_small_files", read_ahead)
+    monkeypatch.setattr(ftx.server._downloads, "read_small_files", read_ahead)
     requests = [Get(1, "a.txt"), Get(2, "resume.bin", digest="blake3"), Get(3, "tiny")]
     async with serving(root) as (server, port):
         with trio.fail_after(10):
@@ -1026,7 +1028,7 @@ async def test_a_lone_get_keeps_its_large_file_open_and_every_descriptor_is_clos
             assert release.wait(10)
         return results
 
-    monkeypatch.setattr(ftx._download, "read_small_files", read_ahead)
+    monkeypatch.setattr(ftx.server._downloads, "read_small_files", read_ahead)
     lone = [
         (Get(1, "mib.bin", digest="md5"), ErrorCode.BAD_REQUEST),
         (Get(2, "mib.bin", identity="0" * 32), ErrorCode.CHANGED),
@@ -1184,7 +1186,7 @@ async def test_shutdown_during_a_batch_ends_after_the_answer_in_progress(
         assert release.wait(10)
         return read_small_files(served, requests, buffer)
 
-    monkeypatch.setattr(ftx._download, "read_small_files", blocked)
+    monkeypatch.setattr(ftx.server._downloads, "read_small_files", blocked)
     requests = [Get(1, "a.txt"), Get(2, "tiny"), Get(3, "exact64k.bin"), Get(4, "a.txt")]
     async with serving(root) as (server, port):
         with trio.fail_after(10):

@@ -37,7 +37,7 @@ from conftest import (
     ServerStarter,
 )
 from ftx import ErrorCode
-from ftx.messages import Data, Error, FileEnd, FileHeader, Get, Hello
+from ftx.protocol.messages import Data, Error, FileEnd, FileHeader, Get, Hello
 
 SCRIPT = Path(sys.executable).parent / "ftx"
 RUN_TIMEOUT = 30

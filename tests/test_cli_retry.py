@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeConnection, FakeServer
-from ftx.messages import Data, Error, FileEnd, FileHeader, Get, Hello
+from ftx.protocol.messages import Data, Error, FileEnd, FileHeader, Get, Hello
 
 CONTENT = b"served on the second try\n"
 

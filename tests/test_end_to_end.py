@@ -41,7 +41,7 @@ from conftest import (
 from ftx import ErrorCode
 from ftx.framing import FrameDecoder, encode_frame, encode_header
 from ftx.fs import ServedRoot
-from ftx.messages import (
+from ftx.protocol.messages import (
     Data,
     Error,
     FileEnd,

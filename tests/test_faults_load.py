@@ -21,7 +21,7 @@ import trio
 
 import ftx
 from faults_helpers import LOOPBACK, ftx_serve, run_ftx, server_process, sha256_of
-from ftx.messages import Hello, encode_message
+from ftx.protocol.messages import Hello, encode_message
 
 IDLE_CONNECTIONS = 200
 TRICKLING = 50  # of the idle ones, these send their HELLO one byte at a time

@@ -33,7 +33,7 @@ from faults_helpers import (
     run_ftx,
     sha256_of,
 )
-from ftx.messages import Kind
+from ftx.protocol.messages import Kind
 
 CHUNK = 512 * 1024  # the server's DATA chunk (docs/protocol.md, §15)
 SIZE = 3 * CHUNK + 1000  # four DATA frames, the last one short

@@ -1,4 +1,5 @@
-"""Pipelined downloads look their destination directories up once (``ftx._fetch._Listings``):
+"""Pipelined downloads look their destination directories up once
+(``ftx.client._pipeline._Listings``):
 what a stale listing can and cannot get wrong."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import trio
 
 import ftx
 from ftx import Download, LocalFileError
-from ftx._fetch import _Listings
-from ftx.partfile import PartFile
+from ftx.client._partfile import PartFile
+from ftx.client._pipeline import _Listings
 
 TIMEOUT = 30
 

@@ -34,7 +34,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ftx.partfile
+import ftx.client._partfile
+from ftx.client._partfile import (
+    DiscardingPart,
+    PartFile,
+    check_destination,
+    local_destination,
+    part_for,
+)
 from ftx.errors import LocalFileError
 from ftx.fs import (
     MAX_SYMLINKS,
@@ -45,15 +52,8 @@ from ftx.fs import (
     file_identity,
     split_request_path,
 )
-from ftx.messages import Entry, EntryType
-from ftx.partfile import (
-    DiscardingPart,
-    PartFile,
-    check_destination,
-    local_destination,
-    part_for,
-)
 from ftx.protocol import ErrorCode
+from ftx.protocol.messages import Entry, EntryType
 
 SMALL = b"hello from the served root\n"
 INNER = b"inner\n"
@@ -1653,7 +1653,7 @@ def test_a_part_file_asks_for_write_back_as_it_grows(
     if not hasattr(os, "posix_fadvise"):
         pytest.skip("no posix_fadvise here")
     requests: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(ftx.partfile, "_WRITE_BACK_STEP", 1 << 20)
+    monkeypatch.setattr(ftx.client._partfile, "_WRITE_BACK_STEP", 1 << 20)
 
     def advise(fd: int, offset: int, length: int, advice: int) -> None:
         requests.append((offset, length, advice))

@@ -1,6 +1,7 @@
 """Fuzzing the decoders (issue 5, deliverable 8): arbitrary bytes, and valid sessions mutated at
 the frame, payload, JSON and byte level, into :class:`ftx.framing.FrameDecoder`,
-:func:`ftx.messages.decode_message`, and the client and server protocol state machines (after a
+:func:`ftx.protocol.messages.decode_message`, and the client and server protocol state machines
+(after a
 valid handshake, and before one).
 
 The oracles are those of ``fuzz/fuzz_decoders.py``, whose targets these tests drive with
@@ -32,8 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftx.errors import RemoteProtocolError
-from ftx.messages import Kind
 from ftx.protocol import ClientProtocol, ServerProtocol
+from ftx.protocol.messages import Kind
 
 RUNNER_PATH = Path(__file__).resolve().parent.parent / "fuzz" / "fuzz_decoders.py"
 

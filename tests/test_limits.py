@@ -25,10 +25,8 @@ import trio
 import trio.testing
 
 import ftx
-from ftx._limits import Limits
-from ftx._listen import FdReserve, accept_loop, set_keepalive
 from ftx.framing import FrameDecoder, encode_frame
-from ftx.messages import (
+from ftx.protocol.messages import (
     Data,
     Error,
     FileEnd,
@@ -39,6 +37,8 @@ from ftx.messages import (
     decode_message,
     encode_message,
 )
+from ftx.server._limits import Limits
+from ftx.server._listen import FdReserve, accept_loop, set_keepalive
 
 LOOPBACK = "127.0.0.1"
 
@@ -394,7 +394,7 @@ def test_serve_refuses_bad_limits(tmp_path: Path, option: list[str]) -> None:
 async def test_serve_passes_its_limits_and_backlog_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ftx import _cli_serve
+    from ftx.cli import _serve as _cli_serve
     from ftx.cli import build_parser
 
     backlogs: list[int | None] = []
@@ -523,7 +523,7 @@ async def test_running_out_of_descriptors_refuses_connections_and_the_server_goe
 
 
 def test_the_descriptor_limit_warning(caplog: pytest.LogCaptureFixture) -> None:
-    from ftx._cli_serve import _check_descriptor_limit
+    from ftx.cli._serve import _check_descriptor_limit
 
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with caplog.at_level(logging.WARNING, logger="ftx.server"):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import ftx
 from conftest import serving
 from ftx._names import NAME_MAX, sibling_name
-from ftx.partfile import PartFile, ResumeRecord
+from ftx.client._partfile import PartFile, ResumeRecord
 
 LONG = "n" * 250 + ".txt"  # 254 bytes: fits, but not with ".part" after it
 WIDE = "\u00e9" * 126 + ".b"  # 254 bytes of UTF-8 in 128 characters

@@ -1,4 +1,5 @@
-"""Tests of the message codec (ftx.messages): round trips, limits, and fuzzing of the decoder.
+"""Tests of the message codec (ftx.protocol.messages): round trips, limits, and fuzzing of the
+decoder.
 
 The decoder's contract: whatever the payload, ``decode_message`` returns a message or ``None``
 (an extension kind to ignore), or raises :class:`RemoteProtocolError`; never anything else.
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from ftx.errors import RemoteProtocolError
 from ftx.framing import Buffer
-from ftx.messages import (
+from ftx.protocol.messages import (
     MAX_PATH_BYTES,
     Data,
     Done,

@@ -21,15 +21,15 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-import ftx._download
+import ftx.server._downloads
 import test_batching
 from conftest import serving
-from ftx._prefetch import BATCH_BUFFER_SIZE, read_small_files
-from ftx._resources import BufferPool
 from ftx.framing import Buffer, FramedChannel
 from ftx.fs import ServedRoot
-from ftx.messages import Error, FileEnd, FileHeader, Get, ListDir, Message, decode_message
 from ftx.protocol import ErrorCode
+from ftx.protocol.messages import Error, FileEnd, FileHeader, Get, ListDir, Message, decode_message
+from ftx.server._readahead import BATCH_BUFFER_SIZE, read_small_files
+from ftx.server._resources import BufferPool
 from test_batching import (
     SMALL_FILES,
     Peer,
@@ -40,7 +40,7 @@ from test_batching import (
     wait_until,
 )
 
-OUTBOX_BYTES = 256 * 1024  # ftx._session._OUTBOX_BYTES: the outbox is sent once this waits
+OUTBOX_BYTES = 256 * 1024  # ftx.server._session._OUTBOX_BYTES: the outbox is sent once this waits
 root = test_batching.root  # the fixture: SMALL_FILES, symlinks in and out, a secret outside
 
 
@@ -174,7 +174,7 @@ async def test_the_outbox_goes_out_once_256_kib_wait(
         calls.append(len(requests))
         return read_small_files(served, requests, buffer)
 
-    monkeypatch.setattr(ftx._download, "read_small_files", read_ahead)
+    monkeypatch.setattr(ftx.server._downloads, "read_small_files", read_ahead)
     async with serving(tmp_path) as (server, port):
         server.batch_buffers = BufferPool(buffer_size, 4)  # type: ignore[misc]
         with trio.fail_after(10):
@@ -306,7 +306,7 @@ async def test_queued_answers_do_not_change_when_the_batch_buffer_is_reused(
         buffers.append(buffer)
         return read_small_files(served, requests, buffer)
 
-    monkeypatch.setattr(ftx._download, "read_small_files", read_ahead)
+    monkeypatch.setattr(ftx.server._downloads, "read_small_files", read_ahead)
     async with serving(tmp_path) as (server, port):
         server.batch_buffers = BufferPool(BATCH_BUFFER_SIZE, 1)  # type: ignore[misc]
         with trio.fail_after(10):

@@ -18,7 +18,22 @@ from hypothesis import strategies as st
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
-from ftx.messages import (
+from ftx.protocol import (
+    BLAKE3_FEATURE,
+    DIGEST_ALGORITHMS,
+    DIGEST_FEATURES,
+    MAX_PENDING_REQUESTS,
+    MIN_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    XXH3_FEATURE,
+    ClientProtocol,
+    ErrorCode,
+    ServerProtocol,
+    choose_digest,
+    new_hasher,
+)
+from ftx.protocol.messages import (
     Data,
     Entry,
     EntryType,
@@ -35,21 +50,6 @@ from ftx.messages import (
     Put,
     decode_message,
     encode_message,
-)
-from ftx.protocol import (
-    BLAKE3_FEATURE,
-    DIGEST_ALGORITHMS,
-    DIGEST_FEATURES,
-    MAX_PENDING_REQUESTS,
-    MIN_FRAME_SIZE,
-    PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
-    XXH3_FEATURE,
-    ClientProtocol,
-    ErrorCode,
-    ServerProtocol,
-    choose_digest,
-    new_hasher,
 )
 
 FUZZ = settings(
@@ -276,7 +276,7 @@ def test_server_picks_the_highest_common_version() -> None:
 def test_server_picks_the_highest_of_several_common_versions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ftx.protocol.SUPPORTED_VERSIONS", (1, 2, 3))
+    monkeypatch.setattr("ftx.protocol._connection.SUPPORTED_VERSIONS", (1, 2, 3))
     server = ServerProtocol()
     server.receive(client_hello((2, 7, 3, 1)))
     assert server.version == 3

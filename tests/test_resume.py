@@ -12,8 +12,8 @@ import trio
 import xxhash
 
 import ftx
-import ftx._download
 import ftx.fs
+import ftx.server._downloads
 from conftest import serving
 from ftx.fs import file_identity
 

@@ -21,8 +21,17 @@ import trio
 import ftx
 from conftest import BigFile, serving
 from ftx.framing import FrameDecoder, encode_frame
-from ftx.messages import Data, Error, FileEnd, FileHeader, Get, Hello, Message, decode_message
-from ftx.messages import encode_message as _encode
+from ftx.protocol.messages import (
+    Data,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    Hello,
+    Message,
+    decode_message,
+)
+from ftx.protocol.messages import encode_message as _encode
 
 LOOPBACK = "127.0.0.1"
 MiB = 1 << 20

@@ -1,4 +1,5 @@
-"""The final flush of a batch of downloads (ftx._sync.sync_file_systems): syncfs once per file
+"""The final flush of a batch of downloads (ftx.client._flush.sync_file_systems): syncfs once per
+file
 system that received files, not a sync of the whole machine; errors reported."""
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import pytest
 import trio
 
 import ftx
-import ftx._sync
+import ftx.client._flush
+from ftx.client._tree import download
 from ftx.errors import LocalFileError
-from ftx.tree import download
 
 
 class SyncfsSpy:
@@ -35,7 +36,7 @@ class SyncfsSpy:
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> SyncfsSpy:
     spy = SyncfsSpy()
-    monkeypatch.setattr(ftx._sync, "_syncfs", lambda: spy)
+    monkeypatch.setattr(ftx.client._flush, "_syncfs", lambda: spy)
     monkeypatch.setattr(os, "sync", lambda: pytest.fail("os.sync() flushes the whole machine"))
     return spy
 
@@ -43,7 +44,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> SyncfsSpy:
 def test_syncfs_is_there_on_linux() -> None:
     if os.uname().sysname != "Linux":
         pytest.skip("syncfs(2) is Linux's")
-    assert ftx._sync._syncfs() is not None
+    assert ftx.client._flush._syncfs() is not None
 
 
 def test_one_syncfs_per_file_system(tmp_path: Path, spy: SyncfsSpy) -> None:
@@ -51,24 +52,24 @@ def test_one_syncfs_per_file_system(tmp_path: Path, spy: SyncfsSpy) -> None:
     for directory in dirs:
         directory.mkdir()
     others = [path for path in ("/dev/shm", "/proc") if os.path.isdir(path)]
-    ftx._sync.sync_file_systems([*dirs, tmp_path / "gone", *others, *dirs])
+    ftx.client._flush.sync_file_systems([*dirs, tmp_path / "gone", *others, *dirs])
     expected = {os.stat(tmp_path).st_dev} | {os.stat(path).st_dev for path in others}
     assert sorted(spy.devices) == sorted(expected)  # each once, the missing one skipped
 
 
 def test_a_failed_flush_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ftx._sync, "_syncfs", lambda: SyncfsSpy(result=-1, error=errno.EIO))
+    monkeypatch.setattr(ftx.client._flush, "_syncfs", lambda: SyncfsSpy(result=-1, error=errno.EIO))
     with pytest.raises(LocalFileError, match=r"cannot flush .* to disk: Input/output error"):
-        ftx._sync.sync_file_systems([tmp_path])
+        ftx.client._flush.sync_file_systems([tmp_path])
 
 
 def test_without_syncfs_everything_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(ftx._sync, "_syncfs", lambda: None)
+    monkeypatch.setattr(ftx.client._flush, "_syncfs", lambda: None)
     monkeypatch.setattr(os, "sync", lambda: calls.append("sync"))
-    ftx._sync.sync_file_systems([tmp_path])
+    ftx.client._flush.sync_file_systems([tmp_path])
     assert calls == ["sync"]
 
 

@@ -1,4 +1,4 @@
-"""Whole directories and several files at once: ftx.tree.download and `ftx get -r`."""
+"""Whole directories and several files at once: ftx.client._tree.download and `ftx get -r`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import trio
 
 import ftx
 from conftest import PYTHON_M_FTX, ServerStarter
+from ftx.client._tree import Skipped, download
 from ftx.framing import FramedChannel
-from ftx.messages import Entry, EntryType, Hello, ListDir, ListEnd, ListEntries
 from ftx.protocol import ServerProtocol
-from ftx.tree import Skipped, download
+from ftx.protocol.messages import Entry, EntryType, Hello, ListDir, ListEnd, ListEntries
 
 
 def connector(host: str, port: int):  # type: ignore[no-untyped-def]

@@ -37,8 +37,10 @@ from conftest import (
     StartServer,
     kill_mid_run,
 )
+from ftx.client._upload import Upload
 from ftx.framing import FramedChannel
-from ftx.messages import (
+from ftx.protocol import BLAKE3_FEATURE, UPLOAD_FEATURE
+from ftx.protocol.messages import (
     Data,
     Done,
     Error,
@@ -54,8 +56,6 @@ from ftx.messages import (
     decode_message,
     encode_message,
 )
-from ftx.protocol import BLAKE3_FEATURE, UPLOAD_FEATURE
-from ftx.upload import Upload
 
 PART = ".ftx-upload-part"
 RECORD = PART + ".resume"

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from ftx.cli import build_parser
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
-from ftx.messages import (
+from ftx.protocol import (
+    BLAKE3_FEATURE,
+    UPLOAD_FEATURE,
+    ClientProtocol,
+    ErrorCode,
+    ServerProtocol,
+)
+from ftx.protocol.messages import (
     Data,
     Done,
     Error,
@@ -34,13 +41,6 @@ from ftx.messages import (
     Ready,
     decode_message,
     encode_message,
-)
-from ftx.protocol import (
-    BLAKE3_FEATURE,
-    UPLOAD_FEATURE,
-    ClientProtocol,
-    ErrorCode,
-    ServerProtocol,
 )
 
 CONTENT = b"hello, upload"

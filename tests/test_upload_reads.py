@@ -13,8 +13,8 @@ import xxhash
 
 import ftx
 from ftx import LocalFileError
-from ftx._fs_write import UploadTarget
-from ftx.upload import _LocalFile
+from ftx.client._upload import _LocalFile
+from ftx.server._writes import UploadTarget
 
 StartServer = Callable[..., Awaitable[tuple[str, int]]]
 SMALL = 4096  # one chunk, read in the trio thread when cached

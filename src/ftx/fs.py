@@ -26,8 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
+from ftx.protocol.messages import Entry, EntryType
 
 __all__ = [
     "UPLOAD_PART_SUFFIX",
@@ -232,7 +232,7 @@ def _entry(name: str, st: os.stat_result) -> Entry | None:
 
 class ServedRoot:
     """A directory served: every lookup stays inside it. Nothing here writes; uploads create
-    files through :meth:`open_parent` (see :mod:`ftx._fs_write`).
+    files through :meth:`open_parent` (see :mod:`ftx.server._writes`).
 
     Args:
         path: the directory to serve. It is opened once, here; if it is later renamed or

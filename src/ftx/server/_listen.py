@@ -20,7 +20,7 @@ from typing import Final
 
 import trio
 
-from ftx._limits import transport_of
+from ftx.server._limits import transport_of
 
 __all__ = ["FdReserve", "accept_loop", "set_keepalive"]
 

@@ -1,9 +1,10 @@
 """The ftx server: serves the files under one directory to many clients at once, read-only
-unless made writable (uploads: :mod:`ftx._upload`).
+unless made writable (uploads: :mod:`ftx.server._uploads`).
 
 Each connection is a task in a nursery. Whatever goes wrong in one connection (a malformed frame,
 a dead or stalled peer, a bug) is logged and closes that connection only: the server keeps
-serving everyone else. What a connection may cost is bounded (:mod:`ftx._limits`): a number of
+serving everyone else. What a connection may cost is bounded (:mod:`ftx.server._limits`): a number
+of
 connections served at once (one more is answered ``busy``), a handshake deadline, and an idle
 deadline on every read and write.
 
@@ -21,8 +22,12 @@ from typing import Final
 
 import trio
 
-from ftx._auth import ServerAuthenticator, check_token
-from ftx._limits import (
+from ftx.errors import RemoteProtocolError
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE
+from ftx.fs import ServedRoot
+from ftx.protocol import ErrorCode
+from ftx.protocol._auth import ServerAuthenticator, check_token
+from ftx.server._limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -30,15 +35,11 @@ from ftx._limits import (
     WriteStalledError,
     transport_of,
 )
-from ftx._listen import FdReserve, accept_loop
-from ftx._prefetch import BATCH_BUFFER_SIZE
-from ftx._resources import BufferPool, DigestCache
-from ftx._session import Session
-from ftx._upload import UploadPolicy
-from ftx.errors import RemoteProtocolError
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE
-from ftx.fs import ServedRoot
-from ftx.protocol import ErrorCode
+from ftx.server._listen import FdReserve, accept_loop
+from ftx.server._readahead import BATCH_BUFFER_SIZE
+from ftx.server._resources import BufferPool, DigestCache
+from ftx.server._session import Session
+from ftx.server._uploads import UploadPolicy
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "serve"]
 
@@ -72,14 +73,15 @@ class Server:
             client may take to accept one frame (at most ``chunk_size`` bytes of a file).
             ``math.inf`` switches a deadline off.
         writable: accept uploads and new directories (otherwise clients are told
-            ``read-only``); see :class:`~ftx._upload.UploadPolicy`.
+            ``read-only``); see :class:`~ftx.server._uploads.UploadPolicy`.
         allow_overwrite: let a client that asks for it replace an existing file.
         max_upload_size: the largest upload accepted, in bytes (``None``: no limit).
         ssl_context: serve over TLS with this server context (see
             :func:`ftx._tls.server_context`); a client speaking plain ftx is answered
             ``tls-required``.
         token: require clients to prove, by challenge and response, that they know this
-            shared token (at least 16 bytes; see :mod:`ftx._auth`). It never crosses the wire.
+            shared token (at least 16 bytes; see :mod:`ftx.protocol._auth`). It never crosses the
+            wire.
 
     Raises:
         OSError: ``root`` cannot be opened as a directory.

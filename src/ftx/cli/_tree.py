@@ -1,5 +1,5 @@
 """``ftx get`` of several files or, with ``-r``, of whole directories: the command-line side of
-:func:`ftx.tree.download` (progress display, per-file report, JSON lines, exit code)."""
+:func:`ftx.client._tree.download` (progress display, per-file report, JSON lines, exit code)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, Final
 
 import trio
 
-from ftx._cli_connect import worth_retrying
 from ftx._threads import leaf_exceptions
-from ftx.cli import (
+from ftx.cli._connect import worth_retrying
+from ftx.cli._main import (
     _MAX_RETRY_DELAY,
     CliError,
     ExitCode,
@@ -26,8 +26,8 @@ from ftx.cli import (
     printable,
 )
 from ftx.client import Client, Download
+from ftx.client._tree import Skipped, TreeProgress, download
 from ftx.errors import ConnectionLostError, FtxError, RemoteError
-from ftx.tree import Skipped, TreeProgress, download
 
 _REFRESH_SECONDS: Final = 0.2
 _IN_FLIGHT_SHOWN: Final = 3

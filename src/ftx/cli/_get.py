@@ -1,5 +1,5 @@
 """``ftx get`` of one file (with its progress bar and retries) and ``ftx ls``. Several files
-or ``-r`` go through :mod:`ftx._cli_tree`."""
+or ``-r`` go through :mod:`ftx.cli._tree`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from typing import Any, Final
 
 import trio
 
-from ftx._cli_connect import worth_retrying
-from ftx._cli_tree import _as_json
-from ftx.cli import (
+from ftx.cli._connect import worth_retrying
+from ftx.cli._main import (
     _MAX_RETRY_DELAY,
     CliError,
     _connect,
@@ -23,9 +22,10 @@ from ftx.cli import (
     _say,
     printable,
 )
+from ftx.cli._tree import _as_json
+from ftx.client._partfile import is_null_device
 from ftx.errors import ConnectionLostError, RemoteError
-from ftx.messages import Entry, EntryType
-from ftx.partfile import is_null_device
+from ftx.protocol.messages import Entry, EntryType
 
 __all__ = ["ProgressBar", "get_command", "ls_command"]
 

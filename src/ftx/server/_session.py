@@ -1,6 +1,7 @@
 """One server connection: the handshake, then requests answered one after the other.
 
-Every wait is bounded by the server's :class:`~ftx._limits.Limits`: the handshake by an absolute
+Every wait is bounded by the server's :class:`~ftx.server._limits.Limits`: the handshake by an
+absolute
 deadline, each request by the idle deadline (so a request trickled in slower than that is cut
 off), and each frame sent by the same idle period (a client that stops reading is cut off).
 """
@@ -14,33 +15,33 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ftx._access import AccessRecord
-from ftx._download import DownloadHandler
-from ftx._limits import WriteStalledError
-from ftx._prefetch import MAX_BATCH
 from ftx._tls import accept_tls
-from ftx._upload import UploadHandler
 from ftx._version import __version__
 from ftx.errors import RemoteProtocolError
 from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
-from ftx.messages import (
-    Error,
-    Get,
-    ListDir,
-    MakeDir,
-    Put,
-)
-from ftx.messages import Message as _Message
 from ftx.protocol import (
     DIGEST_FEATURES,
     SUPPORTED_VERSIONS,
     ErrorCode,
     ServerProtocol,
 )
+from ftx.protocol.messages import (
+    Error,
+    Get,
+    ListDir,
+    MakeDir,
+    Put,
+)
+from ftx.protocol.messages import Message as _Message
+from ftx.server._access_log import AccessRecord
+from ftx.server._downloads import DownloadHandler
+from ftx.server._limits import WriteStalledError
+from ftx.server._readahead import MAX_BATCH
+from ftx.server._uploads import UploadHandler
 
 if TYPE_CHECKING:
-    from ftx.server import Server
+    from ftx.server._server import Server
 
 __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
@@ -288,7 +289,8 @@ class Session:
 
         Raises:
             RemoteProtocolError: the client broke the protocol.
-            trio.BrokenResourceError: the connection broke (:exc:`~ftx._limits.WriteStalledError`
+            trio.BrokenResourceError: the connection broke
+            (:exc:`~ftx.server._limits.WriteStalledError`
                 when the client stopped reading).
         """
         limits = self._limits

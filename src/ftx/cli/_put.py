@@ -15,9 +15,9 @@ from typing import Any, Final
 
 import trio
 
-from ftx._cli_get import ProgressBar
 from ftx._threads import run_together
-from ftx.cli import (
+from ftx.cli._get import ProgressBar
+from ftx.cli._main import (
     _ADDRESS_HELP,
     _MAX_RETRY_DELAY,
     DEFAULT_RETRIES,
@@ -37,11 +37,11 @@ from ftx.cli import (
     printable,
 )
 from ftx.client import Client
+from ftx.client._tree import DEFAULT_JOBS
+from ftx.client._upload import Planned, Upload, plan_uploads
 from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileError, RemoteError
-from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
-from ftx.tree import DEFAULT_JOBS
-from ftx.upload import Planned, Upload, plan_uploads
+from ftx.protocol.messages import Entry, EntryType
 
 __all__ = ["add_put_parser", "add_upload_serve_options", "put_command", "upload_server_options"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ftx.fs import FsError, OpenedFile, ServedRoot, file_identity
-from ftx.messages import Get
+from ftx.protocol.messages import Get
 
 __all__ = ["BATCH_BUFFER_SIZE", "MAX_BATCH", "SMALL_FILE_SIZE", "SmallFile", "read_small_files"]
 

@@ -28,7 +28,7 @@ import secrets
 from typing import Final
 
 from ftx.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from ftx.messages import Auth, AuthOk, Challenge, Message
+from ftx.protocol.messages import Auth, AuthOk, Challenge, Message
 
 __all__ = [
     "AUTH_FEATURE",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
-from ftx.messages import (
+from ftx.protocol.messages import (
     Data,
     Done,
     Error,

@@ -18,6 +18,7 @@ from typing import Final
 import trio
 
 import ftx
+from ftx.client._tree import DEFAULT_JOBS
 from ftx.errors import (
     ConnectionLostError,
     FtxError,
@@ -28,7 +29,6 @@ from ftx.errors import (
 )
 from ftx.protocol import ErrorCode
 from ftx.server import DEFAULT_PORT
-from ftx.tree import DEFAULT_JOBS
 
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_RETRIES: Final = 3
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help=f"the TCP port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
     )
-    from ftx._cli_serve import add_serve_options  # imported here: it imports this module
+    from ftx.cli._serve import add_serve_options  # imported here: it imports this module
 
     add_serve_options(serve)
     _add_verbosity(serve)
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timeout(ls)
     _add_connection_options(ls)
     _add_verbosity(ls)
-    from ftx._cli_put import add_put_parser  # imported here: it imports this module
+    from ftx.cli._put import add_put_parser  # imported here: it imports this module
 
     add_put_parser(commands)
     return parser
@@ -291,7 +291,7 @@ def add_digest_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
-    from ftx._cli_connect import add_connection_options  # imported here: it imports this module
+    from ftx.cli._connect import add_connection_options  # imported here: it imports this module
 
     add_connection_options(parser)
 
@@ -396,13 +396,13 @@ def _describe_os_error(exc: OSError) -> str:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from ftx._cli_serve import serve_command  # imported here: it imports this module
+    from ftx.cli._serve import serve_command  # imported here: it imports this module
 
     await serve_command(args)
 
 
 async def _put(args: argparse.Namespace) -> None:
-    from ftx._cli_put import put_command  # imported here: it imports this module
+    from ftx.cli._put import put_command  # imported here: it imports this module
 
     await put_command(args)
 
@@ -411,24 +411,24 @@ async def _put(args: argparse.Namespace) -> None:
 
 
 async def _connect(args: argparse.Namespace) -> ftx.Client:
-    from ftx._cli_connect import connect_client  # imported here: it imports this module
+    from ftx.cli._connect import connect_client  # imported here: it imports this module
 
     return await connect_client(args)
 
 
 async def _get(args: argparse.Namespace) -> None:
     if args.recursive or len(args.paths) > 1:
-        from ftx._cli_tree import get_tree
+        from ftx.cli._tree import get_tree
 
         await get_tree(args)
         return
-    from ftx._cli_get import get_command  # imported here: it imports this module
+    from ftx.cli._get import get_command  # imported here: it imports this module
 
     await get_command(args)
 
 
 async def _ls(args: argparse.Namespace) -> None:
-    from ftx._cli_get import ls_command  # imported here: it imports this module
+    from ftx.cli._get import ls_command  # imported here: it imports this module
 
     await ls_command(args)
 

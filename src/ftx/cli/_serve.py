@@ -19,12 +19,16 @@ from typing import Final
 import trio
 
 import ftx
-from ftx._access import JsonFormatter
-from ftx._cli_connect import token_from
-from ftx._cli_put import add_upload_serve_options, upload_server_options
-from ftx._limits import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from ftx._tls import file_fingerprint, server_context
-from ftx.cli import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
+from ftx.cli._connect import token_from
+from ftx.cli._main import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
+from ftx.cli._put import add_upload_serve_options, upload_server_options
+from ftx.server._access_log import JsonFormatter
+from ftx.server._limits import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 
 # Descriptors a served connection may hold at once (its socket, a file or directory being read).
 _FDS_PER_CONNECTION: Final = 2

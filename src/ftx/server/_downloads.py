@@ -2,7 +2,7 @@
 by a worker thread meanwhile, digests remembered per file identity), small pipelined files
 answered from a read-ahead, a directory listed page by page.
 
-Used by :class:`ftx._session.Session`, one :class:`DownloadHandler` per connection.
+Used by :class:`ftx.server._session.Session`, one :class:`DownloadHandler` per connection.
 """
 
 from __future__ import annotations
@@ -13,15 +13,25 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ftx._access import AccessRecord
-from ftx._prefetch import SmallFile, read_small_files
 from ftx._threads import ThreadJob
 from ftx.fs import FsError, OpenedFile, file_identity
-from ftx.messages import Data, Entry, Error, FileEnd, FileHeader, Get, ListDir, ListEnd, ListEntries
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
+from ftx.protocol.messages import (
+    Data,
+    Entry,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    ListDir,
+    ListEnd,
+    ListEntries,
+)
+from ftx.server._access_log import AccessRecord
+from ftx.server._readahead import SmallFile, read_small_files
 
 if TYPE_CHECKING:
-    from ftx.server import Server
+    from ftx.server._server import Server
 
 __all__ = ["DownloadHandler"]
 

@@ -15,68 +15,68 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from ftx._message_types import (
-    Auth as Auth,
-)
-from ftx._message_types import (
-    AuthOk as AuthOk,
-)
-from ftx._message_types import (
-    Challenge as Challenge,
-)
-from ftx._message_types import (
-    Data as Data,
-)
-from ftx._message_types import (
-    Done as Done,
-)
-from ftx._message_types import (
-    Entry as Entry,
-)
-from ftx._message_types import (
-    EntryType as EntryType,
-)
-from ftx._message_types import (
-    Error as Error,
-)
-from ftx._message_types import (
-    FileEnd as FileEnd,
-)
-from ftx._message_types import (
-    FileHeader as FileHeader,
-)
-from ftx._message_types import (
-    Get as Get,
-)
-from ftx._message_types import (
-    Hello as Hello,
-)
-from ftx._message_types import (
-    Kind as Kind,
-)
-from ftx._message_types import (
-    ListDir as ListDir,
-)
-from ftx._message_types import (
-    ListEnd as ListEnd,
-)
-from ftx._message_types import (
-    ListEntries as ListEntries,
-)
-from ftx._message_types import (
-    MakeDir as MakeDir,
-)
-from ftx._message_types import (
-    Message as Message,
-)
-from ftx._message_types import (
-    Put as Put,
-)
-from ftx._message_types import (
-    Ready as Ready,
-)
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
+from ftx.protocol._message_types import (
+    Auth as Auth,
+)
+from ftx.protocol._message_types import (
+    AuthOk as AuthOk,
+)
+from ftx.protocol._message_types import (
+    Challenge as Challenge,
+)
+from ftx.protocol._message_types import (
+    Data as Data,
+)
+from ftx.protocol._message_types import (
+    Done as Done,
+)
+from ftx.protocol._message_types import (
+    Entry as Entry,
+)
+from ftx.protocol._message_types import (
+    EntryType as EntryType,
+)
+from ftx.protocol._message_types import (
+    Error as Error,
+)
+from ftx.protocol._message_types import (
+    FileEnd as FileEnd,
+)
+from ftx.protocol._message_types import (
+    FileHeader as FileHeader,
+)
+from ftx.protocol._message_types import (
+    Get as Get,
+)
+from ftx.protocol._message_types import (
+    Hello as Hello,
+)
+from ftx.protocol._message_types import (
+    Kind as Kind,
+)
+from ftx.protocol._message_types import (
+    ListDir as ListDir,
+)
+from ftx.protocol._message_types import (
+    ListEnd as ListEnd,
+)
+from ftx.protocol._message_types import (
+    ListEntries as ListEntries,
+)
+from ftx.protocol._message_types import (
+    MakeDir as MakeDir,
+)
+from ftx.protocol._message_types import (
+    Message as Message,
+)
+from ftx.protocol._message_types import (
+    Put as Put,
+)
+from ftx.protocol._message_types import (
+    Ready as Ready,
+)
 
 __all__ = [
     "DATA_PREFIX",

@@ -1,5 +1,5 @@
 """The ftx message types: one dataclass per message, and the kinds that name them on the wire.
-Re-exported by :mod:`ftx.messages`, which encodes and decodes them."""
+Re-exported by :mod:`ftx.protocol.messages`, which encodes and decodes them."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ class Error:
 @dataclass(frozen=True, slots=True)
 class Challenge:
     """The server's challenge (feature ``auth-hmac-sha256``): ``nonce`` is 32 random bytes, as
-    64 lowercase hex digits. See :mod:`ftx._auth`."""
+    64 lowercase hex digits. See :mod:`ftx.protocol._auth`."""
 
     nonce: str
 

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import trio
 
-from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
 from ftx._threads import run_together
-from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
-from ftx.messages import Get, Message
-from ftx.partfile import (
+from ftx.client._partfile import (
     PartFile,
     check_destination,
     local_destination,
     part_file_name,
     part_for,
 )
+from ftx.client._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
+from ftx.protocol.messages import Get, Message
 
 __all__ = ["FetchWire", "fetch_files"]
 

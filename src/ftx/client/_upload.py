@@ -32,11 +32,11 @@ from typing import Final, Literal, Self
 import trio
 
 from ftx._threads import ThreadJob, run_together
+from ftx.client._partfile import RESUMABLE_SIZE
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.fs import file_identity, read_cached_into
-from ftx.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
-from ftx.partfile import RESUMABLE_SIZE
 from ftx.protocol import ErrorCode, Hasher, new_hasher
+from ftx.protocol.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 
 __all__ = [
     "Planned",

@@ -4,7 +4,8 @@ A :class:`ClientProtocol` and a :class:`ServerProtocol` each check that the mess
 and coming in follow the protocol: the handshake first, then requests answered in order, every
 file header followed by exactly the announced number of DATA bytes, every upload's DATA (from
 the client, after READY) adding up to the size its PUT announced, and so on. They turn
-frame payloads into :mod:`ftx.messages` objects and back, and never do I/O; the trio code in
+frame payloads into :mod:`ftx.protocol.messages` objects and back, and never do I/O; the trio code
+in
 :mod:`ftx.client` and :mod:`ftx.server` moves the payloads.
 
 Misuse on our side raises :class:`~ftx.errors.LocalProtocolError` (nothing was sent); anything
@@ -18,15 +19,16 @@ import functools
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from ftx._answers import MAX_PENDING_REQUESTS, Request, Responses
-from ftx._auth import (
+from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
+from ftx.protocol._auth import (
     AUTH_FEATURE,
     ClientAuthenticator,
     ClientAuthState,
     ServerAuthenticator,
     ServerAuthState,
 )
-from ftx._digests import (
+from ftx.protocol._digests import (
     BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
     DIGEST_FEATURES,
@@ -37,9 +39,8 @@ from ftx._digests import (
     choose_digest,
     new_hasher,
 )
-from ftx.errors import LocalProtocolError, RemoteProtocolError
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer
-from ftx.messages import (
+from ftx.protocol._responses import MAX_PENDING_REQUESTS, Request, Responses
+from ftx.protocol.messages import (
     DATA_PREFIX,
     Auth,
     AuthOk,
@@ -217,9 +218,11 @@ class ClientProtocol(_Protocol):
     def send(self, message: Message) -> tuple[Buffer, ...]:
         """Check that ``message`` may be sent now and return its frame payload.
 
-        The first message must be :attr:`local_hello`; then requests (:class:`~ftx.messages.Get`,
-        :class:`~ftx.messages.ListDir`; with :data:`UPLOAD_FEATURE` in use also
-        :class:`~ftx.messages.Put` and :class:`~ftx.messages.MakeDir`), which may be pipelined,
+        The first message must be :attr:`local_hello`; then requests
+        (:class:`~ftx.protocol.messages.Get`,
+        :class:`~ftx.protocol.messages.ListDir`; with :data:`UPLOAD_FEATURE` in use also
+        :class:`~ftx.protocol.messages.Put` and :class:`~ftx.protocol.messages.MakeDir`), which may
+        be pipelined,
         except that after a PUT nothing but its own DATA and END may be sent until its END (and
         those only once its READY has arrived).
 
@@ -288,7 +291,8 @@ class ClientProtocol(_Protocol):
         return message
 
     def auth_answer(self) -> Auth:
-        """The AUTH to send once the server's CHALLENGE has arrived (see :mod:`ftx._auth`)."""
+        """The AUTH to send once the server's CHALLENGE has arrived (see
+        :mod:`ftx.protocol._auth`)."""
         return self._auth.answer()
 
     @property
@@ -305,9 +309,10 @@ class ClientProtocol(_Protocol):
 class ServerProtocol(_Protocol):
     """The server side: checks HELLO and requests, and the answers the server sends.
 
-    After :meth:`receive` returns the client's :class:`~ftx.messages.Hello`, :attr:`version` is
+    After :meth:`receive` returns the client's :class:`~ftx.protocol.messages.Hello`,
+    :attr:`version` is
     the version chosen, or ``None`` if the client speaks none that we do: then send an
-    ``unsupported-version`` :class:`~ftx.messages.Error` and close.
+    ``unsupported-version`` :class:`~ftx.protocol.messages.Error` and close.
     """
 
     def __init__(
@@ -332,10 +337,11 @@ class ServerProtocol(_Protocol):
 
     @property
     def auth(self) -> ServerAuthState:
-        """The token exchange: :attr:`~ftx._auth.ServerAuthState.refused` after a HELLO that
+        """The token exchange: :attr:`~ftx.protocol._auth.ServerAuthState.refused` after a HELLO
+        that
         does not offer it when a token is required (answer ``unauthorized`` instead of HELLO);
         then CHALLENGE right after HELLO, AUTH received, and AUTH_OK (or, if
-        :attr:`~ftx._auth.ServerAuthState.rejected`, an ``unauthorized`` ERROR)."""
+        :attr:`~ftx.protocol._auth.ServerAuthState.rejected`, an ``unauthorized`` ERROR)."""
         return self._auth
 
     def hello_reply(self) -> Hello:
@@ -411,7 +417,7 @@ class ServerProtocol(_Protocol):
         return parts
 
     def send_data_prefix(self, size: int) -> bytes:
-        """Check that a :class:`~ftx.messages.Data` of ``size`` bytes may be sent now, as
+        """Check that a :class:`~ftx.protocol.messages.Data` of ``size`` bytes may be sent now, as
         :meth:`send` does, and return the start of its payload: the caller sends the ``size``
         bytes of content after it itself, e.g. from a file with
         :meth:`ftx.framing.FramedChannel.send_file` (like h11's data passthrough).

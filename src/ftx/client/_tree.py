@@ -25,12 +25,12 @@ from typing import Final
 
 import trio
 
-from ftx._sync import sync_file_systems
 from ftx._threads import run_together
-from ftx.client import Client, Download
+from ftx.client._client import Client, Download
+from ftx.client._flush import sync_file_systems
 from ftx.errors import FtxError, LocalFileError, RemoteError
-from ftx.messages import Entry, EntryType
 from ftx.protocol import ErrorCode
+from ftx.protocol.messages import Entry, EntryType
 
 __all__ = ["DEFAULT_JOBS", "Skipped", "TreeProgress", "download", "safe_name"]
 

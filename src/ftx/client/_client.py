@@ -1,4 +1,4 @@
-"""The ftx client: download files, list directories, and upload files (:mod:`ftx.upload`) to
+"""The ftx client: download files, list directories, and upload files (:mod:`ftx.client._upload`) to
 a writable server.
 
 ::
@@ -29,13 +29,20 @@ from typing import Final
 
 import trio
 
-from ftx._auth import ClientAuthenticator, check_token
-from ftx._fetch import FetchWire, fetch_files
-from ftx._listen import set_keepalive
-from ftx._receive import Download, FileReceiver, GetOptions, ProgressCallback
-from ftx._sync import sync_file_systems
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
+from ftx.client._flush import sync_file_systems
+from ftx.client._partfile import check_destination, local_destination, part_for
+from ftx.client._pipeline import FetchWire, fetch_files
+from ftx.client._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx.client._upload import (
+    UPLOAD_CHUNK,
+    Upload,
+    UploadWire,
+    local_name,
+    make_directory,
+    send_file,
+)
 from ftx.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -46,17 +53,6 @@ from ftx.errors import (
     RemoteProtocolError,
 )
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer, FramedChannel
-from ftx.messages import (
-    Entry,
-    Error,
-    Get,
-    Hello,
-    ListDir,
-    ListEnd,
-    ListEntries,
-    Message,
-)
-from ftx.partfile import check_destination, local_destination, part_for
 from ftx.protocol import (
     DIGEST_FEATURES,
     UPLOAD_FEATURE,
@@ -66,7 +62,18 @@ from ftx.protocol import (
     check_digest_choice,
     choose_digest,
 )
-from ftx.upload import UPLOAD_CHUNK, Upload, UploadWire, local_name, make_directory, send_file
+from ftx.protocol._auth import ClientAuthenticator, check_token
+from ftx.protocol.messages import (
+    Entry,
+    Error,
+    Get,
+    Hello,
+    ListDir,
+    ListEnd,
+    ListEntries,
+    Message,
+)
+from ftx.server._listen import set_keepalive
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -389,7 +396,7 @@ class Client(trio.abc.AsyncResource):
         preserve_mtime: bool = True,
     ) -> Upload:
         """Upload the local file ``source`` to ``path`` on the server (default: its name, in the
-        served directory), verified end to end (see :mod:`ftx.upload`).
+        served directory), verified end to end (see :mod:`ftx.client._upload`).
 
         Args:
             progress: called with ``(bytes_done, bytes_total)`` as data goes out.

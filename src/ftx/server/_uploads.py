@@ -8,7 +8,7 @@ only if the client's END carries the same digest of the whole file. Whatever goe
 READY is answered only after the client's END (the rest of its DATA is read and dropped), so the
 connection stays usable; a lost connection leaves the part file for a resume.
 
-The file system side is :mod:`ftx._fs_write`.
+The file system side is :mod:`ftx.server._writes`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Final
 
 import trio
 
-from ftx._access import AccessRecord
-from ftx._fs_write import UploadTarget, make_directory
-from ftx._limits import WriteStalledError
 from ftx._threads import ThreadJob
 from ftx.fs import FsError, ServedRoot
-from ftx.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 from ftx.protocol import DIGEST_ALGORITHMS, UPLOAD_FEATURE, ErrorCode, Hasher, new_hasher
+from ftx.protocol.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
+from ftx.server._access_log import AccessRecord
+from ftx.server._limits import WriteStalledError
+from ftx.server._writes import UploadTarget, make_directory
 
 __all__ = ["UploadHandler", "UploadPolicy", "UploadStalledError"]
 

@@ -11,9 +11,8 @@ import ssl
 import trio
 
 import ftx
-from ftx._auth import load_token
 from ftx._tls import client_context, normalize_fingerprint, open_tls_stream
-from ftx.cli import Address, CliError, ExitCode, printable
+from ftx.cli._main import Address, CliError, ExitCode, printable
 from ftx.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -22,6 +21,7 @@ from ftx.errors import (
     RemoteProtocolError,
 )
 from ftx.protocol import ErrorCode
+from ftx.protocol._auth import load_token
 
 
 def _fingerprint(text: str) -> str:

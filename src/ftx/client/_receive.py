@@ -18,11 +18,11 @@ from typing import Final
 import trio
 
 from ftx._threads import ThreadJob
+from ftx.client._partfile import RESUMABLE_SIZE, PartFile, ResumeRecord
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.framing import Buffer
-from ftx.messages import Data, Error, FileEnd, FileHeader, Message
-from ftx.partfile import RESUMABLE_SIZE, PartFile, ResumeRecord
 from ftx.protocol import Hasher, new_hasher
+from ftx.protocol.messages import Data, Error, FileEnd, FileHeader, Message
 
 __all__ = ["Download", "FileReceiver", "GetOptions", "ProgressCallback"]
 

@@ -1,0 +1,46 @@
+"""The ftx wire protocol, sans-IO: messages, connection state, authentication and digests.
+
+:class:`ClientProtocol` and :class:`ServerProtocol` hold one side's state of one connection (in
+the style of h11); :mod:`ftx.protocol.messages` encodes and decodes the messages themselves.
+Nothing here does I/O: the client and the server do it around these objects.
+"""
+
+from ftx.protocol._connection import (
+    BLAKE3_FEATURE,
+    DIGEST_ALGORITHMS,
+    DIGEST_FEATURES,
+    MAX_PENDING_REQUESTS,
+    MIN_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    UPLOAD_FEATURE,
+    XXH3_FEATURE,
+    ClientProtocol,
+    DigestChoice,
+    ErrorCode,
+    Hasher,
+    ServerProtocol,
+    check_digest_choice,
+    choose_digest,
+    new_hasher,
+)
+
+__all__ = [
+    "BLAKE3_FEATURE",
+    "DIGEST_ALGORITHMS",
+    "DIGEST_FEATURES",
+    "MAX_PENDING_REQUESTS",
+    "MIN_FRAME_SIZE",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "UPLOAD_FEATURE",
+    "XXH3_FEATURE",
+    "ClientProtocol",
+    "DigestChoice",
+    "ErrorCode",
+    "Hasher",
+    "ServerProtocol",
+    "check_digest_choice",
+    "choose_digest",
+    "new_hasher",
+]
