@@ -1,0 +1,8 @@
+"""Planning uploads as ``ftx put -r`` does: the path the user guide documents, kept stable.
+
+The implementation lives in :mod:`ftx.client`.
+"""
+
+from ftx.client._upload import Planned, Upload, plan_uploads
+
+__all__ = ["Planned", "Upload", "plan_uploads"]
