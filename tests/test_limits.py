@@ -25,6 +25,7 @@ import trio
 import trio.testing
 
 import ftx
+from ftx._net import set_keepalive
 from ftx.framing import FrameDecoder, encode_frame
 from ftx.protocol.messages import (
     Data,
@@ -38,7 +39,7 @@ from ftx.protocol.messages import (
     encode_message,
 )
 from ftx.server._limits import Limits
-from ftx.server._listen import FdReserve, accept_loop, set_keepalive
+from ftx.server._listen import FdReserve, accept_loop
 
 LOOPBACK = "127.0.0.1"
 

@@ -29,6 +29,7 @@ from typing import Final
 
 import trio
 
+from ftx._net import DEFAULT_IDLE_TIMEOUT, set_keepalive
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.client._flush import sync_file_systems
@@ -73,11 +74,9 @@ from ftx.protocol.messages import (
     ListEntries,
     Message,
 )
-from ftx.server._listen import set_keepalive
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
-DEFAULT_IDLE_TIMEOUT: Final = 60.0
 DEFAULT_PIPELINE_WINDOW: Final = 64
 
 

@@ -25,18 +25,18 @@ from typing import Final
 
 import trio
 
+from ftx._net import DEFAULT_IDLE_TIMEOUT
+
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "Limits",
     "WriteStalledError",
-    "transport_of",
 ]
 
 DEFAULT_MAX_CONNECTIONS: Final = 100
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
-DEFAULT_IDLE_TIMEOUT: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +64,3 @@ class Limits:
 class WriteStalledError(trio.BrokenResourceError):
     """The peer did not accept a frame within the idle period: the write was cancelled, and the
     connection is unusable (part of the frame may have gone out)."""
-
-
-def transport_of(stream: trio.abc.Stream) -> trio.abc.Stream:
-    """The innermost stream under wrappers that expose ``transport_stream`` (TLS, deadlines)."""
-    while isinstance(inner := getattr(stream, "transport_stream", None), trio.abc.Stream):
-        stream = inner
-    return stream

@@ -14,54 +14,22 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
 
-from ftx.server._limits import transport_of
+from ftx._net import set_keepalive
 
-__all__ = ["FdReserve", "accept_loop", "set_keepalive"]
+__all__ = ["FdReserve", "accept_loop"]
 
 # accept() errors that mean "out of resources, try again later", as in trio.serve_listeners.
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _RETRY_SECONDS: Final = 0.1
-# TCP keepalive: probe after 60 s of silence, every 15 s, give up after 4 unanswered probes.
-KEEPALIVE_IDLE: Final = 60
-KEEPALIVE_INTERVAL: Final = 15
-KEEPALIVE_COUNT: Final = 4
 
 logger = logging.getLogger("ftx.server")
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
-
-
-def set_keepalive(stream: trio.abc.Stream) -> None:
-    """Turn on TCP keepalive (``SO_KEEPALIVE``, probing after :data:`KEEPALIVE_IDLE` seconds where
-    the platform lets us say so) for the TCP socket under ``stream``, so that a peer that
-    vanished (power cut, cable pulled) is noticed. Does nothing for other transports."""
-    transport = transport_of(stream)
-    if not isinstance(transport, trio.SocketStream):
-        return
-    if transport.socket.type != socket.SOCK_STREAM or transport.socket.family not in (
-        socket.AF_INET,
-        socket.AF_INET6,
-    ):
-        return
-    try:
-        transport.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (
-            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),  # Linux
-            ("TCP_KEEPALIVE", KEEPALIVE_IDLE),  # macOS: the same, under another name
-            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-        ):
-            option = getattr(socket, name, None)
-            if option is not None:
-                transport.setsockopt(socket.IPPROTO_TCP, option, value)
-    except OSError as exc:  # the peer may already be gone; nothing depends on this
-        logger.debug("cannot set TCP keepalive: %s", exc)
 
 
 class FdReserve:

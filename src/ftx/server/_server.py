@@ -22,6 +22,7 @@ from typing import Final
 
 import trio
 
+from ftx._net import transport_of
 from ftx.errors import RemoteProtocolError
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE
 from ftx.fs import ServedRoot
@@ -33,7 +34,6 @@ from ftx.server._limits import (
     DEFAULT_MAX_CONNECTIONS,
     Limits,
     WriteStalledError,
-    transport_of,
 )
 from ftx.server._listen import FdReserve, accept_loop
 from ftx.server._readahead import BATCH_BUFFER_SIZE
