@@ -18,10 +18,20 @@ Two layers, in the h11 style:
 The receiver enforces ``max_frame_size`` (1 MiB by default) the moment a header arrives, before
 any of the body is buffered, so a peer cannot make us allocate more than that per connection.
 
-This package imports nothing of ftx but :mod:`ftx.errors`; its private modules are
+Its errors (all from :mod:`ftx.errors`, all subclasses of :class:`FtxError`) are importable
+from here too. This package imports nothing of ftx but :mod:`ftx.errors`, and importing it loads
+neither the rest of ftx nor anything trio does not load already; its private modules are
 ``_decoder`` (sans-IO) and ``_channel`` (trio I/O).
 """
 
+from ftx.errors import (
+    FrameTooLargeError,
+    FtxError,
+    IncompleteFrameError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ftx.framing._channel import FramedChannel
 from ftx.framing._decoder import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -39,7 +49,13 @@ __all__ = [
     "HEADER_SIZE",
     "Buffer",
     "FrameDecoder",
+    "FrameTooLargeError",
     "FramedChannel",
+    "FtxError",
+    "IncompleteFrameError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
     "encode_frame",
     "encode_header",
 ]
