@@ -36,7 +36,7 @@ from ftx.errors import RemoteProtocolError
 from ftx.protocol import ClientProtocol, ServerProtocol
 from ftx.protocol.messages import Kind
 
-RUNNER_PATH = Path(__file__).resolve().parent.parent / "fuzz" / "fuzz_decoders.py"
+RUNNER_PATH = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_decoders.py"
 
 
 def load_runner() -> ModuleType:

@@ -362,7 +362,7 @@ def test_the_server_never_uploads_and_the_client_never_sends_answers() -> None:
 
 # --------------------------------------------------------------------------- the documentation
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 FRAME_LINE = re.compile(r"^[CS]→[CS]  ((?:[0-9a-f]{2} ){3}[0-9a-f]{2}) \| ([0-9a-f]{2}) \| (.*)$")
 
 
