@@ -1,12 +1,10 @@
-"""``ftx put``: upload files, or with ``-r`` whole directories, to a writable server; and the
-options of ``ftx serve`` that make it writable (``--writable``, ``--allow-overwrite``,
-``--max-upload-size``)."""
+"""``ftx put``: upload files, or with ``-r`` whole directories, to a writable server. (The
+options of ``ftx serve`` that make a server writable are in :mod:`ftx.cli._serve`.)"""
 
 from __future__ import annotations
 
 import argparse
 import posixpath
-import re
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,57 +41,11 @@ from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileE
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
 
-__all__ = ["add_put_parser", "add_upload_serve_options", "put_command", "upload_server_options"]
+__all__ = ["add_put_parser", "put_command"]
 
-_SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
-_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # Refusals that concern the whole server, not one file: give up (or retry) instead of going on.
 _FATAL: Final = {ErrorCode.READ_ONLY}
 _TRANSIENT: Final = {ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN}
-
-
-def parse_size(text: str) -> int:
-    """``123``, ``10K``, ``1.5G``, ``2MiB``: a number of bytes (units are powers of 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
-    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
-
-
-def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
-    """Add the upload options of ``ftx serve``."""
-    uploads = parser.add_argument_group("uploads")
-    uploads.add_argument(
-        "--writable",
-        action="store_true",
-        help="accept uploads ('ftx put') into DIR; without it the server is read-only",
-    )
-    uploads.add_argument(
-        "--allow-overwrite",
-        action="store_true",
-        help="with --writable: let 'ftx put --force' replace existing files",
-    )
-    uploads.add_argument(
-        "--max-upload-size",
-        type=parse_size,
-        metavar="SIZE",
-        help="with --writable: refuse files larger than SIZE (e.g. 500M, 2G; default: no limit)",
-    )
-
-
-def upload_server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :class:`ftx.Server` that the upload options give.
-
-    Raises:
-        CliError: ``--allow-overwrite`` or ``--max-upload-size`` without ``--writable``.
-    """
-    if not args.writable and (args.allow_overwrite or args.max_upload_size is not None):
-        raise CliError("--allow-overwrite and --max-upload-size need --writable", ExitCode.USAGE)
-    return {
-        "writable": args.writable,
-        "allow_overwrite": args.allow_overwrite,
-        "max_upload_size": args.max_upload_size,
-    }
 
 
 def add_put_parser(commands: Any) -> None:
