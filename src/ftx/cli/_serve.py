@@ -22,8 +22,11 @@ import trio
 
 import ftx
 from ftx._tls import file_fingerprint, server_context
+from ftx.cli._address import Address
 from ftx.cli._connect import token_from
-from ftx.cli._main import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
+from ftx.cli._errors import CliError, ExitCode
+from ftx.cli._options import parse_positive_count, parse_positive_seconds
+from ftx.cli._output import say
 from ftx.server._access_log import JsonFormatter
 from ftx.server._limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -81,7 +84,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-connections",
-        type=_positive_count,
+        type=parse_positive_count,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help="serve at most N connections at once; more are told the server is busy "
@@ -89,7 +92,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--handshake-timeout",
-        type=_positive_seconds,
+        type=parse_positive_seconds,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
         help="close a connection that has not completed its handshake in this time "
@@ -97,7 +100,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--idle-timeout",
-        type=_positive_seconds,
+        type=parse_positive_seconds,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help="close a connection that sends no complete request, or accepts no data, for this "
@@ -105,7 +108,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--backlog",
-        type=_positive_count,
+        type=parse_positive_count,
         default=None,
         metavar="N",
         help="the length of the queue of connections waiting to be accepted "
@@ -252,7 +255,7 @@ async def serve_command(args: argparse.Namespace) -> None:
     if args.log_format == "json":
         logger.warning("stopped")
     else:
-        _say(args, "ftx: stopped")
+        say(args, "ftx: stopped")
 
 
 async def _shut_down_on_signals(
