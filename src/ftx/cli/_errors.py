@@ -53,7 +53,7 @@ _REMOTE_EXIT_CODES: Final[dict[str, ExitCode]] = {
 }
 
 
-class CliError(Exception):
+class CliError(FtxError):
     """A failure to report in one line, with the exit code to use."""
 
     def __init__(self, message: str, code: ExitCode) -> None:

@@ -168,7 +168,7 @@ async def put_command(args: argparse.Namespace) -> None:
     _summarize(args, run, trio.current_time() - started)
 
 
-class _TransientError(Exception):
+class _TransientError(FtxError):
     """The server is busy or shutting down: reconnect later."""
 
     def __init__(self, error: RemoteError) -> None:
