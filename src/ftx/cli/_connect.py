@@ -12,10 +12,11 @@ import trio
 
 import ftx
 from ftx._tls import client_context, normalize_fingerprint, open_tls_stream
-from ftx.cli._main import Address, CliError, ExitCode, printable
+from ftx.cli._address import Address
+from ftx.cli._errors import CliError, ExitCode
+from ftx.cli._output import printable
 from ftx.errors import (
     AuthenticationError,
-    ConnectionLostError,
     LocalProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -168,13 +169,3 @@ def _describe_connect_error(exc: OSError, address: Address) -> str:
     if errno.ETIMEDOUT in numbers:
         return f"{prefix}: timed out"
     return f"{prefix}: {exc.strerror or exc}"
-
-
-def worth_retrying(exc: ConnectionLostError | CliError | RemoteError) -> bool:
-    """A lost or refused connection, or a server that is busy or restarting: trying again
-    later (and resuming) may succeed. Anything else would fail the same way again."""
-    if isinstance(exc, RemoteError):
-        return exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN)
-    if isinstance(exc, CliError):
-        return exc.code == ExitCode.NETWORK
-    return True

@@ -9,25 +9,20 @@ import json
 import stat
 import sys
 import time
-from typing import Any, Final
+from typing import Final
 
 import trio
 
-from ftx.cli._connect import worth_retrying
-from ftx.cli._main import (
-    _MAX_RETRY_DELAY,
-    CliError,
-    _connect,
-    _human_size,
-    _say,
-    printable,
-)
-from ftx.cli._tree import _as_json
+from ftx.cli._connect import connect_client
+from ftx.cli._errors import CliError
+from ftx.cli._output import as_json, human_size, printable, say
+from ftx.cli._progress import ProgressBar
+from ftx.cli._retry import MAX_RETRY_DELAY, worth_retrying
 from ftx.client._partfile import is_null_device
 from ftx.errors import ConnectionLostError, RemoteError
 from ftx.protocol.messages import Entry, EntryType
 
-__all__ = ["ProgressBar", "get_command", "ls_command"]
+__all__ = ["get_command", "ls_command"]
 
 
 async def get_command(args: argparse.Namespace) -> None:
@@ -39,7 +34,7 @@ async def get_command(args: argparse.Namespace) -> None:
     try:
         for attempt in itertools.count():
             try:
-                async with await _connect(args) as client:
+                async with await connect_client(args) as client:
                     result = await client.get(
                         args.path,
                         args.output,
@@ -52,9 +47,9 @@ async def get_command(args: argparse.Namespace) -> None:
             except (ConnectionLostError, CliError, RemoteError) as exc:
                 if not worth_retrying(exc) or attempt >= args.retries:
                     raise
-                delay = min(2.0**attempt, _MAX_RETRY_DELAY)
+                delay = min(2.0**attempt, MAX_RETRY_DELAY)
                 bar.clear()
-                _say(args, f"{exc}; retrying in {delay:g} s ({attempt + 1} of {args.retries})")
+                say(args, f"{exc}; retrying in {delay:g} s ({attempt + 1} of {args.retries})")
                 await trio.sleep(delay)
     finally:
         bar.close()
@@ -63,56 +58,16 @@ async def get_command(args: argparse.Namespace) -> None:
         rate = result.size / result.seconds / 2**20
         timing = f" in {result.seconds:.2f} s, {rate:.1f} MiB/s"
     if args.json:
-        print(json.dumps(_as_json(args.path, result)))
+        print(json.dumps(as_json(args.path, result)))
         return
     verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
     what = f"{result.dest}" if not is_null_device(result.dest) else f"nothing ({result.dest})"
-    _say(args, f"saved {what} ({_human_size(result.size)}{timing}), {verified}")
-
-
-class ProgressBar:
-    """A tqdm bar drawn on stderr, created when the size of the download is known."""
-
-    def __init__(self, *, enabled: bool, label: str) -> None:
-        self._enabled = enabled
-        self._label = printable(label)
-        self._bar: Any = None
-        self._shown = 0
-
-    def update(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm  # only when a bar is drawn: keeps start-up fast
-
-            self._bar = tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=self._label,
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-        if done < self._shown:  # started again from zero: the file changed on the server
-            self._bar.reset(total=total)
-            self._shown = 0
-        self._bar.update(done - self._shown)
-        self._shown = done
-
-    def clear(self) -> None:
-        """Wipe the bar from the terminal, so that a message can be printed in its place."""
-        if self._bar is not None:
-            self._bar.clear()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+    say(args, f"saved {what} ({human_size(result.size)}{timing}), {verified}")
 
 
 async def ls_command(args: argparse.Namespace) -> None:
     """``ftx ls``: list a directory on the server."""
-    client = await _connect(args)
+    client = await connect_client(args)
     async with client:
         entries = await client.list(args.path)
     entries.sort(key=lambda entry: entry.name)

@@ -1,12 +1,10 @@
-"""``ftx put``: upload files, or with ``-r`` whole directories, to a writable server; and the
-options of ``ftx serve`` that make it writable (``--writable``, ``--allow-overwrite``,
-``--max-upload-size``)."""
+"""``ftx put``: upload files, or with ``-r`` whole directories, to a writable server. (The
+options of ``ftx serve`` that make a server writable are in :mod:`ftx.cli._serve`.)"""
 
 from __future__ import annotations
 
 import argparse
 import posixpath
-import re
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,26 +14,19 @@ from typing import Any, Final
 import trio
 
 from ftx._threads import run_together
-from ftx.cli._get import ProgressBar
-from ftx.cli._main import (
-    _ADDRESS_HELP,
-    _MAX_RETRY_DELAY,
-    DEFAULT_RETRIES,
-    CliError,
-    ExitCode,
-    _add_connection_options,
-    _add_timeout,
-    _add_verbosity,
-    _connect,
-    _count,
-    _describe,
-    _human_size,
-    _positive_count,
-    _say,
+from ftx.cli._address import ADDRESS_HELP, parse_address
+from ftx.cli._connect import add_connection_options, connect_client
+from ftx.cli._errors import CliError, ExitCode, describe
+from ftx.cli._options import (
     add_digest_option,
-    parse_address,
-    printable,
+    add_timeout,
+    add_verbosity,
+    parse_count,
+    parse_positive_count,
 )
+from ftx.cli._output import human_size, printable, say
+from ftx.cli._progress import ProgressBar
+from ftx.cli._retry import DEFAULT_RETRIES, MAX_RETRY_DELAY
 from ftx.client import Client
 from ftx.client._tree import DEFAULT_JOBS
 from ftx.client._upload import Planned, Upload, plan_uploads
@@ -43,57 +34,11 @@ from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileE
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
 
-__all__ = ["add_put_parser", "add_upload_serve_options", "put_command", "upload_server_options"]
+__all__ = ["add_put_parser", "put_command"]
 
-_SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
-_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # Refusals that concern the whole server, not one file: give up (or retry) instead of going on.
 _FATAL: Final = {ErrorCode.READ_ONLY}
 _TRANSIENT: Final = {ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN}
-
-
-def parse_size(text: str) -> int:
-    """``123``, ``10K``, ``1.5G``, ``2MiB``: a number of bytes (units are powers of 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
-    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
-
-
-def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
-    """Add the upload options of ``ftx serve``."""
-    uploads = parser.add_argument_group("uploads")
-    uploads.add_argument(
-        "--writable",
-        action="store_true",
-        help="accept uploads ('ftx put') into DIR; without it the server is read-only",
-    )
-    uploads.add_argument(
-        "--allow-overwrite",
-        action="store_true",
-        help="with --writable: let 'ftx put --force' replace existing files",
-    )
-    uploads.add_argument(
-        "--max-upload-size",
-        type=parse_size,
-        metavar="SIZE",
-        help="with --writable: refuse files larger than SIZE (e.g. 500M, 2G; default: no limit)",
-    )
-
-
-def upload_server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :class:`ftx.Server` that the upload options give.
-
-    Raises:
-        CliError: ``--allow-overwrite`` or ``--max-upload-size`` without ``--writable``.
-    """
-    if not args.writable and (args.allow_overwrite or args.max_upload_size is not None):
-        raise CliError("--allow-overwrite and --max-upload-size need --writable", ExitCode.USAGE)
-    return {
-        "writable": args.writable,
-        "allow_overwrite": args.allow_overwrite,
-        "max_upload_size": args.max_upload_size,
-    }
 
 
 def add_put_parser(commands: Any) -> None:
@@ -106,7 +51,7 @@ def add_put_parser(commands: Any) -> None:
         "with --writable. Each file lands in a part file on the server and takes its name "
         "only once its digest matched; an interrupted upload resumes.",
     )
-    put.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=_ADDRESS_HELP)
+    put.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=ADDRESS_HELP)
     put.add_argument("sources", metavar="LOCAL", nargs="+", help="a file (or, with -r, directory)")
     put.add_argument(
         "-r", "--recursive", action="store_true", help="send directories with everything in them"
@@ -127,7 +72,7 @@ def add_put_parser(commands: Any) -> None:
     put.add_argument(
         "-j",
         "--jobs",
-        type=_positive_count,
+        type=parse_positive_count,
         default=DEFAULT_JOBS,
         metavar="N",
         help="with several files: connections used at once (after the directories are made; "
@@ -135,7 +80,7 @@ def add_put_parser(commands: Any) -> None:
     )
     put.add_argument(
         "--retries",
-        type=_count,
+        type=parse_count,
         default=DEFAULT_RETRIES,
         metavar="N",
         help="after a lost connection, reconnect and resume up to N times, waiting 1, 2, 4... "
@@ -148,9 +93,9 @@ def add_put_parser(commands: Any) -> None:
         help="send every file from its start, even if the server holds part of it",
     )
     add_digest_option(put)
-    _add_timeout(put)
-    _add_connection_options(put)
-    _add_verbosity(put)
+    add_timeout(put)
+    add_connection_options(put)
+    add_verbosity(put)
 
 
 @dataclass
@@ -196,7 +141,7 @@ async def put_command(args: argparse.Namespace) -> None:
     """
 
     def skip(path: Path, reason: str) -> None:
-        _say(args, f"skipped {printable(str(path))}: {reason}")
+        say(args, f"skipped {printable(str(path))}: {reason}")
 
     plan = list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip))
     # Every directory is made before any file is sent: files then go over several connections
@@ -207,7 +152,7 @@ async def put_command(args: argparse.Namespace) -> None:
     while True:
         before = run.done
         try:
-            async with await _connect(args) as client:
+            async with await connect_client(args) as client:
                 await _put_all(client, run, args)
             break
         except (ConnectionLostError, CliError, _TransientError) as exc:
@@ -216,14 +161,14 @@ async def put_command(args: argparse.Namespace) -> None:
             if not network or failed_in_a_row > args.retries:
                 raise exc.error if isinstance(exc, _TransientError) else exc from None
             if failed_in_a_row:
-                delay = min(2.0 ** (failed_in_a_row - 1), _MAX_RETRY_DELAY)
+                delay = min(2.0 ** (failed_in_a_row - 1), MAX_RETRY_DELAY)
                 retry = f"{failed_in_a_row} of {args.retries}"
-                _say(args, f"{exc}; retrying in {delay:g} s ({retry})")
+                say(args, f"{exc}; retrying in {delay:g} s ({retry})")
                 await trio.sleep(delay)
     _summarize(args, run, trio.current_time() - started)
 
 
-class _TransientError(Exception):
+class _TransientError(FtxError):
     """The server is busy or shutting down: reconnect later."""
 
     def __init__(self, error: RemoteError) -> None:
@@ -250,7 +195,7 @@ async def _extra_connection(run: _Run, args: argparse.Namespace) -> None:
     (refused as busy, lost), it gives its file back and leaves: the main connection, which
     reports and retries, does the rest."""
     try:
-        async with await _connect(args) as client:
+        async with await connect_client(args) as client:
             await _put_items(client, run, args, files=True, bars=False)
     except (FtxError, CliError, _TransientError, OSError):
         pass
@@ -301,7 +246,7 @@ async def _put_item(
             # stored the file but before its answer came; else by anyone, since the listing.
             if (retried or len(run.plan) > 1) and await _up_to_date(client, run, item, again=True):
                 if retried:
-                    _say(args, f"{printable(str(item.local))}: stored before the connection broke")
+                    say(args, f"{printable(str(item.local))}: stored before the connection broke")
                 run.up_to_date += 1
                 return
             exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
@@ -339,9 +284,9 @@ def _failed(args: argparse.Namespace, run: _Run, item: Planned, error: FtxError)
         return
     if item.kind == "dir":
         run.failed_directories.append(item.remote)
-        _say(args, f"{printable(str(item.local))}: {_describe(error, args)[0]} (skipped)")
+        say(args, f"{printable(str(item.local))}: {describe(error, args)[0]} (skipped)")
     else:
-        _say(args, f"{printable(str(item.local))}: {_describe(error, args)[0]}")
+        say(args, f"{printable(str(item.local))}: {describe(error, args)[0]}")
 
 
 async def _put_file(
@@ -364,11 +309,11 @@ async def _put_file(
     timing = ""
     if result.size >= 2**20 and result.seconds > 0:
         timing = f" in {result.seconds:.2f} s, {result.size / result.seconds / 2**20:.1f} MiB/s"
-    resumed = f", resumed from {_human_size(result.offset)}" if result.offset else ""
-    _say(
+    resumed = f", resumed from {human_size(result.offset)}" if result.offset else ""
+    say(
         args,
         f"sent {printable(str(item.local))} to {printable(result.path)} "
-        f"({_human_size(result.size)}{timing}{resumed}), "
+        f"({human_size(result.size)}{timing}{resumed}), "
         f"{result.digest_algorithm} {result.digest}",
     )
     return result
@@ -377,14 +322,14 @@ async def _put_file(
 def _summarize(args: argparse.Namespace, run: _Run, elapsed: float) -> None:
     if len(run.plan) > 1:
         size = sum(upload.size for upload in run.sent)
-        summary = f"{len(run.sent)} file(s) sent ({_human_size(size)} in {elapsed:.2f} s)"
+        summary = f"{len(run.sent)} file(s) sent ({human_size(size)} in {elapsed:.2f} s)"
         if run.up_to_date:
             summary += f", {run.up_to_date} already up to date"
         if run.failures:
             summary += f", {len(run.failures)} failed"
-        _say(args, summary)
+        say(args, summary)
     if run.failures:
-        message, code = _describe(run.failures[0], args)
+        message, code = describe(run.failures[0], args)
         if len(run.failures) > 1:
             message = f"{len(run.failures)} not sent; the first: {message}"
         raise CliError(message, code)

@@ -1,5 +1,6 @@
-"""``ftx serve``: its options beyond DIR/--host/--port, and running the server from the command
-line (listening, the start-up banner, limits)."""
+"""``ftx serve``: its options beyond DIR/--host/--port (among them ``--writable``,
+``--allow-overwrite`` and ``--max-upload-size``), and running the server from the command line
+(listening, the start-up banner, limits)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ import errno
 import logging
 import math
 import os
+import re
 import resource
 import shlex
 import signal
 import socket
 import ssl
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 import ftx
 from ftx._tls import file_fingerprint, server_context
+from ftx.cli._address import Address
 from ftx.cli._connect import token_from
-from ftx.cli._main import Address, CliError, ExitCode, _positive_count, _positive_seconds, _say
-from ftx.cli._put import add_upload_serve_options, upload_server_options
+from ftx.cli._errors import CliError, ExitCode
+from ftx.cli._options import parse_positive_count, parse_positive_seconds
+from ftx.cli._output import say
 from ftx.server._access_log import JsonFormatter
 from ftx.server._limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -34,6 +38,8 @@ from ftx.server._limits import (
 _FDS_PER_CONNECTION: Final = 2
 _FDS_SPARE: Final = 32
 DEFAULT_GRACE: Final = 10.0
+_SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 logger = logging.getLogger("ftx.server")
 
@@ -78,7 +84,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-connections",
-        type=_positive_count,
+        type=parse_positive_count,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help="serve at most N connections at once; more are told the server is busy "
@@ -86,7 +92,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--handshake-timeout",
-        type=_positive_seconds,
+        type=parse_positive_seconds,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
         help="close a connection that has not completed its handshake in this time "
@@ -94,7 +100,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--idle-timeout",
-        type=_positive_seconds,
+        type=parse_positive_seconds,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help="close a connection that sends no complete request, or accepts no data, for this "
@@ -102,7 +108,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--backlog",
-        type=_positive_count,
+        type=parse_positive_count,
         default=None,
         metavar="N",
         help="the length of the queue of connections waiting to be accepted "
@@ -118,6 +124,50 @@ def _seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
     return value
+
+
+def parse_size(text: str) -> int:
+    """``123``, ``10K``, ``1.5G``, ``2MiB``: a number of bytes (units are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
+    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
+
+
+def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add the upload options of ``ftx serve``."""
+    uploads = parser.add_argument_group("uploads")
+    uploads.add_argument(
+        "--writable",
+        action="store_true",
+        help="accept uploads ('ftx put') into DIR; without it the server is read-only",
+    )
+    uploads.add_argument(
+        "--allow-overwrite",
+        action="store_true",
+        help="with --writable: let 'ftx put --force' replace existing files",
+    )
+    uploads.add_argument(
+        "--max-upload-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="with --writable: refuse files larger than SIZE (e.g. 500M, 2G; default: no limit)",
+    )
+
+
+def upload_server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :class:`ftx.Server` that the upload options give.
+
+    Raises:
+        CliError: ``--allow-overwrite`` or ``--max-upload-size`` without ``--writable``.
+    """
+    if not args.writable and (args.allow_overwrite or args.max_upload_size is not None):
+        raise CliError("--allow-overwrite and --max-upload-size need --writable", ExitCode.USAGE)
+    return {
+        "writable": args.writable,
+        "allow_overwrite": args.allow_overwrite,
+        "max_upload_size": args.max_upload_size,
+    }
 
 
 def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
@@ -205,7 +255,7 @@ async def serve_command(args: argparse.Namespace) -> None:
     if args.log_format == "json":
         logger.warning("stopped")
     else:
-        _say(args, "ftx: stopped")
+        say(args, "ftx: stopped")
 
 
 async def _shut_down_on_signals(

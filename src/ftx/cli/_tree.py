@@ -14,17 +14,10 @@ from typing import Any, Final
 import trio
 
 from ftx._threads import leaf_exceptions
-from ftx.cli._connect import worth_retrying
-from ftx.cli._main import (
-    _MAX_RETRY_DELAY,
-    CliError,
-    ExitCode,
-    _connect,
-    _describe,
-    _human_size,
-    _say,
-    printable,
-)
+from ftx.cli._connect import connect_client
+from ftx.cli._errors import CliError, ExitCode, describe
+from ftx.cli._output import as_json, human_size, printable, say
+from ftx.cli._retry import MAX_RETRY_DELAY, worth_retrying
 from ftx.client import Client, Download
 from ftx.client._tree import Skipped, TreeProgress, download
 from ftx.errors import ConnectionLostError, FtxError, RemoteError
@@ -46,7 +39,7 @@ async def get_tree(args: argparse.Namespace) -> None:
 
     @asynccontextmanager
     async def connect() -> AsyncIterator[Client]:
-        async with await _connect(args) as client:
+        async with await connect_client(args) as client:
             yield client
 
     def on_done(path: str, result: Download | FtxError | Skipped) -> None:
@@ -57,11 +50,11 @@ async def get_tree(args: argparse.Namespace) -> None:
         if type(previous) is type(result) and str(previous) == str(result):
             return  # said already, by an earlier attempt
         if isinstance(result, FtxError):
-            _report(args, f"{printable(path)}: {_describe(result, args)[0]}")
+            _report(args, f"{printable(path)}: {describe(result, args)[0]}")
         elif isinstance(result, Skipped) and result.reason != "up to date":
             _report(args, f"skipped {printable(path)}: {result.reason}")
         if args.json:
-            print(json.dumps(_as_json(path, result)), flush=True)
+            print(json.dumps(as_json(path, result)), flush=True)
 
     started = time.monotonic()
     failed_in_a_row = 0  # attempts that saved nothing
@@ -76,12 +69,12 @@ async def get_tree(args: argparse.Namespace) -> None:
             if not worth_retrying(exc) or failed_in_a_row > args.retries:
                 raise
             if failed_in_a_row:
-                delay = min(2.0 ** (failed_in_a_row - 1), _MAX_RETRY_DELAY)
+                delay = min(2.0 ** (failed_in_a_row - 1), MAX_RETRY_DELAY)
                 retry = f"{failed_in_a_row} of {args.retries}"
-                _say(args, f"{exc}; retrying in {delay:g} s ({retry})")
+                say(args, f"{exc}; retrying in {delay:g} s ({retry})")
                 await trio.sleep(delay)
             else:
-                _say(args, f"{exc}; retrying")
+                say(args, f"{exc}; retrying")
     elapsed = time.monotonic() - started
     saved = [result for result in outcomes.values() if isinstance(result, Download)]
     failures = [(path, result) for path, result in outcomes.items() if isinstance(result, FtxError)]
@@ -90,14 +83,14 @@ async def get_tree(args: argparse.Namespace) -> None:
         for result in outcomes.values()
     )
     size = sum(result.size for result in saved)
-    summary = f"{len(saved)} file(s) saved ({_human_size(size)} in {elapsed:.2f} s)"
+    summary = f"{len(saved)} file(s) saved ({human_size(size)} in {elapsed:.2f} s)"
     if up_to_date:
         summary += f", {up_to_date} already up to date"
     if failures:
         summary += f", {len(failures)} failed"
-    _say(args, summary)
+    say(args, summary)
     if failures:
-        message, code = _describe(failures[0][1], args)
+        message, code = describe(failures[0][1], args)
         if len(failures) > 1:
             code = ExitCode.FAILURE if code != ExitCode.NETWORK else code
         raise CliError(f"{len(failures)} file(s) not saved; the first: {message}", code)
@@ -145,25 +138,7 @@ def _unwrapped_errors() -> Iterator[None]:
 
 def _report(args: argparse.Namespace, message: str) -> None:
     if not args.json:
-        _say(args, message)
-
-
-def _as_json(path: str, result: Download | FtxError | Skipped) -> dict[str, Any]:
-    if isinstance(result, Download):
-        return {
-            "path": path,
-            "status": "saved",
-            "dest": str(result.dest),
-            "size": result.size,
-            "mtime_ns": result.mtime_ns,
-            "digest": result.digest,
-            "digest_algorithm": result.digest_algorithm,
-            "seconds": round(result.seconds, 6),
-        }
-    if isinstance(result, Skipped):
-        return {"path": path, "status": "skipped", "reason": result.reason}
-    code = result.code if isinstance(result, RemoteError) else type(result).__name__
-    return {"path": path, "status": "failed", "error": code, "message": str(result)}
+        say(args, message)
 
 
 class _TreeBar:
