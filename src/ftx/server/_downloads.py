@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
@@ -29,9 +29,7 @@ from ftx.protocol.messages import (
 )
 from ftx.server._access_log import AccessRecord
 from ftx.server._readahead import SmallFile, read_small_files
-
-if TYPE_CHECKING:
-    from ftx.server._server import Server
+from ftx.server._resources import ServerResources
 
 __all__ = ["DownloadHandler"]
 
@@ -48,7 +46,7 @@ class DownloadHandler:
     """Answers the GET and LIST requests of one connection.
 
     Args:
-        server: the server (its root, buffer pool and digest cache).
+        resources: what the server's connections share (the root, buffer pools, digests).
         protocol: the connection's state machine (for the client's frame limit).
         send: sends messages on the connection (several in one write, if small).
         send_soon: queues messages to go out with the next ones (at the latest once the
@@ -62,7 +60,7 @@ class DownloadHandler:
 
     def __init__(
         self,
-        server: Server,
+        resources: ServerResources,
         protocol: ServerProtocol,
         *,
         send: Callable[..., Awaitable[None]],
@@ -70,7 +68,8 @@ class DownloadHandler:
         send_from_file: Callable[[OpenedFile, int, int], Awaitable[int]] | None,
         check_stop: Callable[[], None],
     ) -> None:
-        self._server = server
+        self._resources = resources
+        self._root = resources.root
         self._protocol = protocol
         self._send = send
         self._send_soon = send_soon
@@ -98,11 +97,9 @@ class DownloadHandler:
         for, in one worker-thread hop. Call :meth:`release_prepared` once they are answered."""
         if not requests:
             return
-        buffer = await self._server.batch_buffers.acquire()
+        buffer = await self._resources.batch_buffers.acquire()
         try:
-            prepared = await trio.to_thread.run_sync(
-                read_small_files, self._server.root, requests, buffer
-            )
+            prepared = await trio.to_thread.run_sync(read_small_files, self._root, requests, buffer)
             # Copied out, and the buffer given back, before anything is sent: a client that
             # stops reading must not hold a buffer of the pool that every batch needs.
             self._prepared = {
@@ -112,7 +109,7 @@ class DownloadHandler:
                 for request_id, item in prepared.items()
             }
         finally:
-            self._server.batch_buffers.release(buffer)
+            self._resources.batch_buffers.release(buffer)
 
     def release_prepared(self) -> None:
         """Forget what :meth:`prepare` read (closing what it left open)."""
@@ -130,9 +127,7 @@ class DownloadHandler:
         prepared = self._prepared.pop(request.request_id, None)
         # Read ahead maybe a while ago (answers before it in its batch took time): served from
         # the copy only if the file is still the same, else opened again.
-        if isinstance(prepared, SmallFile) and self._server.root.is_unchanged(
-            request.path, prepared.stat
-        ):
+        if isinstance(prepared, SmallFile) and self._root.is_unchanged(request.path, prepared.stat):
             refusal = _check_request(request, prepared.stat)
             if refusal is not None:
                 await self._refuse(request, record, *refusal)
@@ -145,7 +140,7 @@ class DownloadHandler:
             if isinstance(prepared, OpenedFile):
                 opened = prepared
             else:  # not read ahead, or changed since
-                opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
+                opened = await trio.to_thread.run_sync(self._root.open_file, request.path)
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return
@@ -216,10 +211,10 @@ class DownloadHandler:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
         cache_key = f"{request.digest}:{opened.identity}"
-        known = self._server.digests.get(cache_key) if request.digest else None
+        known = self._resources.digests.get(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
         send_chunk = self._send_from_file or self._send_read_chunk
-        buffer = await self._server.buffers.acquire() if hasher is not None else None
+        buffer = await self._resources.buffers.acquire() if hasher is not None else None
         released = False
 
         def release_buffer() -> None:
@@ -228,7 +223,7 @@ class DownloadHandler:
             nonlocal released
             if buffer is not None and not released:
                 released = True
-                self._server.buffers.release(buffer)
+                self._resources.buffers.release(buffer)
 
         try:
             background = (
@@ -251,7 +246,7 @@ class DownloadHandler:
                     background.stop_unless(max(position, _FINISH_HASH_FREE))
                     digest = await background.digest()
                     if digest is not None and not opened.changed():
-                        self._server.digests.put(cache_key, digest)
+                        self._resources.digests.put(cache_key, digest)
                 raise
             except BaseException:
                 if background is not None:
@@ -265,7 +260,7 @@ class DownloadHandler:
             digest = await background.digest()
             if digest is None or opened.changed():
                 raise _FileChangedError
-            self._server.digests.put(cache_key, digest)
+            self._resources.digests.put(cache_key, digest)
             return digest
         finally:
             release_buffer()
@@ -273,7 +268,7 @@ class DownloadHandler:
     async def _send_read_chunk(self, opened: OpenedFile, position: int, count: int) -> int:
         """Read ``count`` bytes of the file from ``position`` and send them as one DATA message
         (where sendfile cannot be used); return how many the file gave (fewer at its end)."""
-        buffer = await self._server.buffers.acquire()
+        buffer = await self._resources.buffers.acquire()
         try:
             with memoryview(buffer) as whole:
                 view = whole[:count]
@@ -291,11 +286,11 @@ class DownloadHandler:
                 await self._send(Data(view))
                 return filled
         finally:
-            self._server.buffers.release(buffer)
+            self._resources.buffers.release(buffer)
 
     async def _send_listing(self, request: ListDir, record: AccessRecord) -> None:
         try:
-            listing = await trio.to_thread.run_sync(self._server.root.list_directory, request.path)
+            listing = await trio.to_thread.run_sync(self._root.list_directory, request.path)
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return

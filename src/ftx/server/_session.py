@@ -1,9 +1,10 @@
 """One server connection: the handshake, then requests answered one after the other.
 
-Every wait is bounded by the server's :class:`~ftx.server._limits.Limits`: the handshake by an
-absolute
-deadline, each request by the idle deadline (so a request trickled in slower than that is cut
-off), and each frame sent by the same idle period (a client that stops reading is cut off).
+A session is given the server's settings and the resources that connections share, never the
+server itself. Every wait is bounded by those settings (:mod:`ftx.server._limits`): the handshake
+by an absolute deadline, each request by the idle deadline (so a request trickled in slower than
+that is cut off), and each frame sent by the same idle period (a client that stops reading is
+cut off).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
@@ -23,9 +24,11 @@ from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
     SUPPORTED_VERSIONS,
+    UPLOAD_FEATURE,
     ErrorCode,
     ServerProtocol,
 )
+from ftx.protocol._auth import ServerAuthenticator
 from ftx.protocol.messages import (
     Error,
     Get,
@@ -35,13 +38,12 @@ from ftx.protocol.messages import (
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
+from ftx.server._config import ServerConfig
 from ftx.server._downloads import DownloadHandler
 from ftx.server._limits import WriteStalledError
 from ftx.server._readahead import MAX_BATCH
+from ftx.server._resources import ServerResources
 from ftx.server._uploads import UploadHandler
-
-if TYPE_CHECKING:
-    from ftx.server._server import Server
 
 __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
@@ -59,12 +61,23 @@ _OUTBOX_BYTES: Final = 256 * 1024
 
 
 class Session:
-    """One client connection, from the client's HELLO to the end of the stream."""
+    """One client connection, from the client's HELLO to the end of the stream.
 
-    def __init__(self, server: Server, stream: trio.abc.Stream, peer: str) -> None:
-        self._server = server
-        self._root = server.root
-        self._limits = server.limits
+    Args:
+        config: the server's settings.
+        resources: what the server's connections share (the root, buffers, digests).
+        stream: the connection, as accepted (TLS, if ``config`` asks for it, is done here).
+        peer: the client's name, for the logs.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        resources: ServerResources,
+        stream: trio.abc.Stream,
+        peer: str,
+    ) -> None:
+        self._config = config
         self._stream = stream
         self._channel = self._frame(stream)
         self._peer = peer
@@ -79,33 +92,33 @@ class Session:
         self._outbox: list[tuple[Buffer, ...]] = []
         self._outbox_bytes = 0
         self._unlogged: list[AccessRecord] = []
+        uploads = frozenset({UPLOAD_FEATURE}) if config.writable else frozenset()
         self._protocol = ServerProtocol(
-            max_frame_size=server.max_frame_size,
+            max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
-            auth=server._new_authenticator(),
-            features=DIGEST_FEATURES | server.uploads.features,
+            auth=None if config.token is None else ServerAuthenticator(config.token),
+            features=DIGEST_FEATURES | uploads,
         )
         self._downloads = DownloadHandler(
-            server,
+            resources,
             self._protocol,
             send=self._send,
             send_soon=self._send_soon,
             # Under TLS the file's bytes must pass through Python anyway: no sendfile.
-            send_from_file=self._send_from_file if server.ssl_context is None else None,
+            send_from_file=self._send_from_file if config.ssl_context is None else None,
             check_stop=self._check_stop,
         )
         self._uploads = UploadHandler(
-            server.root,
-            server.uploads,
+            config,
+            resources.root,
             send=self._send,
             receive=self._receive,
             farewell=self.farewell,
             check_stop=self._check_stop,
-            idle_timeout=server.limits.idle_timeout,
         )
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
-        return FramedChannel(stream, max_frame_size=self._server.max_frame_size)
+        return FramedChannel(stream, max_frame_size=self._config.max_frame_size)
 
     async def aclose(self) -> None:
         """Close the connection, at once."""
@@ -135,7 +148,7 @@ class Session:
     async def _open(self) -> bool:
         """With TLS, do the TLS handshake (or tell a plain client that TLS is required);
         return whether the ftx handshake may follow."""
-        context = self._server.ssl_context
+        context = self._config.ssl_context
         if context is None:
             return True
         try:
@@ -180,7 +193,7 @@ class Session:
         frames, self._outbox, self._outbox_bytes = self._outbox, [], 0
         try:
             if frames:
-                with trio.move_on_after(self._limits.idle_timeout) as deadline:
+                with trio.move_on_after(self._config.idle_timeout) as deadline:
                     await self._channel.send_frames(*frames)
                 if deadline.cancelled_caught:
                     raise self._stalled()
@@ -208,12 +221,12 @@ class Session:
         if self._outbox:
             await self._flush()
         prefix = self._protocol.send_data_prefix(count)
-        with trio.move_on_after(self._limits.idle_timeout):
+        with trio.move_on_after(self._config.idle_timeout):
             return await self._channel.send_file(prefix, opened.fd, offset, count)
         raise self._stalled()  # reached only when the deadline cancelled the send
 
     def _stalled(self) -> WriteStalledError:
-        timeout = self._limits.idle_timeout
+        timeout = self._config.idle_timeout
         return WriteStalledError(f"the client accepted no frame for {timeout:g} seconds")
 
     async def _receive(self) -> _Message:
@@ -290,27 +303,26 @@ class Session:
         Raises:
             RemoteProtocolError: the client broke the protocol.
             trio.BrokenResourceError: the connection broke
-            (:exc:`~ftx.server._limits.WriteStalledError`
-                when the client stopped reading).
+                (:exc:`~ftx.server._limits.WriteStalledError` when the client stopped reading).
         """
-        limits = self._limits
-        with self._wait(limits.handshake_timeout) as handshake:
+        config = self._config
+        with self._wait(config.handshake_timeout) as handshake:
             shaken = await self._handshake()
         if handshake.cancelled_caught:
             if self._stopping:
                 await self._stopped()
                 return
             logger.info(
-                "%s: no handshake within %g s; closing", self._peer, limits.handshake_timeout
+                "%s: no handshake within %g s; closing", self._peer, config.handshake_timeout
             )
-            message = f"no handshake within {limits.handshake_timeout:g} seconds"
+            message = f"no handshake within {config.handshake_timeout:g} seconds"
             await self.farewell(ErrorCode.TIMEOUT, message, before_hello=False)
             return
         if not shaken:
             return
-        chunk = min(self._server.chunk_size, self._protocol.peer_max_frame_size - 1)
+        chunk = min(config.chunk_size, self._protocol.peer_max_frame_size - 1)
         while not self._stopping:
-            with self._wait(limits.idle_timeout) as idle:
+            with self._wait(config.idle_timeout) as idle:
                 try:
                     request = await self._receive()
                 except trio.EndOfChannel:
@@ -318,8 +330,8 @@ class Session:
             if idle.cancelled_caught:
                 if self.stopping:  # (a property: stop() may have run while we waited)
                     break
-                logger.info("%s: no request for %g s; closing", self._peer, limits.idle_timeout)
-                message = f"no request for {limits.idle_timeout:g} seconds"
+                logger.info("%s: no request for %g s; closing", self._peer, config.idle_timeout)
+                message = f"no request for {config.idle_timeout:g} seconds"
                 await self.farewell(ErrorCode.TIMEOUT, message)
                 return
             batch = [request, *self._pipelined_requests(request)]

@@ -1,12 +1,13 @@
 """The server's side of uploads: answering PUT and MKDIR on one connection.
 
-A server accepts uploads only when it was made writable (:class:`UploadPolicy`); otherwise it
-answers both requests with ``read-only`` and touches nothing. A PUT is checked (size limit,
-path, what is at the final name, the part file, free space) before READY is sent; then the
-client's DATA is written to the part file and hashed as it arrives, and the file is published
-only if the client's END carries the same digest of the whole file. Whatever goes wrong after
-READY is answered only after the client's END (the rest of its DATA is read and dropped), so the
-connection stays usable; a lost connection leaves the part file for a resume.
+A server accepts uploads only when it was made writable (``ServerConfig.writable``, with
+``allow_overwrite`` and ``max_upload_size``); otherwise it answers both requests with ``read-only``
+and touches nothing. A PUT is checked (size limit, path, what is at the final name, the part file,
+free space) before READY is sent; then the client's DATA is written to the part file and hashed as
+it arrives, and the file is published only if the client's END carries the same digest of the whole
+file. Whatever goes wrong after READY is answered only after the client's END (the rest of its DATA
+is read and dropped), so the connection stays usable; a lost connection leaves the part file for a
+resume.
 
 The file system side is :mod:`ftx.server._writes`.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -24,48 +24,19 @@ import trio
 
 from ftx._threads import ThreadJob
 from ftx.fs import FsError, ServedRoot
-from ftx.protocol import DIGEST_ALGORITHMS, UPLOAD_FEATURE, ErrorCode, Hasher, new_hasher
+from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, new_hasher
 from ftx.protocol.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 from ftx.server._access_log import AccessRecord
+from ftx.server._config import ServerConfig
 from ftx.server._limits import WriteStalledError
 from ftx.server._writes import UploadTarget, make_directory
 
-__all__ = ["UploadHandler", "UploadPolicy", "UploadStalledError"]
+__all__ = ["UploadHandler", "UploadStalledError"]
 
 # Chunks smaller than this are written and hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
 
 logger = logging.getLogger("ftx.server")
-
-
-@dataclass(frozen=True, slots=True)
-class UploadPolicy:
-    """What a server lets clients change.
-
-    Args:
-        writable: accept uploads (PUT) and new directories (MKDIR); otherwise both are refused
-            with ``read-only``.
-        allow_overwrite: let a client that asks for it replace an existing file.
-        max_upload_size: the largest file accepted, in bytes (``None``: no limit).
-
-    Raises:
-        ValueError: ``max_upload_size`` is negative, or a setting needs ``writable``.
-    """
-
-    writable: bool = False
-    allow_overwrite: bool = False
-    max_upload_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_upload_size is not None and self.max_upload_size < 0:
-            raise ValueError("max_upload_size must be 0 or more")
-        if not self.writable and (self.allow_overwrite or self.max_upload_size is not None):
-            raise ValueError("allow_overwrite and max_upload_size need writable=True")
-
-    @property
-    def features(self) -> frozenset[str]:
-        """The HELLO features this policy adds: ``upload`` when writable."""
-        return frozenset({UPLOAD_FEATURE}) if self.writable else frozenset()
 
 
 class UploadStalledError(WriteStalledError):
@@ -74,7 +45,8 @@ class UploadStalledError(WriteStalledError):
 
 
 class UploadHandler:
-    """Answers the PUT and MKDIR requests of one connection.
+    """Answers the PUT and MKDIR requests of one connection, in ``root``, as ``config`` allows
+    (``writable``, ``allow_overwrite``, ``max_upload_size``, ``idle_timeout``).
 
     ``send`` and ``receive`` move messages on the connection (already checked by the
     session's :class:`~ftx.protocol.ServerProtocol`); ``farewell`` sends a connection-level
@@ -83,22 +55,20 @@ class UploadHandler:
 
     def __init__(
         self,
+        config: ServerConfig,
         root: ServedRoot,
-        policy: UploadPolicy,
         *,
         send: Callable[[Message], Awaitable[None]],
         receive: Callable[[], Awaitable[Message]],
         farewell: Callable[[ErrorCode, str], Awaitable[None]],
         check_stop: Callable[[], None],
-        idle_timeout: float,
     ) -> None:
+        self._config = config
         self._root = root
-        self._policy = policy
         self._send = send
         self._receive = receive
         self._farewell = farewell
         self._check_stop = check_stop
-        self._idle_timeout = idle_timeout
 
     async def answer(self, request: Put | MakeDir, record: AccessRecord) -> None:
         """Answer ``request`` completely, filling in its access ``record``.
@@ -110,7 +80,7 @@ class UploadHandler:
                 upload (the part file is kept for a resume).
             RemoteProtocolError: the client broke the protocol.
         """
-        if not self._policy.writable:
+        if not self._config.writable:
             await self._refuse(request, record, ErrorCode.READ_ONLY, "this server is read-only")
         elif isinstance(request, MakeDir):
             await self._make_directory(request, record)
@@ -134,7 +104,7 @@ class UploadHandler:
 
     async def _put(self, request: Put, record: AccessRecord) -> None:
         record.size = request.size
-        limit = self._policy.max_upload_size
+        limit = self._config.max_upload_size
         if request.digest not in DIGEST_ALGORITHMS:
             message = f"unknown digest {request.digest}"
             await self._refuse(request, record, ErrorCode.BAD_REQUEST, message)
@@ -183,7 +153,7 @@ class UploadHandler:
                 target.forget_published_part(existing)
             if not request.overwrite:
                 raise FsError(ErrorCode.EXISTS, f"{path!r} already exists")
-            if not self._policy.allow_overwrite:
+            if not self._config.allow_overwrite:
                 message = f"{path!r} already exists, and this server does not replace files"
                 raise FsError(ErrorCode.EXISTS, message)
         offset = target.open_part(source=request.source, size=request.size)
@@ -216,7 +186,7 @@ class UploadHandler:
                 f"the data received for {request.path!r} does not match the digest sent "
                 f"(expected {end.digest}, got {hasher.hexdigest()}); nothing was saved",
             )
-        overwrite = request.overwrite and self._policy.allow_overwrite
+        overwrite = request.overwrite and self._config.allow_overwrite
         publish = partial(target.publish, overwrite=overwrite, mtime_ns=request.mtime_ns)
         return await trio.to_thread.run_sync(publish)
 
@@ -263,7 +233,7 @@ class UploadHandler:
                 await job.wait_quietly()  # never close the part file under a running write
 
     async def _next_message(self) -> Message:
-        with trio.move_on_after(self._idle_timeout) as idle:
+        with trio.move_on_after(self._config.idle_timeout) as idle:
             try:
                 return await self._receive()
             except trio.EndOfChannel:
@@ -271,6 +241,6 @@ class UploadHandler:
                     "the client closed the connection in the middle of an upload"
                 ) from None
         assert idle.cancelled_caught
-        message = f"no upload data for {self._idle_timeout:g} seconds"
+        message = f"no upload data for {self._config.idle_timeout:g} seconds"
         await self._farewell(ErrorCode.TIMEOUT, message)
         raise UploadStalledError(message)
