@@ -2,14 +2,15 @@
 by a worker thread meanwhile, digests remembered per file identity), small pipelined files
 answered from a read-ahead, a directory listed page by page.
 
-Used by :class:`ftx.server._session.Session`, one :class:`DownloadHandler` per connection.
+Used by :class:`ftx.server._session.Session`, one :class:`DownloadHandler` per connection; the
+handler sends through its session, which it knows only as a :class:`DownloadSession`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
 
 import trio
 
@@ -26,12 +27,13 @@ from ftx.protocol.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    Message,
 )
 from ftx.server._access_log import AccessRecord
 from ftx.server._readahead import SmallFile, read_small_files
 from ftx.server._resources import ServerResources
 
-__all__ = ["DownloadHandler"]
+__all__ = ["DownloadHandler", "DownloadSession"]
 
 # A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
 # peer_max_frame_size // 2048 entries always fit in a frame.
@@ -42,44 +44,61 @@ _ENTRY_BUDGET: Final = 2048
 _FINISH_HASH_FREE: Final = 64 << 20
 
 
+class DownloadSession(Protocol):
+    """What a :class:`DownloadHandler` needs of the connection it answers on (implemented by
+    :class:`~ftx.server._session.Session`)."""
+
+    async def send(self, *messages: Message) -> None:
+        """Send the messages after anything queued (several in one write, if small).
+
+        Raises:
+            WriteStalledError: the client accepted no frame within the idle period.
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
+
+    async def send_soon(self, *messages: Message) -> None:
+        """Queue the messages to go out with the next ones (at the latest once the batch of
+        requests being answered is done): for small answers. Raises what :meth:`send` does."""
+
+    async def send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
+        """Send one DATA message of ``count`` bytes of ``opened`` from ``offset`` (with
+        sendfile where the transport allows it); return how many the file gave (fewer only if
+        it was truncated meanwhile). Raises what :meth:`send` does."""
+
+    def check_stop(self) -> None:
+        """Called at each frame boundary; raises to stop the answer there."""
+
+
 class DownloadHandler:
     """Answers the GET and LIST requests of one connection.
 
     Args:
+        session: the connection, to send on.
         resources: what the server's connections share (the root, buffer pools, digests).
         protocol: the connection's state machine (for the client's frame limit).
-        send: sends messages on the connection (several in one write, if small).
-        send_soon: queues messages to go out with the next ones (at the latest once the
-            batch of requests being answered is done): for small answers.
-        send_from_file: ``send_from_file(opened, offset, count)`` sends one DATA message of
-            ``count`` bytes of the file without reading it into Python (sendfile), and returns
-            how many the file gave (fewer only if it was truncated meanwhile); ``None`` where
-            that is not possible (TLS): chunks are then read and sent.
-        check_stop: called at each frame boundary; raises to stop an answer there.
+        sendfile: send a file's chunks with ``session.send_from_file``, without reading them
+            into Python. False where its bytes must pass through Python anyway (TLS): chunks
+            are then read here, into pooled buffers, and sent.
     """
 
     def __init__(
         self,
+        session: DownloadSession,
         resources: ServerResources,
         protocol: ServerProtocol,
         *,
-        send: Callable[..., Awaitable[None]],
-        send_soon: Callable[..., Awaitable[None]],
-        send_from_file: Callable[[OpenedFile, int, int], Awaitable[int]] | None,
-        check_stop: Callable[[], None],
+        sendfile: bool,
     ) -> None:
+        self._session = session
         self._resources = resources
         self._root = resources.root
         self._protocol = protocol
-        self._send = send
-        self._send_soon = send_soon
-        self._send_from_file = send_from_file
-        self._check_stop = check_stop
+        self._sendfile = sendfile
         self._prepared: dict[int, SmallFile | OpenedFile | FsError] = {}
 
     async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
         """Answer ``request`` completely (or with a per-request ERROR), noting in ``record``
-        what was sent. Raises what ``send`` and ``check_stop`` raise."""
+        what was sent. Raises what the session's ``send`` and ``check_stop`` raise."""
         if isinstance(request, Get):
             await self._send_file(request, record, chunk_size)
         else:
@@ -90,7 +109,7 @@ class DownloadHandler:
     ) -> None:
         record.result = code
         record.message = message
-        await self._send_soon(Error(request.request_id, code, message))
+        await self._session.send_soon(Error(request.request_id, code, message))
 
     async def prepare(self, requests: Sequence[Get]) -> None:
         """Read ahead the small files that ``requests`` (pipelined, to be answered next) ask
@@ -180,21 +199,21 @@ class DownloadHandler:
         chunks = [
             Data(body[start : start + chunk_size]) for start in range(0, len(body), chunk_size)
         ]
-        self._check_stop()
-        await self._send_soon(header, *chunks, FileEnd(request.request_id, digest))
+        self._session.check_stop()
+        await self._session.send_soon(header, *chunks, FileEnd(request.request_id, digest))
         record.bytes += len(body)
 
     async def _stream_file(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
     ) -> None:
-        await self._send(self._file_header(request, record, opened.stat))
+        await self._session.send(self._file_header(request, record, opened.stat))
         try:
             digest = await self._stream_chunks(request, record, opened, chunk_size)
         except _FileChangedError:
             message = f"{request.path!r} changed during the transfer"
             await self._refuse(request, record, ErrorCode.CHANGED, message)
             return
-        await self._send(FileEnd(request.request_id, digest))
+        await self._session.send(FileEnd(request.request_id, digest))
 
     async def _stream_chunks(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
@@ -213,7 +232,8 @@ class DownloadHandler:
         cache_key = f"{request.digest}:{opened.identity}"
         known = self._resources.digests.get(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
-        send_chunk = self._send_from_file or self._send_read_chunk
+        send_chunk = self._session.send_from_file if self._sendfile else self._send_read_chunk
+        check_stop = self._session.check_stop
         buffer = await self._resources.buffers.acquire() if hasher is not None else None
         released = False
 
@@ -235,7 +255,7 @@ class DownloadHandler:
             try:
                 while position < size:
                     count = min(chunk_size, size - position)
-                    self._check_stop()
+                    check_stop()
                     if await send_chunk(opened, position, count) < count:
                         raise _FileChangedError  # truncated under us
                     position += count
@@ -283,7 +303,7 @@ class DownloadHandler:
                     if got == 0:
                         return filled  # truncated under us
                     filled += got
-                await self._send(Data(view))
+                await self._session.send(Data(view))
                 return filled
         finally:
             self._resources.buffers.release(buffer)
@@ -295,18 +315,18 @@ class DownloadHandler:
             await self._refuse(request, record, exc.code, exc.message)
             return
         if isinstance(listing, Entry):
-            await self._send(ListEntries(request.request_id, (listing,)))
-            await self._send(ListEnd(request.request_id, 1))
+            await self._session.send(ListEntries(request.request_id, (listing,)))
+            await self._session.send(ListEnd(request.request_id, 1))
             record.entries = 1
             return
         page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
         record.entries = 0
         with listing:
             while page := await trio.to_thread.run_sync(listing.next_page, page_size):
-                self._check_stop()
-                await self._send(ListEntries(request.request_id, tuple(page)))
+                self._session.check_stop()
+                await self._session.send(ListEntries(request.request_id, tuple(page)))
                 record.entries += len(page)
-        await self._send(ListEnd(request.request_id, record.entries))
+        await self._session.send(ListEnd(request.request_id, record.entries))
 
 
 def _check_request(request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | None:

@@ -56,12 +56,16 @@ AUTH_FAILURE_DELAY: Final = 1.0
 
 logger = logging.getLogger("ftx.server")
 
-# Answers queued by _send_soon go out once this many bytes wait (or the batch is answered).
+# Answers queued by send_soon go out once this many bytes wait (or the batch is answered).
 _OUTBOX_BYTES: Final = 256 * 1024
 
 
 class Session:
     """One client connection, from the client's HELLO to the end of the stream.
+
+    Its handlers of downloads and uploads send and receive through it: it is the
+    :class:`~ftx.server._downloads.DownloadSession` and the
+    :class:`~ftx.server._uploads.UploadSession` they are given.
 
     Args:
         config: the server's settings.
@@ -88,7 +92,7 @@ class Session:
         self._deferred_error: RemoteProtocolError | None = None
         self._working: trio.CancelScope | None = None
         # The answers of a batch of small files, encoded, wait here to go out in one write
-        # (see _send_soon); their access-log records are written once they have gone.
+        # (see send_soon); their access-log records are written once they have gone.
         self._outbox: list[tuple[Buffer, ...]] = []
         self._outbox_bytes = 0
         self._unlogged: list[AccessRecord] = []
@@ -99,23 +103,10 @@ class Session:
             auth=None if config.token is None else ServerAuthenticator(config.token),
             features=DIGEST_FEATURES | uploads,
         )
-        self._downloads = DownloadHandler(
-            resources,
-            self._protocol,
-            send=self._send,
-            send_soon=self._send_soon,
-            # Under TLS the file's bytes must pass through Python anyway: no sendfile.
-            send_from_file=self._send_from_file if config.ssl_context is None else None,
-            check_stop=self._check_stop,
-        )
-        self._uploads = UploadHandler(
-            config,
-            resources.root,
-            send=self._send,
-            receive=self._receive,
-            farewell=self.farewell,
-            check_stop=self._check_stop,
-        )
+        # Under TLS the file's bytes must pass through Python anyway: no sendfile.
+        sendfile = config.ssl_context is None
+        self._downloads = DownloadHandler(self, resources, self._protocol, sendfile=sendfile)
+        self._uploads = UploadHandler(self, config, resources.root)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
         return FramedChannel(stream, max_frame_size=self._config.max_frame_size)
@@ -136,7 +127,7 @@ class Session:
             try:
                 if await self._open():
                     with trio.fail_after(REFUSAL_HELLO_SECONDS):
-                        await self._receive()
+                        await self.receive()
                     await self.farewell(code, message)
             except trio.TooSlowError:
                 pass  # no HELLO: not a client we can answer
@@ -162,7 +153,7 @@ class Session:
         self._channel = self._frame(stream)
         if not secure:
             logger.info("%s: refused: not TLS", self._peer)
-            await self._receive()
+            await self.receive()
             message = "this server requires TLS (ftx get --tls)"
             await self.farewell(ErrorCode.TLS_REQUIRED, message)
             return False
@@ -171,14 +162,20 @@ class Session:
     # Each frame must be taken by the client within the idle period (see _limits). The scope is
     # written out in both senders: a contextmanager costs more than the rest of a small send.
 
-    async def _send(self, *messages: _Message) -> None:
-        """Send the messages after anything queued, in one write if they are small."""
+    async def send(self, *messages: _Message) -> None:
+        """Send the messages after anything queued, in one write if they are small.
+
+        Raises:
+            WriteStalledError: the client accepted no frame within the idle period.
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
         self._queue(messages)
         await self._flush()
 
-    async def _send_soon(self, *messages: _Message) -> None:
+    async def send_soon(self, *messages: _Message) -> None:
         """Queue the messages, to be sent with the answers that follow in the same batch (at
-        the latest when the batch is answered): small answers cost one write for many."""
+        the latest when the batch is answered): small answers cost one write for many.
+        Raises what :meth:`send` does (once the outbox is sent)."""
         self._queue(messages)
         if self._outbox_bytes >= _OUTBOX_BYTES:
             await self._flush()
@@ -215,9 +212,10 @@ class Session:
                 record.result = self._outcome(exc)
             record.log(now)
 
-    async def _send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
+    async def send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``opened`` from ``offset`` as one DATA message (with
-        sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file)."""
+        sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file).
+        Raises what :meth:`send` does, and :exc:`OSError` when the file cannot be read."""
         if self._outbox:
             await self._flush()
         prefix = self._protocol.send_data_prefix(count)
@@ -229,8 +227,15 @@ class Session:
         timeout = self._config.idle_timeout
         return WriteStalledError(f"the client accepted no frame for {timeout:g} seconds")
 
-    async def _receive(self) -> _Message:
-        """The next message from the client, skipping extensions this version ignores."""
+    async def receive(self) -> _Message:
+        """The next message from the client, skipping extensions this version ignores.
+
+        Raises:
+            trio.EndOfChannel: the client closed the connection.
+            RemoteProtocolError: the client broke the protocol (maybe in a request pipelined
+                after those being answered: raised once they are).
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
             await trio.lowlevel.checkpoint()
@@ -250,7 +255,7 @@ class Session:
             return
         with trio.move_on_after(FAREWELL_SECONDS):
             try:
-                await self._send(Error(None, code, message))
+                await self.send(Error(None, code, message))
             except Exception as exc:  # the connection may be long gone: nothing more to do
                 logger.debug("%s: could not send the error: %s", self._peer, exc)
 
@@ -324,7 +329,7 @@ class Session:
         while not self._stopping:
             with self._wait(config.idle_timeout) as idle:
                 try:
-                    request = await self._receive()
+                    request = await self.receive()
                 except trio.EndOfChannel:
                     return
             if idle.cancelled_caught:
@@ -407,8 +412,9 @@ class Session:
                 return "lost"
         return ErrorCode.INTERNAL
 
-    def _check_stop(self) -> None:
-        """Called at frame boundaries inside an answer."""
+    def check_stop(self) -> None:
+        """Called at frame boundaries inside an answer: raises ``_StoppedError`` once
+        :meth:`stop` asked to stop ``now``."""
         if self._stop_now:
             raise _StoppedError
 
@@ -417,7 +423,7 @@ class Session:
         if not await self._open():
             return False
         try:
-            await self._receive()  # HELLO: the protocol accepts nothing else first
+            await self.receive()  # HELLO: the protocol accepts nothing else first
         except trio.EndOfChannel:
             return False
         if self._protocol.version is None:
@@ -431,15 +437,15 @@ class Session:
             message = "this server requires a token (ftx get --token-file FILE, or FTX_TOKEN)"
             await self.farewell(ErrorCode.UNAUTHORIZED, message)
             return False
-        await self._send(self._protocol.hello_reply())
+        await self.send(self._protocol.hello_reply())
         return self._protocol.auth.done or await self._authenticate()
 
     async def _authenticate(self) -> bool:
         """Challenge the client to prove it knows the token; return whether it did. A failure
         is logged and answered ``unauthorized`` after :data:`AUTH_FAILURE_DELAY` seconds."""
-        await self._send(self._protocol.auth.challenge())
+        await self.send(self._protocol.auth.challenge())
         try:
-            await self._receive()  # AUTH: the protocol accepts nothing else now
+            await self.receive()  # AUTH: the protocol accepts nothing else now
         except trio.EndOfChannel:
             return False
         if self._protocol.auth.rejected:
@@ -447,7 +453,7 @@ class Session:
             await trio.sleep(AUTH_FAILURE_DELAY)
             await self.farewell(ErrorCode.UNAUTHORIZED, "wrong token")
             return False
-        await self._send(self._protocol.auth.ok())
+        await self.send(self._protocol.auth.ok())
         return True
 
 

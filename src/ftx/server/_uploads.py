@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -31,7 +30,7 @@ from ftx.server._config import ServerConfig
 from ftx.server._limits import WriteStalledError
 from ftx.server._writes import UploadTarget, make_directory
 
-__all__ = ["UploadHandler", "UploadStalledError"]
+__all__ = ["UploadHandler", "UploadSession", "UploadStalledError"]
 
 # Chunks smaller than this are written and hashed in the event loop's thread.
 _INLINE_CHUNK: Final = 64 * 1024
@@ -44,31 +43,44 @@ class UploadStalledError(WriteStalledError):
     that stopped reading: cut off)."""
 
 
+class UploadSession(Protocol):
+    """What an :class:`UploadHandler` needs of the connection it answers on (implemented by
+    :class:`~ftx.server._session.Session`)."""
+
+    async def send(self, *messages: Message) -> None:
+        """Send the messages (after anything queued).
+
+        Raises:
+            WriteStalledError: the client accepted no frame within the idle period.
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
+
+    async def receive(self) -> Message:
+        """The next message from the client, already checked by the session's
+        :class:`~ftx.protocol.ServerProtocol`.
+
+        Raises:
+            trio.EndOfChannel: the client closed the connection.
+            RemoteProtocolError: the client broke the protocol.
+        """
+
+    async def farewell(self, code: ErrorCode, message: str) -> None:
+        """Tell the client, with a connection-level ERROR, why the connection is being closed.
+        Never raises (but :exc:`trio.Cancelled`)."""
+
+    def check_stop(self) -> None:
+        """Called between frames; raises when the session must stop."""
+
+
 class UploadHandler:
     """Answers the PUT and MKDIR requests of one connection, in ``root``, as ``config`` allows
-    (``writable``, ``allow_overwrite``, ``max_upload_size``, ``idle_timeout``).
+    (``writable``, ``allow_overwrite``, ``max_upload_size``, ``idle_timeout``), moving messages
+    through ``session``."""
 
-    ``send`` and ``receive`` move messages on the connection (already checked by the
-    session's :class:`~ftx.protocol.ServerProtocol`); ``farewell`` sends a connection-level
-    ERROR; ``check_stop`` is called between frames and raises when the session must stop.
-    """
-
-    def __init__(
-        self,
-        config: ServerConfig,
-        root: ServedRoot,
-        *,
-        send: Callable[[Message], Awaitable[None]],
-        receive: Callable[[], Awaitable[Message]],
-        farewell: Callable[[ErrorCode, str], Awaitable[None]],
-        check_stop: Callable[[], None],
-    ) -> None:
+    def __init__(self, session: UploadSession, config: ServerConfig, root: ServedRoot) -> None:
+        self._session = session
         self._config = config
         self._root = root
-        self._send = send
-        self._receive = receive
-        self._farewell = farewell
-        self._check_stop = check_stop
 
     async def answer(self, request: Put | MakeDir, record: AccessRecord) -> None:
         """Answer ``request`` completely, filling in its access ``record``.
@@ -92,7 +104,7 @@ class UploadHandler:
     ) -> None:
         record.result = code
         record.message = message
-        await self._send(Error(request.request_id, code, message))
+        await self._session.send(Error(request.request_id, code, message))
 
     async def _make_directory(self, request: MakeDir, record: AccessRecord) -> None:
         try:
@@ -100,7 +112,7 @@ class UploadHandler:
         except FsError as exc:
             await self._refuse(request, record, exc.code, exc.message)
             return
-        await self._send(Done(request.request_id, created))
+        await self._session.send(Done(request.request_id, created))
 
     async def _put(self, request: Put, record: AccessRecord) -> None:
         record.size = request.size
@@ -120,13 +132,13 @@ class UploadHandler:
             return
         with target:
             record.offset = offset
-            await self._send(Ready(request.request_id, offset))
+            await self._session.send(Ready(request.request_id, offset))
             try:
                 created = await self._receive_file(request, target, offset, record)
             except FsError as exc:
                 await self._refuse(request, record, exc.code, exc.message)
                 return
-        await self._send(Done(request.request_id, created))
+        await self._session.send(Done(request.request_id, created))
 
     def _open_target(self, request: Put) -> tuple[UploadTarget, int]:
         """Open where the upload lands and :meth:`_prepare` it, in one worker-thread hop (a
@@ -202,9 +214,10 @@ class UploadHandler:
         drop the rest. Each chunk is written and hashed in worker threads while the next one
         is received."""
         jobs: list[ThreadJob[object]] = []
+        check_stop = self._session.check_stop
         try:
             while True:
-                self._check_stop()
+                check_stop()
                 message = await self._next_message()
                 try:
                     for job in jobs:
@@ -235,12 +248,12 @@ class UploadHandler:
     async def _next_message(self) -> Message:
         with trio.move_on_after(self._config.idle_timeout) as idle:
             try:
-                return await self._receive()
+                return await self._session.receive()
             except trio.EndOfChannel:
                 raise trio.BrokenResourceError(
                     "the client closed the connection in the middle of an upload"
                 ) from None
         assert idle.cancelled_caught
         message = f"no upload data for {self._config.idle_timeout:g} seconds"
-        await self._farewell(ErrorCode.TIMEOUT, message)
+        await self._session.farewell(ErrorCode.TIMEOUT, message)
         raise UploadStalledError(message)
