@@ -40,7 +40,7 @@ import ftx.server._downloads
 from conftest import serving
 from ftx.errors import FrameTooLargeError, IncompleteFrameError, LocalProtocolError
 from ftx.framing import Buffer, FramedChannel, FrameDecoder, encode_frame, encode_header
-from ftx.fs import FsError, OpenedFile, ServedRoot, file_identity
+from ftx.fs import FsError, FsReason, OpenedFile, ServedRoot, file_identity
 from ftx.protocol import BLAKE3_FEATURE, MIN_FRAME_SIZE, UPLOAD_FEATURE, ErrorCode
 from ftx.protocol.messages import (
     Data,
@@ -220,7 +220,7 @@ class ReadAhead:
     buffer_size: int
     batch_buffers_free: int  # free batch buffers while this read-ahead ran
     small: dict[int, bytes]  # what it read, by request id (copied before the buffer is reused)
-    errors: dict[int, str]
+    errors: dict[int, FsReason]
     kept_open: list[int]  # large files returned open (a lone GET)
 
 
@@ -242,7 +242,7 @@ class ReadAheadSpy:
                 len(buffer),
                 free,
                 {i: bytes(r.content) for i, r in results.items() if isinstance(r, SmallFile)},
-                {i: r.code for i, r in results.items() if isinstance(r, FsError)},
+                {i: r.reason for i, r in results.items() if isinstance(r, FsError)},
                 [i for i, r in results.items() if isinstance(r, OpenedFile)],
             )
         )
@@ -650,9 +650,9 @@ async def test_a_batch_of_mixed_gets_is_answered_in_order_and_whole(
     assert 4 not in read_ahead  # 64 KiB + 1: the usual path
     assert 10 not in read_ahead
     assert {c for call in spy.calls for c in call.errors.values()} >= {
-        ErrorCode.NOT_FOUND,
-        ErrorCode.NOT_A_FILE,
-        ErrorCode.OUTSIDE_ROOT,
+        FsReason.NOT_FOUND,
+        FsReason.NOT_A_FILE,
+        FsReason.OUTSIDE_ROOT,
     }
 
 

@@ -15,11 +15,10 @@ from typing import Final, Protocol
 import trio
 
 from ftx._threads import ThreadJob
-from ftx.fs import FsError, OpenedFile, file_identity
+from ftx.fs import FsEntry, FsError, OpenedFile, file_identity
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
 from ftx.protocol.messages import (
     Data,
-    Entry,
     Error,
     FileEnd,
     FileHeader,
@@ -30,6 +29,7 @@ from ftx.protocol.messages import (
     Message,
 )
 from ftx.server._access_log import AccessRecord
+from ftx.server._fs_wire import error_code, wire_entry
 from ftx.server._readahead import SmallFile, read_small_files
 from ftx.server._resources import ServerResources
 
@@ -161,7 +161,7 @@ class DownloadHandler:
             else:  # not read ahead, or changed since
                 opened = await trio.to_thread.run_sync(self._root.open_file, request.path)
         except FsError as exc:
-            await self._refuse(request, record, exc.code, exc.message)
+            await self._refuse(request, record, error_code(exc), exc.message)
             return
         with opened:
             refusal = _check_request(request, opened.stat)
@@ -312,10 +312,10 @@ class DownloadHandler:
         try:
             listing = await trio.to_thread.run_sync(self._root.list_directory, request.path)
         except FsError as exc:
-            await self._refuse(request, record, exc.code, exc.message)
+            await self._refuse(request, record, error_code(exc), exc.message)
             return
-        if isinstance(listing, Entry):
-            await self._session.send(ListEntries(request.request_id, (listing,)))
+        if isinstance(listing, FsEntry):
+            await self._session.send(ListEntries(request.request_id, (wire_entry(listing),)))
             await self._session.send(ListEnd(request.request_id, 1))
             record.entries = 1
             return
@@ -324,7 +324,8 @@ class DownloadHandler:
         with listing:
             while page := await trio.to_thread.run_sync(listing.next_page, page_size):
                 self._session.check_stop()
-                await self._session.send(ListEntries(request.request_id, tuple(page)))
+                entries = tuple(map(wire_entry, page))
+                await self._session.send(ListEntries(request.request_id, entries))
                 record.entries += len(page)
         await self._session.send(ListEnd(request.request_id, record.entries))
 

@@ -22,11 +22,13 @@ from typing import Final, Protocol
 import trio
 
 from ftx._threads import ThreadJob
-from ftx.fs import FsError, ServedRoot
+from ftx.errors import FtxError
+from ftx.fs import FsError, FsReason, ServedRoot
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, new_hasher
 from ftx.protocol.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 from ftx.server._access_log import AccessRecord
 from ftx.server._config import ServerConfig
+from ftx.server._fs_wire import error_code
 from ftx.server._limits import WriteStalledError
 from ftx.server._writes import UploadTarget, make_directory
 
@@ -41,6 +43,11 @@ logger = logging.getLogger("ftx.server")
 class UploadStalledError(WriteStalledError):
     """The client sent no upload data for the whole idle period (it is treated like a client
     that stopped reading: cut off)."""
+
+
+class _DigestMismatchError(FtxError):
+    """The data received does not match the digest the client sent (its message is the one
+    to answer ``digest-mismatch`` with)."""
 
 
 class UploadSession(Protocol):
@@ -110,7 +117,7 @@ class UploadHandler:
         try:
             created = await trio.to_thread.run_sync(make_directory, self._root, request.path)
         except FsError as exc:
-            await self._refuse(request, record, exc.code, exc.message)
+            await self._refuse(request, record, error_code(exc), exc.message)
             return
         await self._session.send(Done(request.request_id, created))
 
@@ -128,7 +135,7 @@ class UploadHandler:
         try:
             target, offset = await trio.to_thread.run_sync(self._open_target, request)
         except FsError as exc:
-            await self._refuse(request, record, exc.code, exc.message)
+            await self._refuse(request, record, error_code(exc), exc.message)
             return
         with target:
             record.offset = offset
@@ -136,7 +143,10 @@ class UploadHandler:
             try:
                 created = await self._receive_file(request, target, offset, record)
             except FsError as exc:
-                await self._refuse(request, record, exc.code, exc.message)
+                await self._refuse(request, record, error_code(exc), exc.message)
+                return
+            except _DigestMismatchError as exc:
+                await self._refuse(request, record, ErrorCode.DIGEST_MISMATCH, str(exc))
                 return
         await self._session.send(Done(request.request_id, created))
 
@@ -158,19 +168,19 @@ class UploadHandler:
         path = request.path
         if existing is not None:
             if stat.S_ISDIR(existing.st_mode):
-                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is a directory")
+                raise FsError(FsReason.NOT_A_FILE, f"{path!r} is a directory")
             if not (stat.S_ISREG(existing.st_mode) or stat.S_ISLNK(existing.st_mode)):
-                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is not a regular file")
+                raise FsError(FsReason.NOT_A_FILE, f"{path!r} is not a regular file")
             if existing.st_nlink > 1:
                 target.forget_published_part(existing)
             if not request.overwrite:
-                raise FsError(ErrorCode.EXISTS, f"{path!r} already exists")
+                raise FsError(FsReason.EXISTS, f"{path!r} already exists")
             if not self._config.allow_overwrite:
                 message = f"{path!r} already exists, and this server does not replace files"
-                raise FsError(ErrorCode.EXISTS, message)
+                raise FsError(FsReason.EXISTS, message)
         offset = target.open_part(source=request.source, size=request.size)
         if target.free_space() < request.size - offset:
-            raise FsError(ErrorCode.NO_SPACE, f"not enough space on the server for {path!r}")
+            raise FsError(FsReason.NO_SPACE, f"not enough space on the server for {path!r}")
         return offset
 
     async def _receive_file(
@@ -178,8 +188,11 @@ class UploadHandler:
     ) -> bool:
         """Receive the DATA and END of an upload into ``target``; verify and publish it.
 
-        Returns whether the final name was new. Raises :class:`~ftx.fs.FsError` (after the
-        client's END) when the file could not be stored, or did not match the digest.
+        Returns whether the final name was new.
+
+        Raises (after the client's END):
+            FsError: the file could not be stored.
+            _DigestMismatchError: it did not match the digest; it was deleted.
         """
         hasher = new_hasher(request.digest)
         failure: FsError | None = None
@@ -193,8 +206,7 @@ class UploadHandler:
             raise failure
         if end.digest != hasher.hexdigest():
             await trio.to_thread.run_sync(target.discard)
-            raise FsError(
-                ErrorCode.DIGEST_MISMATCH,
+            raise _DigestMismatchError(
                 f"the data received for {request.path!r} does not match the digest sent "
                 f"(expected {end.digest}, got {hasher.hexdigest()}); nothing was saved",
             )
