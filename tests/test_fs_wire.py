@@ -1,19 +1,26 @@
 """The server's edge with its sandbox (ftx.server._fs_wire): every reason the sandbox can give
 has a wire error code, every file type a wire entry type, and they are those the wire has always
-carried."""
+carried. And every exception defined by the server or the sandbox is an FtxError."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import trio
 
+import ftx.server
 from ftx.errors import FtxError
 from ftx.fs import FileType, FsEntry, FsError, FsReason, ServedRoot
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
 from ftx.server._fs_wire import ENTRY_TYPES, ERROR_CODES, error_code, wire_entry
+from ftx.server._limits import WriteStalledError
+from ftx.server._uploads import UploadStalledError
 
 
 def test_every_reason_has_an_error_code() -> None:
@@ -80,3 +87,28 @@ def test_a_listed_entry_goes_on_the_wire_field_for_field(tmp_path: Path) -> None
     assert by_name["file.txt"] == Entry("file.txt", EntryType.FILE, 5, st.st_mtime_ns, 0o640)
     fs_entry = FsEntry("x", FileType.DIRECTORY, 0, 123, 0o755)
     assert wire_entry(fs_entry) == Entry("x", EntryType.DIRECTORY, 0, 123, 0o755)
+
+
+def _modules() -> list[ModuleType]:
+    names = [f"ftx.server.{info.name}" for info in pkgutil.iter_modules(ftx.server.__path__)]
+    return [importlib.import_module(name) for name in ["ftx.fs", "ftx.server", *names]]
+
+
+@pytest.mark.parametrize("module", _modules(), ids=lambda module: module.__name__)
+def test_every_exception_of_the_server_and_the_sandbox_is_an_ftx_error(
+    module: ModuleType,
+) -> None:
+    defined = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, BaseException)
+        and value.__module__ == module.__name__
+    ]
+    assert all(issubclass(exc, FtxError) for exc in defined), defined
+
+
+def test_a_stalled_write_is_still_a_broken_connection() -> None:
+    assert issubclass(UploadStalledError, WriteStalledError)
+    assert issubclass(WriteStalledError, FtxError)
+    assert issubclass(WriteStalledError, trio.BrokenResourceError)

@@ -15,6 +15,7 @@ from typing import Final, Protocol
 import trio
 
 from ftx._threads import ThreadJob
+from ftx.errors import FtxError
 from ftx.fs import FsEntry, FsError, OpenedFile, file_identity
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
 from ftx.protocol.messages import (
@@ -342,8 +343,8 @@ def _check_request(request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | 
     return None
 
 
-class _FileChangedError(Exception):
-    pass
+class _FileChangedError(FtxError):
+    """The file was truncated or modified while it was being sent."""
 
 
 class _FileHasher:

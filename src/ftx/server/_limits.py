@@ -25,6 +25,7 @@ from typing import Final
 import trio
 
 from ftx._net import DEFAULT_IDLE_TIMEOUT
+from ftx.errors import FtxError
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -37,6 +38,9 @@ DEFAULT_MAX_CONNECTIONS: Final = 100
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 
 
-class WriteStalledError(trio.BrokenResourceError):
+class WriteStalledError(FtxError, trio.BrokenResourceError):
     """The peer did not accept a frame within the idle period: the write was cancelled, and the
-    connection is unusable (part of the frame may have gone out)."""
+    connection is unusable (part of the frame may have gone out).
+
+    Also a :exc:`trio.BrokenResourceError`, which is what it means to the code that sends: the
+    connection broke (a download cut short this way still finishes its digest, for instance)."""

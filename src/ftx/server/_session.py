@@ -18,7 +18,7 @@ import trio
 
 from ftx._tls import accept_tls
 from ftx._version import __version__
-from ftx.errors import RemoteProtocolError
+from ftx.errors import FtxError, RemoteProtocolError
 from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
 from ftx.protocol import (
@@ -457,7 +457,7 @@ class Session:
         return True
 
 
-class _StoppedError(Exception):
+class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
