@@ -13,8 +13,9 @@
         saved in DEST_DIR and deleted once verified; a download taking over 10 s counts as
         failed. Prints the number of failures.
     python ftx_lib.py serve DIR PORT MAX_CONNECTIONS
-        ``ftx.serve`` on 127.0.0.1 with ``max_connections`` (for ftx versions that limit
-        connections); stops on SIGINT.
+        ``ftx.serve`` on 127.0.0.1 with ``max_connections`` (in its ``ftx.ServerConfig``, or
+        as a keyword in ftx versions from before it; for versions that limit connections);
+        stops on SIGINT.
     python ftx_lib.py features
         Prints the optional features this ftx has, as JSON.
 """
@@ -111,13 +112,18 @@ async def many(port: int, path: str, count: int, concurrency: int, dest: Path) -
 
 def features() -> dict[str, bool]:
     return {
-        "max_connections": "max_connections" in inspect.signature(ftx.serve).parameters,
+        "max_connections": hasattr(ftx, "ServerConfig")
+        or "max_connections" in inspect.signature(ftx.serve).parameters,
         "digest choice": "digest" in inspect.signature(ftx.connect).parameters,
     }
 
 
 async def serve(root: str, port: int, max_connections: int) -> None:
-    await ftx.serve(root, "127.0.0.1", port, max_connections=max_connections)
+    if hasattr(ftx, "ServerConfig"):
+        config = ftx.ServerConfig(max_connections=max_connections)
+        await ftx.serve(root, "127.0.0.1", port, config)
+    else:  # an ftx from before ServerConfig: the settings were keywords of serve
+        await ftx.serve(root, "127.0.0.1", port, max_connections=max_connections)
 
 
 def main(argv: list[str]) -> int:

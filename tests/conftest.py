@@ -116,14 +116,17 @@ StartServer = Callable[..., Awaitable[tuple[str, int]]]
 
 @pytest.fixture
 def start_server(nursery: trio.Nursery) -> StartServer:
-    """``await start_server(root, host="127.0.0.1", **kwargs)`` runs :func:`ftx.serve` on port 0
-    in the test's nursery (cancelled when the test ends) and returns ``(host, port)``."""
+    """``await start_server(root, host="127.0.0.1", **options)`` runs :func:`ftx.serve` on port 0
+    with ``ftx.ServerConfig(**options)`` in the test's nursery (cancelled when the test ends) and
+    returns ``(host, port)``."""
 
     async def start(
-        root: str | os.PathLike[str], host: str = "127.0.0.1", **kwargs: object
+        root: str | os.PathLike[str], host: str = "127.0.0.1", **options: object
     ) -> tuple[str, int]:
+        config = ftx.ServerConfig(**options)  # type: ignore[arg-type]
+
         async def run(task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-            await ftx.serve(root, host, 0, task_status=task_status, **kwargs)  # type: ignore[arg-type]
+            await ftx.serve(root, host, 0, config, task_status=task_status)
 
         with trio.fail_after(10):
             listeners: list[trio.SocketListener] = await nursery.start(run)
@@ -236,9 +239,9 @@ def fake_server() -> Iterator[Callable[[Behaviour], FakeServer]]:
 
 @asynccontextmanager
 async def serving(root: Path, **options: object) -> AsyncIterator[tuple[ftx.Server, int]]:
-    """An ``ftx.Server(root, **options)`` on 127.0.0.1, port 0, for the block: yields the server
-    (to shut it down or inspect it) and the port."""
-    server = ftx.Server(root, **options)  # type: ignore[arg-type]
+    """An ``ftx.Server(root, ftx.ServerConfig(**options))`` on 127.0.0.1, port 0, for the block:
+    yields the server (to shut it down or inspect it) and the port."""
+    server = ftx.Server(root, ftx.ServerConfig(**options))  # type: ignore[arg-type]
     try:
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -424,7 +424,7 @@ async def test_the_documented_self_signed_recipe_works(root: Path, tmp_path: Pat
     assert normalize_fingerprint(printed) == fingerprint
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    server = ftx.Server(root, ssl_context=context)
+    server = ftx.Server(root, ftx.ServerConfig(ssl_context=context))
     try:
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ftx.protocol.messages import EntryType as EntryType
     from ftx.server import DEFAULT_PORT as DEFAULT_PORT
     from ftx.server import Server as Server
+    from ftx.server import ServerConfig as ServerConfig
     from ftx.server import serve as serve
 
 # name -> the module it is imported from on first use
@@ -55,6 +56,7 @@ _LAZY = {
     "EntryType": "ftx.protocol.messages",
     "DEFAULT_PORT": "ftx.server",
     "Server": "ftx.server",
+    "ServerConfig": "ftx.server",
     "serve": "ftx.server",
 }
 
@@ -95,6 +97,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "Server",
+    "ServerConfig",
     "Upload",
     "__version__",
     "connect",

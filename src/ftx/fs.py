@@ -8,7 +8,11 @@ even when a directory is swapped for a symbolic link between the check and the o
 
 Symbolic links inside the root are resolved here, not by the kernel: a relative link whose
 target stays inside the root is followed; an absolute link, or one that climbs out of the root,
-is refused with ``outside-root`` without ever touching its target.
+is refused (:attr:`FsReason.OUTSIDE_ROOT`) without ever touching its target.
+
+It speaks its own language, not the protocol's: a refusal is an :class:`FsError` with an
+:class:`FsReason`, a listing is made of :class:`FsEntry`; the server translates both for its
+clients (:mod:`ftx.server._fs_wire`).
 
 Everything here blocks; the trio layers call it through :func:`trio.to_thread.run_sync` where a
 call may take long. POSIX only (it needs ``dir_fd`` support).
@@ -16,6 +20,7 @@ call may take long. POSIX only (it needs ``dir_fd`` support).
 
 from __future__ import annotations
 
+import enum
 import errno
 import hashlib
 import os
@@ -26,13 +31,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from ftx.protocol import ErrorCode
-from ftx.protocol.messages import Entry, EntryType
+from ftx.errors import FtxError
 
 __all__ = [
     "UPLOAD_PART_SUFFIX",
     "DirectoryListing",
+    "FileType",
+    "FsEntry",
     "FsError",
+    "FsReason",
     "OpenedFile",
     "ServedRoot",
     "file_identity",
@@ -46,12 +53,27 @@ _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-class FsError(Exception):
-    """A lookup was refused. ``code`` is the protocol error code to answer with; ``message``
-    names only the path the client asked for, never anything of the server's own layout."""
+class FsReason(enum.Enum):
+    """Why the file system side refused."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        self.code = code
+    OUTSIDE_ROOT = enum.auto()  # the path leads out of the root (absolute, "..", a link)
+    INVALID_PATH = enum.auto()  # NUL, backslash, not Unicode, too long, reserved, or no name
+    NOT_FOUND = enum.auto()  # nothing there (or it changed while being opened)
+    PERMISSION_DENIED = enum.auto()  # the system does not let the server read (or write) it
+    NOT_A_FILE = enum.auto()  # not the regular file needed: a directory, FIFO, device...
+    EXISTS = enum.auto()  # something is already at the name to create
+    IN_USE = enum.auto()  # another upload is writing the same file
+    NO_SPACE = enum.auto()  # the file system is full (or a quota or size limit is reached)
+    READ_ONLY = enum.auto()  # the file system is mounted read-only
+    UNEXPECTED = enum.auto()  # any other failure, or a change nothing should have made
+
+
+class FsError(FtxError):
+    """A lookup (or a write) was refused, for ``reason``; ``message`` names only the path the
+    client asked for, never anything of the server's own layout."""
+
+    def __init__(self, reason: FsReason, message: str) -> None:
+        self.reason = reason
         self.message = message
         super().__init__(message)
 
@@ -60,27 +82,27 @@ def split_request_path(path: str) -> list[str]:
     """Check a requested path lexically and return its components.
 
     Raises:
-        FsError: ``bad-request`` for a NUL byte or a backslash; ``outside-root`` for an absolute
-            path or a ``..`` that climbs above the root. The answer depends only on the string,
-            never on what exists on disk.
+        FsError: ``INVALID_PATH`` for a NUL byte, a backslash or a path that is not Unicode;
+            ``OUTSIDE_ROOT`` for an absolute path or a ``..`` that climbs above the root. The
+            answer depends only on the string, never on what exists on disk.
     """
     if path.startswith("/"):
-        raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} is absolute; paths are relative")
+        raise FsError(FsReason.OUTSIDE_ROOT, f"{path!r} is absolute; paths are relative")
     if "\x00" in path:
-        raise FsError(ErrorCode.BAD_REQUEST, "the path contains a NUL byte")
+        raise FsError(FsReason.INVALID_PATH, "the path contains a NUL byte")
     if "\\" in path:
-        raise FsError(ErrorCode.BAD_REQUEST, f"{path!r} contains a backslash; separate with '/'")
+        raise FsError(FsReason.INVALID_PATH, f"{path!r} contains a backslash; separate with '/'")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate would reach a name that is not UTF-8 on disk: not servable.
-        raise FsError(ErrorCode.BAD_REQUEST, "the path is not valid Unicode") from None
+        raise FsError(FsReason.INVALID_PATH, "the path is not valid Unicode") from None
     parts = [part for part in path.split("/") if part not in ("", ".")]
     depth = 0
     for part in parts:
         depth += -1 if part == ".." else 1
         if depth < 0:
-            raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
+            raise FsError(FsReason.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
     return parts
 
 
@@ -127,12 +149,33 @@ def _identity_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+class FileType(enum.Enum):
+    """What a directory entry is. Symbolic links are reported as such, not followed."""
+
+    FILE = enum.auto()
+    DIRECTORY = enum.auto()
+    SYMLINK = enum.auto()
+    OTHER = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class FsEntry:
+    """One directory entry: ``name`` is a single path component; ``size`` is 0 but for a
+    regular file; ``mode`` holds the permission bits only."""
+
+    name: str
+    type: FileType
+    size: int
+    mtime_ns: int
+    mode: int
+
+
 def _os_error(exc: OSError, path: str) -> FsError:
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return FsError(ErrorCode.PERMISSION_DENIED, f"permission denied: {path!r}")
+        return FsError(FsReason.PERMISSION_DENIED, f"permission denied: {path!r}")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
-        return FsError(ErrorCode.NOT_FOUND, f"no such file or directory: {path!r}")
-    return FsError(ErrorCode.INTERNAL, f"cannot open {path!r}: {os.strerror(exc.errno or 0)}")
+        return FsError(FsReason.NOT_FOUND, f"no such file or directory: {path!r}")
+    return FsError(FsReason.UNEXPECTED, f"cannot open {path!r}: {os.strerror(exc.errno or 0)}")
 
 
 @dataclass(slots=True)
@@ -187,9 +230,9 @@ class DirectoryListing:
         self._fd = fd
         self._iterator = os.scandir(fd)
 
-    def next_page(self, max_entries: int) -> list[Entry]:
+    def next_page(self, max_entries: int) -> list[FsEntry]:
         """Return up to ``max_entries`` more entries; an empty list at the end."""
-        page: list[Entry] = []
+        page: list[FsEntry] = []
         for dir_entry in self._iterator:
             try:
                 st = dir_entry.stat(follow_symlinks=False)
@@ -213,21 +256,21 @@ class DirectoryListing:
         self.close()
 
 
-def _entry(name: str, st: os.stat_result) -> Entry | None:
+def _entry(name: str, st: os.stat_result) -> FsEntry | None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return None  # not valid UTF-8 on disk: the protocol cannot name it
     if stat.S_ISLNK(st.st_mode):
-        kind = EntryType.SYMLINK
+        kind = FileType.SYMLINK
     elif stat.S_ISDIR(st.st_mode):
-        kind = EntryType.DIRECTORY
+        kind = FileType.DIRECTORY
     elif stat.S_ISREG(st.st_mode):
-        kind = EntryType.FILE
+        kind = FileType.FILE
     else:
-        kind = EntryType.OTHER
-    size = st.st_size if kind is EntryType.FILE else 0
-    return Entry(name, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+        kind = FileType.OTHER
+    size = st.st_size if kind is FileType.FILE else 0
+    return FsEntry(name, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
 
 
 class ServedRoot:
@@ -261,16 +304,16 @@ class ServedRoot:
         """Open the regular file at ``path`` (relative to the root) for reading.
 
         Raises:
-            FsError: with code ``outside-root``, ``bad-request``, ``not-found``,
-                ``permission-denied`` or ``not-a-file`` (directories, FIFOs, devices, sockets).
+            FsError: for ``OUTSIDE_ROOT``, ``INVALID_PATH``, ``NOT_FOUND``, ``PERMISSION_DENIED``,
+                ``NOT_A_FILE`` (directories, FIFOs, devices, sockets) or ``UNEXPECTED``.
         """
         with self._walk(path) as (dir_fd, name, st):
             if name is not None and is_upload_in_progress(name):
-                raise FsError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
+                raise FsError(FsReason.NOT_FOUND, f"no such file: {path!r}")
             if name is None or stat.S_ISDIR(st.st_mode):
-                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is a directory")
+                raise FsError(FsReason.NOT_A_FILE, f"{path!r} is a directory")
             if not stat.S_ISREG(st.st_mode):
-                raise FsError(ErrorCode.NOT_A_FILE, f"{path!r} is not a regular file")
+                raise FsError(FsReason.NOT_A_FILE, f"{path!r} is not a regular file")
             try:
                 fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
             except OSError as exc:
@@ -278,7 +321,7 @@ class ServedRoot:
             opened = OpenedFile(fd, os.fstat(fd))
             if not stat.S_ISREG(opened.stat.st_mode) or not _same_file(opened.stat, st):
                 opened.close()
-                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+                raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
             return opened
 
     def is_unchanged(self, path: str, known: os.stat_result) -> bool:
@@ -292,11 +335,11 @@ class ServedRoot:
             return False
         return _identity_key(now) == _identity_key(known)
 
-    def list_directory(self, path: str) -> DirectoryListing | Entry:
+    def list_directory(self, path: str) -> DirectoryListing | FsEntry:
         """Open the directory at ``path`` for listing, or return the entry of a non-directory.
 
         Raises:
-            FsError: as :meth:`open_file` does (except ``not-a-file``).
+            FsError: as :meth:`open_file` does (except ``NOT_A_FILE``).
         """
         with self._walk(path) as (dir_fd, name, st):
             if name is not None and not stat.S_ISDIR(st.st_mode):
@@ -304,7 +347,7 @@ class ServedRoot:
                 asked = split_request_path(path)[-1:]
                 entry = _entry(asked[0] if asked and asked[0] != ".." else name, st)
                 if entry is None:  # pragma: no cover - the request itself was valid UTF-8
-                    raise FsError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
+                    raise FsError(FsReason.NOT_FOUND, f"no such file: {path!r}")
                 return entry
             try:
                 fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
@@ -312,7 +355,7 @@ class ServedRoot:
                 raise _raced_or(exc, path) from None
             if not _same_file(os.fstat(fd), st):
                 os.close(fd)
-                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+                raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
             return DirectoryListing(fd)
 
     def open_parent(self, path: str) -> tuple[int, str]:
@@ -324,23 +367,23 @@ class ServedRoot:
         component itself is not looked at.
 
         Raises:
-            FsError: as :meth:`open_file` does for the directories on the way (``not-found``
-                when one of them is not a directory), and ``bad-request`` for a path that names
+            FsError: as :meth:`open_file` does for the directories on the way (``NOT_FOUND``
+                when one of them is not a directory), and ``INVALID_PATH`` for a path that names
                 no file (the root, or one ending in ``..``).
         """
         parts = split_request_path(path)
         if not parts or parts[-1] == "..":
-            raise FsError(ErrorCode.BAD_REQUEST, f"{path!r} names no file")
+            raise FsError(FsReason.INVALID_PATH, f"{path!r} names no file")
         with self._walk("/".join(parts[:-1])) as (dir_fd, name, st):
             if not stat.S_ISDIR(st.st_mode):
-                raise FsError(ErrorCode.NOT_FOUND, f"no such directory for {path!r}")
+                raise FsError(FsReason.NOT_FOUND, f"no such directory for {path!r}")
             try:
                 fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
             except OSError as exc:
                 raise _raced_or(exc, path) from None
             if not _same_file(os.fstat(fd), st):
                 os.close(fd)
-                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+                raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
             return fd, parts[-1]
 
     def _walk(self, path: str) -> _Walk:
@@ -354,7 +397,7 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 def _raced_or(exc: OSError, path: str, races: tuple[int, ...] = (errno.ELOOP,)) -> FsError:
     # ELOOP from O_NOFOLLOW: it was swapped for a symbolic link after we looked.
     if exc.errno in races:
-        return FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+        return FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
     return _os_error(exc, path)
 
 
@@ -396,7 +439,7 @@ class _Walk:
             name = todo.popleft()
             if name == "..":
                 if not self._stack:
-                    raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the root")
+                    raise FsError(FsReason.OUTSIDE_ROOT, f"{path!r} leads outside the root")
                 os.close(self._stack.pop())
                 continue
             try:
@@ -406,20 +449,20 @@ class _Walk:
             if stat.S_ISLNK(st.st_mode):
                 links += 1
                 if links > MAX_SYMLINKS:
-                    raise FsError(ErrorCode.NOT_FOUND, f"{path!r}: too many symbolic links")
+                    raise FsError(FsReason.NOT_FOUND, f"{path!r}: too many symbolic links")
                 todo.extendleft(reversed(self._link_components(name, path)))
                 continue
             if not todo:
                 return self._current, name, st
             if not stat.S_ISDIR(st.st_mode):
-                raise FsError(ErrorCode.NOT_FOUND, f"no such file or directory: {path!r}")
+                raise FsError(FsReason.NOT_FOUND, f"no such file or directory: {path!r}")
             try:
                 fd = os.open(name, _DIR_FLAGS, dir_fd=self._current)
             except OSError as exc:
                 raise _raced_or(exc, path) from None
             self._stack.append(fd)
             if not _same_file(os.fstat(fd), st):
-                raise FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being opened")
+                raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
         return self._current, None, os.fstat(self._current)
 
     def _link_components(self, name: str, path: str) -> list[str]:
@@ -430,5 +473,5 @@ class _Walk:
             raise _raced_or(exc, path, (errno.EINVAL, errno.ENOENT)) from None
         if target.startswith("/"):
             # Refused without looking: the answer must not depend on what exists out there.
-            raise FsError(ErrorCode.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
+            raise FsError(FsReason.OUTSIDE_ROOT, f"{path!r} leads outside the served directory")
         return [part for part in target.split("/") if part not in ("", ".")]

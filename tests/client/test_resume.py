@@ -169,7 +169,7 @@ async def test_a_cut_transfer_leaves_its_digest_for_the_resume(
             await download_until("127.0.0.1", port, dest, 3 * 1024 * 1024)
             key = f"xxh3-128:{file_identity(os.stat(served / 'data.bin'))}"
             with trio.fail_after(20):  # the cut connection's task is finishing the digest
-                while not server.digests.get(key):  # noqa: ASYNC110 - bounded polling
+                while not server._resources.digests.get(key):  # noqa: ASYNC110 - bounded polling
                     await trio.sleep(0.01)
             monkeypatch.setattr(ftx.fs.OpenedFile, "read_into", spy)
             async with ftx.connect("127.0.0.1", port) as client:

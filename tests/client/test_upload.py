@@ -240,9 +240,9 @@ async def test_a_read_only_server_refuses_with_a_typed_error(
 
 def test_upload_settings_need_writable(root: Path) -> None:
     with pytest.raises(ValueError, match="writable"):
-        ftx.Server(root, allow_overwrite=True)
+        ftx.ServerConfig(allow_overwrite=True)
     with pytest.raises(ValueError, match="writable"):
-        ftx.Server(root, max_upload_size=10)
+        ftx.ServerConfig(max_upload_size=10)
 
 
 # --------------------------------------------------------------------------- confinement
@@ -354,7 +354,13 @@ async def test_a_link_at_the_final_name_is_replaced_never_followed(
     for allow in (False, True):
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
-                partial(ftx.serve, root, "127.0.0.1", 0, writable=True, allow_overwrite=allow)
+                partial(
+                    ftx.serve,
+                    root,
+                    "127.0.0.1",
+                    0,
+                    ftx.ServerConfig(writable=True, allow_overwrite=allow),
+                )
             )
             port = listeners[0].socket.getsockname()[1]
             async with ftx.connect("127.0.0.1", port) as client:
@@ -479,7 +485,9 @@ async def test_data_that_does_not_match_the_digest_is_never_published(
 async def test_a_client_that_stops_sending_is_cut_off_and_its_part_kept(root: Path) -> None:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
-            partial(ftx.serve, root, "127.0.0.1", 0, writable=True, idle_timeout=0.5)
+            partial(
+                ftx.serve, root, "127.0.0.1", 0, ftx.ServerConfig(writable=True, idle_timeout=0.5)
+            )
         )
         raw = await RawClient.connect(listeners[0].socket.getsockname()[1])
         await raw.send(Put(1, "slow", 10, "sha256", source="s"))
@@ -515,7 +523,7 @@ async def interrupted_upload(port: int, source: Path, path: str, after: int) -> 
 async def serve_until_idle(
     nursery: trio.Nursery, root: Path, **kwargs: object
 ) -> tuple[ftx.Server, int]:
-    server = ftx.Server(root, writable=True, **kwargs)  # type: ignore[arg-type]
+    server = ftx.Server(root, ftx.ServerConfig(writable=True, **kwargs))  # type: ignore[arg-type]
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(server.serve_listeners, listeners)
     return server, listeners[0].socket.getsockname()[1]

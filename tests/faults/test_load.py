@@ -29,20 +29,24 @@ REAL_CLIENTS = 100
 DESCRIPTORS = 256
 CLIENT_BOUND = 30.0  # seconds: a client still waiting after this is hung
 
-# The limits the server runs with, as ftx serve options and as ftx.serve arguments. Without the
-# options (an ftx serve from before they existed), the server is made from the library instead,
-# with those of the arguments ftx.serve accepts.
+# The limits the server runs with, as ftx serve options and as ftx.ServerConfig fields. Without
+# the options (an ftx serve from before they existed), the server is made from the library
+# instead, with those of the settings it accepts (as keywords of ftx.serve, before ServerConfig).
 LIMIT_OPTIONS = {"--max-connections": "150", "--handshake-timeout": "2", "--idle-timeout": "5"}
 SERVE_SCRIPT = """
 import functools, inspect, json, logging, sys
 import trio, ftx
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 root, wanted = sys.argv[1], json.loads(sys.argv[2])
-known = inspect.signature(ftx.serve).parameters
-options = {name: value for name, value in wanted.items() if name in known}
+if hasattr(ftx, "ServerConfig"):
+    options = wanted
+    serve = functools.partial(ftx.serve, config=ftx.ServerConfig(**options))
+else:
+    known = inspect.signature(ftx.serve).parameters
+    options = {name: value for name, value in wanted.items() if name in known}
+    serve = functools.partial(ftx.serve, **options)
 async def main():
     async with trio.open_nursery() as nursery:
-        serve = functools.partial(ftx.serve, **options)
         listeners = await nursery.start(serve, root, "127.0.0.1", 0)
         port = listeners[0].socket.getsockname()[1]
         print(f"options {sorted(options)} on 127.0.0.1:{port}", flush=True)

@@ -46,14 +46,15 @@ from ftx.errors import LocalFileError
 from ftx.fs import (
     MAX_SYMLINKS,
     DirectoryListing,
+    FileType,
+    FsEntry,
     FsError,
+    FsReason,
     OpenedFile,
     ServedRoot,
     file_identity,
     split_request_path,
 )
-from ftx.protocol import ErrorCode
-from ftx.protocol.messages import Entry, EntryType
 
 SMALL = b"hello from the served root\n"
 INNER = b"inner\n"
@@ -63,12 +64,12 @@ OUTSIDE_FILE = b"outside directory content\n"
 INSIDE_FILE = b"inside directory content\n"
 
 INSIDE_CONTENTS = {SMALL, INNER, LEAF, b""}
-LOOKUP_CODES = {
-    ErrorCode.NOT_FOUND,
-    ErrorCode.NOT_A_FILE,
-    ErrorCode.OUTSIDE_ROOT,
-    ErrorCode.BAD_REQUEST,
-    ErrorCode.PERMISSION_DENIED,
+LOOKUP_REASONS = {
+    FsReason.NOT_FOUND,
+    FsReason.NOT_A_FILE,
+    FsReason.OUTSIDE_ROOT,
+    FsReason.INVALID_PATH,
+    FsReason.PERMISSION_DENIED,
 }
 
 FUZZ = settings(
@@ -136,8 +137,8 @@ def list_refused(root: ServedRoot, path: str) -> FsError:
     return refusal(lambda: root.list_directory(path))
 
 
-def all_entries(listing: DirectoryListing, page_size: int = 1000) -> list[Entry]:
-    entries: list[Entry] = []
+def all_entries(listing: DirectoryListing, page_size: int = 1000) -> list[FsEntry]:
+    entries: list[FsEntry] = []
     while page := listing.next_page(page_size):
         entries.extend(page)
     return entries
@@ -283,14 +284,14 @@ def test_split_accepts_relative_paths(path: str, components: list[str]) -> None:
 def test_split_refuses_dotdot_that_climbs_out(path: str) -> None:
     with pytest.raises(FsError) as info:
         split_request_path(path)
-    assert info.value.code == ErrorCode.OUTSIDE_ROOT
+    assert info.value.reason == FsReason.OUTSIDE_ROOT
 
 
 @pytest.mark.parametrize("path", ["/", "/etc/passwd", "//etc/passwd", "/a/../b", "/./x"])
 def test_split_refuses_absolute_paths(path: str) -> None:
     with pytest.raises(FsError) as info:
         split_request_path(path)
-    assert info.value.code == ErrorCode.OUTSIDE_ROOT
+    assert info.value.reason == FsReason.OUTSIDE_ROOT
 
 
 @pytest.mark.parametrize(
@@ -299,7 +300,7 @@ def test_split_refuses_absolute_paths(path: str) -> None:
 def test_split_refuses_nul_bytes(path: str) -> None:
     with pytest.raises(FsError) as info:
         split_request_path(path)
-    assert info.value.code == ErrorCode.BAD_REQUEST
+    assert info.value.reason == FsReason.INVALID_PATH
 
 
 @pytest.mark.parametrize(
@@ -308,7 +309,7 @@ def test_split_refuses_nul_bytes(path: str) -> None:
 def test_split_refuses_backslashes(path: str) -> None:
     with pytest.raises(FsError) as info:
         split_request_path(path)
-    assert info.value.code == ErrorCode.BAD_REQUEST
+    assert info.value.reason == FsReason.INVALID_PATH
 
 
 @pytest.mark.parametrize("path", ["/etc\\passwd", "/\x00"])
@@ -317,7 +318,7 @@ def test_split_checks_in_the_specified_order(path: str) -> None:
     before NUL or backslash (bad-request). The code checks NUL and backslash first."""
     with pytest.raises(FsError) as info:
         split_request_path(path)
-    assert info.value.code == ErrorCode.OUTSIDE_ROOT
+    assert info.value.reason == FsReason.OUTSIDE_ROOT
 
 
 @pytest.mark.parametrize(
@@ -329,7 +330,7 @@ def test_split_refuses_strings_that_are_not_utf8(path: str) -> None:
     names the user guide says "cannot be fetched". The lexical check must refuse it."""
     with pytest.raises(FsError) as info:
         split_request_path(path)
-    assert info.value.code == ErrorCode.BAD_REQUEST
+    assert info.value.reason == FsReason.INVALID_PATH
 
 
 _PIECES = st.sampled_from(["", ".", "..", "...", "a", "b", "%2e", "\\", "\x00", ".. ", "\u00e9"])
@@ -352,8 +353,8 @@ def test_split_property(path: str) -> None:
     except FsError as exc:
         error = exc
     if error is not None:
-        assert error.code in (ErrorCode.OUTSIDE_ROOT, ErrorCode.BAD_REQUEST)
-        if error.code == ErrorCode.BAD_REQUEST:
+        assert error.reason in (FsReason.OUTSIDE_ROOT, FsReason.INVALID_PATH)
+        if error.reason == FsReason.INVALID_PATH:
             assert "\x00" in path or "\\" in path
         else:
             normal = posixpath.normpath(path)
@@ -435,7 +436,7 @@ def test_dot_and_empty_components_name_the_same_file(
 
 @pytest.mark.parametrize("path", ["", ".", "sub", "sub/", "sub/deeper/..", "dl"])
 def test_directories_are_not_files(served: ServedRoot, path: str) -> None:
-    assert open_refused(served, path).code == ErrorCode.NOT_A_FILE
+    assert open_refused(served, path).reason == FsReason.NOT_A_FILE
 
 
 @pytest.mark.parametrize(
@@ -452,7 +453,7 @@ def test_directories_are_not_files(served: ServedRoot, path: str) -> None:
     ],
 )
 def test_missing_paths_are_not_found(served: ServedRoot, path: str) -> None:
-    assert open_refused(served, path).code == ErrorCode.NOT_FOUND
+    assert open_refused(served, path).reason == FsReason.NOT_FOUND
 
 
 def test_fifo_is_refused_at_once(served: ServedRoot, tree: Tree) -> None:
@@ -466,7 +467,7 @@ def test_fifo_is_refused_at_once(served: ServedRoot, tree: Tree) -> None:
             with contextlib.suppress(OSError):
                 os.close(os.open(tree.root / "fifo", os.O_WRONLY | os.O_NONBLOCK))
             pytest.fail(f"open_file({path!r}) blocked on a FIFO")
-        assert error.code == ErrorCode.NOT_A_FILE
+        assert error.reason == FsReason.NOT_A_FILE
     assert time.monotonic() - started < 2
 
 
@@ -475,7 +476,7 @@ def test_device_is_not_a_file(served: ServedRoot, tree: Tree) -> None:
         os.mknod(tree.root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     except OSError as exc:
         pytest.skip(f"cannot create a device node here: {exc}")
-    assert open_refused(served, "null").code == ErrorCode.NOT_A_FILE
+    assert open_refused(served, "null").reason == FsReason.NOT_A_FILE
 
 
 def test_socket_is_not_a_file(served: ServedRoot, tree: Tree) -> None:
@@ -485,19 +486,19 @@ def test_socket_is_not_a_file(served: ServedRoot, tree: Tree) -> None:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.bind(path)
             os.rename(path, tree.root / "sock")
-            assert open_refused(served, "sock").code == ErrorCode.NOT_A_FILE
+            assert open_refused(served, "sock").reason == FsReason.NOT_A_FILE
 
 
 def test_link_to_a_device_outside_is_outside_root(served: ServedRoot) -> None:
-    assert open_refused(served, "null-link").code == ErrorCode.OUTSIDE_ROOT
+    assert open_refused(served, "null-link").reason == FsReason.OUTSIDE_ROOT
 
 
 def test_over_long_paths_are_refused_quickly(served: ServedRoot) -> None:
     started = time.monotonic()
-    assert open_refused(served, "x" * 300).code == ErrorCode.NOT_FOUND  # ENAMETOOLONG
-    assert open_refused(served, "x" * 1_000_000).code == ErrorCode.NOT_FOUND
-    assert open_refused(served, "sub/" + "x" * 5000 + "/y").code == ErrorCode.NOT_FOUND
-    assert open_refused(served, "a/" * 10_000 + "b").code == ErrorCode.NOT_FOUND
+    assert open_refused(served, "x" * 300).reason == FsReason.NOT_FOUND  # ENAMETOOLONG
+    assert open_refused(served, "x" * 1_000_000).reason == FsReason.NOT_FOUND
+    assert open_refused(served, "sub/" + "x" * 5000 + "/y").reason == FsReason.NOT_FOUND
+    assert open_refused(served, "a/" * 10_000 + "b").reason == FsReason.NOT_FOUND
     # Deep but balanced: stays inside, so it resolves.
     assert fetch(served, "sub/" + "deeper/../" * 2000 + "inner.txt") == INNER
     assert time.monotonic() - started < 3
@@ -513,7 +514,7 @@ def test_open_file_refuses_non_utf8_requests_with_an_fs_error(
     UnicodeEncodeError (a traceback instead of a protocol error)."""
     os.close(os.open(os.path.join(os.fsencode(tree.root), b"\xff"), os.O_CREAT | os.O_WRONLY))
     error = open_refused(served, path)
-    assert error.code in (ErrorCode.BAD_REQUEST, ErrorCode.NOT_FOUND)
+    assert error.reason in (FsReason.INVALID_PATH, FsReason.NOT_FOUND)
 
 
 def test_served_root_keeps_the_directory_it_opened(tree: Tree) -> None:
@@ -601,13 +602,13 @@ def test_link_count_limit(served: ServedRoot, tree: Tree) -> None:
         target = "small.txt" if i == 0 else f"chain{i - 1}"
         (tree.root / f"chain{i}").symlink_to(target)
     assert fetch(served, f"chain{n - 1}") == SMALL
-    assert open_refused(served, f"chain{n}").code == ErrorCode.NOT_FOUND
+    assert open_refused(served, f"chain{n}").reason == FsReason.NOT_FOUND
 
 
 @pytest.mark.parametrize("path", ["loop", "ping", "pong", "sub/../loop", "loop/x"])
 def test_link_loops_end_quickly(served: ServedRoot, path: str) -> None:
     started = time.monotonic()
-    assert open_refused(served, path).code in (ErrorCode.NOT_FOUND, ErrorCode.OUTSIDE_ROOT)
+    assert open_refused(served, path).reason in (FsReason.NOT_FOUND, FsReason.OUTSIDE_ROOT)
     assert time.monotonic() - started < 2
 
 
@@ -616,8 +617,8 @@ def test_self_referencing_directory_link_is_bounded(served: ServedRoot, tree: Tr
     (tree.root / "grow").symlink_to("grow/grow/grow")
     assert fetch(served, "me/" * MAX_SYMLINKS + "small.txt") == SMALL
     too_many = "me/" * (MAX_SYMLINKS + 1) + "small.txt"
-    assert open_refused(served, too_many).code == ErrorCode.NOT_FOUND
-    assert open_refused(served, "grow").code == ErrorCode.NOT_FOUND
+    assert open_refused(served, too_many).reason == FsReason.NOT_FOUND
+    assert open_refused(served, "grow").reason == FsReason.NOT_FOUND
 
 
 @pytest.mark.parametrize(
@@ -633,22 +634,22 @@ def test_self_referencing_directory_link_is_bounded(served: ServedRoot, tree: Tr
     ],
 )
 def test_links_leading_out_are_refused(served: ServedRoot, path: str) -> None:
-    assert open_refused(served, path).code == ErrorCode.OUTSIDE_ROOT
-    assert list_refused(served, path).code == ErrorCode.OUTSIDE_ROOT
+    assert open_refused(served, path).reason == FsReason.OUTSIDE_ROOT
+    assert list_refused(served, path).reason == FsReason.OUTSIDE_ROOT
 
 
 def test_chain_that_escapes_on_a_later_hop_is_refused(served: ServedRoot, tree: Tree) -> None:
     (tree.root / "hop1").symlink_to("sub/hop2")
     (tree.root / "sub" / "hop2").symlink_to("deeper/hop3")
     (tree.root / "sub" / "deeper" / "hop3").symlink_to("../../../secret.txt")
-    assert open_refused(served, "hop1").code == ErrorCode.OUTSIDE_ROOT
+    assert open_refused(served, "hop1").reason == FsReason.OUTSIDE_ROOT
     # Climbing out via a relative link from a directory reached through another link.
     (tree.root / "sub" / "deeper" / "up3").symlink_to("../../..")
-    assert open_refused(served, "dl/up3/secret.txt").code == ErrorCode.OUTSIDE_ROOT
+    assert open_refused(served, "dl/up3/secret.txt").reason == FsReason.OUTSIDE_ROOT
 
 
 def _same_answer(a: FsError, path_a: str, b: FsError, path_b: str) -> None:
-    assert a.code == b.code == ErrorCode.OUTSIDE_ROOT
+    assert a.reason == b.reason == FsReason.OUTSIDE_ROOT
     assert a.message.replace(repr(path_a), "<P>") == b.message.replace(repr(path_b), "<P>")
 
 
@@ -740,9 +741,9 @@ def test_permission_denied(served: ServedRoot, tree: Tree) -> None:
     tree.root.chmod(0o755)
 
     def check() -> None:
-        assert open_refused(served, "private.txt").code == ErrorCode.PERMISSION_DENIED
-        assert open_refused(served, "locked/inner.txt").code == ErrorCode.PERMISSION_DENIED
-        assert list_refused(served, "locked").code == ErrorCode.PERMISSION_DENIED
+        assert open_refused(served, "private.txt").reason == FsReason.PERMISSION_DENIED
+        assert open_refused(served, "locked/inner.txt").reason == FsReason.PERMISSION_DENIED
+        assert list_refused(served, "locked").reason == FsReason.PERMISSION_DENIED
         assert fetch(served, "small.txt") == SMALL  # everything else still works
 
     try:
@@ -870,7 +871,7 @@ def test_race_parent_directory_swapped_for_a_link_outside(served: ServedRoot, tr
                 except FsError as exc:
                     # Any refusal is confinement-safe; which code a race gets is checked
                     # deterministically in test_link_swapped_before_readlink_is_not_internal.
-                    outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
+                    outcomes[exc.reason.name] = outcomes.get(exc.reason.name, 0) + 1
     # The race was live: both states were seen.
     assert outcomes.get("ok", 0) > 0, outcomes
     assert sum(outcomes.values()) - outcomes.get("ok", 0) > 0, outcomes
@@ -900,7 +901,7 @@ def test_race_file_swapped_for_a_link_outside_or_a_fifo(served: ServedRoot, tree
                     assert content == INSIDE_FILE, "read a file outside the root"
                     outcomes["ok"] = outcomes.get("ok", 0) + 1
                 except FsError as exc:
-                    outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
+                    outcomes[exc.reason.name] = outcomes.get(exc.reason.name, 0) + 1
     assert outcomes.get("ok", 0) > 0, outcomes
     assert sum(outcomes.values()) - outcomes.get("ok", 0) > 0, outcomes
 
@@ -943,7 +944,7 @@ def test_parent_swapped_right_after_its_check(
         (replacement / "file").write_bytes(b"another directory\n")
     _swap_right_after_lstat(monkeypatch, "d", d, replacement)
     error = open_refused(served, "d/file") if operation == "open" else list_refused(served, "d")
-    assert error.code == ErrorCode.NOT_FOUND
+    assert error.reason == FsReason.NOT_FOUND
     assert (d / "file").exists()  # the swap did happen: d/file now resolves elsewhere
 
 
@@ -971,7 +972,7 @@ def test_file_swapped_right_after_its_check(
         with contextlib.suppress(OSError):
             os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("open_file blocked on a FIFO swapped in after the check")
-    assert error.code == ErrorCode.NOT_FOUND
+    assert error.reason == FsReason.NOT_FOUND
     assert os.path.lexists(tree.root / "f.orig")  # the swap did happen
 
 
@@ -999,7 +1000,7 @@ def test_link_swapped_before_readlink_is_not_internal(
 
     monkeypatch.setattr(os, "readlink", readlink_after_a_swap)
     error = open_refused(served, "swapped")
-    assert error.code == ErrorCode.NOT_FOUND, error
+    assert error.reason == FsReason.NOT_FOUND, error
 
 
 # --------------------------------------------------------------------------- property: confinement
@@ -1052,7 +1053,7 @@ def test_no_path_leads_outside(
     if error is None:
         assert content in INSIDE_CONTENTS
     else:
-        assert error.code in LOOKUP_CODES
+        assert error.reason in LOOKUP_REASONS
         assert str(tree.base) not in error.message
     try:
         with deadline(5):
@@ -1062,9 +1063,9 @@ def test_no_path_leads_outside(
     else:
         error = None
     if error is not None:
-        assert error.code in LOOKUP_CODES
+        assert error.reason in LOOKUP_REASONS
         return
-    if isinstance(result, Entry):
+    if isinstance(result, FsEntry):
         assert "/" not in result.name
         return
     with result:
@@ -1186,17 +1187,17 @@ def test_listing_reports_type_size_mtime_and_mode(served: ServedRoot, tree: Tree
         "link",
         "pipe",
     }
-    assert entries["inner.txt"].type == EntryType.FILE
+    assert entries["inner.txt"].type == FileType.FILE
     assert entries["inner.txt"].size == len(INNER)
-    assert entries["deeper"].type == EntryType.DIRECTORY
+    assert entries["deeper"].type == FileType.DIRECTORY
     assert entries["deeper"].size == 0
     for name in ("up-link", "esc", "esc-missing", "link"):
-        assert entries[name].type == EntryType.SYMLINK, name  # reported, not followed
+        assert entries[name].type == FileType.SYMLINK, name  # reported, not followed
         assert entries[name].size == 0
-    assert entries["pipe"].type == EntryType.OTHER
+    assert entries["pipe"].type == FileType.OTHER
     mode_txt = entries["mode.txt"]
     st_mode = os.stat(tree.root / "sub" / "mode.txt")
-    assert (mode_txt.type, mode_txt.size, mode_txt.mode) == (EntryType.FILE, 5, 0o640)
+    assert (mode_txt.type, mode_txt.size, mode_txt.mode) == (FileType.FILE, 5, 0o640)
     assert mode_txt.mtime_ns == st_mode.st_mtime_ns
 
 
@@ -1217,15 +1218,15 @@ def test_listing_through_a_link_inside(served: ServedRoot) -> None:
 
 def test_listing_a_file_returns_its_entry(served: ServedRoot) -> None:
     entry = served.list_directory("sub/inner.txt")
-    assert isinstance(entry, Entry)
-    assert (entry.name, entry.type, entry.size) == ("inner.txt", EntryType.FILE, len(INNER))
+    assert isinstance(entry, FsEntry)
+    assert (entry.name, entry.type, entry.size) == ("inner.txt", FileType.FILE, len(INNER))
     fifo = served.list_directory("fifo")
-    assert isinstance(fifo, Entry)
-    assert fifo.type == EntryType.OTHER
+    assert isinstance(fifo, FsEntry)
+    assert fifo.type == FileType.OTHER
     # Followed, and named as asked (protocol.md section 10, as `ls -L` does).
     via_link = served.list_directory("link-in")
-    assert isinstance(via_link, Entry)
-    assert (via_link.name, via_link.type, via_link.size) == ("link-in", EntryType.FILE, len(SMALL))
+    assert isinstance(via_link, FsEntry)
+    assert (via_link.name, via_link.type, via_link.size) == ("link-in", FileType.FILE, len(SMALL))
 
 
 @pytest.mark.parametrize(
@@ -1237,14 +1238,14 @@ def test_listing_a_file_never_names_it_dot(served: ServedRoot, path: str, name: 
     means `a` (section 12.1). The entry of a non-directory is named after the last component of
     the request as written, so a request ending in `/.` gives an entry named `.`."""
     entry = served.list_directory(path)
-    assert isinstance(entry, Entry)
+    assert isinstance(entry, FsEntry)
     assert entry.name == name
 
 
 def test_listing_missing_directory(served: ServedRoot) -> None:
-    assert list_refused(served, "nope").code == ErrorCode.NOT_FOUND
-    assert list_refused(served, "../root").code == ErrorCode.OUTSIDE_ROOT
-    assert list_refused(served, "a\\b").code == ErrorCode.BAD_REQUEST
+    assert list_refused(served, "nope").reason == FsReason.NOT_FOUND
+    assert list_refused(served, "../root").reason == FsReason.OUTSIDE_ROOT
+    assert list_refused(served, "a\\b").reason == FsReason.INVALID_PATH
 
 
 def test_listing_skips_names_that_are_not_utf8(served: ServedRoot, tree: Tree) -> None:
@@ -1550,7 +1551,7 @@ def test_uploads_in_progress_are_neither_listed_nor_served(tmp_path: Path) -> No
         for name in ("new.bin.ftx-upload-part", "new.bin.ftx-upload-part.resume"):
             with pytest.raises(FsError) as refused:
                 root.open_file(name)
-            assert refused.value.code == ErrorCode.NOT_FOUND
+            assert refused.value.reason == FsReason.NOT_FOUND
     finally:
         root.close()
 

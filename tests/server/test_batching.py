@@ -40,7 +40,7 @@ import ftx.server._downloads
 from conftest import serving
 from ftx.errors import FrameTooLargeError, IncompleteFrameError, LocalProtocolError
 from ftx.framing import Buffer, FramedChannel, FrameDecoder, encode_frame, encode_header
-from ftx.fs import FsError, OpenedFile, ServedRoot, file_identity
+from ftx.fs import FsError, FsReason, OpenedFile, ServedRoot, file_identity
 from ftx.protocol import BLAKE3_FEATURE, MIN_FRAME_SIZE, UPLOAD_FEATURE, ErrorCode
 from ftx.protocol.messages import (
     Data,
@@ -220,7 +220,7 @@ class ReadAhead:
     buffer_size: int
     batch_buffers_free: int  # free batch buffers while this read-ahead ran
     small: dict[int, bytes]  # what it read, by request id (copied before the buffer is reused)
-    errors: dict[int, str]
+    errors: dict[int, FsReason]
     kept_open: list[int]  # large files returned open (a lone GET)
 
 
@@ -242,7 +242,7 @@ class ReadAheadSpy:
                 len(buffer),
                 free,
                 {i: bytes(r.content) for i, r in results.items() if isinstance(r, SmallFile)},
-                {i: r.code for i, r in results.items() if isinstance(r, FsError)},
+                {i: r.reason for i, r in results.items() if isinstance(r, FsError)},
                 [i for i, r in results.items() if isinstance(r, OpenedFile)],
             )
         )
@@ -259,7 +259,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> ReadAheadSpy:
 
 
 def batch_buffers_all_free(server: ftx.Server) -> bool:
-    pool = server.batch_buffers
+    pool = server._resources.batch_buffers
     return pool._available.value == pool.max_buffers and len(pool._free) <= pool.max_buffers
 
 
@@ -618,7 +618,7 @@ async def test_a_batch_of_mixed_gets_is_answered_in_order_and_whole(
         (Get(22, "tiny"), None),
     ]
     async with serving(root) as (server, port):
-        spy.pool = server.batch_buffers
+        spy.pool = server._resources.batch_buffers
         with trio.fail_after(10):
             async with Peer.connected(port) as peer:
                 await peer.send(*(request for request, _ in requests))
@@ -650,9 +650,9 @@ async def test_a_batch_of_mixed_gets_is_answered_in_order_and_whole(
     assert 4 not in read_ahead  # 64 KiB + 1: the usual path
     assert 10 not in read_ahead
     assert {c for call in spy.calls for c in call.errors.values()} >= {
-        ErrorCode.NOT_FOUND,
-        ErrorCode.NOT_A_FILE,
-        ErrorCode.OUTSIDE_ROOT,
+        FsReason.NOT_FOUND,
+        FsReason.NOT_A_FILE,
+        FsReason.OUTSIDE_ROOT,
     }
 
 
@@ -944,8 +944,8 @@ async def test_read_ahead_batches_are_bounded_and_their_buffer_released(
         (root / name).write_bytes(content)
     requests = [Get(i + 1, name) for i, name in enumerate(contents)]
     async with serving(root) as (server, port):
-        spy.pool = server.batch_buffers
-        pool = server.batch_buffers
+        spy.pool = server._resources.batch_buffers
+        pool = server._resources.batch_buffers
         with trio.fail_after(10):
             async with Peer.connected(port) as peer:
                 await peer.send(*requests)
@@ -1193,7 +1193,8 @@ async def test_shutdown_during_a_batch_ends_after_the_answer_in_progress(
             async with Peer.connected(port) as peer, trio.open_nursery() as nursery:
                 await peer.send(*requests)
                 await entered.wait()
-                assert server.batch_buffers._available.value == server.batch_buffers.max_buffers - 1
+                pool = server._resources.batch_buffers
+                assert pool._available.value == pool.max_buffers - 1
                 nursery.start_soon(server.shutdown, grace)
                 await wait_until(lambda: server.closing)
                 await wait_all_tasks_blocked()
@@ -1291,7 +1292,7 @@ async def test_a_large_file_does_not_hold_a_batch_buffer_while_it_is_sent(root: 
 
 
 def chunk_buffers_all_free(server: ftx.Server) -> bool:
-    return server.buffers._available.value == server.buffers.max_buffers
+    return server._resources.buffers._available.value == server._resources.buffers.max_buffers
 
 
 async def test_a_slow_client_does_not_hold_a_chunk_buffer_once_the_file_is_hashed(

@@ -38,7 +38,6 @@ from ftx.protocol.messages import (
     decode_message,
     encode_message,
 )
-from ftx.server._limits import Limits
 from ftx.server._listen import FdReserve, accept_loop
 
 LOOPBACK = "127.0.0.1"
@@ -112,7 +111,7 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> Non
 async def test_one_connection_over_the_limit_is_told_busy_and_others_go_on(
     served_root: Path, tmp_path: Path
 ) -> None:
-    server = ftx.Server(served_root, max_connections=2)
+    server = ftx.Server(served_root, ftx.ServerConfig(max_connections=2))
     async with running(server) as port:
         with trio.fail_after(20):
             async with ftx.connect(LOOPBACK, port) as first, ftx.connect(LOOPBACK, port) as second:
@@ -136,7 +135,7 @@ async def test_one_connection_over_the_limit_is_told_busy_and_others_go_on(
 
 async def test_busy_refusal_waits_for_the_hello_then_answers_it(served_root: Path) -> None:
     """The server speaks only after the client's HELLO, even to refuse it."""
-    server = ftx.Server(served_root, max_connections=1)
+    server = ftx.Server(served_root, ftx.ServerConfig(max_connections=1))
     async with running(server) as port:
         with trio.fail_after(10):
             holder = await RawPeer.connect(port)
@@ -158,7 +157,7 @@ async def test_busy_refusal_waits_for_the_hello_then_answers_it(served_root: Pat
 
 
 async def test_a_silent_connection_is_closed_at_the_handshake_deadline(served_root: Path) -> None:
-    server = ftx.Server(served_root, handshake_timeout=0.5)
+    server = ftx.Server(served_root, ftx.ServerConfig(handshake_timeout=0.5))
     async with running(server) as port:
         peer = await RawPeer.connect(port)
         start = trio.current_time()
@@ -169,7 +168,7 @@ async def test_a_silent_connection_is_closed_at_the_handshake_deadline(served_ro
 
 
 async def test_a_trickled_hello_is_cut_off_at_the_handshake_deadline(served_root: Path) -> None:
-    server = ftx.Server(served_root, handshake_timeout=1.0)
+    server = ftx.Server(served_root, ftx.ServerConfig(handshake_timeout=1.0))
     async with running(server) as port:
         peer = await RawPeer.connect(port)
         start = trio.current_time()
@@ -189,7 +188,7 @@ async def test_a_trickled_hello_is_cut_off_at_the_handshake_deadline(served_root
 async def test_a_request_trickled_slower_than_the_idle_deadline_is_cut_off(
     served_root: Path,
 ) -> None:
-    server = ftx.Server(served_root, idle_timeout=1.0)
+    server = ftx.Server(served_root, ftx.ServerConfig(idle_timeout=1.0))
     async with running(server) as port:
         peer = await RawPeer.connect(port)
         await peer.handshake()
@@ -213,7 +212,7 @@ async def test_a_request_trickled_slower_than_the_idle_deadline_is_cut_off(
 
 
 async def test_an_idle_client_is_told_timeout(served_root: Path) -> None:
-    server = ftx.Server(served_root, idle_timeout=0.5)
+    server = ftx.Server(served_root, ftx.ServerConfig(idle_timeout=0.5))
     async with running(server) as port:
         with trio.fail_after(10):
             async with ftx.connect(LOOPBACK, port) as client:
@@ -227,7 +226,7 @@ async def test_an_idle_client_is_told_timeout(served_root: Path) -> None:
 async def test_a_client_that_stops_reading_is_cut_off(
     served_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = ftx.Server(served_root, idle_timeout=0.5)
+    server = ftx.Server(served_root, ftx.ServerConfig(idle_timeout=0.5))
     caplog.set_level(logging.INFO, logger="ftx.server")
     async with running(server) as port:
         peer = await RawPeer.connect(port)
@@ -269,7 +268,7 @@ async def test_the_write_deadline_is_per_frame_not_per_answer(
     root.mkdir()
     content = random.Random(7).randbytes(16 * 128 * 1024)
     (root / "file.bin").write_bytes(content)
-    server = ftx.Server(root, idle_timeout=0.4, chunk_size=128 * 1024)
+    server = ftx.Server(root, ftx.ServerConfig(idle_timeout=0.4, chunk_size=128 * 1024))
     client_side, server_side = trio.testing.lockstep_stream_pair()
     decoder = FrameDecoder()
     messages: list[Message] = []
@@ -320,11 +319,12 @@ def decoded(payload: bytes) -> Message:
 )
 def test_limits_are_checked(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
-        Limits(**limits)  # type: ignore[arg-type]
+        ftx.ServerConfig(**limits)  # type: ignore[arg-type]
 
 
 def test_infinite_deadlines_are_allowed() -> None:
-    assert Limits(idle_timeout=math.inf, handshake_timeout=math.inf).idle_timeout == math.inf
+    config = ftx.ServerConfig(idle_timeout=math.inf, handshake_timeout=math.inf)
+    assert config.idle_timeout == math.inf
 
 
 # ------------------------------------------------------------------------------ TCP options
@@ -416,7 +416,9 @@ async def test_serve_passes_its_limits_and_backlog_on(
     )
     server, _root = _cli_serve.open_server(args)
     server.root.close()
-    assert server.limits == Limits(3, 4.0, 5.0)
+    assert server.config == ftx.ServerConfig(
+        max_connections=3, handshake_timeout=4.0, idle_timeout=5.0
+    )
     with trio.move_on_after(0.5):
         await _cli_serve.serve_command(args)
     assert backlogs == [7]

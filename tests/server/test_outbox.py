@@ -176,7 +176,7 @@ async def test_the_outbox_goes_out_once_256_kib_wait(
 
     monkeypatch.setattr(ftx.server._downloads, "read_small_files", read_ahead)
     async with serving(tmp_path) as (server, port):
-        server.batch_buffers = BufferPool(buffer_size, 4)  # type: ignore[misc]
+        server._resources.batch_buffers = BufferPool(buffer_size, 4)  # type: ignore[misc]
         with trio.fail_after(10):
             async with Peer.connected(port) as peer:
                 wire.events.clear()
@@ -308,7 +308,7 @@ async def test_queued_answers_do_not_change_when_the_batch_buffer_is_reused(
 
     monkeypatch.setattr(ftx.server._downloads, "read_small_files", read_ahead)
     async with serving(tmp_path) as (server, port):
-        server.batch_buffers = BufferPool(BATCH_BUFFER_SIZE, 1)  # type: ignore[misc]
+        server._resources.batch_buffers = BufferPool(BATCH_BUFFER_SIZE, 1)  # type: ignore[misc]
         with trio.fail_after(10):
             async with Peer.connected(port) as a, Peer.connected(port) as b:
                 release = wire.hold = trio.Event()

@@ -189,8 +189,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
                 "read, and changed, on the way: add --tls-cert to protect it"
             )
     try:
-        server = ftx.Server(
-            root,
+        config = ftx.ServerConfig(
             max_connections=args.max_connections,
             handshake_timeout=args.handshake_timeout,
             idle_timeout=args.idle_timeout,
@@ -198,6 +197,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             ssl_context=context,
             token=token,
         )
+        server = ftx.Server(root, config)
     except OSError as exc:
         raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
     return server, root.resolve()

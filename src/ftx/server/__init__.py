@@ -1,12 +1,15 @@
 """The ftx server: serves the files under one directory to many clients at once.
 
 :func:`serve` listens on TCP; :class:`Server` serves any listeners or streams you made. Its
-private modules, by role: ``_server`` (connections and their limits), ``_session`` (one
+private modules, by role: ``_server`` (accepting and counting connections), ``_session`` (one
 connection), ``_downloads`` and ``_uploads`` (answering GET/LIST and PUT/MKDIR), ``_writes``
 (upload targets on disk), ``_readahead`` (small files read in batches), ``_listen`` (accepting),
-``_limits``, ``_resources`` (buffer pools, digest cache) and ``_access_log``.
+``_config`` (:class:`ServerConfig`, the settings), ``_limits`` (what a connection may cost),
+``_resources`` (what connections share: the root, buffer pools, digest cache) and
+``_access_log``.
 """
 
-from ftx.server._server import DEFAULT_CHUNK_SIZE, DEFAULT_PORT, Server, serve
+from ftx.server._config import DEFAULT_CHUNK_SIZE, ServerConfig
+from ftx.server._server import DEFAULT_PORT, Server, serve
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "serve"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "ServerConfig", "serve"]

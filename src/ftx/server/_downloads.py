@@ -2,23 +2,24 @@
 by a worker thread meanwhile, digests remembered per file identity), small pipelined files
 answered from a read-ahead, a directory listed page by page.
 
-Used by :class:`ftx.server._session.Session`, one :class:`DownloadHandler` per connection.
+Used by :class:`ftx.server._session.Session`, one :class:`DownloadHandler` per connection; the
+handler sends through its session, which it knows only as a :class:`DownloadSession`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
 
 import trio
 
 from ftx._threads import ThreadJob
-from ftx.fs import FsError, OpenedFile, file_identity
+from ftx.errors import FtxError
+from ftx.fs import FsEntry, FsError, OpenedFile, file_identity
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
 from ftx.protocol.messages import (
     Data,
-    Entry,
     Error,
     FileEnd,
     FileHeader,
@@ -26,14 +27,14 @@ from ftx.protocol.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    Message,
 )
 from ftx.server._access_log import AccessRecord
+from ftx.server._fs_wire import error_code, wire_entry
 from ftx.server._readahead import SmallFile, read_small_files
+from ftx.server._resources import ServerResources
 
-if TYPE_CHECKING:
-    from ftx.server._server import Server
-
-__all__ = ["DownloadHandler"]
+__all__ = ["DownloadHandler", "DownloadSession"]
 
 # A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
 # peer_max_frame_size // 2048 entries always fit in a frame.
@@ -44,43 +45,61 @@ _ENTRY_BUDGET: Final = 2048
 _FINISH_HASH_FREE: Final = 64 << 20
 
 
+class DownloadSession(Protocol):
+    """What a :class:`DownloadHandler` needs of the connection it answers on (implemented by
+    :class:`~ftx.server._session.Session`)."""
+
+    async def send(self, *messages: Message) -> None:
+        """Send the messages after anything queued (several in one write, if small).
+
+        Raises:
+            WriteStalledError: the client accepted no frame within the idle period.
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
+
+    async def send_soon(self, *messages: Message) -> None:
+        """Queue the messages to go out with the next ones (at the latest once the batch of
+        requests being answered is done): for small answers. Raises what :meth:`send` does."""
+
+    async def send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
+        """Send one DATA message of ``count`` bytes of ``opened`` from ``offset`` (with
+        sendfile where the transport allows it); return how many the file gave (fewer only if
+        it was truncated meanwhile). Raises what :meth:`send` does."""
+
+    def check_stop(self) -> None:
+        """Called at each frame boundary; raises to stop the answer there."""
+
+
 class DownloadHandler:
     """Answers the GET and LIST requests of one connection.
 
     Args:
-        server: the server (its root, buffer pool and digest cache).
+        session: the connection, to send on.
+        resources: what the server's connections share (the root, buffer pools, digests).
         protocol: the connection's state machine (for the client's frame limit).
-        send: sends messages on the connection (several in one write, if small).
-        send_soon: queues messages to go out with the next ones (at the latest once the
-            batch of requests being answered is done): for small answers.
-        send_from_file: ``send_from_file(opened, offset, count)`` sends one DATA message of
-            ``count`` bytes of the file without reading it into Python (sendfile), and returns
-            how many the file gave (fewer only if it was truncated meanwhile); ``None`` where
-            that is not possible (TLS): chunks are then read and sent.
-        check_stop: called at each frame boundary; raises to stop an answer there.
+        sendfile: send a file's chunks with ``session.send_from_file``, without reading them
+            into Python. False where its bytes must pass through Python anyway (TLS): chunks
+            are then read here, into pooled buffers, and sent.
     """
 
     def __init__(
         self,
-        server: Server,
+        session: DownloadSession,
+        resources: ServerResources,
         protocol: ServerProtocol,
         *,
-        send: Callable[..., Awaitable[None]],
-        send_soon: Callable[..., Awaitable[None]],
-        send_from_file: Callable[[OpenedFile, int, int], Awaitable[int]] | None,
-        check_stop: Callable[[], None],
+        sendfile: bool,
     ) -> None:
-        self._server = server
+        self._session = session
+        self._resources = resources
+        self._root = resources.root
         self._protocol = protocol
-        self._send = send
-        self._send_soon = send_soon
-        self._send_from_file = send_from_file
-        self._check_stop = check_stop
+        self._sendfile = sendfile
         self._prepared: dict[int, SmallFile | OpenedFile | FsError] = {}
 
     async def answer(self, request: Get | ListDir, record: AccessRecord, chunk_size: int) -> None:
         """Answer ``request`` completely (or with a per-request ERROR), noting in ``record``
-        what was sent. Raises what ``send`` and ``check_stop`` raise."""
+        what was sent. Raises what the session's ``send`` and ``check_stop`` raise."""
         if isinstance(request, Get):
             await self._send_file(request, record, chunk_size)
         else:
@@ -91,18 +110,16 @@ class DownloadHandler:
     ) -> None:
         record.result = code
         record.message = message
-        await self._send_soon(Error(request.request_id, code, message))
+        await self._session.send_soon(Error(request.request_id, code, message))
 
     async def prepare(self, requests: Sequence[Get]) -> None:
         """Read ahead the small files that ``requests`` (pipelined, to be answered next) ask
         for, in one worker-thread hop. Call :meth:`release_prepared` once they are answered."""
         if not requests:
             return
-        buffer = await self._server.batch_buffers.acquire()
+        buffer = await self._resources.batch_buffers.acquire()
         try:
-            prepared = await trio.to_thread.run_sync(
-                read_small_files, self._server.root, requests, buffer
-            )
+            prepared = await trio.to_thread.run_sync(read_small_files, self._root, requests, buffer)
             # Copied out, and the buffer given back, before anything is sent: a client that
             # stops reading must not hold a buffer of the pool that every batch needs.
             self._prepared = {
@@ -112,7 +129,7 @@ class DownloadHandler:
                 for request_id, item in prepared.items()
             }
         finally:
-            self._server.batch_buffers.release(buffer)
+            self._resources.batch_buffers.release(buffer)
 
     def release_prepared(self) -> None:
         """Forget what :meth:`prepare` read (closing what it left open)."""
@@ -130,9 +147,7 @@ class DownloadHandler:
         prepared = self._prepared.pop(request.request_id, None)
         # Read ahead maybe a while ago (answers before it in its batch took time): served from
         # the copy only if the file is still the same, else opened again.
-        if isinstance(prepared, SmallFile) and self._server.root.is_unchanged(
-            request.path, prepared.stat
-        ):
+        if isinstance(prepared, SmallFile) and self._root.is_unchanged(request.path, prepared.stat):
             refusal = _check_request(request, prepared.stat)
             if refusal is not None:
                 await self._refuse(request, record, *refusal)
@@ -145,9 +160,9 @@ class DownloadHandler:
             if isinstance(prepared, OpenedFile):
                 opened = prepared
             else:  # not read ahead, or changed since
-                opened = await trio.to_thread.run_sync(self._server.root.open_file, request.path)
+                opened = await trio.to_thread.run_sync(self._root.open_file, request.path)
         except FsError as exc:
-            await self._refuse(request, record, exc.code, exc.message)
+            await self._refuse(request, record, error_code(exc), exc.message)
             return
         with opened:
             refusal = _check_request(request, opened.stat)
@@ -185,21 +200,21 @@ class DownloadHandler:
         chunks = [
             Data(body[start : start + chunk_size]) for start in range(0, len(body), chunk_size)
         ]
-        self._check_stop()
-        await self._send_soon(header, *chunks, FileEnd(request.request_id, digest))
+        self._session.check_stop()
+        await self._session.send_soon(header, *chunks, FileEnd(request.request_id, digest))
         record.bytes += len(body)
 
     async def _stream_file(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
     ) -> None:
-        await self._send(self._file_header(request, record, opened.stat))
+        await self._session.send(self._file_header(request, record, opened.stat))
         try:
             digest = await self._stream_chunks(request, record, opened, chunk_size)
         except _FileChangedError:
             message = f"{request.path!r} changed during the transfer"
             await self._refuse(request, record, ErrorCode.CHANGED, message)
             return
-        await self._send(FileEnd(request.request_id, digest))
+        await self._session.send(FileEnd(request.request_id, digest))
 
     async def _stream_chunks(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
@@ -216,10 +231,11 @@ class DownloadHandler:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
         cache_key = f"{request.digest}:{opened.identity}"
-        known = self._server.digests.get(cache_key) if request.digest else None
+        known = self._resources.digests.get(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
-        send_chunk = self._send_from_file or self._send_read_chunk
-        buffer = await self._server.buffers.acquire() if hasher is not None else None
+        send_chunk = self._session.send_from_file if self._sendfile else self._send_read_chunk
+        check_stop = self._session.check_stop
+        buffer = await self._resources.buffers.acquire() if hasher is not None else None
         released = False
 
         def release_buffer() -> None:
@@ -228,7 +244,7 @@ class DownloadHandler:
             nonlocal released
             if buffer is not None and not released:
                 released = True
-                self._server.buffers.release(buffer)
+                self._resources.buffers.release(buffer)
 
         try:
             background = (
@@ -240,7 +256,7 @@ class DownloadHandler:
             try:
                 while position < size:
                     count = min(chunk_size, size - position)
-                    self._check_stop()
+                    check_stop()
                     if await send_chunk(opened, position, count) < count:
                         raise _FileChangedError  # truncated under us
                     position += count
@@ -251,7 +267,7 @@ class DownloadHandler:
                     background.stop_unless(max(position, _FINISH_HASH_FREE))
                     digest = await background.digest()
                     if digest is not None and not opened.changed():
-                        self._server.digests.put(cache_key, digest)
+                        self._resources.digests.put(cache_key, digest)
                 raise
             except BaseException:
                 if background is not None:
@@ -265,7 +281,7 @@ class DownloadHandler:
             digest = await background.digest()
             if digest is None or opened.changed():
                 raise _FileChangedError
-            self._server.digests.put(cache_key, digest)
+            self._resources.digests.put(cache_key, digest)
             return digest
         finally:
             release_buffer()
@@ -273,7 +289,7 @@ class DownloadHandler:
     async def _send_read_chunk(self, opened: OpenedFile, position: int, count: int) -> int:
         """Read ``count`` bytes of the file from ``position`` and send them as one DATA message
         (where sendfile cannot be used); return how many the file gave (fewer at its end)."""
-        buffer = await self._server.buffers.acquire()
+        buffer = await self._resources.buffers.acquire()
         try:
             with memoryview(buffer) as whole:
                 view = whole[:count]
@@ -288,30 +304,31 @@ class DownloadHandler:
                     if got == 0:
                         return filled  # truncated under us
                     filled += got
-                await self._send(Data(view))
+                await self._session.send(Data(view))
                 return filled
         finally:
-            self._server.buffers.release(buffer)
+            self._resources.buffers.release(buffer)
 
     async def _send_listing(self, request: ListDir, record: AccessRecord) -> None:
         try:
-            listing = await trio.to_thread.run_sync(self._server.root.list_directory, request.path)
+            listing = await trio.to_thread.run_sync(self._root.list_directory, request.path)
         except FsError as exc:
-            await self._refuse(request, record, exc.code, exc.message)
+            await self._refuse(request, record, error_code(exc), exc.message)
             return
-        if isinstance(listing, Entry):
-            await self._send(ListEntries(request.request_id, (listing,)))
-            await self._send(ListEnd(request.request_id, 1))
+        if isinstance(listing, FsEntry):
+            await self._session.send(ListEntries(request.request_id, (wire_entry(listing),)))
+            await self._session.send(ListEnd(request.request_id, 1))
             record.entries = 1
             return
         page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
         record.entries = 0
         with listing:
             while page := await trio.to_thread.run_sync(listing.next_page, page_size):
-                self._check_stop()
-                await self._send(ListEntries(request.request_id, tuple(page)))
+                self._session.check_stop()
+                entries = tuple(map(wire_entry, page))
+                await self._session.send(ListEntries(request.request_id, entries))
                 record.entries += len(page)
-        await self._send(ListEnd(request.request_id, record.entries))
+        await self._session.send(ListEnd(request.request_id, record.entries))
 
 
 def _check_request(request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | None:
@@ -326,8 +343,8 @@ def _check_request(request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | 
     return None
 
 
-class _FileChangedError(Exception):
-    pass
+class _FileChangedError(FtxError):
+    """The file was truncated or modified while it was being sent."""
 
 
 class _FileHasher:

@@ -2,7 +2,8 @@
 
 A peer that connects and says nothing, or trickles a request a byte at a time, or asks for a large
 file and then stops reading, would otherwise hold a connection slot, a task and a buffer forever
-(rsync's CVE-2026-70464; the HTTP/2 "data dribble" attacks). :class:`Limits` bounds each of these:
+(rsync's CVE-2026-70464; the HTTP/2 "data dribble" attacks). Three settings of
+:class:`~ftx.server.ServerConfig` bound each of these (their defaults are defined here):
 
 - ``max_connections``: connections served at once; one more is refused with ``busy``.
 - ``handshake_timeout``: an absolute deadline from accept to the end of the handshake (TLS,
@@ -19,19 +20,17 @@ goes to the kernel in one sendfile, which no wrapper stream sees.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Final
 
 import trio
 
 from ftx._net import DEFAULT_IDLE_TIMEOUT
+from ftx.errors import FtxError
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
-    "Limits",
     "WriteStalledError",
 ]
 
@@ -39,28 +38,9 @@ DEFAULT_MAX_CONNECTIONS: Final = 100
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The server's per-connection limits (see the module documentation).
-
-    Raises:
-        ValueError: ``max_connections`` is below 1, or a timeout is not a positive number
-            (``math.inf`` switches a deadline off).
-    """
-
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-
-    def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        for name in ("handshake_timeout", "idle_timeout"):
-            value = getattr(self, name)
-            if math.isnan(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
-
-
-class WriteStalledError(trio.BrokenResourceError):
+class WriteStalledError(FtxError, trio.BrokenResourceError):
     """The peer did not accept a frame within the idle period: the write was cancelled, and the
-    connection is unusable (part of the frame may have gone out)."""
+    connection is unusable (part of the frame may have gone out).
+
+    Also a :exc:`trio.BrokenResourceError`, which is what it means to the code that sends: the
+    connection broke (a download cut short this way still finishes its digest, for instance)."""

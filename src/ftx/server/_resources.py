@@ -1,4 +1,5 @@
-"""Server-wide resources shared by every connection: chunk buffers and known file digests."""
+"""Server-wide resources shared by every connection: the served root, chunk buffers and known
+file digests, gathered in one :class:`ServerResources` that the server hands to each session."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from typing import Final
 
 import trio
 
-__all__ = ["BufferPool", "DigestCache"]
+from ftx.fs import ServedRoot
+from ftx.server._config import ServerConfig
+from ftx.server._readahead import BATCH_BUFFER_SIZE
+
+__all__ = ["BufferPool", "DigestCache", "ServerResources"]
+
+# All connections together read and send through at most this much buffer memory.
+_BUFFER_MEMORY: Final = 32 * 1024 * 1024
+_BATCH_BUFFERS: Final = 64  # of BATCH_BUFFER_SIZE (256 KiB): 16 MiB at most
 
 
 class BufferPool:
@@ -61,3 +70,22 @@ class DigestCache:
         self._digests.move_to_end(identity)
         while len(self._digests) > self.max_entries:
             self._digests.popitem(last=False)
+
+
+class ServerResources:
+    """What the connections of one server share: the directory served, the buffer pools that
+    bound the server's memory, and the digest cache.
+
+    Args:
+        root: the directory served (owned by the caller, who closes it).
+        config: the server's settings (the chunk buffers are ``config.chunk_size`` bytes).
+    """
+
+    def __init__(self, root: ServedRoot, config: ServerConfig) -> None:
+        self.root: Final = root
+        chunks = max(2, _BUFFER_MEMORY // config.chunk_size)
+        self.buffers: Final = BufferPool(config.chunk_size, chunks)
+        # Separate from the chunk buffers: a batch holds its buffer while a large file in it
+        # is sent with a chunk buffer, so one pool for both could run dry and deadlock.
+        self.batch_buffers: Final = BufferPool(BATCH_BUFFER_SIZE, _BATCH_BUFFERS)
+        self.digests: Final = DigestCache()

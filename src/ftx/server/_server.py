@@ -3,20 +3,21 @@ unless made writable (uploads: :mod:`ftx.server._uploads`).
 
 Each connection is a task in a nursery. Whatever goes wrong in one connection (a malformed frame,
 a dead or stalled peer, a bug) is logged and closes that connection only: the server keeps
-serving everyone else. What a connection may cost is bounded (:mod:`ftx.server._limits`): a number
-of
-connections served at once (one more is answered ``busy``), a handshake deadline, and an idle
-deadline on every read and write.
+serving everyone else. What a connection may cost is bounded (:mod:`ftx.server._limits`): a
+number of connections served at once (one more is answered ``busy``), a handshake deadline, and
+an idle deadline on every read and write.
 
 Use :func:`serve` for TCP, or :class:`Server` with :meth:`Server.serve_listeners` (or
-:meth:`Server.handle_stream` on a stream you made) for any other transport.
+:meth:`Server.handle_stream` on a stream you made) for any other transport. Both take their
+settings as one :class:`~ftx.server.ServerConfig`. Each connection is a
+:class:`~ftx.server._session.Session`, given the settings and the resources that connections
+share (:class:`~ftx.server._resources.ServerResources`), never the server itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -24,30 +25,17 @@ import trio
 
 from ftx._net import transport_of
 from ftx.errors import RemoteProtocolError
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE
 from ftx.fs import ServedRoot
 from ftx.protocol import ErrorCode
-from ftx.protocol._auth import ServerAuthenticator, check_token
-from ftx.server._limits import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    Limits,
-    WriteStalledError,
-)
+from ftx.server._config import ServerConfig
+from ftx.server._limits import WriteStalledError
 from ftx.server._listen import FdReserve, accept_loop
-from ftx.server._readahead import BATCH_BUFFER_SIZE
-from ftx.server._resources import BufferPool, DigestCache
+from ftx.server._resources import ServerResources
 from ftx.server._session import Session
-from ftx.server._uploads import UploadPolicy
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "serve"]
+__all__ = ["DEFAULT_PORT", "Server", "serve"]
 
 DEFAULT_PORT: Final = 3890
-DEFAULT_CHUNK_SIZE: Final = 512 * 1024
-# All connections together read and send through at most this much buffer memory.
-_BUFFER_MEMORY: Final = 32 * 1024 * 1024
-_BATCH_BUFFERS: Final = 64  # of BATCH_BUFFER_SIZE (256 KiB): 16 MiB at most
 # Connections being refused (``busy``) at once; beyond this, further ones are just closed.
 # Each holds a descriptor for at most REFUSAL_HELLO_SECONDS (plus a TLS handshake): a burst of
 # real clients beyond the connection limit is told "busy" rather than cut off.
@@ -59,69 +47,36 @@ Listeners = Sequence[trio.abc.Listener[trio.abc.Stream]]
 
 
 class Server:
-    """Serves the regular files under ``root`` over the ftx protocol.
+    """Serves the regular files under ``root`` over the ftx protocol, as ``config`` says.
 
     Args:
         root: the directory to serve, or a :class:`~ftx.fs.ServedRoot` already opened. Nothing
-            outside it is ever opened.
-        chunk_size: the largest DATA chunk to send (capped by the client's frame limit).
-        max_frame_size: the largest frame this server accepts from a client.
-        max_connections: connections served at once; one more is sent a connection-level
-            ``busy`` ERROR and closed, without disturbing the others.
-        handshake_timeout: seconds from accepting a connection to the end of the handshake.
-        idle_timeout: seconds the server waits for each complete request, and the longest the
-            client may take to accept one frame (at most ``chunk_size`` bytes of a file).
-            ``math.inf`` switches a deadline off.
-        writable: accept uploads and new directories (otherwise clients are told
-            ``read-only``); see :class:`~ftx.server._uploads.UploadPolicy`.
-        allow_overwrite: let a client that asks for it replace an existing file.
-        max_upload_size: the largest upload accepted, in bytes (``None``: no limit).
-        ssl_context: serve over TLS with this server context (see
-            :func:`ftx._tls.server_context`); a client speaking plain ftx is answered
-            ``tls-required``.
-        token: require clients to prove, by challenge and response, that they know this
-            shared token (at least 16 bytes; see :mod:`ftx.protocol._auth`). It never crosses the
-            wire.
+            outside it is ever opened. The caller closes it (``server.root.close()``) once done.
+        config: the server's settings (:class:`~ftx.server.ServerConfig`): uploads, sizes,
+            limits, TLS and token.
 
     Raises:
         OSError: ``root`` cannot be opened as a directory.
-        ValueError: a limit is out of range, or the token is too short.
     """
 
     def __init__(
         self,
         root: str | os.PathLike[str] | ServedRoot,
-        *,
-        writable: bool = False,
-        allow_overwrite: bool = False,
-        max_upload_size: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        ssl_context: ssl.SSLContext | None = None,
-        token: str | bytes | None = None,
+        config: ServerConfig = ServerConfig(),
     ) -> None:
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
-        self.limits: Final = Limits(max_connections, handshake_timeout, idle_timeout)
-        self.root: Final = root if isinstance(root, ServedRoot) else ServedRoot(root)
-        self.chunk_size: Final = chunk_size
-        self.max_frame_size: Final = max_frame_size
-        self.ssl_context: Final = ssl_context
-        self._token = check_token(token) if token is not None else None
-        self.buffers: Final = BufferPool(chunk_size, max(2, _BUFFER_MEMORY // chunk_size))
-        # Separate from the chunk buffers: a batch holds its buffer while a large file in it
-        # is sent with a chunk buffer, so one pool for both could run dry and deadlock.
-        self.batch_buffers: Final = BufferPool(BATCH_BUFFER_SIZE, _BATCH_BUFFERS)
-        self.digests: Final = DigestCache()
-        self.uploads: Final = UploadPolicy(writable, allow_overwrite, max_upload_size)
+        self.config: Final = config
+        served = root if isinstance(root, ServedRoot) else ServedRoot(root)
+        self._resources = ServerResources(served, config)
         self._sessions: set[Session] = set()
         self._sessions_changed = trio.lowlevel.ParkingLot()
         self._refusals = 0
         self._closing = False
         self._accepting: set[trio.CancelScope] = set()
+
+    @property
+    def root(self) -> ServedRoot:
+        """The directory served."""
+        return self._resources.root
 
     @property
     def connections(self) -> int:
@@ -131,10 +86,7 @@ class Server:
     @property
     def requires_token(self) -> bool:
         """Whether clients must prove that they know a token."""
-        return self._token is not None
-
-    def _new_authenticator(self) -> ServerAuthenticator | None:
-        return None if self._token is None else ServerAuthenticator(self._token)
+        return self.config.token is not None
 
     @property
     def closing(self) -> bool:
@@ -239,14 +191,14 @@ class Server:
         """
         if self._closing:
             await self._refuse(stream, ErrorCode.SHUTTING_DOWN)
-        elif len(self._sessions) >= self.limits.max_connections:
+        elif len(self._sessions) >= self.config.max_connections:
             await self._refuse(stream, ErrorCode.BUSY)
         else:
             await self._handle(stream)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)
-        session = Session(self, stream, peer)
+        session = Session(self.config, self._resources, stream, peer)
         self._sessions.add(session)
         try:
             await session.run()
@@ -281,7 +233,8 @@ class Server:
         try:
             logger.warning("%s: refused: %s (%d connections)", peer, code, len(self._sessions))
             what = "busy" if code == ErrorCode.BUSY else "shutting down"
-            await Session(self, stream, peer).refuse(code, f"the server is {what}; try again later")
+            session = Session(self.config, self._resources, stream, peer)
+            await session.refuse(code, f"the server is {what}; try again later")
         finally:
             self._refusals -= 1
             await trio.aclose_forcefully(stream)
@@ -291,47 +244,25 @@ async def serve(
     root: str | os.PathLike[str],
     host: str | None = None,
     port: int = DEFAULT_PORT,
+    config: ServerConfig = ServerConfig(),
     *,
-    writable: bool = False,
-    allow_overwrite: bool = False,
-    max_upload_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-    ssl_context: ssl.SSLContext | None = None,
-    token: str | bytes | None = None,
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``root`` over TCP on ``host``:``port`` until cancelled.
+    """Serve ``root`` over TCP on ``host``:``port``, as ``config`` says, until cancelled.
 
     ``host=None`` listens on every interface (IPv4 and IPv6 where available). With ``port=0``
     the system picks a free port: run this with ``await nursery.start(serve, root, host, 0)``,
-    which returns the :class:`trio.SocketListener` list, to learn it. ``backlog`` is the listen
-    queue length (``None``: the system's maximum). The other arguments are those of
-    :class:`Server`.
+    which returns the :class:`trio.SocketListener` list, to learn it. ``config`` is the
+    server's :class:`~ftx.server.ServerConfig`; ``backlog`` is the listen queue length
+    (``None``: the system's maximum); connections are served in ``handler_nursery`` if given.
 
     Raises:
         OSError: ``root`` is not a directory that can be opened, or the address cannot be
             bound (in use, not available on this host).
-        ValueError: a limit is out of range.
     """
-    server = Server(
-        root,
-        writable=writable,
-        allow_overwrite=allow_overwrite,
-        max_upload_size=max_upload_size,
-        chunk_size=chunk_size,
-        max_frame_size=max_frame_size,
-        max_connections=max_connections,
-        handshake_timeout=handshake_timeout,
-        idle_timeout=idle_timeout,
-        ssl_context=ssl_context,
-        token=token,
-    )
+    server = Server(root, config)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
         await server._serve(listeners, handler_nursery, lambda: task_status.started(listeners))

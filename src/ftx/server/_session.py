@@ -1,9 +1,10 @@
 """One server connection: the handshake, then requests answered one after the other.
 
-Every wait is bounded by the server's :class:`~ftx.server._limits.Limits`: the handshake by an
-absolute
-deadline, each request by the idle deadline (so a request trickled in slower than that is cut
-off), and each frame sent by the same idle period (a client that stops reading is cut off).
+A session is given the server's settings and the resources that connections share, never the
+server itself. Every wait is bounded by those settings (:mod:`ftx.server._limits`): the handshake
+by an absolute deadline, each request by the idle deadline (so a request trickled in slower than
+that is cut off), and each frame sent by the same idle period (a client that stops reading is
+cut off).
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
 from ftx._tls import accept_tls
 from ftx._version import __version__
-from ftx.errors import RemoteProtocolError
+from ftx.errors import FtxError, RemoteProtocolError
 from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
     SUPPORTED_VERSIONS,
+    UPLOAD_FEATURE,
     ErrorCode,
     ServerProtocol,
 )
+from ftx.protocol._auth import ServerAuthenticator
 from ftx.protocol.messages import (
     Error,
     Get,
@@ -35,13 +38,12 @@ from ftx.protocol.messages import (
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
+from ftx.server._config import ServerConfig
 from ftx.server._downloads import DownloadHandler
 from ftx.server._limits import WriteStalledError
 from ftx.server._readahead import MAX_BATCH
+from ftx.server._resources import ServerResources
 from ftx.server._uploads import UploadHandler
-
-if TYPE_CHECKING:
-    from ftx.server._server import Server
 
 __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
@@ -54,17 +56,32 @@ AUTH_FAILURE_DELAY: Final = 1.0
 
 logger = logging.getLogger("ftx.server")
 
-# Answers queued by _send_soon go out once this many bytes wait (or the batch is answered).
+# Answers queued by send_soon go out once this many bytes wait (or the batch is answered).
 _OUTBOX_BYTES: Final = 256 * 1024
 
 
 class Session:
-    """One client connection, from the client's HELLO to the end of the stream."""
+    """One client connection, from the client's HELLO to the end of the stream.
 
-    def __init__(self, server: Server, stream: trio.abc.Stream, peer: str) -> None:
-        self._server = server
-        self._root = server.root
-        self._limits = server.limits
+    Its handlers of downloads and uploads send and receive through it: it is the
+    :class:`~ftx.server._downloads.DownloadSession` and the
+    :class:`~ftx.server._uploads.UploadSession` they are given.
+
+    Args:
+        config: the server's settings.
+        resources: what the server's connections share (the root, buffers, digests).
+        stream: the connection, as accepted (TLS, if ``config`` asks for it, is done here).
+        peer: the client's name, for the logs.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        resources: ServerResources,
+        stream: trio.abc.Stream,
+        peer: str,
+    ) -> None:
+        self._config = config
         self._stream = stream
         self._channel = self._frame(stream)
         self._peer = peer
@@ -75,37 +92,24 @@ class Session:
         self._deferred_error: RemoteProtocolError | None = None
         self._working: trio.CancelScope | None = None
         # The answers of a batch of small files, encoded, wait here to go out in one write
-        # (see _send_soon); their access-log records are written once they have gone.
+        # (see send_soon); their access-log records are written once they have gone.
         self._outbox: list[tuple[Buffer, ...]] = []
         self._outbox_bytes = 0
         self._unlogged: list[AccessRecord] = []
+        uploads = frozenset({UPLOAD_FEATURE}) if config.writable else frozenset()
         self._protocol = ServerProtocol(
-            max_frame_size=server.max_frame_size,
+            max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
-            auth=server._new_authenticator(),
-            features=DIGEST_FEATURES | server.uploads.features,
+            auth=None if config.token is None else ServerAuthenticator(config.token),
+            features=DIGEST_FEATURES | uploads,
         )
-        self._downloads = DownloadHandler(
-            server,
-            self._protocol,
-            send=self._send,
-            send_soon=self._send_soon,
-            # Under TLS the file's bytes must pass through Python anyway: no sendfile.
-            send_from_file=self._send_from_file if server.ssl_context is None else None,
-            check_stop=self._check_stop,
-        )
-        self._uploads = UploadHandler(
-            server.root,
-            server.uploads,
-            send=self._send,
-            receive=self._receive,
-            farewell=self.farewell,
-            check_stop=self._check_stop,
-            idle_timeout=server.limits.idle_timeout,
-        )
+        # Under TLS the file's bytes must pass through Python anyway: no sendfile.
+        sendfile = config.ssl_context is None
+        self._downloads = DownloadHandler(self, resources, self._protocol, sendfile=sendfile)
+        self._uploads = UploadHandler(self, config, resources.root)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
-        return FramedChannel(stream, max_frame_size=self._server.max_frame_size)
+        return FramedChannel(stream, max_frame_size=self._config.max_frame_size)
 
     async def aclose(self) -> None:
         """Close the connection, at once."""
@@ -123,7 +127,7 @@ class Session:
             try:
                 if await self._open():
                     with trio.fail_after(REFUSAL_HELLO_SECONDS):
-                        await self._receive()
+                        await self.receive()
                     await self.farewell(code, message)
             except trio.TooSlowError:
                 pass  # no HELLO: not a client we can answer
@@ -135,7 +139,7 @@ class Session:
     async def _open(self) -> bool:
         """With TLS, do the TLS handshake (or tell a plain client that TLS is required);
         return whether the ftx handshake may follow."""
-        context = self._server.ssl_context
+        context = self._config.ssl_context
         if context is None:
             return True
         try:
@@ -149,7 +153,7 @@ class Session:
         self._channel = self._frame(stream)
         if not secure:
             logger.info("%s: refused: not TLS", self._peer)
-            await self._receive()
+            await self.receive()
             message = "this server requires TLS (ftx get --tls)"
             await self.farewell(ErrorCode.TLS_REQUIRED, message)
             return False
@@ -158,14 +162,20 @@ class Session:
     # Each frame must be taken by the client within the idle period (see _limits). The scope is
     # written out in both senders: a contextmanager costs more than the rest of a small send.
 
-    async def _send(self, *messages: _Message) -> None:
-        """Send the messages after anything queued, in one write if they are small."""
+    async def send(self, *messages: _Message) -> None:
+        """Send the messages after anything queued, in one write if they are small.
+
+        Raises:
+            WriteStalledError: the client accepted no frame within the idle period.
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
         self._queue(messages)
         await self._flush()
 
-    async def _send_soon(self, *messages: _Message) -> None:
+    async def send_soon(self, *messages: _Message) -> None:
         """Queue the messages, to be sent with the answers that follow in the same batch (at
-        the latest when the batch is answered): small answers cost one write for many."""
+        the latest when the batch is answered): small answers cost one write for many.
+        Raises what :meth:`send` does (once the outbox is sent)."""
         self._queue(messages)
         if self._outbox_bytes >= _OUTBOX_BYTES:
             await self._flush()
@@ -180,7 +190,7 @@ class Session:
         frames, self._outbox, self._outbox_bytes = self._outbox, [], 0
         try:
             if frames:
-                with trio.move_on_after(self._limits.idle_timeout) as deadline:
+                with trio.move_on_after(self._config.idle_timeout) as deadline:
                     await self._channel.send_frames(*frames)
                 if deadline.cancelled_caught:
                     raise self._stalled()
@@ -202,22 +212,30 @@ class Session:
                 record.result = self._outcome(exc)
             record.log(now)
 
-    async def _send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
+    async def send_from_file(self, opened: OpenedFile, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``opened`` from ``offset`` as one DATA message (with
-        sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file)."""
+        sendfile on plain TCP); return how many the file gave (see FramedChannel.send_file).
+        Raises what :meth:`send` does, and :exc:`OSError` when the file cannot be read."""
         if self._outbox:
             await self._flush()
         prefix = self._protocol.send_data_prefix(count)
-        with trio.move_on_after(self._limits.idle_timeout):
+        with trio.move_on_after(self._config.idle_timeout):
             return await self._channel.send_file(prefix, opened.fd, offset, count)
         raise self._stalled()  # reached only when the deadline cancelled the send
 
     def _stalled(self) -> WriteStalledError:
-        timeout = self._limits.idle_timeout
+        timeout = self._config.idle_timeout
         return WriteStalledError(f"the client accepted no frame for {timeout:g} seconds")
 
-    async def _receive(self) -> _Message:
-        """The next message from the client, skipping extensions this version ignores."""
+    async def receive(self) -> _Message:
+        """The next message from the client, skipping extensions this version ignores.
+
+        Raises:
+            trio.EndOfChannel: the client closed the connection.
+            RemoteProtocolError: the client broke the protocol (maybe in a request pipelined
+                after those being answered: raised once they are).
+            trio.BrokenResourceError, trio.ClosedResourceError: the connection is gone.
+        """
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
             await trio.lowlevel.checkpoint()
@@ -237,7 +255,7 @@ class Session:
             return
         with trio.move_on_after(FAREWELL_SECONDS):
             try:
-                await self._send(Error(None, code, message))
+                await self.send(Error(None, code, message))
             except Exception as exc:  # the connection may be long gone: nothing more to do
                 logger.debug("%s: could not send the error: %s", self._peer, exc)
 
@@ -290,36 +308,35 @@ class Session:
         Raises:
             RemoteProtocolError: the client broke the protocol.
             trio.BrokenResourceError: the connection broke
-            (:exc:`~ftx.server._limits.WriteStalledError`
-                when the client stopped reading).
+                (:exc:`~ftx.server._limits.WriteStalledError` when the client stopped reading).
         """
-        limits = self._limits
-        with self._wait(limits.handshake_timeout) as handshake:
+        config = self._config
+        with self._wait(config.handshake_timeout) as handshake:
             shaken = await self._handshake()
         if handshake.cancelled_caught:
             if self._stopping:
                 await self._stopped()
                 return
             logger.info(
-                "%s: no handshake within %g s; closing", self._peer, limits.handshake_timeout
+                "%s: no handshake within %g s; closing", self._peer, config.handshake_timeout
             )
-            message = f"no handshake within {limits.handshake_timeout:g} seconds"
+            message = f"no handshake within {config.handshake_timeout:g} seconds"
             await self.farewell(ErrorCode.TIMEOUT, message, before_hello=False)
             return
         if not shaken:
             return
-        chunk = min(self._server.chunk_size, self._protocol.peer_max_frame_size - 1)
+        chunk = min(config.chunk_size, self._protocol.peer_max_frame_size - 1)
         while not self._stopping:
-            with self._wait(limits.idle_timeout) as idle:
+            with self._wait(config.idle_timeout) as idle:
                 try:
-                    request = await self._receive()
+                    request = await self.receive()
                 except trio.EndOfChannel:
                     return
             if idle.cancelled_caught:
                 if self.stopping:  # (a property: stop() may have run while we waited)
                     break
-                logger.info("%s: no request for %g s; closing", self._peer, limits.idle_timeout)
-                message = f"no request for {limits.idle_timeout:g} seconds"
+                logger.info("%s: no request for %g s; closing", self._peer, config.idle_timeout)
+                message = f"no request for {config.idle_timeout:g} seconds"
                 await self.farewell(ErrorCode.TIMEOUT, message)
                 return
             batch = [request, *self._pipelined_requests(request)]
@@ -395,8 +412,9 @@ class Session:
                 return "lost"
         return ErrorCode.INTERNAL
 
-    def _check_stop(self) -> None:
-        """Called at frame boundaries inside an answer."""
+    def check_stop(self) -> None:
+        """Called at frame boundaries inside an answer: raises ``_StoppedError`` once
+        :meth:`stop` asked to stop ``now``."""
         if self._stop_now:
             raise _StoppedError
 
@@ -405,7 +423,7 @@ class Session:
         if not await self._open():
             return False
         try:
-            await self._receive()  # HELLO: the protocol accepts nothing else first
+            await self.receive()  # HELLO: the protocol accepts nothing else first
         except trio.EndOfChannel:
             return False
         if self._protocol.version is None:
@@ -419,15 +437,15 @@ class Session:
             message = "this server requires a token (ftx get --token-file FILE, or FTX_TOKEN)"
             await self.farewell(ErrorCode.UNAUTHORIZED, message)
             return False
-        await self._send(self._protocol.hello_reply())
+        await self.send(self._protocol.hello_reply())
         return self._protocol.auth.done or await self._authenticate()
 
     async def _authenticate(self) -> bool:
         """Challenge the client to prove it knows the token; return whether it did. A failure
         is logged and answered ``unauthorized`` after :data:`AUTH_FAILURE_DELAY` seconds."""
-        await self._send(self._protocol.auth.challenge())
+        await self.send(self._protocol.auth.challenge())
         try:
-            await self._receive()  # AUTH: the protocol accepts nothing else now
+            await self.receive()  # AUTH: the protocol accepts nothing else now
         except trio.EndOfChannel:
             return False
         if self._protocol.auth.rejected:
@@ -435,11 +453,11 @@ class Session:
             await trio.sleep(AUTH_FAILURE_DELAY)
             await self.farewell(ErrorCode.UNAUTHORIZED, "wrong token")
             return False
-        await self._send(self._protocol.auth.ok())
+        await self.send(self._protocol.auth.ok())
         return True
 
 
-class _StoppedError(Exception):
+class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 

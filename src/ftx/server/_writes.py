@@ -30,8 +30,8 @@ from typing import Final, Self
 
 from ftx._names import sibling_name
 from ftx.framing import Buffer
-from ftx.fs import UPLOAD_PART_SUFFIX, FsError, ServedRoot
-from ftx.protocol import ErrorCode, Hasher
+from ftx.fs import UPLOAD_PART_SUFFIX, FsError, FsReason, ServedRoot
+from ftx.protocol import Hasher
 
 __all__ = ["PART_SUFFIX", "RECORD_SUFFIX", "UploadTarget", "make_directory"]
 
@@ -47,27 +47,28 @@ _NO_HARD_LINKS: Final = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXD
 
 
 def write_error(exc: OSError, path: str) -> FsError:
-    """The refusal to answer with when writing ``path`` failed with ``exc``."""
+    """The refusal (with its :class:`~ftx.fs.FsReason`) for writing ``path`` failing with
+    ``exc``."""
     match exc.errno:
         case errno.ENOSPC | errno.EDQUOT | errno.EFBIG:
-            return FsError(ErrorCode.NO_SPACE, f"no space left for {path!r} on the server")
+            return FsError(FsReason.NO_SPACE, f"no space left for {path!r} on the server")
         case errno.EROFS:
-            return FsError(ErrorCode.READ_ONLY, "the server's file system is read-only")
+            return FsError(FsReason.READ_ONLY, "the server's file system is read-only")
         case errno.EACCES | errno.EPERM:
-            return FsError(ErrorCode.PERMISSION_DENIED, f"permission denied: {path!r}")
+            return FsError(FsReason.PERMISSION_DENIED, f"permission denied: {path!r}")
         case errno.ENAMETOOLONG:
-            return FsError(ErrorCode.BAD_REQUEST, f"{path!r}: the name is too long")
+            return FsError(FsReason.INVALID_PATH, f"{path!r}: the name is too long")
         case errno.ELOOP | errno.EISDIR | errno.ENXIO:
-            return FsError(ErrorCode.NOT_A_FILE, f"{path!r}: not a regular file")
+            return FsError(FsReason.NOT_A_FILE, f"{path!r}: not a regular file")
         case errno.ENOENT | errno.ENOTDIR:
-            return FsError(ErrorCode.NOT_FOUND, f"{path!r} changed while being written")
-    return FsError(ErrorCode.INTERNAL, f"cannot write {path!r}: {os.strerror(exc.errno or 0)}")
+            return FsError(FsReason.NOT_FOUND, f"{path!r} changed while being written")
+    return FsError(FsReason.UNEXPECTED, f"cannot write {path!r}: {os.strerror(exc.errno or 0)}")
 
 
 def _check_name(name: str, path: str) -> None:
     if name.endswith((PART_SUFFIX, RECORD_SUFFIX)):
         message = f"{path!r}: names ending in {PART_SUFFIX} are reserved"
-        raise FsError(ErrorCode.BAD_REQUEST, message)
+        raise FsError(FsReason.INVALID_PATH, message)
 
 
 class UploadTarget:
@@ -92,7 +93,7 @@ class UploadTarget:
 
         Raises:
             FsError: the path is refused (as for a download), its directory does not exist, or
-                its name is reserved (``bad-request``).
+                its name is reserved (``INVALID_PATH``).
         """
         dir_fd, name = root.open_parent(path)
         try:
@@ -130,7 +131,7 @@ class UploadTarget:
         long), else 0 (it is emptied and the record rewritten).
 
         Raises:
-            FsError: ``busy`` (another upload to this name is in progress), ``not-a-file``
+            FsError: ``IN_USE`` (another upload to this name is in progress), ``NOT_A_FILE``
                 (something other than a lone regular file is at the part's or the record's
                 name), or what :func:`write_error` says.
         """
@@ -144,7 +145,7 @@ class UploadTarget:
         except BlockingIOError:
             self.close()
             message = f"another upload to {self.path!r} is in progress"
-            raise FsError(ErrorCode.BUSY, message) from None
+            raise FsError(FsReason.IN_USE, message) from None
         try:
             opened = os.fstat(fd)
             self._check_lone_file(opened, self._part)
@@ -152,7 +153,7 @@ class UploadTarget:
             # part's name is ours to take over.
             current = os.stat(self._part, dir_fd=self._dir_fd, follow_symlinks=False)
             if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-                raise FsError(ErrorCode.BUSY, f"another upload to {self.path!r} just finished")
+                raise FsError(FsReason.IN_USE, f"another upload to {self.path!r} just finished")
             resumable = 0 < opened.st_size <= size and source is not None
             if resumable and self._read_record() == (source, size):
                 return opened.st_size
@@ -168,9 +169,9 @@ class UploadTarget:
 
     def _check_lone_file(self, st: os.stat_result, name: str) -> None:
         if not stat.S_ISREG(st.st_mode):
-            raise FsError(ErrorCode.NOT_A_FILE, f"{name!r} on the server is not a regular file")
+            raise FsError(FsReason.NOT_A_FILE, f"{name!r} on the server is not a regular file")
         if st.st_nlink != 1:
-            raise FsError(ErrorCode.NOT_A_FILE, f"{name!r} on the server has other hard links")
+            raise FsError(FsReason.NOT_A_FILE, f"{name!r} on the server has other hard links")
 
     def _read_record(self) -> tuple[str, int] | None:
         try:
@@ -228,7 +229,7 @@ class UploadTarget:
             while position < end:
                 count = os.preadv(fd, [buffer[: end - position]], position)
                 if not count:
-                    raise FsError(ErrorCode.INTERNAL, f"the part of {self.path!r} shrank")
+                    raise FsError(FsReason.UNEXPECTED, f"the part of {self.path!r} shrank")
                 hasher.update(buffer[:count])
                 position += count
         except OSError as exc:
@@ -238,7 +239,7 @@ class UploadTarget:
         """Write ``data`` to the part at ``position``.
 
         Raises:
-            FsError: as :func:`write_error` says (``no-space`` for a full disk).
+            FsError: as :func:`write_error` says (``NO_SPACE`` for a full disk).
         """
         try:
             _write_all(self._part_fd(), data, position)
@@ -252,8 +253,8 @@ class UploadTarget:
         a file or symbolic link there is replaced atomically (``renameat``).
 
         Raises:
-            FsError: ``exists`` (something is at the final name and ``overwrite`` is false),
-                ``not-a-file`` (a directory is), or what :func:`write_error` says.
+            FsError: ``EXISTS`` (something is at the final name and ``overwrite`` is false),
+                ``NOT_A_FILE`` (a directory is), or what :func:`write_error` says.
         """
         fd, dir_fd = self._part_fd(), self._dir_fd
         try:
@@ -264,7 +265,7 @@ class UploadTarget:
             current = os.stat(self._part, dir_fd=dir_fd, follow_symlinks=False)
             opened = os.fstat(fd)
             if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-                raise FsError(ErrorCode.INTERNAL, f"the part of {self.path!r} was replaced")
+                raise FsError(FsReason.UNEXPECTED, f"the part of {self.path!r} was replaced")
             created = self.existing() is None
             if overwrite:
                 os.rename(self._part, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -275,9 +276,9 @@ class UploadTarget:
                 os.unlink(self._record, dir_fd=dir_fd)
             os.fsync(dir_fd)
         except FileExistsError:
-            raise FsError(ErrorCode.EXISTS, f"{self.path!r} already exists") from None
+            raise FsError(FsReason.EXISTS, f"{self.path!r} already exists") from None
         except (IsADirectoryError, NotADirectoryError):
-            raise FsError(ErrorCode.NOT_A_FILE, f"{self.path!r} is a directory") from None
+            raise FsError(FsReason.NOT_A_FILE, f"{self.path!r} is a directory") from None
         except OSError as exc:
             raise write_error(exc, self.path) from None
         self.close()
@@ -337,7 +338,7 @@ def make_directory(root: ServedRoot, path: str) -> bool:
     was created (false: a directory was there already).
 
     Raises:
-        FsError: as :meth:`~ftx.fs.ServedRoot.open_parent` does; ``exists`` when something
+        FsError: as :meth:`~ftx.fs.ServedRoot.open_parent` does; ``EXISTS`` when something
             other than a directory has that name (a symbolic link included: it is not followed).
     """
     dir_fd, name = root.open_parent(path)
@@ -348,7 +349,7 @@ def make_directory(root: ServedRoot, path: str) -> bool:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 return False
-            raise FsError(ErrorCode.EXISTS, f"{path!r} exists and is not a directory") from None
+            raise FsError(FsReason.EXISTS, f"{path!r} exists and is not a directory") from None
         os.fsync(dir_fd)
         return True
     except OSError as exc:

@@ -1,0 +1,85 @@
+"""The server's settings: one frozen, validated :class:`ServerConfig`, given to
+:class:`~ftx.server.Server` (or :func:`~ftx.server.serve`) and handed down to every connection.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from dataclasses import dataclass, field
+from typing import Final
+
+from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
+from ftx.protocol import MIN_FRAME_SIZE
+from ftx.protocol._auth import check_token
+from ftx.server._limits import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "ServerConfig"]
+
+DEFAULT_CHUNK_SIZE: Final = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """How a server serves: what clients may change, how large its frames are, what one
+    connection may cost (see :mod:`ftx.server._limits`), and how clients are let in.
+
+    Attributes:
+        writable: accept uploads (PUT) and new directories (MKDIR); otherwise clients are told
+            ``read-only`` and nothing is changed.
+        allow_overwrite: let a client that asks for it replace an existing file.
+        max_upload_size: the largest upload accepted, in bytes (``None``: no limit).
+        chunk_size: the largest DATA chunk to send (capped by the client's frame limit).
+        max_frame_size: the largest frame this server accepts from a client.
+        max_connections: connections served at once; one more is sent a connection-level
+            ``busy`` ERROR and closed, without disturbing the others.
+        handshake_timeout: seconds from accepting a connection to the end of the handshake.
+        idle_timeout: seconds the server waits for each complete request, and the longest the
+            client may take to accept one frame (at most ``chunk_size`` bytes of a file).
+            ``math.inf`` switches a deadline off.
+        ssl_context: serve over TLS with this server context (see
+            :func:`ftx._tls.server_context`); a client speaking plain ftx is answered
+            ``tls-required``.
+        token: require clients to prove, by challenge and response, that they know this shared
+            token (at least 16 bytes; see :mod:`ftx.protocol._auth`). It never crosses the
+            wire, and is left out of the ``repr``.
+
+    Raises:
+        ValueError: a size or limit is out of range, a timeout is not a positive number, an
+            upload setting is given without ``writable``, or the token is too short.
+    """
+
+    writable: bool = False
+    allow_overwrite: bool = False
+    max_upload_size: int | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    ssl_context: ssl.SSLContext | None = None
+    token: str | bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_upload_size is not None and self.max_upload_size < 0:
+            raise ValueError("max_upload_size must be 0 or more")
+        if not self.writable and (self.allow_overwrite or self.max_upload_size is not None):
+            raise ValueError("allow_overwrite and max_upload_size need writable=True")
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        if not MIN_FRAME_SIZE <= self.max_frame_size <= FRAME_SIZE_LIMIT:
+            raise ValueError(
+                f"max_frame_size must be between {MIN_FRAME_SIZE} and {FRAME_SIZE_LIMIT}"
+            )
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        for name in ("handshake_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if math.isnan(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.token is not None:
+            check_token(self.token)
