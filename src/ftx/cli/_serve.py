@@ -16,7 +16,7 @@ import signal
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -155,19 +155,14 @@ def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def upload_server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :class:`ftx.Server` that the upload options give.
+def check_upload_options(args: argparse.Namespace) -> None:
+    """Check that the upload options make sense together.
 
     Raises:
         CliError: ``--allow-overwrite`` or ``--max-upload-size`` without ``--writable``.
     """
     if not args.writable and (args.allow_overwrite or args.max_upload_size is not None):
         raise CliError("--allow-overwrite and --max-upload-size need --writable", ExitCode.USAGE)
-    return {
-        "writable": args.writable,
-        "allow_overwrite": args.allow_overwrite,
-        "max_upload_size": args.max_upload_size,
-    }
 
 
 def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
@@ -188,12 +183,15 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
                 "a token without TLS keeps strangers out, but what is transferred can still be "
                 "read, and changed, on the way: add --tls-cert to protect it"
             )
+    check_upload_options(args)
     try:
         config = ftx.ServerConfig(
             max_connections=args.max_connections,
             handshake_timeout=args.handshake_timeout,
             idle_timeout=args.idle_timeout,
-            **upload_server_options(args),
+            writable=args.writable,
+            allow_overwrite=args.allow_overwrite,
+            max_upload_size=args.max_upload_size,
             ssl_context=context,
             token=token,
         )
