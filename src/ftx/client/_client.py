@@ -29,9 +29,10 @@ from typing import Final
 
 import trio
 
-from ftx._net import DEFAULT_IDLE_TIMEOUT, set_keepalive
+from ftx._net import set_keepalive
 from ftx._tls import open_tls_stream
 from ftx._version import __version__
+from ftx.client._config import ClientConfig
 from ftx.client._flush import sync_file_systems
 from ftx.client._partfile import check_destination, local_destination, part_for
 from ftx.client._pipeline import FetchWire, fetch_files
@@ -53,17 +54,16 @@ from ftx.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer, FramedChannel
+from ftx.framing import Buffer, FramedChannel
 from ftx.protocol import (
     DIGEST_FEATURES,
     UPLOAD_FEATURE,
     ClientProtocol,
     DigestChoice,
     ErrorCode,
-    check_digest_choice,
     choose_digest,
 )
-from ftx.protocol._auth import ClientAuthenticator, check_token
+from ftx.protocol._auth import ClientAuthenticator
 from ftx.protocol.messages import (
     Entry,
     Error,
@@ -88,43 +88,23 @@ class Client(trio.abc.AsyncResource):
 
     Args:
         stream: a connected stream to an ftx server; the client owns it from now on.
-        max_frame_size: the largest frame accepted from the server.
-        idle_timeout: seconds the server may stay silent while an answer is due before
-            :exc:`~ftx.errors.ConnectionLostError` is raised (``math.inf`` to wait forever).
-        token: a shared token to prove to the server that we know, by challenge and response
-            (it never crosses the wire); the server must then prove that it knows it too.
-        digest: which whole-file digest to verify downloads and uploads with (see
-            :attr:`digest_algorithm`): ``"fast"``; ``"cryptographic"`` where a collision must
-            be infeasible even to make on purpose; or an algorithm by name (``"sha256"``, say,
-            to compare with a published digest), which the server must then compute.
-
-    Raises:
-        ValueError: the token is shorter than 16 bytes, or ``digest`` is none of these.
+        config: how the connection behaves (frame limit, idle timeout, token, digest).
     """
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        token: str | bytes | None = None,
-        digest: DigestChoice = "fast",
-    ) -> None:
-        check_digest_choice(digest)
+    def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
-        self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
+        self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
         self._protocol = ClientProtocol(
-            max_frame_size=max_frame_size,
+            max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
-            auth=ClientAuthenticator(token) if token is not None else None,
+            auth=ClientAuthenticator(config.token) if config.token is not None else None,
             features=DIGEST_FEATURES | {UPLOAD_FEATURE},
         )
-        self._digest_choice: DigestChoice = digest
+        self._digest_choice: DigestChoice = config.digest
         self._digest_algorithm: str | None = None  # chosen by the handshake
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = config.idle_timeout
         self._lock = trio.Lock()
-        self._files = FileReceiver(self._receive, self._fail, max_frame_size)
+        self._files = FileReceiver(self._receive, self._fail, config.max_frame_size)
         self._closed = False
 
     @property
@@ -518,16 +498,14 @@ class Client(trio.abc.AsyncResource):
 async def connect(
     host: str,
     port: int,
+    config: ClientConfig = ClientConfig(),
     *,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     fingerprint: str | None = None,
-    token: str | bytes | None = None,
-    digest: DigestChoice = "fast",
 ) -> AsyncIterator[Client]:
-    """Connect to the ftx server at ``host``:``port`` over TCP and shake hands.
+    """Connect to the ftx server at ``host``:``port`` over TCP and shake hands; ``config`` says
+    how the connection behaves (see :class:`ClientConfig`, checked before this is called).
 
     IPv4 and IPv6 addresses and host names all work (trio tries every address, Happy Eyeballs
     style). To bound the time spent connecting, wrap the call in :func:`trio.fail_after`.
@@ -536,9 +514,8 @@ async def connect(
     ``ssl.create_default_context()``) verifies the server's certificate for
     ``server_hostname`` (default: ``host``); ``fingerprint`` (64 hex digits, colons allowed)
     instead pins the server's certificate by its SHA-256 fingerprint, as printed by
-    ``ftx serve``. Nothing is sent before the server is verified. With ``token``, the client
-    and the server prove to each other that they know it; ``digest`` chooses the digest transfers
-    are verified with (both: see :class:`Client`).
+    ``ftx serve``. Nothing is sent before the server is verified. With a token in ``config``,
+    the client and the server prove to each other that they know it.
 
     Raises:
         OSError: the connection could not be made (refused, unreachable, unknown host).
@@ -546,11 +523,8 @@ async def connect(
             or, with a token, the server did not prove that it knows it.
         RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`
             (a TLS handshake that fails otherwise raises RemoteProtocolError).
-        ValueError: ``fingerprint`` is malformed, ``token`` too short, or ``digest`` unknown.
+        ValueError: ``fingerprint`` is malformed.
     """
-    check_digest_choice(digest)  # before connecting
-    if token is not None:
-        check_token(token)  # before connecting
     stream: trio.abc.Stream
     if ssl_context is None and fingerprint is None:
         stream = await trio.open_tcp_stream(host, port)
@@ -558,13 +532,6 @@ async def connect(
         stream = await open_tls_stream(
             host, port, ssl_context, server_hostname=server_hostname, fingerprint=fingerprint
         )
-    client = Client(
-        stream,
-        max_frame_size=max_frame_size,
-        idle_timeout=idle_timeout,
-        token=token,
-        digest=digest,
-    )
-    async with client:
+    async with Client(stream, config) as client:
         await client.handshake()
         yield client
