@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -34,17 +33,10 @@ from ftx._tls import open_tls_stream
 from ftx._version import __version__
 from ftx.client._config import ClientConfig
 from ftx.client._flush import sync_file_systems
-from ftx.client._partfile import check_destination, local_destination, part_for
-from ftx.client._pipeline import FetchWire, fetch_files
-from ftx.client._receive import Download, FileReceiver, GetOptions, ProgressCallback
-from ftx.client._upload import (
-    UPLOAD_CHUNK,
-    Upload,
-    UploadWire,
-    local_name,
-    make_directory,
-    send_file,
-)
+from ftx.client._partfile import check_destination, local_destination
+from ftx.client._pipeline import fetch_files
+from ftx.client._receive import Download, GetOptions, ProgressCallback, ReceiveBuffers, download
+from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -60,14 +52,12 @@ from ftx.protocol import (
     UPLOAD_FEATURE,
     ClientProtocol,
     DigestChoice,
-    ErrorCode,
     choose_digest,
 )
 from ftx.protocol._auth import ClientAuthenticator
 from ftx.protocol.messages import (
     Entry,
     Error,
-    Get,
     Hello,
     ListDir,
     ListEnd,
@@ -104,7 +94,7 @@ class Client(trio.abc.AsyncResource):
         self._digest_algorithm: str | None = None  # chosen by the handshake
         self._idle_timeout = config.idle_timeout
         self._lock = trio.Lock()
-        self._files = FileReceiver(self._receive, self._fail, config.max_frame_size)
+        self._receive_buffers = ReceiveBuffers(config.max_frame_size)
         self._closed = False
 
     @property
@@ -206,23 +196,12 @@ class Client(trio.abc.AsyncResource):
         """
         target = local_destination(path, dest)
         check_destination(target, overwrite=overwrite)
+        options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
         async with self._lock:
             await self._check_open()
-            started = time.monotonic()
-            options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
-            part = part_for(target)
-            resume_from = part.resumable(path) if resume else None
-            if resume_from is not None:
-                offset, identity = resume_from
-                await self._request_file(path, verify=verify, offset=offset, identity=identity)
-                try:
-                    return await self._files.receive_answer(path, part, progress, options, started)
-                except RemoteError as exc:
-                    if exc.code != ErrorCode.CHANGED:
-                        raise
-                    # The file is not the one the part holds the start of: start from zero.
-            await self._request_file(path, verify=verify)
-            return await self._files.receive_answer(path, part, progress, options, started)
+            return await download(
+                self, path, target, progress=progress, options=options, resume=resume
+            )
 
     async def get_many(
         self,
@@ -314,29 +293,13 @@ class Client(trio.abc.AsyncResource):
         options = GetOptions(
             overwrite, verify, preserve_mtime, preserve_mode, durable=False, skip_unwritable=True
         )
-        wire = FetchWire(
-            send=self._send,
-            get_request=self._get_request,
-            files=self._files,
-            is_closed=lambda: self._closed,
-        )
         async with self._lock:
             await self._check_open()
             directories = await fetch_files(
-                wire, files, on_done=on_done, progress=progress, options=options, window=window
+                self, files, on_done=on_done, progress=progress, options=options, window=window
             )
         if sync and directories:
             await trio.to_thread.run_sync(sync_file_systems, directories)
-
-    async def _request_file(
-        self, path: str, *, verify: bool, offset: int = 0, identity: str | None = None
-    ) -> None:
-        await self._send(self._get_request(path, verify, offset, identity))
-
-    def _get_request(self, path: str, verify: bool, offset: int, identity: str | None) -> Get:
-        request_id = self._protocol.new_request_id()
-        digest = self.digest_algorithm if verify else None
-        return Get(request_id, path, offset=offset, identity=identity, digest=digest)
 
     async def list(self, path: str = "") -> list[Entry]:
         """Return the entries of the directory at ``path`` on the server ("" is the root), or
@@ -399,7 +362,7 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             return await send_file(
-                self._upload_wire(),
+                self,
                 local,
                 target,
                 progress=progress,
@@ -419,19 +382,7 @@ class Client(trio.abc.AsyncResource):
         """
         async with self._lock:
             await self._check_open()
-            return await make_directory(self._upload_wire(), path)
-
-    def _upload_wire(self) -> UploadWire:
-        if UPLOAD_FEATURE not in self._protocol.features:
-            raise RemoteError(ErrorCode.READ_ONLY, "the server does not accept uploads")
-        return UploadWire(
-            send=self._send,
-            receive=self._receive,
-            new_request_id=self._protocol.new_request_id,
-            fail=self._fail,
-            chunk_size=min(UPLOAD_CHUNK, self._protocol.peer_max_frame_size - 1),
-            digest_algorithm=self.digest_algorithm,
-        )
+            return await make_directory(self, path)
 
     async def _check_open(self) -> None:
         if self._closed:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -23,24 +23,31 @@ from ftx.client._partfile import (
     part_file_name,
     part_for,
 )
-from ftx.client._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx.client._receive import (
+    Download,
+    DownloadWire,
+    GetOptions,
+    ProgressCallback,
+    get_request,
+    receive_answer,
+)
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
-from ftx.protocol.messages import Get, Message
+from ftx.protocol.messages import Message
 
 __all__ = ["FetchWire", "fetch_files"]
 
 FetchItems = trio.abc.ReceiveChannel[tuple[str, str | os.PathLike[str]]]
 
 
-@dataclass(frozen=True, slots=True)
-class FetchWire:
-    """What pipelined downloads need of a client connection."""
+class FetchWire(DownloadWire, Protocol):
+    """What pipelined downloads need of a connection (:class:`ftx.Client` is one): a
+    download's needs, and whether the connection was closed (an error then ends the fetch, not
+    just a file)."""
 
-    send: Callable[..., Awaitable[None]]  # send(*messages), in one write
-    get_request: Callable[[str, bool, int, str | None], Get]  # (path, verify, offset, identity)
-    files: FileReceiver
-    is_closed: Callable[[], bool]
+    @property
+    def _closed(self) -> bool:
+        """Whether the connection was closed after a failure."""
 
 
 async def fetch_files(
@@ -83,9 +90,9 @@ async def fetch_files(
         requests: list[Message] = []
         for path, part, offset, identity in batch:
             send_sent.send_nowait((path, part, offset))
-            requests.append(wire.get_request(path, options.verify, offset, identity))
+            requests.append(get_request(wire, path, options.verify, offset, identity))
         outstanding += len(batch)
-        await wire.send(*requests)
+        await wire._send(*requests)
         batch.clear()
 
     async def request(path: str, part: PartFile, offset: int, identity: str | None) -> None:
@@ -134,11 +141,9 @@ async def fetch_files(
         async for path, part, offset in receive_sent:
             result: Download | FtxError
             try:
-                result = await wire.files.receive_answer(
-                    path, part, progress, options, time.monotonic()
-                )
+                result = await receive_answer(wire, path, part, progress, options, time.monotonic())
             except (RemoteError, IntegrityError, LocalFileError) as exc:
-                if wire.is_closed():
+                if wire._closed:
                     raise
                 result = exc
             outstanding -= 1
