@@ -1,11 +1,12 @@
 """The ftx client: downloads and uploads, verified end to end, resumable.
 
 :func:`connect` opens a TCP connection; :class:`Client` speaks ftx over any stream; a
-:class:`ClientConfig` holds their settings. The private modules, by role: ``_client`` (one
-connection), ``_config`` (its settings), ``_receive`` (one GET and its answer into a part file),
-``_pipeline`` (many GETs in flight), ``_upload`` (sending files), ``_tree`` (``get -r`` over
-several connections), ``_partfile`` (``DEST.part`` and resume records) and ``_flush`` (syncing
-file systems once at the end).
+:class:`ClientConfig` holds their settings. The private modules, by role: ``_client`` (the file
+operations), ``_connection`` (one connection: the handshake, checked messages), ``_config`` (its
+settings), ``_receive`` (one GET and its answer into a part file), ``_pipeline`` (many GETs in
+flight), ``_upload`` (sending files), ``_tree`` (``get -r`` over several connections),
+``_partfile`` (``DEST.part`` and resume records) and ``_flush`` (syncing file systems once at
+the end).
 """
 
 from ftx.client._client import Client, Download, ProgressCallback, connect, local_destination

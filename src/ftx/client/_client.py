@@ -17,7 +17,6 @@ Progress is reported through a callback; drawing it is the caller's business (th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import ssl
 from collections import deque
@@ -28,49 +27,23 @@ from typing import Final
 
 import trio
 
-from ftx._net import set_keepalive
 from ftx._tls import open_tls_stream
-from ftx._version import __version__
 from ftx.client._config import ClientConfig
+from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
 from ftx.client._partfile import check_destination, local_destination
 from ftx.client._pipeline import fetch_files
-from ftx.client._receive import Download, GetOptions, ProgressCallback, ReceiveBuffers, download
+from ftx.client._receive import Download, GetOptions, ProgressCallback, download
 from ftx.client._upload import Upload, local_name, make_directory, send_file
-from ftx.errors import (
-    AuthenticationError,
-    ConnectionLostError,
-    FtxError,
-    IncompleteFrameError,
-    LocalProtocolError,
-    RemoteError,
-    RemoteProtocolError,
-)
-from ftx.framing import Buffer, FramedChannel
-from ftx.protocol import (
-    DIGEST_FEATURES,
-    UPLOAD_FEATURE,
-    ClientProtocol,
-    DigestChoice,
-    choose_digest,
-)
-from ftx.protocol._auth import ClientAuthenticator
-from ftx.protocol.messages import (
-    Entry,
-    Error,
-    Hello,
-    ListDir,
-    ListEnd,
-    ListEntries,
-    Message,
-)
+from ftx.errors import FtxError, RemoteError, RemoteProtocolError
+from ftx.protocol.messages import Entry, Error, ListDir, ListEnd, ListEntries
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
 DEFAULT_PIPELINE_WINDOW: Final = 64
 
 
-class Client(trio.abc.AsyncResource):
+class Client(ClientConnection):
     """A client connection over any :class:`trio.abc.Stream` (see :func:`connect` for TCP).
 
     Requests from several tasks are answered one after the other. After a transfer breaks (the
@@ -78,80 +51,12 @@ class Client(trio.abc.AsyncResource):
 
     Args:
         stream: a connected stream to an ftx server; the client owns it from now on.
-        config: how the connection behaves (frame limit, idle timeout, token, digest).
+        config: how the connection behaves (frame limit, idle timeout, token, digest; see
+            :class:`ClientConfig`).
+
+    Besides the file operations below, :meth:`handshake`, :meth:`aclose`,
+    :attr:`digest_algorithm` and :attr:`server_hello` concern the connection itself.
     """
-
-    def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
-        set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
-        self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
-        self._protocol = ClientProtocol(
-            max_frame_size=config.max_frame_size,
-            agent=f"ftx/{__version__}",
-            auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE},
-        )
-        self._digest_choice: DigestChoice = config.digest
-        self._digest_algorithm: str | None = None  # chosen by the handshake
-        self._idle_timeout = config.idle_timeout
-        self._lock = trio.Lock()
-        self._receive_buffers = ReceiveBuffers(config.max_frame_size)
-        self._closed = False
-
-    @property
-    def digest_algorithm(self) -> str:
-        """The whole-file digest transfers are verified with: the fastest one the server computes
-        of ``xxh3-128``, ``blake3`` and ``sha256``; with ``digest="cryptographic"``, of
-        ``blake3`` and ``sha256``; else the one named. (Every server computes ``sha256``.)
-
-        Raises:
-            LocalProtocolError: the algorithm named is not one the server computes (raised by
-                :meth:`handshake` already)."""
-        if self._digest_algorithm is not None:
-            return self._digest_algorithm  # known since the handshake
-        return choose_digest(self._protocol.features, self._digest_choice)
-
-    @property
-    def server_hello(self) -> Hello | None:
-        """The server's HELLO (its version, features and agent), once the handshake is done."""
-        return self._protocol.peer_hello
-
-    async def aclose(self) -> None:
-        """Close the connection. Idempotent."""
-        self._closed = True
-        await self._channel.aclose()
-
-    async def handshake(self) -> Hello:
-        """Exchange HELLO with the server (done by :func:`connect`); return the server's.
-
-        With a token, the token exchange follows (CHALLENGE, AUTH, AUTH_OK).
-
-        Raises:
-            RemoteError: the server refused the connection (``busy``, ``unsupported-version``,
-                ``unauthorized`` for a missing or wrong token, ``tls-required``).
-            AuthenticationError: we have a token, and the server does not ask for it or does
-                not prove that it knows it.
-            RemoteProtocolError: the peer does not speak ftx.
-            ConnectionLostError: the connection closed or the server stayed silent.
-            LocalProtocolError: the digest asked for by name is not one the server computes.
-        """
-        async with self._lock:
-            if self._protocol.peer_hello is not None and self._protocol.authenticated:
-                return self._protocol.peer_hello
-            try:
-                await self._send(self._protocol.local_hello)
-                message = await self._receive()
-                if not isinstance(message, Hello):  # pragma: no cover - ClientProtocol ensures it
-                    raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
-                if not self._protocol.authenticated:
-                    await self._receive()  # CHALLENGE
-                    await self._send(self._protocol.auth_answer())
-                    await self._receive()  # AUTH_OK, checked by the protocol
-                # Chosen now, so that a digest the server does not compute fails here.
-                self._digest_algorithm = choose_digest(self._protocol.features, self._digest_choice)
-            except (AuthenticationError, LocalProtocolError):
-                await self._fail()
-                raise
-            return message
 
     async def get(
         self,
@@ -383,66 +288,6 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             return await make_directory(self, path)
-
-    async def _check_open(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise ConnectionLostError("this connection was closed after an earlier failure")
-        if self._protocol.peer_hello is None:
-            raise RuntimeError("handshake() first (ftx.connect does it)")
-
-    async def _send(self, *messages: Message) -> None:
-        """Send the messages, in one write if they are small."""
-        frames = [self._protocol.send(message) for message in messages]
-        try:
-            await self._channel.send_frames(*frames)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
-
-    async def _receive(self, into: bytearray | None = None) -> Message:
-        """The next message from the server (received ``into`` that buffer if one is given: a
-        DATA message's chunk is then a view of it); any failure closes the client."""
-        try:
-            while True:
-                payload: Buffer | None = None
-                if into is None:
-                    # Small answers come several to a segment: a frame that is here already
-                    # needs no deadline (a cancel scope costs more than a small message).
-                    with contextlib.suppress(trio.WouldBlock):
-                        payload = self._channel.receive_nowait()
-                if payload is None:
-                    with trio.move_on_after(self._idle_timeout) as idle:
-                        if into is None:
-                            payload = await self._channel.receive()
-                        else:
-                            size = await self._channel.receive_into(into)
-                            payload = memoryview(into)[:size]
-                    if payload is None or idle.cancelled_caught:
-                        await self._fail()
-                        raise ConnectionLostError(
-                            f"the server sent nothing for {self._idle_timeout:g} seconds"
-                        )
-                message = self._protocol.receive(payload)
-                if message is not None:
-                    break
-        except (trio.EndOfChannel, IncompleteFrameError) as exc:
-            await self._fail()
-            raise ConnectionLostError("the server closed the connection") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
-        except RemoteProtocolError:
-            await self._fail()
-            raise
-        if isinstance(message, Error) and message.request_id is None:
-            await self._fail()
-            raise RemoteError(message.code, message.message)
-        return message
-
-    async def _fail(self) -> None:
-        self._closed = True
-        await trio.aclose_forcefully(self._channel)
 
 
 @asynccontextmanager
