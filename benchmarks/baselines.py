@@ -52,7 +52,7 @@ def ftx_command() -> list[str]:
 def ftx_features() -> dict[str, bool]:
     """Optional features of the ftx being measured: ``recursive`` (``ftx get -r -j``),
     ``max_connections`` (a connection limit that ``ftx.serve`` can raise) and ``digest choice``
-    (``ftx.connect(digest=...)``)."""
+    (``ftx.ClientConfig(digest=...)``; ``ftx.connect(digest=...)`` before it)."""
     found = {"recursive": False, "max_connections": False, "digest choice": False}
     get_help = subprocess.run([*ftx_command(), "get", "--help"], capture_output=True, text=True)
     found["recursive"] = "--recursive" in get_help.stdout and "--jobs" in get_help.stdout

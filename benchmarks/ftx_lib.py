@@ -42,8 +42,13 @@ TIMEOUT: Final = 10.0  # seconds per download in `many`, as pylimit's and wrk's 
 
 
 async def big(port: int, path: str, dest: str, *, verify: bool, cryptographic: bool) -> None:
-    options = {"digest": "cryptographic"} if cryptographic else {}
-    async with ftx.connect(HOST, port, **options) as client:  # type: ignore[arg-type]
+    if not cryptographic:
+        connecting = ftx.connect(HOST, port)
+    elif hasattr(ftx, "ClientConfig"):
+        connecting = ftx.connect(HOST, port, ftx.ClientConfig(digest="cryptographic"))
+    else:  # an ftx without ClientConfig takes the settings as keywords of connect
+        connecting = ftx.connect(HOST, port, digest="cryptographic")  # type: ignore[call-arg]
+    async with connecting as client:
         await client.get(path, dest, verify=verify, overwrite=True)
 
 
@@ -114,7 +119,8 @@ def features() -> dict[str, bool]:
     return {
         "max_connections": hasattr(ftx, "ServerConfig")
         or "max_connections" in inspect.signature(ftx.serve).parameters,
-        "digest choice": "digest" in inspect.signature(ftx.connect).parameters,
+        "digest choice": hasattr(ftx, "ClientConfig")
+        or "digest" in inspect.signature(ftx.connect).parameters,
     }
 
 

@@ -284,7 +284,7 @@ async def test_digest_is_xxh3_between_ftx_peers(server, served_root, tmp_path):
 
 async def test_cryptographic_digest_is_blake3_between_ftx_peers(server, served_root, tmp_path):
     with trio.fail_after(TIMEOUT):
-        async with ftx.connect(*server, digest="cryptographic") as client:
+        async with ftx.connect(*server, ftx.ClientConfig(digest="cryptographic")) as client:
             assert client.digest_algorithm == "blake3"
             result = await client.get("medium.bin", tmp_path / "copy")
     assert result.digest_algorithm == "blake3"
@@ -317,7 +317,7 @@ async def test_digest_falls_back_to_what_the_server_computes(
 
     fake = fake_server(behaviour)
     with trio.fail_after(TIMEOUT):
-        async with ftx.connect("127.0.0.1", fake.port, digest=choice) as client:
+        async with ftx.connect("127.0.0.1", fake.port, ftx.ClientConfig(digest=choice)) as client:
             result = await client.get("file.bin", tmp_path / "file.bin")
     assert [get.digest for get in seen] == [expected]
     assert (result.digest_algorithm, result.digest) == (expected, digest_of(content, expected))
@@ -327,7 +327,7 @@ async def test_digest_falls_back_to_what_the_server_computes(
 async def test_a_digest_by_name(server, served_root, tmp_path):
     # docs/user-guide.md: "--digest sha256", to compare with a published digest.
     with trio.fail_after(TIMEOUT):
-        async with ftx.connect(*server, digest="sha256") as client:
+        async with ftx.connect(*server, ftx.ClientConfig(digest="sha256")) as client:
             result = await client.get("medium.bin", tmp_path / "copy")
     content = (served_root / "medium.bin").read_bytes()
     assert (result.digest_algorithm, result.digest) == (
@@ -343,7 +343,7 @@ async def test_a_digest_by_name_the_server_lacks_fails_the_handshake(fake_server
 
     fake = fake_server(behaviour)
     with trio.fail_after(TIMEOUT), pytest.raises(ftx.LocalProtocolError) as caught:
-        async with ftx.connect("127.0.0.1", fake.port, digest="xxh3-128"):
+        async with ftx.connect("127.0.0.1", fake.port, ftx.ClientConfig(digest="xxh3-128")):
             pass
     assert str(caught.value) == (
         "the server does not compute xxh3-128 digests; it offers blake3, sha256"
@@ -352,7 +352,7 @@ async def test_a_digest_by_name_the_server_lacks_fails_the_handshake(fake_server
 
 def test_an_unknown_digest_choice_is_refused_before_connecting():
     with pytest.raises(ValueError, match="not 'md5'"):
-        ftx.Client(trio.testing.memory_stream_pair()[0], digest="md5")  # type: ignore[arg-type]
+        ftx.ClientConfig(digest="md5")  # type: ignore[arg-type]
 
 
 async def test_digest_falls_back_to_sha256(fake_server, tmp_path):
@@ -972,7 +972,7 @@ async def test_silent_server_times_out(nursery):
     listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     with trio.fail_after(10), pytest.raises(ftx.ConnectionLostError):
-        async with ftx.connect("127.0.0.1", port, idle_timeout=0.3):
+        async with ftx.connect("127.0.0.1", port, ftx.ClientConfig(idle_timeout=0.3)):
             pass
 
 

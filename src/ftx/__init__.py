@@ -28,6 +28,7 @@ from ftx.errors import RemoteProtocolError as RemoteProtocolError
 if TYPE_CHECKING:
     # `from x import y as y` marks re-exports for type checkers (trio does the same).
     from ftx.client import Client as Client
+    from ftx.client import ClientConfig as ClientConfig
     from ftx.client import Download as Download
     from ftx.client import ProgressCallback as ProgressCallback
     from ftx.client import Upload as Upload
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 # name -> the module it is imported from on first use
 _LAZY = {
     "Client": "ftx.client",
+    "ClientConfig": "ftx.client",
     "Download": "ftx.client",
     "ProgressCallback": "ftx.client",
     "Upload": "ftx.client",
@@ -79,6 +81,7 @@ __all__ = [
     "DEFAULT_PORT",
     "AuthenticationError",
     "Client",
+    "ClientConfig",
     "ConnectionLostError",
     "Download",
     "Entry",

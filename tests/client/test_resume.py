@@ -79,7 +79,7 @@ async def test_a_resume_may_verify_differently_from_the_start(
         await download_until(host, port, dest, 3 * 1024 * 1024)
         held = (tmp_path / "data.bin.part").stat().st_size
         seen: list[int] = []
-        async with ftx.connect(host, port, digest=choice) as client:  # type: ignore[arg-type]
+        async with ftx.connect(host, port, ftx.ClientConfig(digest=choice)) as client:  # type: ignore[arg-type]
             result = await client.get(
                 "data.bin", dest, verify=verify, progress=lambda d, t: seen.append(d)
             )

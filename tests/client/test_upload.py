@@ -200,7 +200,7 @@ async def test_put_with_a_cryptographic_digest(
     data = content(SIZE)
     (tmp_path / "source.bin").write_bytes(data)
     port = await writable(start_server, root)
-    async with ftx.connect("127.0.0.1", port, digest="cryptographic") as client:
+    async with ftx.connect("127.0.0.1", port, ftx.ClientConfig(digest="cryptographic")) as client:
         result = await client.put(tmp_path / "source.bin")
     assert (result.digest_algorithm, result.digest) == ("blake3", blake3.blake3(data).hexdigest())
     assert (root / "source.bin").read_bytes() == data

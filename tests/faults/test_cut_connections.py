@@ -133,7 +133,9 @@ async def test_a_cut_connection_is_never_a_success(
     await relay.start(nursery)
     with trio.fail_after(BOUND):  # a hang fails the test (TooSlowError is not caught below)
         with pytest.raises((ftx.ConnectionLostError, ftx.RemoteProtocolError)):
-            async with ftx.connect(LOOPBACK, relay.port, idle_timeout=BOUND * 2) as client:
+            async with ftx.connect(
+                LOOPBACK, relay.port, ftx.ClientConfig(idle_timeout=BOUND * 2)
+            ) as client:
                 await client.get("data.bin", dest)
         await relay.hops[0].done.wait()
     hop = relay.hops[0]

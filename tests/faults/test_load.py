@@ -100,7 +100,9 @@ async def fetch(port: int, dest: Path, expected: str) -> str:
     """One real client: returns how it ended ("verified", or the kind of clean error)."""
     try:
         with trio.fail_after(CLIENT_BOUND):
-            async with ftx.connect(LOOPBACK, port, idle_timeout=CLIENT_BOUND - 5) as client:
+            async with ftx.connect(
+                LOOPBACK, port, ftx.ClientConfig(idle_timeout=CLIENT_BOUND - 5)
+            ) as client:
                 await client.get("file.bin", dest, durable=False)
     except trio.TooSlowError:
         return "HUNG"

@@ -319,7 +319,7 @@ async def test_the_right_token_gets_files(served_root: Path, tmp_path: Path) -> 
     async with serving(served_root, token=TOKEN) as (server, port):
         assert server.requires_token
         with trio.fail_after(10):
-            async with ftx.connect(LOOPBACK, port, token=TOKEN) as client:
+            async with ftx.connect(LOOPBACK, port, ftx.ClientConfig(token=TOKEN)) as client:
                 await client.get("small.txt", tmp_path / "small.txt")
                 assert await client.list("sub")
     assert (tmp_path / "small.txt").read_bytes() == SMALL_TEXT
@@ -343,7 +343,7 @@ async def test_a_wrong_token_is_refused_slowly_and_logged(
     async with serving(served_root, token=TOKEN) as (_server, port):
         start = trio.current_time()
         with trio.fail_after(10), pytest.raises(ftx.RemoteError) as refused:
-            async with ftx.connect(LOOPBACK, port, token=OTHER):
+            async with ftx.connect(LOOPBACK, port, ftx.ClientConfig(token=OTHER)):
                 pass
         elapsed = trio.current_time() - start
     assert refused.value.code == "unauthorized"
@@ -354,7 +354,7 @@ async def test_a_wrong_token_is_refused_slowly_and_logged(
 async def test_a_client_with_a_token_will_not_use_a_server_without_one(served_root: Path) -> None:
     async with serving(served_root) as (_server, port):
         with trio.fail_after(10), pytest.raises(AuthenticationError, match="does not ask"):
-            async with ftx.connect(LOOPBACK, port, token=TOKEN):
+            async with ftx.connect(LOOPBACK, port, ftx.ClientConfig(token=TOKEN)):
                 pass
 
 
@@ -397,7 +397,9 @@ async def test_the_token_never_crosses_the_wire(served_root: Path, tmp_path: Pat
             listeners = await nursery.start(partial(trio.serve_tcp, relay, 0, host=LOOPBACK))
             relay_port = listeners[0].socket.getsockname()[1]
             with trio.fail_after(10):
-                async with ftx.connect(LOOPBACK, relay_port, token=TOKEN) as client:
+                async with ftx.connect(
+                    LOOPBACK, relay_port, ftx.ClientConfig(token=TOKEN)
+                ) as client:
                     await client.get("small.txt", tmp_path / "small.txt")
             nursery.cancel_scope.cancel()
     assert b"AUTH" not in recorded  # (the kinds are bytes, not names)

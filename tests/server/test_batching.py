@@ -727,7 +727,9 @@ async def test_a_64_kib_file_reaches_a_client_with_a_64_kib_frame_limit(
     64 KiB (the protocol's minimum): the data must be split to fit, and arrive intact."""
     async with serving(root) as (_server, port):
         with trio.fail_after(10):
-            async with ftx.connect(LOOPBACK, port, max_frame_size=MIN_FRAME_SIZE) as client:
+            async with ftx.connect(
+                LOOPBACK, port, ftx.ClientConfig(max_frame_size=MIN_FRAME_SIZE)
+            ) as client:
                 result = await client.get("exact64k.bin", tmp_path / "got.bin")
     assert result.size == SMALL_FILE_SIZE
     assert (tmp_path / "got.bin").read_bytes() == SMALL_FILES["exact64k.bin"]

@@ -75,6 +75,9 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
     tls = getattr(args, "tls", False) or fingerprint is not None or cafile is not None
     context = _context(cafile) if tls and fingerprint is None else None
     token = token_from(getattr(args, "token_file", None))
+    config = ftx.ClientConfig(
+        idle_timeout=args.timeout, token=token, digest=getattr(args, "digest", "fast")
+    )
     try:
         with trio.fail_after(args.timeout):
             if tls:
@@ -92,9 +95,7 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
         raise CliError(_describe_connect_error(exc, address), ExitCode.NETWORK) from None
     except (AuthenticationError, RemoteProtocolError) as exc:
         raise CliError(f"{address}: {exc}", ExitCode.PROTOCOL) from None
-    client = ftx.Client(
-        stream, idle_timeout=args.timeout, token=token, digest=getattr(args, "digest", "fast")
-    )
+    client = ftx.Client(stream, config)
     try:
         await client.handshake()
     except RemoteError as exc:

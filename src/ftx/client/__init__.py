@@ -1,13 +1,16 @@
 """The ftx client: downloads and uploads, verified end to end, resumable.
 
-:func:`connect` opens a TCP connection; :class:`Client` speaks ftx over any stream. Its private
-modules, by role: ``_client`` (one connection), ``_receive`` (one file's answer into a part
-file), ``_pipeline`` (many GETs in flight), ``_upload`` (sending files), ``_tree`` (``get -r``
-over several connections), ``_partfile`` (``DEST.part`` and resume records) and ``_flush``
-(syncing file systems once at the end).
+:func:`connect` opens a TCP connection; :class:`Client` speaks ftx over any stream; a
+:class:`ClientConfig` holds their settings. The private modules, by role: ``_client`` (the file
+operations), ``_connection`` (one connection: the handshake, checked messages), ``_config`` (its
+settings), ``_receive`` (one GET and its answer into a part file), ``_pipeline`` (many GETs in
+flight), ``_upload`` (sending files), ``_tree`` (``get -r`` over several connections),
+``_partfile`` (``DEST.part`` and resume records) and ``_flush`` (syncing file systems once at
+the end).
 """
 
 from ftx.client._client import Client, Download, ProgressCallback, connect, local_destination
+from ftx.client._config import ClientConfig
 from ftx.client._tree import DEFAULT_JOBS, Skipped, TreeProgress
 from ftx.client._tree import download as download_tree
 from ftx.client._upload import Planned, Upload, plan_uploads
@@ -15,6 +18,7 @@ from ftx.client._upload import Planned, Upload, plan_uploads
 __all__ = [
     "DEFAULT_JOBS",
     "Client",
+    "ClientConfig",
     "Download",
     "Planned",
     "ProgressCallback",

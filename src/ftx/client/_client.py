@@ -17,10 +17,8 @@ Progress is reported through a callback; drawing it is the caller's business (th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -29,58 +27,23 @@ from typing import Final
 
 import trio
 
-from ftx._net import DEFAULT_IDLE_TIMEOUT, set_keepalive
 from ftx._tls import open_tls_stream
-from ftx._version import __version__
+from ftx.client._config import ClientConfig
+from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
-from ftx.client._partfile import check_destination, local_destination, part_for
-from ftx.client._pipeline import FetchWire, fetch_files
-from ftx.client._receive import Download, FileReceiver, GetOptions, ProgressCallback
-from ftx.client._upload import (
-    UPLOAD_CHUNK,
-    Upload,
-    UploadWire,
-    local_name,
-    make_directory,
-    send_file,
-)
-from ftx.errors import (
-    AuthenticationError,
-    ConnectionLostError,
-    FtxError,
-    IncompleteFrameError,
-    LocalProtocolError,
-    RemoteError,
-    RemoteProtocolError,
-)
-from ftx.framing import DEFAULT_MAX_FRAME_SIZE, Buffer, FramedChannel
-from ftx.protocol import (
-    DIGEST_FEATURES,
-    UPLOAD_FEATURE,
-    ClientProtocol,
-    DigestChoice,
-    ErrorCode,
-    check_digest_choice,
-    choose_digest,
-)
-from ftx.protocol._auth import ClientAuthenticator, check_token
-from ftx.protocol.messages import (
-    Entry,
-    Error,
-    Get,
-    Hello,
-    ListDir,
-    ListEnd,
-    ListEntries,
-    Message,
-)
+from ftx.client._partfile import check_destination, local_destination
+from ftx.client._pipeline import fetch_files
+from ftx.client._receive import Download, GetOptions, ProgressCallback, download
+from ftx.client._upload import Upload, local_name, make_directory, send_file
+from ftx.errors import FtxError, RemoteError, RemoteProtocolError
+from ftx.protocol.messages import Entry, Error, ListDir, ListEnd, ListEntries
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
 DEFAULT_PIPELINE_WINDOW: Final = 64
 
 
-class Client(trio.abc.AsyncResource):
+class Client(ClientConnection):
     """A client connection over any :class:`trio.abc.Stream` (see :func:`connect` for TCP).
 
     Requests from several tasks are answered one after the other. After a transfer breaks (the
@@ -88,100 +51,12 @@ class Client(trio.abc.AsyncResource):
 
     Args:
         stream: a connected stream to an ftx server; the client owns it from now on.
-        max_frame_size: the largest frame accepted from the server.
-        idle_timeout: seconds the server may stay silent while an answer is due before
-            :exc:`~ftx.errors.ConnectionLostError` is raised (``math.inf`` to wait forever).
-        token: a shared token to prove to the server that we know, by challenge and response
-            (it never crosses the wire); the server must then prove that it knows it too.
-        digest: which whole-file digest to verify downloads and uploads with (see
-            :attr:`digest_algorithm`): ``"fast"``; ``"cryptographic"`` where a collision must
-            be infeasible even to make on purpose; or an algorithm by name (``"sha256"``, say,
-            to compare with a published digest), which the server must then compute.
+        config: how the connection behaves (frame limit, idle timeout, token, digest; see
+            :class:`ClientConfig`).
 
-    Raises:
-        ValueError: the token is shorter than 16 bytes, or ``digest`` is none of these.
+    Besides the file operations below, :meth:`handshake`, :meth:`aclose`,
+    :attr:`digest_algorithm` and :attr:`server_hello` concern the connection itself.
     """
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        token: str | bytes | None = None,
-        digest: DigestChoice = "fast",
-    ) -> None:
-        check_digest_choice(digest)
-        set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
-        self._channel = FramedChannel(stream, max_frame_size=max_frame_size)
-        self._protocol = ClientProtocol(
-            max_frame_size=max_frame_size,
-            agent=f"ftx/{__version__}",
-            auth=ClientAuthenticator(token) if token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE},
-        )
-        self._digest_choice: DigestChoice = digest
-        self._digest_algorithm: str | None = None  # chosen by the handshake
-        self._idle_timeout = idle_timeout
-        self._lock = trio.Lock()
-        self._files = FileReceiver(self._receive, self._fail, max_frame_size)
-        self._closed = False
-
-    @property
-    def digest_algorithm(self) -> str:
-        """The whole-file digest transfers are verified with: the fastest one the server computes
-        of ``xxh3-128``, ``blake3`` and ``sha256``; with ``digest="cryptographic"``, of
-        ``blake3`` and ``sha256``; else the one named. (Every server computes ``sha256``.)
-
-        Raises:
-            LocalProtocolError: the algorithm named is not one the server computes (raised by
-                :meth:`handshake` already)."""
-        if self._digest_algorithm is not None:
-            return self._digest_algorithm  # known since the handshake
-        return choose_digest(self._protocol.features, self._digest_choice)
-
-    @property
-    def server_hello(self) -> Hello | None:
-        """The server's HELLO (its version, features and agent), once the handshake is done."""
-        return self._protocol.peer_hello
-
-    async def aclose(self) -> None:
-        """Close the connection. Idempotent."""
-        self._closed = True
-        await self._channel.aclose()
-
-    async def handshake(self) -> Hello:
-        """Exchange HELLO with the server (done by :func:`connect`); return the server's.
-
-        With a token, the token exchange follows (CHALLENGE, AUTH, AUTH_OK).
-
-        Raises:
-            RemoteError: the server refused the connection (``busy``, ``unsupported-version``,
-                ``unauthorized`` for a missing or wrong token, ``tls-required``).
-            AuthenticationError: we have a token, and the server does not ask for it or does
-                not prove that it knows it.
-            RemoteProtocolError: the peer does not speak ftx.
-            ConnectionLostError: the connection closed or the server stayed silent.
-            LocalProtocolError: the digest asked for by name is not one the server computes.
-        """
-        async with self._lock:
-            if self._protocol.peer_hello is not None and self._protocol.authenticated:
-                return self._protocol.peer_hello
-            try:
-                await self._send(self._protocol.local_hello)
-                message = await self._receive()
-                if not isinstance(message, Hello):  # pragma: no cover - ClientProtocol ensures it
-                    raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
-                if not self._protocol.authenticated:
-                    await self._receive()  # CHALLENGE
-                    await self._send(self._protocol.auth_answer())
-                    await self._receive()  # AUTH_OK, checked by the protocol
-                # Chosen now, so that a digest the server does not compute fails here.
-                self._digest_algorithm = choose_digest(self._protocol.features, self._digest_choice)
-            except (AuthenticationError, LocalProtocolError):
-                await self._fail()
-                raise
-            return message
 
     async def get(
         self,
@@ -226,23 +101,12 @@ class Client(trio.abc.AsyncResource):
         """
         target = local_destination(path, dest)
         check_destination(target, overwrite=overwrite)
+        options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
         async with self._lock:
             await self._check_open()
-            started = time.monotonic()
-            options = GetOptions(overwrite, verify, preserve_mtime, preserve_mode, durable=durable)
-            part = part_for(target)
-            resume_from = part.resumable(path) if resume else None
-            if resume_from is not None:
-                offset, identity = resume_from
-                await self._request_file(path, verify=verify, offset=offset, identity=identity)
-                try:
-                    return await self._files.receive_answer(path, part, progress, options, started)
-                except RemoteError as exc:
-                    if exc.code != ErrorCode.CHANGED:
-                        raise
-                    # The file is not the one the part holds the start of: start from zero.
-            await self._request_file(path, verify=verify)
-            return await self._files.receive_answer(path, part, progress, options, started)
+            return await download(
+                self, path, target, progress=progress, options=options, resume=resume
+            )
 
     async def get_many(
         self,
@@ -334,29 +198,13 @@ class Client(trio.abc.AsyncResource):
         options = GetOptions(
             overwrite, verify, preserve_mtime, preserve_mode, durable=False, skip_unwritable=True
         )
-        wire = FetchWire(
-            send=self._send,
-            get_request=self._get_request,
-            files=self._files,
-            is_closed=lambda: self._closed,
-        )
         async with self._lock:
             await self._check_open()
             directories = await fetch_files(
-                wire, files, on_done=on_done, progress=progress, options=options, window=window
+                self, files, on_done=on_done, progress=progress, options=options, window=window
             )
         if sync and directories:
             await trio.to_thread.run_sync(sync_file_systems, directories)
-
-    async def _request_file(
-        self, path: str, *, verify: bool, offset: int = 0, identity: str | None = None
-    ) -> None:
-        await self._send(self._get_request(path, verify, offset, identity))
-
-    def _get_request(self, path: str, verify: bool, offset: int, identity: str | None) -> Get:
-        request_id = self._protocol.new_request_id()
-        digest = self.digest_algorithm if verify else None
-        return Get(request_id, path, offset=offset, identity=identity, digest=digest)
 
     async def list(self, path: str = "") -> list[Entry]:
         """Return the entries of the directory at ``path`` on the server ("" is the root), or
@@ -419,7 +267,7 @@ class Client(trio.abc.AsyncResource):
         async with self._lock:
             await self._check_open()
             return await send_file(
-                self._upload_wire(),
+                self,
                 local,
                 target,
                 progress=progress,
@@ -439,95 +287,21 @@ class Client(trio.abc.AsyncResource):
         """
         async with self._lock:
             await self._check_open()
-            return await make_directory(self._upload_wire(), path)
-
-    def _upload_wire(self) -> UploadWire:
-        if UPLOAD_FEATURE not in self._protocol.features:
-            raise RemoteError(ErrorCode.READ_ONLY, "the server does not accept uploads")
-        return UploadWire(
-            send=self._send,
-            receive=self._receive,
-            new_request_id=self._protocol.new_request_id,
-            fail=self._fail,
-            chunk_size=min(UPLOAD_CHUNK, self._protocol.peer_max_frame_size - 1),
-            digest_algorithm=self.digest_algorithm,
-        )
-
-    async def _check_open(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise ConnectionLostError("this connection was closed after an earlier failure")
-        if self._protocol.peer_hello is None:
-            raise RuntimeError("handshake() first (ftx.connect does it)")
-
-    async def _send(self, *messages: Message) -> None:
-        """Send the messages, in one write if they are small."""
-        frames = [self._protocol.send(message) for message in messages]
-        try:
-            await self._channel.send_frames(*frames)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
-
-    async def _receive(self, into: bytearray | None = None) -> Message:
-        """The next message from the server (received ``into`` that buffer if one is given: a
-        DATA message's chunk is then a view of it); any failure closes the client."""
-        try:
-            while True:
-                payload: Buffer | None = None
-                if into is None:
-                    # Small answers come several to a segment: a frame that is here already
-                    # needs no deadline (a cancel scope costs more than a small message).
-                    with contextlib.suppress(trio.WouldBlock):
-                        payload = self._channel.receive_nowait()
-                if payload is None:
-                    with trio.move_on_after(self._idle_timeout) as idle:
-                        if into is None:
-                            payload = await self._channel.receive()
-                        else:
-                            size = await self._channel.receive_into(into)
-                            payload = memoryview(into)[:size]
-                    if payload is None or idle.cancelled_caught:
-                        await self._fail()
-                        raise ConnectionLostError(
-                            f"the server sent nothing for {self._idle_timeout:g} seconds"
-                        )
-                message = self._protocol.receive(payload)
-                if message is not None:
-                    break
-        except (trio.EndOfChannel, IncompleteFrameError) as exc:
-            await self._fail()
-            raise ConnectionLostError("the server closed the connection") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
-        except RemoteProtocolError:
-            await self._fail()
-            raise
-        if isinstance(message, Error) and message.request_id is None:
-            await self._fail()
-            raise RemoteError(message.code, message.message)
-        return message
-
-    async def _fail(self) -> None:
-        self._closed = True
-        await trio.aclose_forcefully(self._channel)
+            return await make_directory(self, path)
 
 
 @asynccontextmanager
 async def connect(
     host: str,
     port: int,
+    config: ClientConfig = ClientConfig(),
     *,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     fingerprint: str | None = None,
-    token: str | bytes | None = None,
-    digest: DigestChoice = "fast",
 ) -> AsyncIterator[Client]:
-    """Connect to the ftx server at ``host``:``port`` over TCP and shake hands.
+    """Connect to the ftx server at ``host``:``port`` over TCP and shake hands; ``config`` says
+    how the connection behaves (see :class:`ClientConfig`, checked before this is called).
 
     IPv4 and IPv6 addresses and host names all work (trio tries every address, Happy Eyeballs
     style). To bound the time spent connecting, wrap the call in :func:`trio.fail_after`.
@@ -536,9 +310,8 @@ async def connect(
     ``ssl.create_default_context()``) verifies the server's certificate for
     ``server_hostname`` (default: ``host``); ``fingerprint`` (64 hex digits, colons allowed)
     instead pins the server's certificate by its SHA-256 fingerprint, as printed by
-    ``ftx serve``. Nothing is sent before the server is verified. With ``token``, the client
-    and the server prove to each other that they know it; ``digest`` chooses the digest transfers
-    are verified with (both: see :class:`Client`).
+    ``ftx serve``. Nothing is sent before the server is verified. With a token in ``config``,
+    the client and the server prove to each other that they know it.
 
     Raises:
         OSError: the connection could not be made (refused, unreachable, unknown host).
@@ -546,11 +319,8 @@ async def connect(
             or, with a token, the server did not prove that it knows it.
         RemoteError, RemoteProtocolError, ConnectionLostError: as for :meth:`Client.handshake`
             (a TLS handshake that fails otherwise raises RemoteProtocolError).
-        ValueError: ``fingerprint`` is malformed, ``token`` too short, or ``digest`` unknown.
+        ValueError: ``fingerprint`` is malformed.
     """
-    check_digest_choice(digest)  # before connecting
-    if token is not None:
-        check_token(token)  # before connecting
     stream: trio.abc.Stream
     if ssl_context is None and fingerprint is None:
         stream = await trio.open_tcp_stream(host, port)
@@ -558,13 +328,6 @@ async def connect(
         stream = await open_tls_stream(
             host, port, ssl_context, server_hostname=server_hostname, fingerprint=fingerprint
         )
-    client = Client(
-        stream,
-        max_frame_size=max_frame_size,
-        idle_timeout=idle_timeout,
-        token=token,
-        digest=digest,
-    )
-    async with client:
+    async with Client(stream, config) as client:
         await client.handshake()
         yield client

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Final, Protocol
 
 import trio
 
@@ -23,24 +24,33 @@ from ftx.client._partfile import (
     part_file_name,
     part_for,
 )
-from ftx.client._receive import Download, FileReceiver, GetOptions, ProgressCallback
+from ftx.client._receive import (
+    Download,
+    DownloadWire,
+    GetOptions,
+    ProgressCallback,
+    get_request,
+    receive_answer,
+)
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
-from ftx.protocol.messages import Get, Message
+from ftx.protocol.messages import Message
 
-__all__ = ["FetchWire", "fetch_files"]
+__all__ = ["FetchWire", "Pipeline", "fetch_files"]
 
 FetchItems = trio.abc.ReceiveChannel[tuple[str, str | os.PathLike[str]]]
+Request = tuple[str, PartFile, int, str | None]
+"""A GET to send: (remote path, part file, offset to resume from, identity of the file)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FetchWire:
-    """What pipelined downloads need of a client connection."""
+class FetchWire(DownloadWire, Protocol):
+    """What pipelined downloads need of a connection (:class:`ftx.Client` is one): a
+    download's needs, and whether the connection was closed (an error then ends the fetch, not
+    just a file)."""
 
-    send: Callable[..., Awaitable[None]]  # send(*messages), in one write
-    get_request: Callable[[str, bool, int, str | None], Get]  # (path, verify, offset, identity)
-    files: FileReceiver
-    is_closed: Callable[[], bool]
+    @property
+    def _closed(self) -> bool:
+        """Whether the connection was closed after a failure."""
 
 
 async def fetch_files(
@@ -56,102 +66,156 @@ async def fetch_files(
     :meth:`ftx.Client.fetch`); return the directories they were saved into (to be flushed).
     A directory that vanishes after its first file was checked makes a clear error when the
     next part file is created there."""
-    # Requests sent, oldest first, for the receiving task: (path, part, resumed offset).
-    send_sent, receive_sent = trio.open_memory_channel[tuple[str, PartFile, int]](math.inf)
-    # Resumes refused because the file changed: asked for again from zero.
-    send_retry, receive_retry = trio.open_memory_channel[tuple[str, PartFile]](math.inf)
-    # Requests go out in batches, one write each: the window is refilled once half of it is
-    # answered, so that the server finds several requests at once and can read their files
-    # ahead in one go (a request per answer would arrive, and be served, alone).
-    batch: list[tuple[str, PartFile, int, str | None]] = []
-    half_answered = trio.Event()
-    outstanding = 0
-    source_done = False
-    # Where files go: each looked up once (check_destination), and flushed by the caller.
-    directories: set[str] = set()
-    listings = _Listings()
+    pipeline = Pipeline(wire, on_done=on_done, progress=progress, options=options, window=window)
+    await run_together(partial(pipeline.send_requests, files), pipeline.receive_answers)
+    return pipeline.directories
 
-    def finish_if_idle() -> None:
-        idle = outstanding == 0 and receive_retry.statistics().current_buffer_used == 0
-        if source_done and idle:
-            send_retry.close()  # ends the second phase of send_requests
 
-    async def send_batch() -> None:
-        nonlocal outstanding
-        if not batch:
-            return
-        requests: list[Message] = []
-        for path, part, offset, identity in batch:
-            send_sent.send_nowait((path, part, offset))
-            requests.append(wire.get_request(path, options.verify, offset, identity))
-        outstanding += len(batch)
-        await wire.send(*requests)
-        batch.clear()
+class Pipeline:
+    """The state of one pipelined fetch, in one object (as h11 keeps a connection's): the
+    requests batched and outstanding, the resumes to ask for again, and where files went. Its
+    two sides run as two tasks: :meth:`send_requests` and :meth:`receive_answers`.
 
-    async def request(path: str, part: PartFile, offset: int, identity: str | None) -> None:
-        nonlocal half_answered
-        if outstanding + len(batch) >= window:
-            await send_batch()
-            half_answered = trio.Event()
-            if outstanding > window // 2:
-                await half_answered.wait()
-        batch.append((path, part, offset, identity))
-        if _nothing_waiting(files) or len(batch) >= window:
-            await send_batch()
+    At most ``window`` requests are batched or outstanding (sent, not yet answered) at once.
+    Requests go out in batches, one write each: once the window is full it is refilled only
+    when half of it is answered, so that the server finds several requests at once and can read
+    their files ahead in one go (a request per answer would arrive, and be served, alone).
+    """
 
-    async def send_requests() -> None:
-        nonlocal source_done
-        async with send_sent:
+    def __init__(
+        self,
+        wire: FetchWire,
+        *,
+        on_done: Callable[[str, Download | FtxError], object],
+        progress: ProgressCallback | None,
+        options: GetOptions,
+        window: int,
+    ) -> None:
+        self.window: Final = window
+        self.batch: list[Request] = []  # to send in one write
+        self.outstanding = 0  # sent, not yet answered
+        self.source_done = False  # every file to fetch was requested once
+        # Where files go: each looked up once (check_destination), and flushed by the caller.
+        self.directories: set[str] = set()
+        self._wire = wire
+        self._on_done = on_done
+        self._progress = progress
+        self._options = options
+        self._listings = _Listings()
+        self._half_answered = trio.Event()
+        # Requests sent, oldest first, for the receive side: (path, part, resumed offset).
+        self._send_sent, self._receive_sent = trio.open_memory_channel[tuple[str, PartFile, int]](
+            math.inf
+        )
+        # Resumes refused because the file changed: asked for again from zero.
+        self._send_retry, self._receive_retry = trio.open_memory_channel[tuple[str, PartFile]](
+            math.inf
+        )
+
+    # The window's bookkeeping: no I/O.
+
+    def window_full(self) -> bool:
+        """Whether no more requests may be batched before some are answered."""
+        return self.outstanding + len(self.batch) >= self.window
+
+    def take_batch(self) -> list[Request]:
+        """Empty the batch, to be sent: its requests are outstanding from now on."""
+        batch, self.batch = self.batch, []
+        self.outstanding += len(batch)
+        return batch
+
+    def answered(self) -> None:
+        """Note that the oldest outstanding request was answered; once half of the window is,
+        the send side may refill it."""
+        self.outstanding -= 1
+        if self.outstanding <= self.window // 2:
+            self._half_answered.set()
+
+    # The send side.
+
+    async def send_requests(self, files: FetchItems) -> None:
+        """Request the files that arrive on ``files``, then the resumes refused as changed,
+        again from zero, until every request is answered."""
+        async with self._send_sent:
             async for path, dest in files:
-                new = listings.new_file(dest)
-                if new is not None:
-                    target = new
-                    directories.add(os.path.dirname(new) or ".")
-                else:
-                    try:
-                        target = local_destination(path, dest)
-                        check_destination(
-                            target, overwrite=options.overwrite, known_directories=directories
-                        )
-                    except LocalFileError as exc:
-                        on_done(path, exc)
-                        continue
-                part = part_for(target)
-                if new is not None:
-                    offset, identity = 0, None  # no part file: nothing to resume
-                else:
-                    offset, identity = part.resumable(path) or (0, None)
-                await request(path, part, offset, identity)
-            await send_batch()
-            source_done = True
-            finish_if_idle()
-            async for path, part in receive_retry:
-                await request(path, part, 0, None)
-                await send_batch()
+                request = self._plan(path, dest)
+                if request is not None:
+                    await self._request(request, files)
+            await self._send_batch()
+            self.source_done = True
+            self._finish_if_idle()
+            async for path, part in self._receive_retry:
+                await self._request((path, part, 0, None), files)  # sent at once: files is drained
 
-    async def receive_answers() -> None:
-        nonlocal outstanding
-        async for path, part, offset in receive_sent:
+    def _plan(self, path: str, dest: str | os.PathLike[str]) -> Request | None:
+        """The request for ``path``, saved to ``dest``; ``None`` (reported) if it cannot be."""
+        new = self._listings.new_file(dest)
+        if new is not None:
+            self.directories.add(os.path.dirname(new) or ".")
+            return path, part_for(new), 0, None  # no part file: nothing to resume
+        try:
+            target = local_destination(path, dest)
+            check_destination(
+                target, overwrite=self._options.overwrite, known_directories=self.directories
+            )
+        except LocalFileError as exc:
+            self._on_done(path, exc)
+            return None
+        part = part_for(target)
+        offset, identity = part.resumable(path) or (0, None)
+        return path, part, offset, identity
+
+    async def _request(self, request: Request, files: FetchItems) -> None:
+        if self.window_full():
+            await self._send_batch()
+            self._half_answered = trio.Event()
+            if self.outstanding > self.window // 2:
+                await self._half_answered.wait()
+        self.batch.append(request)
+        if _nothing_waiting(files) or len(self.batch) >= self.window:
+            await self._send_batch()
+
+    async def _send_batch(self) -> None:
+        if not self.batch:
+            return
+        messages: list[Message] = []
+        verify = self._options.verify
+        for path, part, offset, identity in self.take_batch():
+            self._send_sent.send_nowait((path, part, offset))
+            messages.append(get_request(self._wire, path, verify, offset, identity))
+        await self._wire._send(*messages)
+
+    # The receive side.
+
+    async def receive_answers(self) -> None:
+        """Receive the answers, in the order the requests were sent, until the send side is
+        done; report each file's result, or have a refused resume asked for again.
+
+        Raises:
+            ConnectionLostError, RemoteProtocolError, ...: the connection failed (and is
+                closed); a file's own failure is its result instead.
+        """
+        async for path, part, offset in self._receive_sent:
             result: Download | FtxError
             try:
-                result = await wire.files.receive_answer(
-                    path, part, progress, options, time.monotonic()
+                result = await receive_answer(
+                    self._wire, path, part, self._progress, self._options, time.monotonic()
                 )
             except (RemoteError, IntegrityError, LocalFileError) as exc:
-                if wire.is_closed():
+                if self._wire._closed:
                     raise
                 result = exc
-            outstanding -= 1
-            if outstanding <= window // 2:
-                half_answered.set()
+            self.answered()
             if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
-                send_retry.send_nowait((path, part))
+                self._send_retry.send_nowait((path, part))
             else:
-                on_done(path, result)
-            finish_if_idle()
+                self._on_done(path, result)
+            self._finish_if_idle()
 
-    await run_together(send_requests, receive_answers)
-    return directories
+    def _finish_if_idle(self) -> None:
+        idle = self.outstanding == 0 and self._receive_retry.statistics().current_buffer_used == 0
+        if self.source_done and idle:
+            self._send_retry.close()  # ends the second phase of send_requests
 
 
 class _Listings:

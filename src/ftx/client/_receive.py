@@ -1,6 +1,6 @@
-"""Receiving one GET's answer into a part file: FILE, then DATA until END, verified against
-the whole-file digest, then published (renamed into place). Used by :class:`ftx.client.Client`,
-one :class:`FileReceiver` per connection.
+"""Downloading one file: the GET, then its answer (FILE, DATA until END) into a part file,
+verified against the whole-file digest, then published (renamed into place). Used by
+:class:`ftx.client.Client`, which passes itself as the :class:`DownloadWire`.
 
 Big files are received into two reused buffers (one filling while the other is written and
 hashed in a worker thread); small chunks are written and hashed in the event loop's thread.
@@ -9,22 +9,31 @@ hashed in a worker thread); small chunks are written and hashed in the event loo
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
 from ftx._threads import ThreadJob
-from ftx.client._partfile import RESUMABLE_SIZE, PartFile, ResumeRecord
+from ftx.client._partfile import RESUMABLE_SIZE, PartFile, ResumeRecord, part_for
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.framing import Buffer
-from ftx.protocol import Hasher, new_hasher
-from ftx.protocol.messages import Data, Error, FileEnd, FileHeader, Message
+from ftx.protocol import ClientProtocol, ErrorCode, Hasher, new_hasher
+from ftx.protocol.messages import Data, Error, FileEnd, FileHeader, Get, Message
 
-__all__ = ["Download", "FileReceiver", "GetOptions", "ProgressCallback"]
+__all__ = [
+    "Download",
+    "DownloadWire",
+    "GetOptions",
+    "ProgressCallback",
+    "ReceiveBuffers",
+    "download",
+    "get_request",
+    "receive_answer",
+]
 
 ProgressCallback = Callable[[int, int], object]
 """Called as ``progress(bytes_done, bytes_total)`` as a download advances."""
@@ -63,153 +72,228 @@ class GetOptions:
     skip_unwritable: bool = False
 
 
-class FileReceiver:
-    """Receives the answers to GET requests on one connection into part files.
+class DownloadWire(Protocol):
+    """What a download needs of its connection (:class:`ftx.Client` is one). The members are
+    the client's private ones: only the client's own modules use them."""
 
-    Args:
-        receive: ``receive(into)`` returns the connection's next message, received into the
-            buffer ``into`` if one is given (a DATA chunk is then a view of it); it closes the
-            connection on any failure.
-        fail: closes the connection (the rest of an answer is then unreadable).
-        max_frame_size: the connection's frame limit (the receive buffers' size).
+    @property
+    def digest_algorithm(self) -> str:
+        """The digest a verified download asks for."""
+
+    @property
+    def _protocol(self) -> ClientProtocol:
+        """The connection's protocol state (it numbers the requests)."""
+
+    @property
+    def _receive_buffers(self) -> ReceiveBuffers:
+        """The connection's buffers for big files."""
+
+    async def _send(self, *messages: Message) -> None:
+        """Send the messages, in one write if they are small."""
+
+    async def _receive(self, into: bytearray | None = None) -> Message:
+        """The next message, received ``into`` that buffer if one is given (a DATA chunk is
+        then a view of it); closes the connection on any failure."""
+
+    async def _fail(self) -> None:
+        """Close the connection (the rest of an answer is then unreadable)."""
+
+
+async def download(
+    wire: DownloadWire,
+    path: str,
+    target: Path,
+    *,
+    progress: ProgressCallback | None,
+    options: GetOptions,
+    resume: bool,
+) -> Download:
+    """Download the file at ``path`` on the server to ``target`` (checked by the caller)
+    through its part file; from where an earlier download of it stopped, if ``resume`` and the
+    server's file is still the one the part holds the start of (else from zero).
+
+    Raises:
+        RemoteError, IntegrityError, LocalFileError, ConnectionLostError, RemoteProtocolError:
+            as :meth:`ftx.Client.get` says.
     """
-
-    def __init__(
-        self,
-        receive: Callable[[bytearray | None], Awaitable[Message]],
-        fail: Callable[[], Awaitable[None]],
-        max_frame_size: int,
-    ) -> None:
-        self._receive_message = receive
-        self._fail = fail
-        self._max_frame_size = max_frame_size
-        self._receive_buffers: tuple[bytearray, bytearray] | None = None
-
-    async def receive_answer(
-        self,
-        path: str,
-        part: PartFile,
-        progress: ProgressCallback | None,
-        options: GetOptions,
-        started: float,
-    ) -> Download:
-        """Receive the answer to the oldest outstanding GET and save the file through ``part``
-        (not open yet)."""
-        header = await self._receive_message(None)
-        if isinstance(header, Error):
-            raise RemoteError(header.code, header.message)
-        assert isinstance(header, FileHeader)
+    started = time.monotonic()
+    part = part_for(target)
+    resume_from = part.resumable(path) if resume else None
+    if resume_from is not None:
+        offset, identity = resume_from
+        await wire._send(get_request(wire, path, options.verify, offset, identity))
         try:
-            _open_part(part, path, header)
-        except LocalFileError:
-            if options.skip_unwritable:
-                await self._skip_rest(header)
-            else:
-                await self._fail()  # the rest of this answer is still on its way: give up
-            raise
-        answered = False
-        try:
-            digest = await self._receive_file(header, part, progress, verify=options.verify)
-            answered = True
-            publish = partial(
-                part.publish,
-                overwrite=options.overwrite,
-                mtime_ns=header.mtime_ns if options.preserve_mtime else None,
-                mode=header.mode & 0o777 if options.preserve_mode else None,
-                durable=options.durable,
-            )
-            if options.durable:
-                await trio.to_thread.run_sync(publish)  # fsync can take milliseconds
-            else:
-                publish()
-        except BaseException as exc:
-            part.close()
-            answered = answered or isinstance(exc, RemoteError | IntegrityError)
-            if not answered:
-                await self._fail()  # the rest of this answer is still on its way: give up
-            raise
-        return Download(
-            path,
-            part.dest,
-            header.size,
-            header.mtime_ns,
-            digest,
-            header.digest if digest else None,
-            time.monotonic() - started,
+            return await receive_answer(wire, path, part, progress, options, started)
+        except RemoteError as exc:
+            if exc.code != ErrorCode.CHANGED:
+                raise
+            # The file is not the one the part holds the start of: start from zero.
+    await wire._send(get_request(wire, path, options.verify))
+    return await receive_answer(wire, path, part, progress, options, started)
+
+
+def get_request(
+    wire: DownloadWire, path: str, verify: bool, offset: int = 0, identity: str | None = None
+) -> Get:
+    """The next GET request of ``wire``'s connection: for ``path`` from ``offset`` (of the file
+    with that ``identity``), with the connection's digest if ``verify``."""
+    digest = wire.digest_algorithm if verify else None
+    request_id = wire._protocol.new_request_id()
+    return Get(request_id, path, offset=offset, identity=identity, digest=digest)
+
+
+async def receive_answer(
+    wire: DownloadWire,
+    path: str,
+    part: PartFile,
+    progress: ProgressCallback | None,
+    options: GetOptions,
+    started: float,
+) -> Download:
+    """Receive the answer to the oldest outstanding GET and save the file through ``part``
+    (not open yet).
+
+    Raises:
+        RemoteError: the server refused the request, or failed mid-way (the part is dropped).
+        IntegrityError: the data does not match the server's digest (the part is dropped).
+        LocalFileError: the part cannot be written or published. The connection is closed
+            unless the rest of the answer was read (always, with ``options.skip_unwritable``).
+        ConnectionLostError, RemoteProtocolError: the connection failed.
+    """
+    header = await wire._receive(None)
+    if isinstance(header, Error):
+        raise RemoteError(header.code, header.message)
+    assert isinstance(header, FileHeader)
+    try:
+        _open_part(part, path, header)
+    except LocalFileError:
+        if options.skip_unwritable:
+            await _skip_rest(wire, header)
+        else:
+            await wire._fail()  # the rest of this answer is still on its way: give up
+        raise
+    answered = False
+    try:
+        digest = await _receive_file(wire, header, part, progress, verify=options.verify)
+        answered = True
+        publish = partial(
+            part.publish,
+            overwrite=options.overwrite,
+            mtime_ns=header.mtime_ns if options.preserve_mtime else None,
+            mode=header.mode & 0o777 if options.preserve_mode else None,
+            durable=options.durable,
         )
+        if options.durable:
+            await trio.to_thread.run_sync(publish)  # fsync can take milliseconds
+        else:
+            publish()
+    except BaseException as exc:
+        part.close()
+        answered = answered or isinstance(exc, RemoteError | IntegrityError)
+        if not answered:
+            await wire._fail()  # the rest of this answer is still on its way: give up
+        raise
+    return Download(
+        path,
+        part.dest,
+        header.size,
+        header.mtime_ns,
+        digest,
+        header.digest if digest else None,
+        time.monotonic() - started,
+    )
 
-    async def _receive_file(
-        self, header: FileHeader, part: PartFile, progress: ProgressCallback | None, verify: bool
-    ) -> str | None:
-        hasher = new_hasher(header.digest) if verify and header.digest else None
-        if hasher is not None and header.offset:
-            # The digest covers the whole file: hash what the part file already holds.
-            await trio.to_thread.run_sync(part.hash_prefix, header.offset, hasher)
-        done, total = header.offset, header.size
-        if progress is not None:
-            progress(done, total)
-        # Each chunk is written, and hashed, in worker threads while the next one is received.
-        jobs: list[ThreadJob[object]] = []
-        buffers = self._buffers_for(total - done)
-        turn = 0
-        try:
-            while True:
-                try:
-                    # The buffer filled now was last used two chunks ago: its jobs are done.
-                    message = await self._receive_message(buffers[turn] if buffers else None)
-                    turn ^= 1
-                except BaseException:
-                    if done == 0:
-                        part.discard()  # nothing worth keeping for a resume
-                    raise
-                if not isinstance(message, Data):
-                    break
-                for job in jobs:
-                    await job.result()
-                jobs.clear()
-                data = message.data
-                size = memoryview(data).nbytes
-                if size < _INLINE_CHUNK:
-                    part.write(data)  # a thread hop would cost more than the work
-                    if hasher is not None:
-                        hasher.update(data)
-                else:
-                    jobs.append(ThreadJob(partial(_write_and_hash, part, hasher, data)))
-                done += size
-                if progress is not None:
-                    progress(done, total)
+
+async def _receive_file(
+    wire: DownloadWire,
+    header: FileHeader,
+    part: PartFile,
+    progress: ProgressCallback | None,
+    verify: bool,
+) -> str | None:
+    hasher = new_hasher(header.digest) if verify and header.digest else None
+    if hasher is not None and header.offset:
+        # The digest covers the whole file: hash what the part file already holds.
+        await trio.to_thread.run_sync(part.hash_prefix, header.offset, hasher)
+    done, total = header.offset, header.size
+    if progress is not None:
+        progress(done, total)
+    # Each chunk is written, and hashed, in worker threads while the next one is received.
+    jobs: list[ThreadJob[object]] = []
+    buffers = wire._receive_buffers.for_size(total - done)
+    turn = 0
+    receive = wire._receive  # (looked up once: it is called for every DATA frame)
+    try:
+        while True:
+            try:
+                # The buffer filled now was last used two chunks ago: its jobs are done.
+                message = await receive(buffers[turn] if buffers else None)
+                turn ^= 1
+            except BaseException:
+                if done == 0:
+                    part.discard()  # nothing worth keeping for a resume
+                raise
+            if not isinstance(message, Data):
+                break
             for job in jobs:
                 await job.result()
-        finally:
-            for job in jobs:
-                await job.wait_quietly()  # never close the part file under a running write
-        if isinstance(message, Error):
-            part.discard()  # e.g. the file changed mid-way: these bytes are of no use
-            raise RemoteError(message.code, message.message)
-        assert isinstance(message, FileEnd)
-        if hasher is not None and message.digest != hasher.hexdigest():
-            part.discard()
-            raise IntegrityError(
-                f"{header.size}-byte download does not match the server's {header.digest}: "
-                f"expected {message.digest}, got {hasher.hexdigest()}; nothing was saved"
-            )
-        return message.digest if verify else None
+            jobs.clear()
+            data = message.data
+            size = memoryview(data).nbytes
+            if size < _INLINE_CHUNK:
+                part.write(data)  # a thread hop would cost more than the work
+                if hasher is not None:
+                    hasher.update(data)
+            else:
+                jobs.append(ThreadJob(partial(_write_and_hash, part, hasher, data)))
+            done += size
+            if progress is not None:
+                progress(done, total)
+        for job in jobs:
+            await job.result()
+    finally:
+        for job in jobs:
+            await job.wait_quietly()  # never close the part file under a running write
+    if isinstance(message, Error):
+        part.discard()  # e.g. the file changed mid-way: these bytes are of no use
+        raise RemoteError(message.code, message.message)
+    assert isinstance(message, FileEnd)
+    if hasher is not None and message.digest != hasher.hexdigest():
+        part.discard()
+        raise IntegrityError(
+            f"{header.size}-byte download does not match the server's {header.digest}: "
+            f"expected {message.digest}, got {hasher.hexdigest()}; nothing was saved"
+        )
+    return message.digest if verify else None
 
-    async def _skip_rest(self, header: FileHeader) -> None:
-        """Read and drop the rest of an answer whose file cannot be saved (as rsync does), so
-        that the answers after it can still be read."""
-        buffers = self._buffers_for(header.size - header.offset)
-        while isinstance(await self._receive_message(buffers[0] if buffers else None), Data):
-            pass  # until END (or an ERROR: the file changed meanwhile)
 
-    def _buffers_for(self, size: int) -> tuple[bytearray, bytearray] | None:
-        """The two receive buffers, if a download of ``size`` bytes should use them."""
+async def _skip_rest(wire: DownloadWire, header: FileHeader) -> None:
+    """Read and drop the rest of an answer whose file cannot be saved (as rsync does), so
+    that the answers after it can still be read."""
+    buffers = wire._receive_buffers.for_size(header.size - header.offset)
+    while isinstance(await wire._receive(buffers[0] if buffers else None), Data):
+        pass  # until END (or an ERROR: the file changed meanwhile)
+
+
+class ReceiveBuffers:
+    """A connection's two receive buffers for big files, made on first use and then reused.
+
+    Args:
+        max_frame_size: the connection's frame limit (the buffers' size).
+    """
+
+    def __init__(self, max_frame_size: int) -> None:
+        self._max_frame_size = max_frame_size
+        self._buffers: tuple[bytearray, bytearray] | None = None
+
+    def for_size(self, size: int) -> tuple[bytearray, bytearray] | None:
+        """The two buffers, if a download of ``size`` bytes should use them."""
         if size < _BUFFERED_RECEIVE_SIZE:
             return None
-        if self._receive_buffers is None:
+        if self._buffers is None:
             frame = self._max_frame_size
-            self._receive_buffers = (bytearray(frame), bytearray(frame))
-        return self._receive_buffers
+            self._buffers = (bytearray(frame), bytearray(frame))
+        return self._buffers
 
 
 def _open_part(part: PartFile, path: str, header: FileHeader) -> None:

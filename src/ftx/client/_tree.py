@@ -190,22 +190,11 @@ async def download(
                 return
             attempts.connected()
             work_items = await stack.enter_async_context(receive_work.clone())
-            shown = 0
-
-            def track(done: int, total: int) -> None:
-                nonlocal shown
-                totals.bytes_done += done - shown if done >= shown else done
-                shown = done if done < total else 0
-
-            def started(path: str, result: Download | FtxError) -> None:
-                nonlocal shown
-                shown = 0
-                finish(path, result)
-
+            counting = _CountingBytes(totals, finish)
             await client.fetch(
                 _MarkingInFlight(work_items, totals),
-                on_done=started,
-                progress=track,
+                on_done=counting.file_done,
+                progress=counting.progress,
                 overwrite=overwrite,
                 verify=verify,
                 preserve_mode=preserve_mode,
@@ -217,6 +206,29 @@ async def download(
         await run_together(list_everything, *workers)
     await trio.to_thread.run_sync(sync_file_systems, directories)  # one flush for the batch
     return results
+
+
+class _CountingBytes:
+    """Adds one connection's progress to the totals: the bytes of its file in progress, as they
+    arrive (a resumed file's first report counts the bytes it already had)."""
+
+    def __init__(
+        self, totals: TreeProgress, finish: Callable[[str, Download | FtxError], object]
+    ) -> None:
+        self._totals = totals
+        self._finish = finish
+        self._counted = 0  # of the file in progress
+
+    def progress(self, done: int, total: int) -> None:
+        """Count what arrived since the last report (:data:`ftx.ProgressCallback`)."""
+        counted = self._counted
+        self._totals.bytes_done += done - counted if done >= counted else done
+        self._counted = done if done < total else 0
+
+    def file_done(self, path: str, result: Download | FtxError) -> None:
+        """The file ended (its result goes to ``finish``): the next one starts from zero."""
+        self._counted = 0
+        self._finish(path, result)
 
 
 class _Attempts:

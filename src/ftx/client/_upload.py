@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal, Self
+from typing import Final, Literal, Protocol, Self
 
 import trio
 
@@ -35,7 +35,7 @@ from ftx._threads import ThreadJob, run_together
 from ftx.client._partfile import RESUMABLE_SIZE
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.fs import file_identity, read_cached_into
-from ftx.protocol import ErrorCode, Hasher, new_hasher
+from ftx.protocol import UPLOAD_FEATURE, ClientProtocol, ErrorCode, Hasher, new_hasher
 from ftx.protocol.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 
 __all__ = [
@@ -76,17 +76,28 @@ class Upload:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class UploadWire:
-    """What an upload needs of a client connection: send and receive checked messages, number
-    requests, and give up (close) when an upload cannot be finished."""
+class UploadWire(Protocol):
+    """What an upload needs of its connection (:class:`ftx.Client` is one): send and receive
+    checked messages, number requests, and give up (close) when an upload cannot be finished.
+    The members are the client's private ones: only the client's own modules use them."""
 
-    send: Callable[[Message], Awaitable[None]]
-    receive: Callable[[], Awaitable[Message]]
-    new_request_id: Callable[[], int]
-    fail: Callable[[], Awaitable[None]]
-    chunk_size: int
-    digest_algorithm: str
+    @property
+    def digest_algorithm(self) -> str:
+        """The digest the server's copy is checked with."""
+
+    @property
+    def _protocol(self) -> ClientProtocol:
+        """The connection's protocol state: the server's features and frame limit; it numbers
+        the requests."""
+
+    async def _send(self, *messages: Message) -> None:
+        """Send the messages, in one write if they are small."""
+
+    async def _receive(self, into: bytearray | None = None) -> Message:
+        """The next message; closes the connection on any failure."""
+
+    async def _fail(self) -> None:
+        """Close the connection (an upload that cannot be finished cannot be abandoned)."""
 
 
 class _LocalFile:
@@ -167,6 +178,7 @@ async def send_file(
             was being sent (then the connection is closed).
         ConnectionLostError, RemoteProtocolError: the connection failed.
     """
+    _check_uploads(wire)
     started = time.monotonic()
     with _LocalFile(source) as local:
         token = local.source if resume and local.stat.st_size >= RESUMABLE_SIZE else None
@@ -188,8 +200,14 @@ async def send_file(
     )
 
 
+def _check_uploads(wire: UploadWire) -> None:
+    """Raise :exc:`RemoteError` ``read-only``, without asking, if the server offers no uploads."""
+    if UPLOAD_FEATURE not in wire._protocol.features:
+        raise RemoteError(ErrorCode.READ_ONLY, "the server does not accept uploads")
+
+
 class _ResumedMismatchError(IntegrityError):
-    pass
+    """The server's part did not hold the start of this file after all: send it again."""
 
 
 async def _send_once(
@@ -204,21 +222,21 @@ async def _send_once(
     started = time.monotonic()
     size = local.stat.st_size
     algorithm = wire.digest_algorithm
-    request_id = wire.new_request_id()
+    request_id = wire._protocol.new_request_id()
     mtime_ns = local.stat.st_mtime_ns if preserve_mtime else None
-    await wire.send(Put(request_id, path, size, algorithm, token, overwrite, mtime_ns))
-    answer = await wire.receive()
+    await wire._send(Put(request_id, path, size, algorithm, token, overwrite, mtime_ns))
+    answer = await wire._receive()
     if isinstance(answer, Error):
         raise RemoteError(answer.code, answer.message)
     assert isinstance(answer, Ready)  # ClientProtocol lets nothing else through
     offset = answer.offset
     try:
         digest = await _send_data(wire, local, offset, new_hasher(algorithm), progress)
-        await wire.send(FileEnd(request_id, digest))
+        await wire._send(FileEnd(request_id, digest))
     except BaseException:
-        await wire.fail()  # the upload cannot be finished: close (the server keeps its part)
+        await wire._fail()  # the upload cannot be finished: close (the server keeps its part)
         raise
-    answer = await wire.receive()
+    answer = await wire._receive()
     if isinstance(answer, Error):
         if answer.code != ErrorCode.DIGEST_MISMATCH:
             raise RemoteError(answer.code, answer.message)
@@ -242,6 +260,7 @@ async def _send_data(
     found in the page cache is read here (a thread hop would cost more than the read), which
     for a tree of small files saves most of a file's thread hops."""
     size = local.stat.st_size
+    chunk_size = min(UPLOAD_CHUNK, wire._protocol.peer_max_frame_size - 1)
     if offset:
         await _hash_prefix(wire, local, offset, hasher)
     position = offset
@@ -249,7 +268,7 @@ async def _send_data(
         progress(position, size)
 
     def read_next() -> ThreadJob[bytes] | bytearray | None:
-        count = min(wire.chunk_size, size - position)
+        count = min(chunk_size, size - position)
         if count <= 0:
             return None
         if count < _INLINE_CHUNK and (cached := local.read_cached(position, count)) is not None:
@@ -271,7 +290,7 @@ async def _send_data(
             if hashing is None:
                 hasher.update(chunk)
             try:
-                await wire.send(Data(chunk))
+                await wire._send(Data(chunk))
             finally:
                 if hashing is not None:
                     await hashing.wait_quietly()
@@ -303,7 +322,7 @@ async def _hash_prefix(wire: UploadWire, local: _LocalFile, end: int, hasher: Ha
             with trio.move_on_after(_KEEPALIVE_SECONDS):
                 await done.wait()
             if not done.is_set():
-                await wire.send(Data(b""))
+                await wire._send(Data(b""))
 
     await run_together(hash_it, keep_alive)
 
@@ -317,8 +336,9 @@ async def make_directory(wire: UploadWire, path: str) -> bool:
             that name, ``not-found`` when the parent is missing, ...).
         ConnectionLostError, RemoteProtocolError: the connection failed.
     """
-    await wire.send(MakeDir(wire.new_request_id(), path))
-    answer = await wire.receive()
+    _check_uploads(wire)
+    await wire._send(MakeDir(wire._protocol.new_request_id(), path))
+    answer = await wire._receive()
     if isinstance(answer, Error):
         raise RemoteError(answer.code, answer.message)
     assert isinstance(answer, Done)

@@ -1,0 +1,201 @@
+"""One client connection to a server: the handshake, checked messages in and out, and closing
+for good after a failure. :class:`ftx.Client` adds the file operations on top; the helper
+modules (``_receive``, ``_pipeline``, ``_upload``) use the private members below through the
+Protocols they declare (``DownloadWire``, ``FetchWire``, ``UploadWire``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from ftx._net import set_keepalive
+from ftx._version import __version__
+from ftx.client._config import ClientConfig
+from ftx.client._receive import ReceiveBuffers
+from ftx.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    IncompleteFrameError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+)
+from ftx.framing import Buffer, FramedChannel
+from ftx.protocol import (
+    DIGEST_FEATURES,
+    UPLOAD_FEATURE,
+    ClientProtocol,
+    DigestChoice,
+    choose_digest,
+)
+from ftx.protocol._auth import ClientAuthenticator
+from ftx.protocol.messages import Error, Hello, Message
+
+__all__ = ["ClientConnection"]
+
+
+class ClientConnection(trio.abc.AsyncResource):
+    """A connection to an ftx server over any :class:`trio.abc.Stream`, as far as the handshake
+    and the messages go: the base of :class:`ftx.Client`, which adds the file operations.
+
+    Requests wait for :attr:`_lock` in turn. Any failure to send or receive closes the
+    connection for good (:meth:`_fail`): the next request raises ConnectionLostError.
+
+    Args:
+        stream: a connected stream to an ftx server; the connection owns it from now on.
+        config: how the connection behaves (frame limit, idle timeout, token, digest).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
+        set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
+        self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
+        self._protocol = ClientProtocol(
+            max_frame_size=config.max_frame_size,
+            agent=f"ftx/{__version__}",
+            auth=ClientAuthenticator(config.token) if config.token is not None else None,
+            features=DIGEST_FEATURES | {UPLOAD_FEATURE},
+        )
+        self._digest_choice: DigestChoice = config.digest
+        self._digest_algorithm: str | None = None  # chosen by the handshake
+        self._idle_timeout = config.idle_timeout
+        self._lock = trio.Lock()
+        self._receive_buffers = ReceiveBuffers(config.max_frame_size)
+        self._closed = False
+
+    @property
+    def digest_algorithm(self) -> str:
+        """The whole-file digest transfers are verified with: the fastest one the server computes
+        of ``xxh3-128``, ``blake3`` and ``sha256``; with ``digest="cryptographic"``, of
+        ``blake3`` and ``sha256``; else the one named. (Every server computes ``sha256``.)
+
+        Raises:
+            LocalProtocolError: the algorithm named is not one the server computes (raised by
+                :meth:`handshake` already)."""
+        if self._digest_algorithm is not None:
+            return self._digest_algorithm  # known since the handshake
+        return choose_digest(self._protocol.features, self._digest_choice)
+
+    @property
+    def server_hello(self) -> Hello | None:
+        """The server's HELLO (its version, features and agent), once the handshake is done."""
+        return self._protocol.peer_hello
+
+    async def aclose(self) -> None:
+        """Close the connection. Idempotent."""
+        self._closed = True
+        await self._channel.aclose()
+
+    async def handshake(self) -> Hello:
+        """Exchange HELLO with the server (done by :func:`ftx.connect`); return the server's.
+
+        With a token, the token exchange follows (CHALLENGE, AUTH, AUTH_OK).
+
+        Raises:
+            RemoteError: the server refused the connection (``busy``, ``unsupported-version``,
+                ``unauthorized`` for a missing or wrong token, ``tls-required``).
+            AuthenticationError: we have a token, and the server does not ask for it or does
+                not prove that it knows it.
+            RemoteProtocolError: the peer does not speak ftx.
+            ConnectionLostError: the connection closed or the server stayed silent.
+            LocalProtocolError: the digest asked for by name is not one the server computes.
+        """
+        async with self._lock:
+            if self._protocol.peer_hello is not None and self._protocol.authenticated:
+                return self._protocol.peer_hello
+            try:
+                await self._send(self._protocol.local_hello)
+                message = await self._receive()
+                if not isinstance(message, Hello):  # pragma: no cover - ClientProtocol ensures it
+                    raise RemoteProtocolError(f"expected HELLO, got {type(message).__name__}")
+                if not self._protocol.authenticated:
+                    await self._receive()  # CHALLENGE
+                    await self._send(self._protocol.auth_answer())
+                    await self._receive()  # AUTH_OK, checked by the protocol
+                # Chosen now, so that a digest the server does not compute fails here.
+                self._digest_algorithm = choose_digest(self._protocol.features, self._digest_choice)
+            except (AuthenticationError, LocalProtocolError):
+                await self._fail()
+                raise
+            return message
+
+    async def _check_open(self) -> None:
+        """Raise unless the connection is ready for a request.
+
+        Raises:
+            ConnectionLostError: it was closed after an earlier failure.
+            RuntimeError: the handshake was not done yet.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionLostError("this connection was closed after an earlier failure")
+        if self._protocol.peer_hello is None:
+            raise RuntimeError("handshake() first (ftx.connect does it)")
+
+    async def _send(self, *messages: Message) -> None:
+        """Send the messages, in one write if they are small.
+
+        Raises:
+            ConnectionLostError: the connection broke (it is closed now).
+            LocalProtocolError: a message may not be sent now (nothing was sent).
+        """
+        frames = [self._protocol.send(message) for message in messages]
+        try:
+            await self._channel.send_frames(*frames)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the connection broke while sending: {exc}") from exc
+
+    async def _receive(self, into: bytearray | None = None) -> Message:
+        """The next message from the server (received ``into`` that buffer if one is given: a
+        DATA message's chunk is then a view of it). Any failure closes the connection.
+
+        Raises:
+            ConnectionLostError: the connection broke or closed, or the server stayed silent
+                for the idle timeout.
+            RemoteProtocolError: the server broke the protocol.
+            RemoteError: the server refused the whole connection (an ERROR without a request).
+        """
+        try:
+            while True:
+                payload: Buffer | None = None
+                if into is None:
+                    # Small answers come several to a segment: a frame that is here already
+                    # needs no deadline (a cancel scope costs more than a small message).
+                    with contextlib.suppress(trio.WouldBlock):
+                        payload = self._channel.receive_nowait()
+                if payload is None:
+                    with trio.move_on_after(self._idle_timeout) as idle:
+                        if into is None:
+                            payload = await self._channel.receive()
+                        else:
+                            size = await self._channel.receive_into(into)
+                            payload = memoryview(into)[:size]
+                    if payload is None or idle.cancelled_caught:
+                        await self._fail()
+                        raise ConnectionLostError(
+                            f"the server sent nothing for {self._idle_timeout:g} seconds"
+                        )
+                message = self._protocol.receive(payload)
+                if message is not None:
+                    break
+        except (trio.EndOfChannel, IncompleteFrameError) as exc:
+            await self._fail()
+            raise ConnectionLostError("the server closed the connection") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
+        except RemoteProtocolError:
+            await self._fail()
+            raise
+        if isinstance(message, Error) and message.request_id is None:
+            await self._fail()
+            raise RemoteError(message.code, message.message)
+        return message
+
+    async def _fail(self) -> None:
+        """Close the connection at once, for good (after a failure, or to abandon an answer or
+        an upload that cannot be finished)."""
+        self._closed = True
+        await trio.aclose_forcefully(self._channel)
