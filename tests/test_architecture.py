@@ -66,6 +66,39 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch) -> None:
     assert _cycles("cyclic") == [["cyclic.a", "cyclic.b"]]
 
 
+def _private_imports(package: str) -> list[tuple[str, str]]:
+    """The imports in ``package`` of another package's private module: ``a.b._c`` may be
+    imported only from inside ``a.b``."""
+    graph = grimp.build_graph(package)
+    found = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            parts = imported.split(".")
+            private = next((i for i, part in enumerate(parts) if part.startswith("_")), None)
+            if private is None:
+                continue
+            owner = ".".join(parts[:private])
+            if not (importer == owner or importer.startswith(owner + ".")):
+                found.append((importer, imported))
+    return found
+
+
+def test_packages_are_used_through_their_public_names() -> None:
+    assert _private_imports("ftx") == []
+
+
+def test_the_private_import_check_sees_one(tmp_path, monkeypatch) -> None:
+    package = tmp_path / "layered"
+    (package / "low").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "_shared.py").write_text("")
+    (package / "low" / "__init__.py").write_text("from layered.low._impl import x\n")
+    (package / "low" / "_impl.py").write_text("from layered import _shared\nx = 1\n")
+    (package / "high.py").write_text("from layered.low._impl import x\nfrom layered.low import x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _private_imports("layered") == [("layered.high", "layered.low._impl")]
+
+
 _LOADED = """
 import json, sys
 before = set(sys.modules)

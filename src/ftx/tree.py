@@ -3,6 +3,7 @@
 The implementation lives in :mod:`ftx.client` (``ftx.client.download_tree``).
 """
 
-from ftx.client._tree import DEFAULT_JOBS, Skipped, TreeProgress, download
+from ftx.client import DEFAULT_JOBS, Skipped, TreeProgress
+from ftx.client import download_tree as download
 
 __all__ = ["DEFAULT_JOBS", "Skipped", "TreeProgress", "download"]

@@ -3,6 +3,6 @@
 The implementation lives in :mod:`ftx.client`.
 """
 
-from ftx.client._upload import Planned, Upload, plan_uploads
+from ftx.client import Planned, Upload, plan_uploads
 
 __all__ = ["Planned", "Upload", "plan_uploads"]

@@ -21,8 +21,7 @@ from ftx.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from ftx.protocol import ErrorCode
-from ftx.protocol._auth import load_token
+from ftx.protocol import ErrorCode, load_token
 
 
 def _fingerprint(text: str) -> str:

@@ -18,7 +18,7 @@ from ftx.cli._errors import CliError
 from ftx.cli._output import as_json, human_size, printable, say
 from ftx.cli._progress import ProgressBar
 from ftx.cli._retry import MAX_RETRY_DELAY, worth_retrying
-from ftx.client._partfile import is_null_device
+from ftx.client import is_null_device
 from ftx.errors import ConnectionLostError, RemoteError
 from ftx.protocol.messages import Entry, EntryType
 

@@ -33,7 +33,7 @@ from ftx.cli._put import add_put_parser, put_command
 from ftx.cli._retry import DEFAULT_RETRIES
 from ftx.cli._serve import add_serve_options, serve_command
 from ftx.cli._tree import get_tree
-from ftx.client._tree import DEFAULT_JOBS
+from ftx.client import DEFAULT_JOBS
 from ftx.server import DEFAULT_PORT
 
 

@@ -7,8 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ftx.client import Download
-from ftx.client._tree import Skipped
+from ftx.client import Download, Skipped
 from ftx.errors import FtxError, RemoteError
 
 

@@ -27,9 +27,7 @@ from ftx.cli._options import (
 from ftx.cli._output import human_size, printable, say
 from ftx.cli._progress import ProgressBar
 from ftx.cli._retry import DEFAULT_RETRIES, MAX_RETRY_DELAY
-from ftx.client import Client
-from ftx.client._tree import DEFAULT_JOBS
-from ftx.client._upload import Planned, Upload, plan_uploads
+from ftx.client import DEFAULT_JOBS, Client, Planned, Upload, plan_uploads
 from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType

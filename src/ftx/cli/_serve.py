@@ -27,11 +27,11 @@ from ftx.cli._connect import token_from
 from ftx.cli._errors import CliError, ExitCode
 from ftx.cli._options import parse_positive_count, parse_positive_seconds
 from ftx.cli._output import say
-from ftx.server._access_log import JsonFormatter
-from ftx.server._limits import (
+from ftx.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    JsonFormatter,
 )
 
 # Descriptors a served connection may hold at once (its socket, a file or directory being read).

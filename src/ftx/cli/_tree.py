@@ -18,8 +18,7 @@ from ftx.cli._connect import connect_client
 from ftx.cli._errors import CliError, ExitCode, describe
 from ftx.cli._output import as_json, human_size, printable, say
 from ftx.cli._retry import MAX_RETRY_DELAY, worth_retrying
-from ftx.client import Client, Download
-from ftx.client._tree import Skipped, TreeProgress, download
+from ftx.client import Client, Download, Skipped, TreeProgress, download_tree
 from ftx.errors import ConnectionLostError, FtxError, RemoteError
 
 _REFRESH_SECONDS: Final = 0.2
@@ -107,7 +106,7 @@ async def _download_once(
         with _unwrapped_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bar.run, totals)
-                await download(
+                await download_tree(
                     connect,
                     args.paths,
                     args.output,

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from ftx._net import DEFAULT_IDLE_TIMEOUT
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
-from ftx.protocol import MIN_FRAME_SIZE, DigestChoice, check_digest_choice
-from ftx.protocol._auth import check_token
+from ftx.protocol import MIN_FRAME_SIZE, DigestChoice, check_digest_choice, check_token
 
 __all__ = ["ClientConfig"]
 

@@ -26,11 +26,11 @@ from ftx.framing import Buffer, FramedChannel
 from ftx.protocol import (
     DIGEST_FEATURES,
     UPLOAD_FEATURE,
+    ClientAuthenticator,
     ClientProtocol,
     DigestChoice,
     choose_digest,
 )
-from ftx.protocol._auth import ClientAuthenticator
 from ftx.protocol.messages import Error, Hello, Message
 
 __all__ = ["ClientConnection"]

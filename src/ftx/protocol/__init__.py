@@ -5,6 +5,7 @@ the style of h11); :mod:`ftx.protocol.messages` encodes and decodes the messages
 Nothing here does I/O: the client and the server do it around these objects.
 """
 
+from ftx.protocol._auth import ClientAuthenticator, ServerAuthenticator, check_token, load_token
 from ftx.protocol._connection import (
     BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
@@ -35,12 +36,16 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "UPLOAD_FEATURE",
     "XXH3_FEATURE",
+    "ClientAuthenticator",
     "ClientProtocol",
     "DigestChoice",
     "ErrorCode",
     "Hasher",
+    "ServerAuthenticator",
     "ServerProtocol",
     "check_digest_choice",
+    "check_token",
     "choose_digest",
+    "load_token",
     "new_hasher",
 ]

@@ -9,7 +9,23 @@ connection), ``_downloads`` and ``_uploads`` (answering GET/LIST and PUT/MKDIR),
 ``_access_log``.
 """
 
+from ftx.server._access_log import JsonFormatter
 from ftx.server._config import DEFAULT_CHUNK_SIZE, ServerConfig
+from ftx.server._limits import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 from ftx.server._server import DEFAULT_PORT, Server, serve
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PORT", "Server", "ServerConfig", "serve"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PORT",
+    "JsonFormatter",
+    "Server",
+    "ServerConfig",
+    "serve",
+]

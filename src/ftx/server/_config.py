@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
-from ftx.protocol import MIN_FRAME_SIZE
-from ftx.protocol._auth import check_token
+from ftx.protocol import MIN_FRAME_SIZE, check_token
 from ftx.server._limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,

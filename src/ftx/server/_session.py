@@ -26,9 +26,9 @@ from ftx.protocol import (
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
     ErrorCode,
+    ServerAuthenticator,
     ServerProtocol,
 )
-from ftx.protocol._auth import ServerAuthenticator
 from ftx.protocol.messages import (
     Error,
     Get,
