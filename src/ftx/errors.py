@@ -14,6 +14,13 @@ The tree is small on purpose, in the style of h11 and wsproto::
     ├── AuthenticationError           the server did not prove who it is (TLS, pin, token)
     └── LocalFileError                the downloaded file could not be written or published
 
+The layers above add a few of their own, each deriving from :class:`FtxError` too:
+:class:`ftx.fs.FsError` (the sandbox refused a path or an operation, for a reason of its own
+that the server translates into a wire error code), ``WriteStalledError`` (the server's peer
+stopped reading; also a :class:`trio.BrokenResourceError`) and the command line's ``CliError``
+(a message and an exit code). Private ones, used for control flow inside one module, derive
+from it as well.
+
 trio's own ``ClosedResourceError``, ``BrokenResourceError``, ``BusyResourceError`` and
 ``EndOfChannel`` are not wrapped by the framing layer: they pass through unchanged.
 
