@@ -20,6 +20,7 @@ from ftx._threads import run_together
 from ftx.client._partfile import (
     PartFile,
     check_destination,
+    check_not_a_directory,
     local_destination,
     part_file_name,
     part_for,
@@ -153,7 +154,11 @@ class Pipeline:
             self.directories.add(os.path.dirname(new) or ".")
             return path, part_for(new), 0, None  # no part file: nothing to resume
         try:
-            target = local_destination(path, dest)
+            if self._options.into_directories:
+                target = local_destination(path, dest)
+            else:
+                target = dest if isinstance(dest, Path) else Path(dest)
+                check_not_a_directory(target, path)
             check_destination(
                 target, overwrite=self._options.overwrite, known_directories=self.directories
             )

@@ -70,6 +70,9 @@ class GetOptions:
     # A file whose part cannot be created is skipped (its data read and dropped) so that the
     # connection goes on with the next answer; else the connection is closed.
     skip_unwritable: bool = False
+    # A destination that is an existing directory receives the file inside it (as `-o DIR`);
+    # else the destination is the file's own path, and a directory there is a conflict.
+    into_directories: bool = True
 
 
 class DownloadWire(Protocol):
