@@ -308,8 +308,7 @@ class ServedRoot:
                 ``NOT_A_FILE`` (directories, FIFOs, devices, sockets) or ``UNEXPECTED``.
         """
         with self._walk(path) as (dir_fd, name, st):
-            if name is not None and is_upload_in_progress(name):
-                raise FsError(FsReason.NOT_FOUND, f"no such file: {path!r}")
+            _refuse_upload_in_progress(path, name)
             if name is None or stat.S_ISDIR(st.st_mode):
                 raise FsError(FsReason.NOT_A_FILE, f"{path!r} is a directory")
             if not stat.S_ISREG(st.st_mode):
@@ -342,6 +341,7 @@ class ServedRoot:
             FsError: as :meth:`open_file` does (except ``NOT_A_FILE``).
         """
         with self._walk(path) as (dir_fd, name, st):
+            _refuse_upload_in_progress(path, name)
             if name is not None and not stat.S_ISDIR(st.st_mode):
                 # Named as asked, even when a symbolic link led to it (as `ls -L` does).
                 asked = split_request_path(path)[-1:]
@@ -388,6 +388,15 @@ class ServedRoot:
 
     def _walk(self, path: str) -> _Walk:
         return _Walk(self._fd, path)
+
+
+def _refuse_upload_in_progress(path: str, reached: str | None) -> None:
+    """Refuse (``NOT_FOUND``) a path whose last component, as asked or as reached through
+    symbolic links, is the name of an upload in progress: such names are neither listed nor
+    served, so they are not there."""
+    asked = split_request_path(path)[-1:]
+    if any(is_upload_in_progress(name) for name in (*asked, reached or "")):
+        raise FsError(FsReason.NOT_FOUND, f"no such file or directory: {path!r}")
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -14,8 +16,9 @@ import xxhash
 import ftx
 import ftx.fs
 import ftx.server._downloads
-from conftest import serving
+from conftest import FakeConnection, FakeServer, serving
 from ftx.fs import file_identity
+from ftx.protocol.messages import Data, FileEnd, FileHeader, Get
 
 SIZE = 8 * 1024 * 1024 + 4321
 
@@ -123,28 +126,63 @@ async def test_resume_off_starts_from_zero(tmp_path: Path, start_server: object)
     assert dest.read_bytes() == content
 
 
-async def test_a_corrupted_part_fails_verification_and_is_dropped(
+async def test_a_corrupted_part_fails_verification_and_is_fetched_again_from_zero(
     tmp_path: Path, start_server: object
 ) -> None:
+    # docs/protocol.md, section 9.5 (issue 17): a resumed download that does not verify is
+    # not published, and is started again from zero, once, as uploads are (section 18.4).
     host, port, content = await serve_one_file(tmp_path, start_server, 5)
     dest = tmp_path / "data.bin"
     with trio.fail_after(30):
         await download_until(host, port, dest, 3 * 1024 * 1024)
+        kept = (tmp_path / "data.bin.part").stat().st_size
         with (tmp_path / "data.bin.part").open("r+b") as part:
             part.seek(1000)
             part.write(b"corrupted on the local disk")
+        seen: list[int] = []
         async with ftx.connect(host, port) as client:
-            try:
-                await client.get("data.bin", dest)
-            except ftx.IntegrityError:
-                pass
-            else:
-                raise AssertionError("a corrupted part was published")
-        assert not dest.exists()
-        assert not (tmp_path / "data.bin.part").exists()
-        async with ftx.connect(host, port) as client:
-            await client.get("data.bin", dest)
+            result = await client.get("data.bin", dest, progress=lambda d, t: seen.append(d))
+    assert seen[0] == kept > 0, "the first attempt resumed from the part"
+    assert 0 in seen[1:], "the second attempt started from zero"
+    assert result.size == len(content)
     assert dest.read_bytes() == content
+    assert not (tmp_path / "data.bin.part").exists()
+
+
+async def test_a_resume_that_fails_verification_twice_is_an_integrity_error(
+    tmp_path: Path, fake_server: Callable[..., FakeServer]
+) -> None:
+    # The restart from zero happens once: a server whose digests never match gets an
+    # IntegrityError, and nothing is published.
+    content = random.Random(8).randbytes(2 * 1024 * 1024)
+    identity = "1" * 32
+    offsets: list[int] = []
+
+    def behaviour(conn: FakeConnection) -> None:
+        conn.handshake()
+        while True:
+            get = conn.receive()
+            assert isinstance(get, Get)
+            offsets.append(get.offset)
+            size = len(content)
+            conn.send(FileHeader(get.request_id, size, 0, identity, get.offset, 0o644, get.digest))
+            for start in range(get.offset, size, 512 * 1024):
+                conn.send(Data(content[start : start + 512 * 1024]))
+            conn.send(FileEnd(get.request_id, "0" * 64))
+
+    fake = fake_server(behaviour)
+    dest = tmp_path / "data.bin"
+    part = tmp_path / "data.bin.part"
+    part.write_bytes(content[: 1024 * 1024])
+    record = {"version": 1, "path": "data.bin", "identity": identity, "size": len(content)}
+    (tmp_path / "data.bin.part.resume").write_text(json.dumps({**record, "digest": "sha256"}))
+    with trio.fail_after(30):
+        async with ftx.connect("127.0.0.1", fake.port) as client:
+            with pytest.raises(ftx.IntegrityError):
+                await client.get("data.bin", dest)
+    assert offsets == [1024 * 1024, 0]
+    assert not dest.exists()
+    assert not part.exists()
 
 
 async def test_a_cut_transfer_leaves_its_digest_for_the_resume(

@@ -58,6 +58,8 @@ class Plan:
     """Cut with a TCP reset (``SO_LINGER`` 0) instead of a clean close (FIN)."""
     rate: float | None = None
     """Forward at most this many bytes per second (``None``: as fast as they come)."""
+    up_rate: float | None = None
+    """The same, from the client to the server (an upload kept in the middle of its frames)."""
 
 
 @dataclass
@@ -125,12 +127,15 @@ class Relay:
     async def _client_to_server(
         self, client: trio.SocketStream, server: trio.SocketStream, hop: Hop, gone: trio.Event
     ) -> None:
+        started = trio.current_time()
         try:
             while data := await client.receive_some(65536):
                 hop.up += len(data)
                 # If the server is gone, keep draining the client until it closes.
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await server.send_all(data)
+                if hop.plan.up_rate is not None:
+                    await trio.sleep_until(started + hop.up / hop.plan.up_rate)
             await server.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -130,6 +130,50 @@ async def test_client_killed_mid_download_resumes(
     )
 
 
+async def test_client_killed_mid_upload_is_logged_lost_and_resumes(
+    tmp_path: Path, big_file: BigFile, nursery: trio.Nursery
+) -> None:
+    # Issue 17, item 9: `ftx put` killed in the middle of a DATA frame (the relay keeps it
+    # blocked in one: the upload direction is slowed) was logged `internal`; it is `lost`, and
+    # the part is kept for the next run.
+    root = tmp_path / "root"
+    root.mkdir()
+    part = root / "big.bin.ftx-upload-part"
+    log = tmp_path / "server.log"
+    async with server_process(ftx_serve(root, "--writable"), log) as server:
+        relay = Relay(server.port, [Plan(up_rate=THROTTLE)])
+        await relay.start(nursery)
+        with (tmp_path / "client.err").open("wb") as stderr:
+            client = await trio.lowlevel.open_process(
+                [*PYTHON_M_FTX, "put", f"{LOOPBACK}:{relay.port}", str(big_file.path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=ENV,
+            )
+        try:
+            await wait_for_size(part, KILL_AFTER, client)
+            client.kill()
+            with trio.fail_after(10):
+                await client.wait()
+        finally:
+            await stop_process(client)
+        with trio.fail_after(10):
+            while " PUT " not in log.read_text():  # noqa: ASYNC110 - bounded poll of a file
+                await trio.sleep(0.02)
+        (line,) = [line for line in log.read_text().splitlines() if " PUT " in line]
+        assert line.endswith(": lost"), line
+        assert "internal" not in log.read_text()
+        assert "connection lost" in log.read_text()
+        held = part.stat().st_size
+        assert KILL_AFTER <= held < big_file.size
+
+        again = await run_ftx("put", server.address, str(big_file.path), "-q")
+        assert again.returncode == OK, again.stderr
+    assert sha256_of(root / "big.bin") == big_file.sha256
+    assert not part.exists()
+
+
 async def test_server_killed_mid_download_fails_cleanly_and_resumes_after_restart(
     tmp_path: Path, big_file: BigFile, nursery: trio.Nursery
 ) -> None:

@@ -16,8 +16,13 @@ from hypothesis import strategies as st
 
 from ftx.errors import RemoteProtocolError
 from ftx.framing import Buffer
+from ftx.protocol import _json_body
 from ftx.protocol.messages import (
+    MAX_JSON_DEPTH,
     MAX_PATH_BYTES,
+    Auth,
+    AuthOk,
+    Challenge,
     Data,
     Done,
     Entry,
@@ -196,9 +201,16 @@ def json_trees(scalars: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
 
 
 json_values = json_trees(json_scalars)
-# What may appear in an unknown field of a valid message: any JSON but NaN and infinities.
+# What may appear in an unknown field of a valid message (docs/protocol.md, section 5.2): any
+# JSON but NaN and infinities, integers beyond 64 bits and strings with lone surrogates.
 finite_json_values = json_trees(
-    json_scalars.filter(lambda v: not isinstance(v, float))
+    json_scalars.filter(
+        lambda v: (
+            not isinstance(v, float | str | int)
+            or (isinstance(v, int) and -(1 << 63) <= v < (1 << 63))
+            or (isinstance(v, str) and not any("\ud800" <= c <= "\udfff" for c in v))
+        )
+    )
     | st.floats(allow_nan=False, allow_infinity=False)
 )
 FIELD_NAMES = [
@@ -690,9 +702,85 @@ def test_nasty_payloads_are_rejected(payload: bytes) -> None:
         decode_message(payload)
 
 
-def test_lone_surrogate_in_an_unknown_field_is_harmless() -> None:
-    payload = GET + b'{"id":1,"path":"f","note":"\\ud800"}'
-    assert decode_message(payload) == Get(1, "f")
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"id":1,"path":"f","note":"\\ud800"}', id="in an unknown member"),
+        pytest.param(b'{"id":1,"path":"f","\\udc00":1}', id="in an unknown member's name"),
+        pytest.param(b'{"id":1,"path":"f","x":[{"y":["\\udfff"]}]}', id="nested"),
+    ],
+)
+def test_lone_surrogate_anywhere_is_refused(body: bytes) -> None:
+    # Issue 17, item 5: the whole message is validated, not only the members read.
+    with pytest.raises(RemoteProtocolError, match="not valid Unicode"):
+        decode_message(GET + body)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Hello((1,), frozenset({"f"}), 1 << 20, "a"),
+        Get(1, "p"),
+        ListDir(1, "p"),
+        FileHeader(1, 5, 0, "i", 0, 0o644, "sha256"),
+        FileEnd(1, None),
+        ListEntries(1, (Entry("a", EntryType.FILE, 0, 0, 0),)),
+        ListEnd(1, 1),
+        Error(1, "c", "m"),
+        Put(1, "p", 5, "sha256", None, False, None),
+        MakeDir(1, "p"),
+        Ready(1, 0),
+        Done(1, True),
+        Challenge("0" * 64),
+        Auth("0" * 64, "1" * 64),
+        AuthOk("0" * 64),
+    ],
+    ids=lambda message: type(message).__name__,
+)
+def test_the_members_checked_as_a_whole_are_those_the_decoder_does_not_read(
+    message: Message,
+) -> None:
+    # The decoder checks a message's own members one by one, and the others as a whole
+    # (strings, integers, nesting): the table that tells them apart lists every member sent.
+    body = body_of(message)
+    kind = Kind(encode(message)[0])
+    assert set(body) == _json_body._MEMBERS[kind]
+    if isinstance(message, ListEntries):
+        assert set(body["entries"][0]) == _json_body._ENTRY_MEMBERS
+
+
+def nested(levels: int) -> bytes:
+    """A GET whose unknown member nests arrays so that the body is ``levels`` deep in all."""
+    return GET + b'{"id":1,"path":"f","x":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def test_nesting_is_allowed_up_to_max_json_depth() -> None:
+    assert MAX_JSON_DEPTH == 32  # docs/protocol.md, section 5.2
+    assert decode_message(nested(MAX_JSON_DEPTH)) == Get(1, "f")
+    for levels in (MAX_JSON_DEPTH + 1, 200_000):
+        with pytest.raises(RemoteProtocolError, match="more than 32 levels deep"):
+            decode_message(nested(levels))
+
+
+@pytest.mark.parametrize(
+    ("literal", "valid"),
+    [
+        (b"9223372036854775807", True),
+        (b"-9223372036854775808", True),
+        (b"9223372036854775808", False),
+        (b"-9223372036854775809", False),
+        (b"9" * 5000, False),
+        (b"-" + b"1" * 25, False),
+    ],
+    ids=lambda value: value.decode()[:24] if isinstance(value, bytes) else str(value),
+)
+def test_integers_anywhere_fit_in_64_bits(literal: bytes, valid: bool) -> None:
+    payload = GET + b'{"id":1,"path":"f","x":[' + literal + b"]}"
+    if valid:
+        assert decode_message(payload) == Get(1, "f")
+    else:
+        with pytest.raises(RemoteProtocolError, match="outside the 64-bit range"):
+            decode_message(payload)
 
 
 def test_duplicate_keys_last_wins() -> None:

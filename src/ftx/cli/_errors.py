@@ -62,19 +62,26 @@ class CliError(FtxError):
 
 
 def describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCode]:
-    """The one line (without the ``ftx:`` prefix) and the exit code that report ``exc``.
+    """The one line (without the ``ftx:`` prefix) and the exit code that report ``exc``, with
+    unprintable characters escaped (:func:`~ftx.cli._output.printable`).
 
     Raises:
         BaseException: ``exc`` itself if it is not an expected failure (a bug: its traceback
             should show).
     """
-    exc = _unwrap(exc)
+    message, code = _describe(_unwrap(exc), args)
+    # Server text (a message, a digest, a file name in a local path) reaches most of these:
+    # escaped, whichever it is, so that it cannot rewrite the terminal.
+    return printable(message), code
+
+
+def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCode]:
     match exc:
         case CliError():
             return str(exc), exc.code
         case RemoteError():
             code = _REMOTE_EXIT_CODES.get(exc.code, ExitCode.FAILURE)
-            return f"{printable(exc.message)} [{printable(exc.code)}]", code
+            return f"{exc.message} [{exc.code}]", code
         case IntegrityError():
             return str(exc), ExitCode.INTEGRITY
         case LocalFileError():

@@ -23,9 +23,10 @@ def printable(text: str) -> str:
 
 
 def say(args: argparse.Namespace, message: str) -> None:
-    """Print ``message`` on stderr, unless ``--quiet``."""
+    """Print ``message`` on stderr, unless ``--quiet``; escaped with :func:`printable`, since
+    what is said often quotes a server (an error retried, a name)."""
     if not args.quiet:
-        print(message, file=sys.stderr)
+        print(printable(message), file=sys.stderr)
 
 
 def human_size(size: float) -> str:

@@ -186,17 +186,27 @@ class Client(ClientConnection):
         preserve_mode: bool = False,
         window: int = DEFAULT_PIPELINE_WINDOW,
         sync: bool = True,
+        into_directories: bool = True,
     ) -> None:
         """Download the files that arrive on ``files`` until it is closed: :meth:`get_many` for
         a stream of work (several clients may share one channel, each taking the next file).
 
         ``on_done`` is called with each result in the order the files were taken. ``sync=False``
-        leaves the final flush to the caller. Raises as :meth:`get_many` does.
+        leaves the final flush to the caller. ``into_directories=False`` makes each destination
+        the file's own path: a directory there is then a :exc:`LocalFileError` of that file,
+        not a place to save it into (``ftx.tree`` downloads so). Raises as :meth:`get_many`
+        does.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
         options = GetOptions(
-            overwrite, verify, preserve_mtime, preserve_mode, durable=False, skip_unwritable=True
+            overwrite,
+            verify,
+            preserve_mtime,
+            preserve_mode,
+            durable=False,
+            skip_unwritable=True,
+            into_directories=into_directories,
         )
         async with self._lock:
             await self._check_open()
@@ -208,10 +218,15 @@ class Client(ClientConnection):
 
     async def list(self, path: str = "") -> list[Entry]:
         """Return the entries of the directory at ``path`` on the server ("" is the root), or
-        the one entry of ``path`` if it is not a directory. Unsorted.
+        the one entry of ``path`` if it is not a directory. Unsorted, and as sent: a server
+        must not list a name twice, but nothing here removes one that it does (see
+        :mod:`ftx.client._tree`). At most :data:`~ftx.protocol.MAX_LIST_ENTRIES` entries.
 
         Raises:
-            RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+            RemoteError: as for :meth:`get`; ``too-large`` for a directory of more entries
+                than one listing may hold.
+            ConnectionLostError, RemoteProtocolError: as for :meth:`get` (more entries than
+                the limit is a protocol violation).
         """
         async with self._lock:
             await self._check_open()

@@ -7,6 +7,7 @@ Protocols they declare (``DownloadWire``, ``FetchWire``, ``UploadWire``).
 from __future__ import annotations
 
 import contextlib
+from typing import Final
 
 import trio
 
@@ -31,9 +32,14 @@ from ftx.protocol import (
     DigestChoice,
     choose_digest,
 )
-from ftx.protocol.messages import Error, Hello, Message
+from ftx.protocol.messages import Data, Error, Hello, ListEntries, Message
 
-__all__ = ["ClientConnection"]
+__all__ = ["PROGRESS_BYTES", "ClientConnection"]
+
+PROGRESS_BYTES: Final = 65536
+"""While an answer is due, the server must send this many bytes of file content, or a message
+other than DATA, within the idle timeout (the time spent waiting for it, not the client's own
+work in between); else the client gives up (docs/protocol.md, section 3)."""
 
 
 class ClientConnection(trio.abc.AsyncResource):
@@ -60,6 +66,10 @@ class ClientConnection(trio.abc.AsyncResource):
         self._digest_choice: DigestChoice = config.digest
         self._digest_algorithm: str | None = None  # chosen by the handshake
         self._idle_timeout = config.idle_timeout
+        # The read-progress deadline: the seconds spent waiting for the server, and the DATA
+        # bytes received, since it last made progress (see _note_progress).
+        self._stalled = 0.0
+        self._data_since_progress = 0
         self._lock = trio.Lock()
         self._receive_buffers = ReceiveBuffers(config.max_frame_size)
         self._closed = False
@@ -152,8 +162,8 @@ class ClientConnection(trio.abc.AsyncResource):
         DATA message's chunk is then a view of it). Any failure closes the connection.
 
         Raises:
-            ConnectionLostError: the connection broke or closed, or the server stayed silent
-                for the idle timeout.
+            ConnectionLostError: the connection broke or closed, or the server made no progress
+                (see :meth:`_note_progress`) in the idle timeout.
             RemoteProtocolError: the server broke the protocol.
             RemoteError: the server refused the whole connection (an ERROR without a request).
         """
@@ -166,23 +176,29 @@ class ClientConnection(trio.abc.AsyncResource):
                     with contextlib.suppress(trio.WouldBlock):
                         payload = self._channel.receive_nowait()
                 if payload is None:
-                    with trio.move_on_after(self._idle_timeout) as idle:
+                    started = trio.current_time()
+                    with trio.move_on_after(max(0.0, self._idle_timeout - self._stalled)) as idle:
                         if into is None:
                             payload = await self._channel.receive()
                         else:
                             size = await self._channel.receive_into(into)
                             payload = memoryview(into)[:size]
+                    self._stalled += trio.current_time() - started
                     if payload is None or idle.cancelled_caught:
                         await self._fail()
                         raise ConnectionLostError(
-                            f"the server sent nothing for {self._idle_timeout:g} seconds"
+                            f"the server made no progress for {self._idle_timeout:g} seconds"
                         )
                 message = self._protocol.receive(payload)
+                self._note_progress(message)
                 if message is not None:
                     break
-        except (trio.EndOfChannel, IncompleteFrameError) as exc:
+        except trio.EndOfChannel as exc:
             await self._fail()
             raise ConnectionLostError("the server closed the connection") from exc
+        except IncompleteFrameError as exc:  # a broken connection (docs/protocol.md, section 4)
+            await self._fail()
+            raise ConnectionLostError(f"the server closed the connection: {exc}") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self._fail()
             raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
@@ -193,6 +209,20 @@ class ClientConnection(trio.abc.AsyncResource):
             await self._fail()
             raise RemoteError(message.code, message.message)
         return message
+
+    def _note_progress(self, message: Message | None) -> None:
+        """Restart the read-progress deadline if ``message`` is progress: any message but DATA,
+        an ENTRIES page without entries and an extension frame (``None``); or, counted over
+        several DATA, :data:`PROGRESS_BYTES` of file content. So a server that sends empty
+        frames, or a byte now and then, cannot hold the connection open forever."""
+        if isinstance(message, Data):
+            self._data_since_progress += memoryview(message.data).nbytes
+            if self._data_since_progress < PROGRESS_BYTES:
+                return
+        elif message is None or (isinstance(message, ListEntries) and not message.entries):
+            return
+        self._stalled = 0.0
+        self._data_since_progress = 0
 
     async def _fail(self) -> None:
         """Close the connection at once, for good (after a failure, or to abandon an answer or

@@ -34,6 +34,7 @@ __all__ = [
     "PartFile",
     "ResumeRecord",
     "check_destination",
+    "check_not_a_directory",
     "is_null_device",
     "local_destination",
     "part_file_name",
@@ -105,6 +106,23 @@ def check_destination(
         raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
     if known_directories is not None:
         known_directories.add(parent)
+
+
+def check_not_a_directory(target: Path, remote_path: str) -> None:
+    """Refuse to save the file at ``remote_path`` to ``target`` when a directory is there: it
+    is neither saved inside it nor replaces it (a symbolic link there is not followed).
+
+    Raises:
+        LocalFileError: ``target`` is a directory.
+    """
+    try:
+        mode = os.lstat(target).st_mode
+    except OSError:
+        return  # nothing there, or nothing we can tell: check_destination says the rest
+    if stat.S_ISDIR(mode):
+        raise LocalFileError(
+            f"{target} is a directory: the server's file {remote_path!r} is not saved there"
+        )
 
 
 def is_null_device(target: str | os.PathLike[str]) -> bool:

@@ -20,6 +20,7 @@ from ftx._threads import run_together
 from ftx.client._partfile import (
     PartFile,
     check_destination,
+    check_not_a_directory,
     local_destination,
     part_file_name,
     part_for,
@@ -103,11 +104,10 @@ class Pipeline:
         self._options = options
         self._listings = _Listings()
         self._half_answered = trio.Event()
-        # Requests sent, oldest first, for the receive side: (path, part, resumed offset).
-        self._send_sent, self._receive_sent = trio.open_memory_channel[tuple[str, PartFile, int]](
-            math.inf
-        )
-        # Resumes refused because the file changed: asked for again from zero.
+        # Requests sent, oldest first, for the receive side: (path, part, offset, identity).
+        self._send_sent, self._receive_sent = trio.open_memory_channel[Request](math.inf)
+        # Resumes refused because the file changed, or that did not verify: asked for again
+        # from zero (once: a request from zero is never asked for again).
         self._send_retry, self._receive_retry = trio.open_memory_channel[tuple[str, PartFile]](
             math.inf
         )
@@ -154,7 +154,11 @@ class Pipeline:
             self.directories.add(os.path.dirname(new) or ".")
             return path, part_for(new), 0, None  # no part file: nothing to resume
         try:
-            target = local_destination(path, dest)
+            if self._options.into_directories:
+                target = local_destination(path, dest)
+            else:
+                target = dest if isinstance(dest, Path) else Path(dest)
+                check_not_a_directory(target, path)
             check_destination(
                 target, overwrite=self._options.overwrite, known_directories=self.directories
             )
@@ -181,7 +185,7 @@ class Pipeline:
         messages: list[Message] = []
         verify = self._options.verify
         for path, part, offset, identity in self.take_batch():
-            self._send_sent.send_nowait((path, part, offset))
+            self._send_sent.send_nowait((path, part, offset, identity))
             messages.append(get_request(self._wire, path, verify, offset, identity))
         await self._wire._send(*messages)
 
@@ -189,24 +193,31 @@ class Pipeline:
 
     async def receive_answers(self) -> None:
         """Receive the answers, in the order the requests were sent, until the send side is
-        done; report each file's result, or have a refused resume asked for again.
+        done; report each file's result, or have a resume that was refused (or did not
+        verify) asked for again from zero.
 
         Raises:
             ConnectionLostError, RemoteProtocolError, ...: the connection failed (and is
                 closed); a file's own failure is its result instead.
         """
-        async for path, part, offset in self._receive_sent:
+        async for path, part, offset, identity in self._receive_sent:
             result: Download | FtxError
             try:
                 result = await receive_answer(
-                    self._wire, path, part, self._progress, self._options, time.monotonic()
+                    self._wire,
+                    path,
+                    part,
+                    self._progress,
+                    self._options,
+                    time.monotonic(),
+                    identity=identity,
                 )
             except (RemoteError, IntegrityError, LocalFileError) as exc:
                 if self._wire._closed:
                     raise
                 result = exc
             self.answered()
-            if isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED and offset:
+            if offset and _worth_restarting(result):
                 self._send_retry.send_nowait((path, part))
             else:
                 self._on_done(path, result)
@@ -252,6 +263,13 @@ class _Listings:
             except OSError:
                 self._names[directory] = None  # missing, or not a directory: said later
         return self._names[directory]
+
+
+def _worth_restarting(result: Download | FtxError) -> bool:
+    """Whether a resumed download that ended with ``result`` is asked for again from zero: the
+    file changed, or the bytes kept did not verify with the rest (the part is gone then)."""
+    changed = isinstance(result, RemoteError) and result.code == ErrorCode.CHANGED
+    return changed or isinstance(result, IntegrityError)
 
 
 def _nothing_waiting(channel: trio.abc.ReceiveChannel[object]) -> bool:

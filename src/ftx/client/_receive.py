@@ -70,6 +70,9 @@ class GetOptions:
     # A file whose part cannot be created is skipped (its data read and dropped) so that the
     # connection goes on with the next answer; else the connection is closed.
     skip_unwritable: bool = False
+    # A destination that is an existing directory receives the file inside it (as `-o DIR`);
+    # else the destination is the file's own path, and a directory there is a conflict.
+    into_directories: bool = True
 
 
 class DownloadWire(Protocol):
@@ -110,7 +113,8 @@ async def download(
 ) -> Download:
     """Download the file at ``path`` on the server to ``target`` (checked by the caller)
     through its part file; from where an earlier download of it stopped, if ``resume`` and the
-    server's file is still the one the part holds the start of (else from zero).
+    server's file is still the one the part holds the start of (else from zero). A resumed
+    download that does not verify is started again from zero, once (docs/protocol.md, 9.5).
 
     Raises:
         RemoteError, IntegrityError, LocalFileError, ConnectionLostError, RemoteProtocolError:
@@ -123,11 +127,15 @@ async def download(
         offset, identity = resume_from
         await wire._send(get_request(wire, path, options.verify, offset, identity))
         try:
-            return await receive_answer(wire, path, part, progress, options, started)
+            return await receive_answer(
+                wire, path, part, progress, options, started, identity=identity
+            )
         except RemoteError as exc:
             if exc.code != ErrorCode.CHANGED:
                 raise
             # The file is not the one the part holds the start of: start from zero.
+        except IntegrityError:
+            pass  # the part did not hold the start of this file (it is gone): once from zero
     await wire._send(get_request(wire, path, options.verify))
     return await receive_answer(wire, path, part, progress, options, started)
 
@@ -149,12 +157,16 @@ async def receive_answer(
     progress: ProgressCallback | None,
     options: GetOptions,
     started: float,
+    *,
+    identity: str | None = None,
 ) -> Download:
     """Receive the answer to the oldest outstanding GET and save the file through ``part``
-    (not open yet).
+    (not open yet). ``identity`` is the one the GET asked for, if it did: a FILE with another
+    is answered as ``changed`` would be (its data is read and dropped; the part is untouched).
 
     Raises:
-        RemoteError: the server refused the request, or failed mid-way (the part is dropped).
+        RemoteError: the server refused the request, or failed mid-way (the part is dropped);
+            ``changed`` also when the FILE carries another identity than the one asked for.
         IntegrityError: the data does not match the server's digest (the part is dropped).
         LocalFileError: the part cannot be written or published. The connection is closed
             unless the rest of the answer was read (always, with ``options.skip_unwritable``).
@@ -164,6 +176,13 @@ async def receive_answer(
     if isinstance(header, Error):
         raise RemoteError(header.code, header.message)
     assert isinstance(header, FileHeader)
+    if identity is not None and header.identity != identity:
+        # Bytes of another version of the file must not be appended to the part's: as if the
+        # server had answered `changed` (docs/protocol.md, section 9.5).
+        await _skip_rest(wire, header)
+        raise RemoteError(
+            ErrorCode.CHANGED, f"the server answered the resume of {path!r} with another file"
+        )
     try:
         _open_part(part, path, header)
     except LocalFileError:

@@ -7,8 +7,10 @@ whole tree is known. Each connection pipelines its requests (:meth:`ftx.Client.f
 Names that come from the server are checked before they touch the local disk: a name with a
 separator, a NUL, ``.`` or ``..`` is refused, local directories are created one by one and a
 symbolic link already present in the destination is never followed (nor is one written at a
-part file's name). Symbolic links on the server are not followed by a recursive download: they
-are reported as skipped.
+part file's name). Each file goes to its own path, ``DEST/a/b``: a directory already there is
+a conflict (reported), never a place to save the file into. A name that a listing holds more
+than once is reported as failed, and none of its entries is fetched. Symbolic links on the
+server are not followed by a recursive download: they are reported as skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import os
 import posixpath
 import stat
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -28,7 +31,7 @@ import trio
 from ftx._threads import run_together
 from ftx.client._client import Client, Download
 from ftx.client._flush import sync_file_systems
-from ftx.errors import FtxError, LocalFileError, RemoteError
+from ftx.errors import FtxError, LocalFileError, RemoteError, RemoteProtocolError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
 
@@ -199,6 +202,7 @@ async def download(
                 verify=verify,
                 preserve_mode=preserve_mode,
                 sync=False,
+                into_directories=False,  # DEST/a/b is b's own path, never a place to save into
             )
 
     workers = [work] * jobs
@@ -284,12 +288,12 @@ async def _walk(
     entry."""
     pending: list[tuple[str, Path]] = []
     # Each parent is listed once, however many of its children are asked for (`a/*`).
-    listings: dict[str, dict[str, Entry] | RemoteError] = {}
+    listings: dict[str, dict[str, Entry | FtxError] | RemoteError] = {}
     for path in paths:
         parent, name = posixpath.split(path.strip("/"))
         if parent not in listings:
             try:
-                listings[parent] = {entry.name: entry for entry in await client.list(parent)}
+                listings[parent] = _by_name(await client.list(parent), parent)
             except RemoteError as exc:
                 listings[parent] = exc
         listing = listings[parent]
@@ -304,6 +308,9 @@ async def _walk(
             yield path, root, RemoteError(ErrorCode.NOT_FOUND, f"no such file: {path!r}")
             continue
         entry = found[0]
+        if isinstance(entry, FtxError):
+            yield path, root, entry
+            continue
         local = root / safe_name(entry.name)
         if entry.type is EntryType.DIRECTORY:
             if not recursive:
@@ -320,12 +327,15 @@ async def _walk(
     while pending:
         directory, local_directory = pending.pop()
         try:
-            entries = await client.list(directory)
+            entries = _by_name(await client.list(directory), directory)
         except RemoteError as exc:
             yield directory, local_directory, exc
             continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            remote = posixpath.join(directory, entry.name) if directory else entry.name
+        for name, entry in sorted(entries.items()):
+            remote = posixpath.join(directory, name) if directory else name
+            if isinstance(entry, FtxError):
+                yield remote, local_directory, entry
+                continue
             try:
                 local = local_directory / safe_name(entry.name)
             except LocalFileError as exc:
@@ -340,6 +350,25 @@ async def _walk(
                 pending.append((remote, local))
             else:
                 yield remote, local, _fetchable(remote, entry)
+
+
+def _by_name(entries: list[Entry], directory: str) -> dict[str, Entry | FtxError]:
+    """The entries of one listing by name. A name listed more than once (the server broke the
+    protocol: names in a listing are unique) stands for none of its entries, but for the error
+    to report in their place: which one is right cannot be known, and saving several would
+    put them at one local path."""
+    by_name: dict[str, Entry | FtxError] = {}
+    repeated: Counter[str] = Counter()
+    for entry in entries:
+        if entry.name in by_name:
+            repeated[entry.name] += 1
+        by_name[entry.name] = entry
+    for name, extra in repeated.items():
+        by_name[name] = RemoteProtocolError(
+            f"the server listed {name!r} {extra + 1} times in {directory or '/'!r}; "
+            "none of them was fetched"
+        )
+    return by_name
 
 
 def _fetchable(remote: str, entry: Entry) -> Entry | Skipped:

@@ -39,7 +39,7 @@ from ftx.protocol._digests import (
     choose_digest,
     new_hasher,
 )
-from ftx.protocol._responses import MAX_PENDING_REQUESTS, Request, Responses
+from ftx.protocol._responses import MAX_LIST_ENTRIES, MAX_PENDING_REQUESTS, Request, Responses
 from ftx.protocol.messages import (
     DATA_PREFIX,
     Auth,
@@ -62,6 +62,7 @@ __all__ = [
     "BLAKE3_FEATURE",
     "DIGEST_ALGORITHMS",
     "DIGEST_FEATURES",
+    "MAX_LIST_ENTRIES",
     "MAX_PENDING_REQUESTS",
     "MIN_FRAME_SIZE",
     "PROTOCOL_VERSION",
@@ -171,6 +172,14 @@ class _Protocol:
     def _decode(self, payload: Buffer) -> Message | None:
         if self.closed:
             raise RemoteProtocolError("message after the connection was closed with an error")
+        if self.peer_hello is None:
+            # Before its HELLO the peer cannot know our limit: it may send MIN_FRAME_SIZE.
+            size = memoryview(payload).nbytes
+            if size > MIN_FRAME_SIZE:
+                raise RemoteProtocolError(
+                    f"a frame of {size} bytes before the handshake, where at most "
+                    f"{MIN_FRAME_SIZE} are allowed"
+                )
         return decode_message(payload)
 
     def _check_peer_hello(self, hello: Hello) -> None:

@@ -14,11 +14,13 @@ __all__ = [
     "BLAKE3_FEATURE",
     "DIGEST_ALGORITHMS",
     "DIGEST_FEATURES",
+    "DIGEST_HEX_DIGITS",
     "XXH3_FEATURE",
     "DigestChoice",
     "Hasher",
     "check_digest_choice",
     "choose_digest",
+    "is_hex_digest",
     "new_hasher",
 ]
 
@@ -26,6 +28,8 @@ DIGEST_ALGORITHMS: Final = frozenset({"sha256", "blake3", "xxh3-128"})
 """The whole-file digests this implementation computes. Every peer supports ``sha256``; a peer
 that also computes BLAKE3 or XXH3-128 says so with :data:`BLAKE3_FEATURE` or
 :data:`XXH3_FEATURE`."""
+DIGEST_HEX_DIGITS: Final = {"sha256": 64, "blake3": 64, "xxh3-128": 32}
+"""How many lowercase hexadecimal digits a digest of each algorithm is written with."""
 BLAKE3_FEATURE: Final = "digest-blake3"
 XXH3_FEATURE: Final = "digest-xxh3-128"
 DIGEST_FEATURES: Final = frozenset({BLAKE3_FEATURE, XXH3_FEATURE})
@@ -72,6 +76,15 @@ def new_hasher(algorithm: str) -> Hasher:
 
         return blake3.blake3()
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
+
+
+def is_hex_digest(digest: str, algorithm: str) -> bool:
+    """Whether ``digest`` is written as a digest of ``algorithm`` must be: exactly
+    :data:`DIGEST_HEX_DIGITS` lowercase hexadecimal digits."""
+    return len(digest) == DIGEST_HEX_DIGITS.get(algorithm) and not digest.strip(_HEX)
+
+
+_HEX: Final = "0123456789abcdef"
 
 
 def check_digest_choice(choice: str) -> None:

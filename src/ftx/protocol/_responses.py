@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.protocol._digests import is_hex_digest
 from ftx.protocol.messages import (
     Data,
     Done,
@@ -30,10 +31,13 @@ from ftx.protocol.messages import (
     Ready,
 )
 
-__all__ = ["MAX_PENDING_REQUESTS", "Request", "Responses"]
+__all__ = ["MAX_LIST_ENTRIES", "MAX_PENDING_REQUESTS", "Request", "Responses"]
 
 # How many requests a client may have outstanding (pipelined) at once.
 MAX_PENDING_REQUESTS: Final = 1024
+# How many entries one LIST answer may hold, in all its pages (a larger directory is answered
+# with this many, then ERROR too-large): what a client keeps of a listing stays bounded.
+MAX_LIST_ENTRIES: Final = 1_000_000
 
 
 class _Phase(enum.Enum):
@@ -139,9 +143,13 @@ class Responses:
             case FileEnd(), _Phase.DATA:
                 if head.remaining:
                     raise self._fail(f"the file ended with {head.remaining} bytes still due")
+                assert isinstance(head.request, Get)
+                _check_end_digest(message.digest, head.request.digest, self._fail)
                 self._finish()
             case ListEntries(), _Phase.LISTING:
                 head.entries_seen += len(message.entries)
+                if head.entries_seen > MAX_LIST_ENTRIES:
+                    raise self._fail(f"a listing of more than {MAX_LIST_ENTRIES} entries")
             case ListEnd(), _Phase.LISTING:
                 if message.count != head.entries_seen:
                     raise self._fail(
@@ -185,3 +193,19 @@ class Responses:
         if message.digest is None:
             raise fail("the END of an upload carries no digest")
         head.phase = _Phase.AWAIT_RESULT
+
+
+def _check_end_digest(
+    digest: str | None,
+    algorithm: str | None,
+    fail: type[LocalProtocolError] | type[RemoteProtocolError],
+) -> None:
+    """END's digest must be written as the GET's algorithm writes it (lowercase hexadecimal, of
+    its length), and be ``null`` when the GET asked for none. (A ``null`` where a digest was
+    asked for is not a violation: the download simply does not verify, section 9.4.)"""
+    if digest is None:
+        return
+    if algorithm is None:
+        raise fail("END carries a digest where the GET asked for none")
+    if not is_hex_digest(digest, algorithm):
+        raise fail(f"END's digest is not a {algorithm} digest in lowercase hexadecimal")

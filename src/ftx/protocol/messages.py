@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
+from ftx.protocol._json_body import MAX_JSON_DEPTH, check_unread_members, parse_body
 from ftx.protocol._message_types import (
     Auth as Auth,
 )
@@ -80,6 +81,7 @@ from ftx.protocol._message_types import (
 
 __all__ = [
     "DATA_PREFIX",
+    "MAX_JSON_DEPTH",
     "MAX_PATH_BYTES",
     "Auth",
     "AuthOk",
@@ -243,27 +245,14 @@ def decode_message(payload: Buffer) -> Message | None:
         if kind_byte >= _FIRST_EXTENSION_KIND:
             return None
         raise RemoteProtocolError(f"unknown message kind 0x{kind_byte:02x}") from None
-    return _from_json(kind, _parse_object(view[1:]))
+    obj = parse_body(view[1:])
+    message = _from_json(kind, obj)
+    check_unread_members(kind, obj)
+    return message
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-# Made once: json.loads and json.dumps with options build a new coder on every call.
-_JSON_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+# Made once: json.dumps with options builds a new encoder on every call.
 _JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _parse_object(body: memoryview) -> dict[str, Any]:
-    try:
-        text = str(body, "utf-8")
-        value = _JSON_DECODER.decode(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"message body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise RemoteProtocolError("message body is not a JSON object")
-    return value
 
 
 def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:

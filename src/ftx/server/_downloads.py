@@ -17,7 +17,14 @@ import trio
 from ftx._threads import ThreadJob
 from ftx.errors import FtxError
 from ftx.fs import FsEntry, FsError, OpenedFile, file_identity
-from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, ServerProtocol, new_hasher
+from ftx.protocol import (
+    DIGEST_ALGORITHMS,
+    MAX_LIST_ENTRIES,
+    ErrorCode,
+    Hasher,
+    ServerProtocol,
+    new_hasher,
+)
 from ftx.protocol.messages import (
     Data,
     Error,
@@ -323,7 +330,13 @@ class DownloadHandler:
         page_size = min(_MAX_LIST_PAGE, self._protocol.peer_max_frame_size // _ENTRY_BUDGET)
         record.entries = 0
         with listing:
-            while page := await trio.to_thread.run_sync(listing.next_page, page_size):
+            while page := await trio.to_thread.run_sync(
+                listing.next_page, min(page_size, MAX_LIST_ENTRIES - record.entries) or 1
+            ):
+                if record.entries == MAX_LIST_ENTRIES:  # one entry too many: refused
+                    message = f"{request.path!r} holds more than {MAX_LIST_ENTRIES} entries"
+                    await self._refuse(request, record, ErrorCode.TOO_LARGE, message)
+                    return
                 self._session.check_stop()
                 entries = tuple(map(wire_entry, page))
                 await self._session.send(ListEntries(request.request_id, entries))

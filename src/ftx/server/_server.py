@@ -24,7 +24,7 @@ from typing import Final
 import trio
 
 from ftx._net import transport_of
-from ftx.errors import RemoteProtocolError
+from ftx.errors import IncompleteFrameError, RemoteProtocolError
 from ftx.fs import ServedRoot
 from ftx.protocol import ErrorCode
 from ftx.server._config import ServerConfig
@@ -206,6 +206,10 @@ class Server:
             logger.info("%s: cut off: %s", peer, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.info("%s: connection lost (%s)", peer, exc.__cause__ or exc)
+        except IncompleteFrameError as exc:
+            # A broken connection, not a violation (docs/protocol.md, section 4): the client
+            # vanished mid-frame (killed, its network gone); there is no one to tell.
+            logger.info("%s: connection lost (%s)", peer, exc)
         except RemoteProtocolError as exc:
             logger.warning("%s: protocol error: %s", peer, exc)
             await session.farewell(ErrorCode.BAD_REQUEST, f"protocol error: {exc}")

@@ -18,7 +18,7 @@ import trio
 
 from ftx._tls import accept_tls
 from ftx._version import __version__
-from ftx.errors import FtxError, RemoteProtocolError
+from ftx.errors import FtxError, IncompleteFrameError, RemoteProtocolError
 from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
 from ftx.protocol import (
@@ -260,6 +260,11 @@ class Session:
                 logger.debug("%s: could not send the error: %s", self._peer, exc)
 
     @property
+    def features(self) -> frozenset[str]:
+        """The features in use: listed in both HELLOs (empty before the handshake)."""
+        return self._protocol.features
+
+    @property
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""
         return self._stopping
@@ -408,8 +413,10 @@ class Session:
                 return ErrorCode.SHUTTING_DOWN if self._stop_now else "cancelled"
             case WriteStalledError():
                 return ErrorCode.TIMEOUT
-            case trio.BrokenResourceError() | trio.ClosedResourceError():
-                return "lost"
+            case trio.BrokenResourceError() | trio.ClosedResourceError() | IncompleteFrameError():
+                return "lost"  # (the stream ended inside a frame: the client vanished)
+            case RemoteProtocolError():
+                return ErrorCode.BAD_REQUEST  # the client broke the protocol: told so
         return ErrorCode.INTERNAL
 
     def check_stop(self) -> None:

@@ -24,7 +24,7 @@ import trio
 from ftx._threads import ThreadJob
 from ftx.errors import FtxError
 from ftx.fs import FsError, FsReason, ServedRoot
-from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, Hasher, new_hasher
+from ftx.protocol import DIGEST_ALGORITHMS, UPLOAD_FEATURE, ErrorCode, Hasher, new_hasher
 from ftx.protocol.messages import Data, Done, Error, FileEnd, MakeDir, Message, Put, Ready
 from ftx.server._access_log import AccessRecord
 from ftx.server._config import ServerConfig
@@ -78,6 +78,10 @@ class UploadSession(Protocol):
     def check_stop(self) -> None:
         """Called between frames; raises when the session must stop."""
 
+    @property
+    def features(self) -> frozenset[str]:
+        """The features in use on the connection (listed in both HELLOs)."""
+
 
 class UploadHandler:
     """Answers the PUT and MKDIR requests of one connection, in ``root``, as ``config`` allows
@@ -90,7 +94,8 @@ class UploadHandler:
         self._root = root
 
     async def answer(self, request: Put | MakeDir, record: AccessRecord) -> None:
-        """Answer ``request`` completely, filling in its access ``record``.
+        """Answer ``request`` completely, filling in its access ``record``: ``read-only``
+        unless the server is writable and the feature ``upload`` is in use.
 
         Raises:
             UploadStalledError: the client stopped sending in the middle of an upload (it was
@@ -101,6 +106,10 @@ class UploadHandler:
         """
         if not self._config.writable:
             await self._refuse(request, record, ErrorCode.READ_ONLY, "this server is read-only")
+        elif UPLOAD_FEATURE not in self._session.features:
+            # The client did not list the feature: uploads are not in use (section 18.1).
+            message = f"uploads need the {UPLOAD_FEATURE!r} feature, which the client did not list"
+            await self._refuse(request, record, ErrorCode.READ_ONLY, message)
         elif isinstance(request, MakeDir):
             await self._make_directory(request, record)
         else:

@@ -338,11 +338,13 @@ def make_directory(root: ServedRoot, path: str) -> bool:
     was created (false: a directory was there already).
 
     Raises:
-        FsError: as :meth:`~ftx.fs.ServedRoot.open_parent` does; ``EXISTS`` when something
-            other than a directory has that name (a symbolic link included: it is not followed).
+        FsError: as :meth:`~ftx.fs.ServedRoot.open_parent` does; ``INVALID_PATH`` for a name
+            reserved for the part files of uploads; ``EXISTS`` when something other than a
+            directory has that name (a symbolic link included: it is not followed).
     """
     dir_fd, name = root.open_parent(path)
     try:
+        _check_name(name, path)
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
         except FileExistsError:
