@@ -33,22 +33,24 @@ from ftx.errors import (
     RemoteProtocolError,
 )
 from ftx.framing._channel import FramedChannel
-from ftx.framing._decoder import (
+from ftx.framing._decoder import FrameDecoder, encode_frame, encode_header
+from ftx.framing._format import (
     DEFAULT_MAX_FRAME_SIZE,
     FRAME_SIZE_LIMIT,
+    FTX_FORMAT,
     HEADER_SIZE,
     Buffer,
-    FrameDecoder,
-    encode_frame,
-    encode_header,
+    FrameFormat,
 )
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "FRAME_SIZE_LIMIT",
+    "FTX_FORMAT",
     "HEADER_SIZE",
     "Buffer",
     "FrameDecoder",
+    "FrameFormat",
     "FrameTooLargeError",
     "FramedChannel",
     "FtxError",
