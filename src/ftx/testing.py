@@ -71,6 +71,10 @@ async def _receive(channel: trio.abc.ReceiveChannel[bytes]) -> bytes:
     return frame
 
 
+class _Blocked(AssertionError):
+    """A receive blocked where it should not have."""
+
+
 async def _receive_unless_blocked(channel: trio.abc.ReceiveChannel[bytes]) -> bytes:
     """Receive, failing instead of hanging if the call blocks (every task waits)."""
 
@@ -88,7 +92,7 @@ async def _receive_unless_blocked(channel: trio.abc.ReceiveChannel[bytes]) -> by
                 outcome = exc
             nursery.cancel_scope.cancel()
     if outcome is None:
-        raise AssertionError("receive() blocked where it should have returned or raised")
+        raise _Blocked("receive() blocked where it should have returned or raised")
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -332,6 +336,99 @@ async def _check_cancellation(maker: ChannelMaker) -> None:
             await _send(s, b"x")
 
 
+async def _check_sent_frames_go(maker: ChannelMaker) -> None:
+    # A frame send() returned for is on its way: the peer gets it with no further call on the
+    # sender (no flush, no other send), even if the sender then only waits.
+    async with _open_pair(maker) as (s, r):
+        batches: list[list[_Buffer]] = [[b"alone"], [b"one", b"two", bytes(1000)]]
+        for frames in batches:
+            await _send_each(s, frames)
+            for index, frame in enumerate(frames):
+                try:
+                    got = await _receive_unless_blocked(r)
+                except _Blocked:
+                    raise AssertionError(
+                        f"frame {index} of {len(frames)}, sent with send(), did not reach the "
+                        "peer while the sender waited: send() left it in a buffer"
+                    ) from None
+                assert got == frame, f"after send(): got {got[:40]!r}, expected {frame[:40]!r}"
+
+
+async def _check_cancelled_sends(maker: ChannelMaker, clogged_maker: ChannelMaker | None) -> None:
+    # Cancelled before it could start: Cancelled, the frame never arrives, the channel works.
+    async with _open_pair(maker) as (s, r):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await s.send(b"cancelled")
+        assert scope.cancelled_caught, "send() in a cancelled scope did not raise Cancelled"
+        await _send(s, b"after")
+        got = await _receive_unless_blocked(r)
+        assert got == b"after", f"after a send() cancelled before it began: received {got!r}"
+    if clogged_maker is None:
+        return
+    # Cancelled while blocked: the peer never sees a frame cut short. Either the channel says it
+    # is broken, or the next frame arrives whole, after the cancelled one if send() returned
+    # (it was committed) and alone if send() raised Cancelled.
+    async with _open_pair(clogged_maker) as (s, r):
+        big = bytes(range(256)) * 160
+        returned = False
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(_cancel_when_blocked, scope)
+                await s.send(big)
+                returned = True
+            nursery.cancel_scope.cancel()
+        outcome: list[str] = []
+
+        async def send_next() -> None:
+            try:
+                await s.send(b"next")
+                outcome.append("sent")
+            except trio.BrokenResourceError:
+                outcome.append("broken")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_next)
+            await wait_all_tasks_blocked()
+            if outcome != ["broken"]:
+                expected = [big, b"next"] if returned else [b"next"]
+                for frame in expected:
+                    got = await _receive_unless_blocked(r)
+                    how = "returned" if returned else "raised Cancelled"
+                    assert got == frame, (
+                        f"after a send() cancelled while blocked ({how}): received "
+                        f"{got[:20]!r} ({len(got)} bytes), expected {frame[:20]!r} "
+                        f"({len(frame)} bytes)"
+                    )
+
+
+async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
+    await wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def _check_backpressure(clogged_maker: ChannelMaker) -> None:
+    # Nobody receives: sends must block sooner or later (memory stays bounded), not return for
+    # every frame.
+    budget = 16 << 20
+    frame = bytes(1000)
+    sent = 0
+
+    async def flood(s: trio.abc.SendChannel[bytes]) -> None:
+        nonlocal sent
+        while sent < budget:
+            await s.send(frame)
+            sent += len(frame)
+
+    async with _open_pair(clogged_maker) as (s, _), trio.open_nursery() as nursery:
+        nursery.start_soon(flood, s)
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert sent < budget, (
+        f"send() returned for {budget} bytes of frames that nobody received: no backpressure"
+    )
+
+
 def _first_assertion(group: BaseExceptionGroup[BaseException]) -> AssertionError | None:
     for exc in group.exceptions:
         if isinstance(exc, AssertionError):
@@ -354,7 +451,14 @@ async def check_framed_channel(
     frame and then :exc:`trio.EndOfChannel` for good; closing the receiver eventually breaks the
     sender (:exc:`trio.BrokenResourceError`); ``aclose`` wakes a task blocked in ``receive``
     (and, given ``clogged_channel_maker``, a forceful close wakes one blocked in ``send``);
-    cancelled receives lose no frame; a cancelled ``aclose`` still closes. Frames of up to
+    cancelled receives lose no frame; a cancelled ``aclose`` still closes; a frame ``send``
+    returned for reaches the peer with no further call on the sender (nothing is left in a
+    buffer waiting for a flush); a ``send`` cancelled before it could start raises
+    :exc:`trio.Cancelled`, delivers nothing and leaves the channel usable. Given
+    ``clogged_channel_maker``, also: a ``send`` cancelled while blocked never leaves a frame cut
+    short (the channel is broken, or the next frame arrives whole, after the cancelled one if
+    ``send`` returned), and with nobody receiving, sends block before 16 MiB (backpressure:
+    bounded memory). Frames of up to
     40 000 bytes are sent, so the channels must accept at least that much. Each check runs on a
     fresh pair; every pair is closed afterwards.
 
@@ -370,12 +474,17 @@ async def check_framed_channel(
         AssertionError: the channels break the contract; the message says how.
     """
     try:
+        # First: a channel that keeps frames in a buffer would make the later checks hang.
+        await _check_sent_frames_go(channel_maker)
         await _check_boundaries(channel_maker)
         await _check_busy(channel_maker, clogged_channel_maker)
         await _check_full_duplex(channel_maker)
         await _check_close(channel_maker)
         await _check_close_wakes(channel_maker, clogged_channel_maker)
         await _check_cancellation(channel_maker)
+        await _check_cancelled_sends(channel_maker, clogged_channel_maker)
+        if clogged_channel_maker is not None:
+            await _check_backpressure(clogged_channel_maker)
     except BaseExceptionGroup as group:
         # Report a failed check in a child task as itself, not wrapped by its nursery.
         failure = _first_assertion(group)
