@@ -23,7 +23,7 @@ any of the body is buffered, so a peer cannot make us allocate more than that pe
 Its errors (all from :mod:`ftx.errors`, all subclasses of :class:`FtxError`) are importable
 from here too. This package imports nothing of ftx but :mod:`ftx.errors`, and importing it loads
 neither the rest of ftx nor anything trio does not load already. Its private modules:
-``_format`` and ``_decoder`` (sans-IO), ``_channel``, ``_writer``, ``_receive_into`` and
+``_format`` and ``_decoder`` (sans-IO), ``_channel``, ``_writer``, ``_reader`` and
 ``_socket_io`` (trio I/O). The distribution ftx-framing (packaging/ftx-framing) ships it alone.
 """
 

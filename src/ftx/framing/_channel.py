@@ -2,8 +2,9 @@
 :class:`trio.abc.Stream`, with the fast paths of plain TCP (direct non-blocking reads and
 writes, ``recv_into``, ``sendfile``).
 
-Writing is :class:`~ftx.framing._writer.FrameWriter`'s job, reading straight into a caller's
-buffer :mod:`~ftx.framing._receive_into`'s; this module holds the channel's contract.
+Writing is :class:`~ftx.framing._writer.FrameWriter`'s job, reading (into the decoder, or
+straight into a caller's buffer) :mod:`~ftx.framing._reader`'s; this module holds the channel's
+contract.
 """
 
 from __future__ import annotations
@@ -22,17 +23,12 @@ from ftx.framing._format import (
     FrameFormat,
     check_max_frame_size,
 )
-from ftx.framing._receive_into import receive_into
-from ftx.framing._socket_io import read_some, read_up_to, sendfile, write_some
-from ftx.framing._writer import FrameWriter
+from ftx.framing._reader import MAX_RECEIVE_SIZE, read_frame, receive_into
+from ftx.framing._socket_io import write_some
+from ftx.framing._writer import JOIN_THRESHOLD, FrameWriter, coalesce
 
 __all__ = ["DEFAULT_SEND_BUFFER_SIZE", "FramedChannel"]
 
-# Below this, a frame is joined with its header into one write: two tiny writes on a TCP_NODELAY
-# socket would cost two segments. Above it, copying the payload costs more than a second write.
-_JOIN_THRESHOLD: Final = 16 * 1024
-# Never ask the transport for more than this in one read.
-_MAX_RECEIVE_SIZE: Final = 1 << 20
 DEFAULT_SEND_BUFFER_SIZE: Final = 64 * 1024
 
 
@@ -78,7 +74,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
         self.transport_stream: Final = transport_stream
         self.max_frame_size: Final = check_max_frame_size(max_frame_size, frame_format)
         self.frame_format: Final = frame_format
-        self._receive_chunk_size = min(receive_chunk_size, _MAX_RECEIVE_SIZE)
+        self._receive_chunk_size = min(receive_chunk_size, MAX_RECEIVE_SIZE)
         self._decoder = FrameDecoder(max_frame_size=max_frame_size, frame_format=frame_format)
         self._writer = FrameWriter(transport_stream, send_buffer_size)
         self._socket = self._writer.socket
@@ -133,7 +129,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
         if type(value) is not bytes and not memoryview(value).c_contiguous:
             value = bytes(value)
         header = fmt.encode_length(size)
-        if size <= _JOIN_THRESHOLD:
+        if size <= JOIN_THRESHOLD:
             return [header + value], len(header) + size
         return [header, value], len(header) + size
 
@@ -178,7 +174,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
             and sock is not None
             and self._fast_send
             and not (self._sending or self._writer.pending or self._writer.broken or self._broken)
-            and len(value) <= _JOIN_THRESHOLD
+            and len(value) <= JOIN_THRESHOLD
             and len(value) <= self.max_frame_size
         ):
             # The fast path: a small frame on a socket, nothing pending. One system call; the
@@ -282,7 +278,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 encoded.append((fmt.encode(b"".join(parts)), ()))
             else:
                 encoded.append((fmt.encode_length(size), parts))
-        writes = _coalesce(encoded)
+        writes = coalesce(encoded)
         await self._write(writes, sum(memoryview(write).nbytes for write in writes))
 
     async def send_file(self, prefix: Buffer, fd: int, offset: int, count: int) -> int:
@@ -316,26 +312,15 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 f"a frame of {size} bytes is larger than the limit of {self.max_frame_size} bytes"
             )
         head = fmt.encode_length(size) + bytes(prefix)
-        stream = self.transport_stream
         self._sending = True
         try:
-            await self._writer.flush()
-            if isinstance(stream, trio.SocketStream):
-                sent = await sendfile(stream.socket, head, fd, offset, count)
-            else:
-                sent = 0
-                await stream.send_all(head)
-            if sent < count:  # no sendfile, or it is not supported for this file
-                data = await trio.to_thread.run_sync(read_up_to, fd, count - sent, offset + sent)
-                await stream.send_all(data + bytes(count - sent - len(data)))
-                sent += len(data)
+            return await self._writer.write_file(head, fd, offset, count)
         except BaseException as exc:
             if not self._closed:
                 self._broken = exc
             raise
         finally:
             self._sending = False
-        return sent
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -370,47 +355,17 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 self._receive_broken = exc
                 raise
             if payload is None:
-                return await self._receive_from_transport()
+                try:
+                    return await read_frame(
+                        self._decoder, self.transport_stream, self._receive_chunk_size
+                    )
+                except RemoteProtocolError as exc:
+                    self._receive_broken = exc
+                    raise
             await trio.lowlevel.cancel_shielded_checkpoint()
             return payload
         finally:
             self._receiving = False
-
-    async def _receive_from_transport(self) -> bytes:
-        decoder = self._decoder
-        sock = self._socket
-        waited = False
-        if sock is not None and not decoder.eof:
-            # The checkpoint first: a sender in this process then has had its turn, so the
-            # read that follows finds its bytes rather than an empty socket (a wait costs more).
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            waited = True
-        while True:
-            if decoder.eof:
-                if not waited:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                raise trio.EndOfChannel
-            want = min(max(decoder.bytes_needed, self._receive_chunk_size), _MAX_RECEIVE_SIZE)
-            if sock is None:
-                data = await self.transport_stream.receive_some(want)
-                waited = True
-            else:
-                read = read_some(sock, want)
-                while read is None:
-                    await trio.lowlevel.wait_readable(sock)
-                    waited = True
-                    read = read_some(sock, want)
-                data = read
-            decoder.receive_data(data)
-            try:
-                payload = decoder.next_frame()
-            except RemoteProtocolError as exc:
-                self._receive_broken = exc
-                raise
-            if payload is not None:
-                if not waited:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return payload
 
     def receive_nowait(self) -> bytes:
         """Return the next frame's payload if it has arrived whole already, without reading
@@ -514,22 +469,3 @@ class FramedChannel(trio.abc.Channel[bytes]):
             self._fast_send = False
             self._writer.flush_nowait()
         await self.transport_stream.aclose()
-
-
-def _coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
-    """Group headers and parts into as few writes as possible without copying big parts."""
-    writes: list[Buffer] = []
-    pending = bytearray()
-    for header, parts in frames:
-        pending += header
-        for part in parts:
-            if memoryview(part).nbytes <= _JOIN_THRESHOLD:
-                pending += part
-            else:
-                if pending:
-                    writes.append(pending)
-                    pending = bytearray()
-                writes.append(part)
-    if pending:
-        writes.append(pending)
-    return writes

@@ -11,15 +11,20 @@ so a cancelled write there breaks the channel, as :class:`trio.SSLStream` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
+from typing import Final
 
 import trio
 
 from ftx.framing._format import Buffer
-from ftx.framing._socket_io import write_some
+from ftx.framing._socket_io import read_up_to, sendfile, write_some
 
-__all__ = ["FrameWriter"]
+__all__ = ["JOIN_THRESHOLD", "FrameWriter", "coalesce"]
+
+# Below this, a frame is joined with its header into one write: two tiny writes on a TCP_NODELAY
+# socket would cost two segments. Above it, copying the payload costs more than a second write.
+JOIN_THRESHOLD: Final = 16 * 1024
 
 
 class FrameWriter:
@@ -111,6 +116,24 @@ class FrameWriter:
                 waited = True
         return waited
 
+    async def write_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
+        """Write the pending bytes, then ``head`` and ``count`` bytes of file ``fd`` from
+        ``offset`` (with ``os.sendfile`` on a socket, else read in a worker thread), padded with
+        zeros if the file ends first; return how many came from the file. Any exception leaves
+        an unknown part written: the caller breaks the channel."""
+        await self.flush()
+        stream = self.stream
+        if self.socket is not None:
+            sent = await sendfile(self.socket, head, fd, offset, count)
+        else:
+            sent = 0
+            await stream.send_all(head)
+        if sent < count:  # no sendfile, or it is not supported for this file
+            data = await trio.to_thread.run_sync(read_up_to, fd, count - sent, offset + sent)
+            await stream.send_all(data + bytes(count - sent - len(data)))
+            sent += len(data)
+        return sent
+
     def flush_nowait(self) -> None:
         """Write what the socket takes of the pending bytes now, without waiting (best effort:
         errors are left for the next write to find)."""
@@ -139,3 +162,22 @@ class FrameWriter:
         except BaseException as exc:
             self.broken = exc
             raise
+
+
+def coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
+    """Group headers and parts into as few writes as possible without copying big parts."""
+    writes: list[Buffer] = []
+    pending = bytearray()
+    for header, parts in frames:
+        pending += header
+        for part in parts:
+            if memoryview(part).nbytes <= JOIN_THRESHOLD:
+                pending += part
+            else:
+                if pending:
+                    writes.append(pending)
+                    pending = bytearray()
+                writes.append(part)
+    if pending:
+        writes.append(pending)
+    return writes

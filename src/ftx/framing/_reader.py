@@ -1,16 +1,68 @@
-""":meth:`FramedChannel.receive_into <ftx.framing.FramedChannel.receive_into>`: a payload put
-straight into a caller's buffer, most of it read from the socket with ``recv_into``, around the
-decoder, through a few private methods of :class:`~ftx.framing._decoder.FrameDecoder`.
+"""How :class:`~ftx.framing.FramedChannel` reads: :func:`read_frame` (the transport into the
+decoder, until a frame is whole) and :func:`receive_into` (a payload put straight into a
+caller's buffer, most of it read from the socket with ``recv_into``, around the decoder, through
+a few private methods of :class:`~ftx.framing._decoder.FrameDecoder`).
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import trio
 
 from ftx.framing._decoder import FrameDecoder
-from ftx.framing._socket_io import socket_errors_as_stream_errors
+from ftx.framing._socket_io import read_some, socket_errors_as_stream_errors
 
-__all__ = ["receive_into"]
+__all__ = ["MAX_RECEIVE_SIZE", "read_frame", "receive_into"]
+
+# Never ask the transport for more than this in one read.
+MAX_RECEIVE_SIZE: Final = 1 << 20
+
+
+async def read_frame(
+    decoder: FrameDecoder, stream: trio.abc.ReceiveStream, chunk_size: int
+) -> bytes:
+    """Read from ``stream`` until ``decoder`` has a whole frame; return its payload (the caller
+    checked for cancellation and found no frame buffered). A checkpoint.
+
+    On a :class:`trio.SocketStream` it reads the socket directly, non-blocking, after one
+    scheduler trip: a sender in this process has then had its turn, so the read finds its bytes
+    rather than an empty socket (a wait for readability costs more).
+
+    Raises:
+        trio.EndOfChannel: the peer closed cleanly on a frame boundary.
+        RemoteProtocolError: from the decoder.
+        trio.BrokenResourceError, trio.ClosedResourceError: from the transport.
+    """
+    sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+    waited = False
+    if sock is not None and not decoder.eof:
+        # The checkpoint first: a sender in this process then has had its turn, so the
+        # read that follows finds its bytes rather than an empty socket (a wait costs more).
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        waited = True
+    while True:
+        if decoder.eof:
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            raise trio.EndOfChannel
+        want = min(max(decoder.bytes_needed, chunk_size), MAX_RECEIVE_SIZE)
+        if sock is None:
+            data = await stream.receive_some(want)
+            waited = True
+        else:
+            read = read_some(sock, want)
+            while read is None:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                read = read_some(sock, want)
+            data = read
+        decoder.receive_data(data)
+        payload = decoder.next_frame()
+        if payload is not None:
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return payload
 
 
 async def receive_into(
