@@ -25,7 +25,7 @@ from ftx.framing._format import (
 )
 from ftx.framing._reader import MAX_RECEIVE_SIZE, read_frame, receive_into
 from ftx.framing._socket_io import write_some
-from ftx.framing._writer import JOIN_THRESHOLD, FrameWriter, coalesce
+from ftx.framing._writer import JOIN_THRESHOLD, FrameWriter, encode_frames
 
 __all__ = ["DEFAULT_SEND_BUFFER_SIZE", "FramedChannel"]
 
@@ -258,28 +258,13 @@ class FramedChannel(trio.abc.Channel[bytes]):
         writes as possible: small frames sent together cost one system call, and reach the
         peer together. Raises as :meth:`send` does; if one frame is too large, none is sent.
         """
-        if any(isinstance(parts, bytes | bytearray | memoryview) for parts in frames):
-            raise TypeError("each frame is a sequence of parts: send_frames((payload,), ...)")
-        # Made tuples first: a generator of parts would be used up by counting its size.
-        all_parts = [tuple(parts) for parts in frames]
         self._start_sending()
-        fmt = self.frame_format
-        encoded: list[tuple[bytes, Sequence[Buffer]]] = []
-        for parts in all_parts:
-            size = sum(memoryview(part).nbytes for part in parts)
-            payload = fmt.sent_payload_size(size)
-            if payload > self.max_frame_size or payload < 0:
-                await trio.lowlevel.checkpoint()  # every path through send is a checkpoint
-                raise LocalProtocolError(
-                    f"a frame of {payload} bytes is larger than the limit of "
-                    f"{self.max_frame_size} bytes"
-                )
-            if fmt.length_offset:
-                encoded.append((fmt.encode(b"".join(parts)), ()))
-            else:
-                encoded.append((fmt.encode_length(size), parts))
-        writes = coalesce(encoded)
-        await self._write(writes, sum(memoryview(write).nbytes for write in writes))
+        try:
+            writes, size = encode_frames(self.frame_format, self.max_frame_size, frames)
+        except LocalProtocolError:
+            await trio.lowlevel.checkpoint()  # every path through send is a checkpoint
+            raise
+        await self._write(writes, size)
 
     async def send_file(self, prefix: Buffer, fd: int, offset: int, count: int) -> int:
         """Send one frame whose payload is ``prefix`` followed by ``count`` bytes of the open

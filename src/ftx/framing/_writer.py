@@ -17,10 +17,11 @@ from typing import Final
 
 import trio
 
-from ftx.framing._format import Buffer
+from ftx.errors import LocalProtocolError
+from ftx.framing._format import Buffer, FrameFormat
 from ftx.framing._socket_io import read_up_to, sendfile, write_some
 
-__all__ = ["JOIN_THRESHOLD", "FrameWriter", "coalesce"]
+__all__ = ["JOIN_THRESHOLD", "FrameWriter", "encode_frames"]
 
 # Below this, a frame is joined with its header into one write: two tiny writes on a TCP_NODELAY
 # socket would cost two segments. Above it, copying the payload costs more than a second write.
@@ -164,14 +165,43 @@ class FrameWriter:
             raise
 
 
-def coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
-    """Group headers and parts into as few writes as possible without copying big parts."""
+def encode_frames(
+    fmt: FrameFormat, max_frame_size: int, frames: Iterable[Iterable[Buffer]]
+) -> tuple[list[Buffer], int]:
+    """The writes of ``frames`` (each given as its parts) and their total size: headers and
+    small parts joined, parts over :data:`JOIN_THRESHOLD` left as they are (never copied).
+
+    Raises:
+        TypeError: a frame is a buffer, not a sequence of parts.
+        LocalProtocolError: a frame's payload would be over ``max_frame_size``, or the format
+            cannot carry it.
+    """
     writes: list[Buffer] = []
     pending = bytearray()
-    for header, parts in frames:
+    total = 0
+    plain = fmt.length_unpacker() is not None  # the payload is the value: no prefix to insert
+    for frame in frames:
+        if isinstance(frame, bytes | bytearray | memoryview):
+            raise TypeError("each frame is a sequence of parts: send_frames((payload,), ...)")
+        # A tuple first: a generator of parts would be used up by counting its size.
+        parts = frame if type(frame) is tuple or type(frame) is list else tuple(frame)
+        sizes = [len(part) if type(part) is bytes else memoryview(part).nbytes for part in parts]
+        size = sum(sizes)
+        payload = size if plain else fmt.sent_payload_size(size)
+        if payload > max_frame_size:
+            raise LocalProtocolError(
+                f"a frame of {payload} bytes is larger than the limit of {max_frame_size} bytes"
+            )
+        if fmt.length_offset:
+            encoded = fmt.encode(b"".join(parts))
+            pending += encoded
+            total += len(encoded)
+            continue
+        header = fmt.encode_length(size)
         pending += header
-        for part in parts:
-            if memoryview(part).nbytes <= JOIN_THRESHOLD:
+        total += len(header) + size
+        for part, part_size in zip(parts, sizes, strict=True):
+            if part_size <= JOIN_THRESHOLD:
                 pending += part
             else:
                 if pending:
@@ -180,4 +210,4 @@ def coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
                 writes.append(part)
     if pending:
         writes.append(pending)
-    return writes
+    return writes, total
