@@ -78,9 +78,11 @@ class FramedChannel(trio.abc.Channel[bytes]):
         self._decoder = FrameDecoder(max_frame_size=max_frame_size, frame_format=frame_format)
         self._writer = FrameWriter(transport_stream, send_buffer_size)
         self._socket = self._writer.socket
-        self._encode_length = frame_format.encode_length
-        # Formats of ftx's shape (see FrameFormat.length_unpacker) take send's fast path.
+        # Formats of ftx's shape (see FrameFormat.length_unpacker) take send's fast path, where
+        # the length field is the payload's size, packed without further checks (the size is
+        # checked against max_frame_size, which the field can always announce).
         self._fast_send = frame_format.length_unpacker() is not None
+        self._pack_length = frame_format.length_packer()
         self._sending = False
         self._receiving = False
         self._eof_sent = False
@@ -179,7 +181,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
         ):
             # The fast path: a small frame on a socket, nothing pending. One system call; the
             # kernel takes it at once unless the peer is slow to read.
-            frame = self._encode_length(len(value)) + value
+            frame = self._pack_length(len(value)) + value
             self._sending = True
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()

@@ -163,6 +163,14 @@ class FrameFormat:
             return self._struct.unpack_from
         return None
 
+    def length_packer(self) -> Callable[[int], bytes]:
+        """A function from a length field's value to its bytes, with no range check (that is
+        the caller's): ``struct.pack`` where a width has a struct code."""
+        if self._struct is not None:
+            return self._struct.pack
+        size, order = self.length_size, self.byteorder
+        return lambda length: length.to_bytes(size, order)
+
     def payload_size(self, length: int) -> int:
         """The payload size a length field of value ``length`` announces.
 
