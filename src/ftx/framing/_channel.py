@@ -365,9 +365,11 @@ class FramedChannel(trio.abc.Channel[bytes]):
             RemoteProtocolError, trio.BusyResourceError, trio.BrokenResourceError,
                 trio.ClosedResourceError: as for :meth:`receive`.
         """
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this channel")
-        self._check_usable(receiving=True)
+        writer_broken = self._writer.broken
+        if self._receiving or self._closed or self._broken or self._receive_broken or writer_broken:
+            if self._receiving:
+                raise trio.BusyResourceError("another task is already receiving on this channel")
+            self._check_usable(receiving=True)
         try:
             payload = self._decoder.next_frame()
         except RemoteProtocolError as exc:

@@ -180,6 +180,8 @@ def encode_frames(
     pending = bytearray()
     total = 0
     plain = fmt.length_unpacker() is not None  # the payload is the value: no prefix to insert
+    # For those formats, a size within max_frame_size is one the field can announce.
+    pack_length = fmt.length_packer() if plain else fmt.encode_length
     for frame in frames:
         if isinstance(frame, bytes | bytearray | memoryview):
             raise TypeError("each frame is a sequence of parts: send_frames((payload,), ...)")
@@ -197,7 +199,7 @@ def encode_frames(
             pending += encoded
             total += len(encoded)
             continue
-        header = fmt.encode_length(size)
+        header = pack_length(size)
         pending += header
         total += len(header) + size
         for part, part_size in zip(parts, sizes, strict=True):
