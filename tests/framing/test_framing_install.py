@@ -33,7 +33,10 @@ def shipped() -> dict[str, str]:
 
 def test_the_distribution_ships_every_framing_module_and_what_they_import() -> None:
     in_wheel = {(DIST / source).resolve() for source in shipped()}
-    framing = set((ROOT / "src" / "ftx" / "framing").glob("*.py"))
+    framing = {
+        *(ROOT / "src" / "ftx" / "framing").glob("*.py"),
+        *(ROOT / "src" / "ftx" / "testing").glob("*.py"),
+    }
     assert framing <= in_wheel, f"not shipped: {sorted(map(str, framing - in_wheel))}"
     # Everything of ftx that the shipped modules import is shipped too, but what the package's
     # __init__ imports on first use only (PEP 562) for the full tool.

@@ -10,125 +10,33 @@ another channel that should behave like one. It needs no pytest; a failure raise
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import TypeAlias, cast
+from contextlib import suppress
 
 import trio
-from trio.testing import assert_checkpoints, wait_all_tasks_blocked
+from trio.testing import wait_all_tasks_blocked
+
+from ftx.testing._helpers import (
+    _BUSY,
+    ChannelMaker,
+    ChannelPair,
+    _aclose,
+    _Buffer,
+    _expect,
+    _expect_frames,
+    _open_pair,
+    _receive,
+    _receive_unless_blocked,
+    _send,
+    _send_each,
+    _transfer,
+)
+from ftx.testing._sending import (
+    _check_backpressure,
+    _check_cancelled_sends,
+    _check_sent_frames_go,
+)
 
 __all__ = ["ChannelMaker", "ChannelPair", "check_framed_channel"]
-
-ChannelPair: TypeAlias = tuple[trio.abc.Channel[bytes], trio.abc.Channel[bytes]]
-ChannelMaker: TypeAlias = Callable[[], Awaitable[ChannelPair]]
-"""An async function of no arguments returning a connected ``(sender, receiver)`` pair."""
-
-_Buffer: TypeAlias = bytes | bytearray | memoryview
-_BUSY = "busy"
-
-
-@asynccontextmanager
-async def _open_pair(maker: ChannelMaker) -> AsyncIterator[ChannelPair]:
-    sender, receiver = await maker()
-    try:
-        yield sender, receiver
-    finally:
-        try:
-            await trio.aclose_forcefully(sender)
-        finally:
-            await trio.aclose_forcefully(receiver)
-
-
-@contextmanager
-def _expect(
-    expected: type[BaseException] | tuple[type[BaseException], ...], doing: str
-) -> Iterator[None]:
-    """Fail unless the block raises ``expected`` (not wrapped in a group)."""
-    names = " or ".join(
-        e.__name__ for e in (expected if isinstance(expected, tuple) else (expected,))
-    )
-    try:
-        yield
-    except expected:
-        return
-    except Exception as exc:
-        raise AssertionError(f"{doing}: expected {names}, got {exc!r}") from exc
-    raise AssertionError(f"{doing}: expected {names}, but nothing was raised")
-
-
-async def _send(channel: trio.abc.SendChannel[bytes], value: _Buffer) -> None:
-    # A framed channel must take any bytes-like object, though Channel[bytes] only promises bytes.
-    send = cast("Callable[[_Buffer], Awaitable[object]]", channel.send)
-    with assert_checkpoints():
-        result = await send(value)
-    assert result is None, f"send() returned {result!r}, expected None"
-
-
-async def _receive(channel: trio.abc.ReceiveChannel[bytes]) -> bytes:
-    with assert_checkpoints():
-        frame = await channel.receive()
-    assert isinstance(frame, bytes), f"receive() returned {type(frame).__name__}, not bytes"
-    return frame
-
-
-class _Blocked(AssertionError):
-    """A receive blocked where it should not have."""
-
-
-async def _receive_unless_blocked(channel: trio.abc.ReceiveChannel[bytes]) -> bytes:
-    """Receive, failing instead of hanging if the call blocks (every task waits)."""
-
-    async def cancel_when_blocked(scope: trio.CancelScope) -> None:
-        await wait_all_tasks_blocked()
-        scope.cancel()
-
-    outcome: bytes | Exception | None = None
-    async with trio.open_nursery() as nursery:
-        with trio.CancelScope() as scope:
-            nursery.start_soon(cancel_when_blocked, scope)
-            try:
-                outcome = await _receive(channel)
-            except Exception as exc:  # re-raised below, outside the nursery's group
-                outcome = exc
-            nursery.cancel_scope.cancel()
-    if outcome is None:
-        raise _Blocked("receive() blocked where it should have returned or raised")
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
-
-
-async def _aclose(channel: trio.abc.AsyncResource) -> None:
-    with assert_checkpoints():
-        await channel.aclose()
-
-
-async def _send_each(channel: trio.abc.SendChannel[bytes], frames: list[_Buffer]) -> None:
-    for frame in frames:
-        await _send(channel, frame)
-
-
-async def _expect_frames(
-    channel: trio.abc.ReceiveChannel[bytes], frames: list[_Buffer], what: str
-) -> None:
-    for index, frame in enumerate(frames):
-        got = await _receive(channel)
-        assert got == bytes(frame), (
-            f"{what}: frame {index} came back as {got[:40]!r} ({len(got)} bytes), "
-            f"expected {bytes(frame)[:40]!r} ({len(bytes(frame))} bytes)"
-        )
-
-
-async def _transfer(
-    sender: trio.abc.SendChannel[bytes],
-    receiver: trio.abc.ReceiveChannel[bytes],
-    frames: list[_Buffer],
-) -> None:
-    """Send ``frames`` while receiving them concurrently (the channel may have no buffer)."""
-    frames = [*frames, b"<end of transfer>"]  # a lost last frame fails instead of hanging
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_send_each, sender, frames)
-        await _expect_frames(receiver, frames, "transfer")
 
 
 async def _check_boundaries(maker: ChannelMaker) -> None:
@@ -334,99 +242,6 @@ async def _check_cancellation(maker: ChannelMaker) -> None:
             await _receive_unless_blocked(r)
         with _expect(trio.ClosedResourceError, "send() after a cancelled aclose()"):
             await _send(s, b"x")
-
-
-async def _check_sent_frames_go(maker: ChannelMaker) -> None:
-    # A frame send() returned for is on its way: the peer gets it with no further call on the
-    # sender (no flush, no other send), even if the sender then only waits.
-    async with _open_pair(maker) as (s, r):
-        batches: list[list[_Buffer]] = [[b"alone"], [b"one", b"two", bytes(1000)]]
-        for frames in batches:
-            await _send_each(s, frames)
-            for index, frame in enumerate(frames):
-                try:
-                    got = await _receive_unless_blocked(r)
-                except _Blocked:
-                    raise AssertionError(
-                        f"frame {index} of {len(frames)}, sent with send(), did not reach the "
-                        "peer while the sender waited: send() left it in a buffer"
-                    ) from None
-                assert got == frame, f"after send(): got {got[:40]!r}, expected {frame[:40]!r}"
-
-
-async def _check_cancelled_sends(maker: ChannelMaker, clogged_maker: ChannelMaker | None) -> None:
-    # Cancelled before it could start: Cancelled, the frame never arrives, the channel works.
-    async with _open_pair(maker) as (s, r):
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await s.send(b"cancelled")
-        assert scope.cancelled_caught, "send() in a cancelled scope did not raise Cancelled"
-        await _send(s, b"after")
-        got = await _receive_unless_blocked(r)
-        assert got == b"after", f"after a send() cancelled before it began: received {got!r}"
-    if clogged_maker is None:
-        return
-    # Cancelled while blocked: the peer never sees a frame cut short. Either the channel says it
-    # is broken, or the next frame arrives whole, after the cancelled one if send() returned
-    # (it was committed) and alone if send() raised Cancelled.
-    async with _open_pair(clogged_maker) as (s, r):
-        big = bytes(range(256)) * 160
-        returned = False
-        async with trio.open_nursery() as nursery:
-            with trio.CancelScope() as scope:
-                nursery.start_soon(_cancel_when_blocked, scope)
-                await s.send(big)
-                returned = True
-            nursery.cancel_scope.cancel()
-        outcome: list[str] = []
-
-        async def send_next() -> None:
-            try:
-                await s.send(b"next")
-                outcome.append("sent")
-            except trio.BrokenResourceError:
-                outcome.append("broken")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_next)
-            await wait_all_tasks_blocked()
-            if outcome != ["broken"]:
-                expected = [big, b"next"] if returned else [b"next"]
-                for frame in expected:
-                    got = await _receive_unless_blocked(r)
-                    how = "returned" if returned else "raised Cancelled"
-                    assert got == frame, (
-                        f"after a send() cancelled while blocked ({how}): received "
-                        f"{got[:20]!r} ({len(got)} bytes), expected {frame[:20]!r} "
-                        f"({len(frame)} bytes)"
-                    )
-
-
-async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
-    await wait_all_tasks_blocked()
-    scope.cancel()
-
-
-async def _check_backpressure(clogged_maker: ChannelMaker) -> None:
-    # Nobody receives: sends must block sooner or later (memory stays bounded), not return for
-    # every frame.
-    budget = 16 << 20
-    frame = bytes(1000)
-    sent = 0
-
-    async def flood(s: trio.abc.SendChannel[bytes]) -> None:
-        nonlocal sent
-        while sent < budget:
-            await s.send(frame)
-            sent += len(frame)
-
-    async with _open_pair(clogged_maker) as (s, _), trio.open_nursery() as nursery:
-        nursery.start_soon(flood, s)
-        await wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-    assert sent < budget, (
-        f"send() returned for {budget} bytes of frames that nobody received: no backpressure"
-    )
 
 
 def _first_assertion(group: BaseExceptionGroup[BaseException]) -> AssertionError | None:
