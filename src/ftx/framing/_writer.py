@@ -187,6 +187,15 @@ def encode_frames(
             raise TypeError("each frame is a sequence of parts: send_frames((payload,), ...)")
         # A tuple first: a generator of parts would be used up by counting its size.
         parts = frame if type(frame) is tuple or type(frame) is list else tuple(frame)
+        if plain and len(parts) == 1 and type(part := parts[0]) is bytes:
+            size = len(part)
+            if size <= JOIN_THRESHOLD and size <= max_frame_size:
+                # The common case, a small frame of one part: its header and it, joined.
+                header = pack_length(size)
+                pending += header
+                pending += part
+                total += len(header) + size
+                continue
         sizes = [len(part) if type(part) is bytes else memoryview(part).nbytes for part in parts]
         size = sum(sizes)
         payload = size if plain else fmt.sent_payload_size(size)
