@@ -42,12 +42,14 @@ class FramedChannel(trio.abc.Channel[bytes]):
     writes with one system call.
 
     Cancellation: a cancelled :meth:`receive` loses nothing (bytes already read stay in the
-    decoder). A :meth:`send` that raises :exc:`trio.Cancelled` sent nothing of its frame. Once
-    the first byte of a frame is written, on a :class:`trio.SocketStream`, the frame is
-    committed: a cancellation then lets ``send`` return, the rest of the frame kept in the
-    pending buffer to go out first with the next ``send``, ``flush`` or ``send_eof``. On any
-    other stream a cancellation in the middle of a write breaks the channel, as
-    :class:`trio.SSLStream` does: every later call raises :exc:`trio.BrokenResourceError`.
+    decoder). A :meth:`send` cancelled before it could start raises :exc:`trio.Cancelled`, sent
+    nothing and leaves the channel usable; on a :class:`trio.SocketStream`, so does one
+    cancelled while waiting for the kernel to take its frame's first byte. Once that byte is
+    written the frame is committed: a cancellation then lets ``send`` return, the rest of the
+    frame kept in the pending buffer to go out first with the next ``send``, ``flush`` or
+    ``send_eof``. On any other stream a cancellation in the middle of a write breaks the
+    channel, as :class:`trio.SSLStream` does: every later call raises
+    :exc:`trio.BrokenResourceError`.
 
     Args:
         transport_stream: the byte stream to frame. It belongs to the channel from now on:
@@ -161,7 +163,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
     async def send(self, value: Buffer) -> None:
         """Send ``value`` as one frame, after any frames queued by :meth:`send_nowait`. ``b""``
         sends an empty frame. It returns once the kernel (or the transport) has taken the
-        frame; if it raises :exc:`trio.Cancelled`, nothing of the frame was sent.
+        frame. If it raises :exc:`trio.Cancelled` and the channel is not broken, nothing of the
+        frame was sent (see the class for the rules).
 
         Raises:
             LocalProtocolError: ``value`` is longer than ``max_frame_size``; nothing was sent and
