@@ -9,7 +9,8 @@
 
 Targets (``--target``, all by default):
 
-- ``framing``: byte streams, cut into random pieces, into :class:`ftx.framing.FrameDecoder`;
+- ``framing``: byte streams, cut into random pieces, into :class:`ftx.framing.FrameDecoder`, in
+  ftx's format or one of ``FORMATS`` (the session re-framed in it, then damaged);
 - ``messages``: frame payloads into :func:`ftx.protocol.messages.decode_message`;
 - ``client``: payload sequences into :meth:`ftx.protocol.ClientProtocol.receive` (HELLO first,
   with GET and LIST requests outstanding);
@@ -55,8 +56,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ftx.errors import FrameTooLargeError, IncompleteFrameError, RemoteProtocolError
-from ftx.framing import FRAME_SIZE_LIMIT, HEADER_SIZE, FrameDecoder
+from ftx.errors import (
+    FrameTooLargeError,
+    IncompleteFrameError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ftx.framing import FRAME_SIZE_LIMIT, FTX_FORMAT, HEADER_SIZE, FrameDecoder, FrameFormat
 from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ServerProtocol
 from ftx.protocol.messages import (
     Data,
@@ -86,6 +92,15 @@ SHA256: Final = hashlib.sha256(CONTENT).hexdigest()
 MTIME: Final = 1767225600000000000
 MAX_CORPUS: Final = 400
 FRAME_LIMITS: Final = (0, 1, 5, 64, 65536, 1 << 20, FRAME_SIZE_LIMIT)
+# Headers the framing target decodes besides ftx's own (half of its cases).
+FORMATS: Final = (
+    FrameFormat(length_size=2, byteorder="little"),
+    FrameFormat(length_size=1),
+    FrameFormat(length_size=3, length_adjustment=-3),  # the length counts the header
+    FrameFormat(length_size=4, length_offset=1, length_adjustment=-4, strip=0),  # PostgreSQL
+    FrameFormat(length_size=8, byteorder="little", strip=0),
+    FrameFormat(length_size=2, length_offset=2, length_adjustment=1, strip=2),
+)
 
 
 class Finding(Exception):
@@ -397,31 +412,53 @@ def _signature(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {re.sub(r'[0-9]+', 'N', str(exc))[:80]}"
 
 
-def reference_frames(stream: bytes, limit: int, eof: bool) -> tuple[list[bytes], str]:
-    """The frames in ``stream`` and how it ends ("too-large", "incomplete", "eof", "more")."""
+def reframe(data: bytes, fmt: FrameFormat) -> bytes:
+    """``data`` framed in ``fmt`` (after zero prefix bytes), cut to what the field can say;
+    ``b""`` if even that cannot be framed."""
+    longest = fmt.max_length + fmt.length_adjustment
+    try:
+        return fmt.encode(bytes(fmt.length_offset) + data[: max(0, longest)])
+    except LocalProtocolError:
+        return b""
+
+
+def reference_frames(
+    stream: bytes, limit: int, eof: bool, fmt: FrameFormat = FTX_FORMAT
+) -> tuple[list[bytes], str]:
+    """The frames in ``stream`` and how it ends ("too-large", "incomplete", "eof", "more", or
+    "bad-length" for a length too small for the format)."""
     frames: list[bytes] = []
     position = 0
+    header, strip = fmt.header_size, fmt.strip_size
     while True:
         left = len(stream) - position
-        if left < HEADER_SIZE:
+        if left < header:
             if eof:
                 return frames, "incomplete" if left else "eof"
             return frames, "more"
-        size = int.from_bytes(stream[position : position + HEADER_SIZE], "big")
-        if size > limit:
+        start = position + fmt.length_offset
+        length = int.from_bytes(stream[start : start + fmt.length_size], fmt.byteorder)
+        body = length + fmt.length_adjustment
+        if body < 0:
+            return frames, "bad-length"
+        if header - strip + body > limit:
             return frames, "too-large"
-        if left - HEADER_SIZE < size:
+        if left - header < body:
             return frames, "incomplete" if eof else "more"
-        frames.append(stream[position + HEADER_SIZE : position + HEADER_SIZE + size])
-        position += HEADER_SIZE + size
+        frames.append(stream[position + strip : position + header + body])
+        position += header + body
 
 
 def run_framing(case: Case, check_latch: bool) -> set[str]:
     rng = random.Random(case.seed)
     stream = case.stream if case.stream is not None else b""
-    limit = rng.choice(FRAME_LIMITS)
+    fmt = FTX_FORMAT if rng.random() < 0.5 else rng.choice(FORMATS)
+    if fmt != FTX_FORMAT and case.payloads:
+        stream = b"".join(reframe(data, fmt) for data in case.payloads)
+        stream = mutate_stream(stream, rng) if rng.random() < 0.4 else stream
+    limit = min(rng.choice(FRAME_LIMITS), fmt.payload_limit())
     eof = rng.random() < 0.7
-    decoder = FrameDecoder(max_frame_size=limit)
+    decoder = FrameDecoder(max_frame_size=limit, frame_format=fmt)
     frames: list[bytes] = []
     error: RemoteProtocolError | None = None
     events: set[str] = set()
@@ -442,7 +479,8 @@ def run_framing(case: Case, check_latch: bool) -> set[str]:
             if error is not None:
                 raise Finding("latch", f"a frame after the error {error!r}")
             if got is None:
-                if decoder.buffered_bytes >= HEADER_SIZE + limit and limit < FRAME_SIZE_LIMIT:
+                held = decoder.buffered_bytes
+                if held >= fmt.header_size + limit and limit < fmt.payload_limit():
                     raise Finding(
                         "memory",
                         f"{decoder.buffered_bytes} bytes held, limit {limit}, no frame returned",
@@ -458,7 +496,7 @@ def run_framing(case: Case, check_latch: bool) -> set[str]:
         drain()
     if error is not None:
         drain()  # once more: the same error again
-    expected, end = reference_frames(stream, limit, eof)
+    expected, end = reference_frames(stream, limit, eof, fmt)
     if frames != expected:
         raise Finding(
             "frames", f"{len(frames)} frames returned, the reference finds {len(expected)}"
@@ -467,6 +505,8 @@ def run_framing(case: Case, check_latch: bool) -> set[str]:
         got_end = "too-large"
     elif isinstance(error, IncompleteFrameError):
         got_end = "incomplete"
+    elif type(error) is RemoteProtocolError:
+        got_end = "bad-length"
     elif error is not None:
         got_end = type(error).__name__
     else:

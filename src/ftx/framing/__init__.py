@@ -1,6 +1,7 @@
 """Length-prefixed frames over any byte stream.
 
-Wire format::
+Wire format (ftx's own, :data:`FTX_FORMAT`; any other length-prefixed header is described with
+a :class:`FrameFormat`: length width, offset, byte order, adjustment, bytes to strip)::
 
     frame   = length payload
     length  = 4 octets, unsigned, big-endian: the number of payload octets (header excluded)
@@ -13,15 +14,17 @@ Two layers, in the h11 style:
   fuzzed and reused on any transport.
 * :class:`FramedChannel` is a :class:`trio.abc.Channel` of ``bytes`` over any
   :class:`trio.abc.Stream` (TCP, :class:`trio.SSLStream`, memory streams, pipes): one ``send`` is
-  one frame, one ``receive`` is one frame.
+  one frame, one ``receive`` is one frame; ``send_nowait`` and ``flush`` batch small frames
+  into one write.
 
 The receiver enforces ``max_frame_size`` (1 MiB by default) the moment a header arrives, before
 any of the body is buffered, so a peer cannot make us allocate more than that per connection.
 
 Its errors (all from :mod:`ftx.errors`, all subclasses of :class:`FtxError`) are importable
 from here too. This package imports nothing of ftx but :mod:`ftx.errors`, and importing it loads
-neither the rest of ftx nor anything trio does not load already; its private modules are
-``_decoder`` (sans-IO) and ``_channel`` (trio I/O).
+neither the rest of ftx nor anything trio does not load already. Its private modules:
+``_format`` and ``_decoder`` (sans-IO), ``_channel``, ``_writer``, ``_reader`` and
+``_socket_io`` (trio I/O). The distribution ftx-framing (packaging/ftx-framing) ships it alone.
 """
 
 from ftx.errors import (
@@ -33,22 +36,24 @@ from ftx.errors import (
     RemoteProtocolError,
 )
 from ftx.framing._channel import FramedChannel
-from ftx.framing._decoder import (
+from ftx.framing._decoder import FrameDecoder, encode_frame, encode_header
+from ftx.framing._format import (
     DEFAULT_MAX_FRAME_SIZE,
     FRAME_SIZE_LIMIT,
+    FTX_FORMAT,
     HEADER_SIZE,
     Buffer,
-    FrameDecoder,
-    encode_frame,
-    encode_header,
+    FrameFormat,
 )
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "FRAME_SIZE_LIMIT",
+    "FTX_FORMAT",
     "HEADER_SIZE",
     "Buffer",
     "FrameDecoder",
+    "FrameFormat",
     "FrameTooLargeError",
     "FramedChannel",
     "FtxError",

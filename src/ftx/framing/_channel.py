@@ -1,53 +1,35 @@
 """The trio half of :mod:`ftx.framing`: :class:`FramedChannel`, frames over any
-:class:`trio.abc.Stream`, with the fast paths of plain TCP (``recv_into``, ``sendfile``).
+:class:`trio.abc.Stream`, with the fast paths of plain TCP (direct non-blocking reads and
+writes, ``recv_into``, ``sendfile``).
 
-It drives the :class:`~ftx.framing._decoder.FrameDecoder` through a few private methods that
-let a payload be read straight into a caller's buffer.
+Writing is :class:`~ftx.framing._writer.FrameWriter`'s job, reading (into the decoder, or
+straight into a caller's buffer) :mod:`~ftx.framing._reader`'s; this module holds the channel's
+contract.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import trio
 
-from ftx.errors import FrameTooLargeError, IncompleteFrameError, LocalProtocolError
-from ftx.framing._decoder import (
+from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.framing._decoder import FrameDecoder
+from ftx.framing._format import (
     DEFAULT_MAX_FRAME_SIZE,
+    FTX_FORMAT,
     Buffer,
-    FrameDecoder,
+    FrameFormat,
     check_max_frame_size,
-    encode_header,
 )
+from ftx.framing._reader import MAX_RECEIVE_SIZE, read_frame, receive_into
+from ftx.framing._socket_io import write_some
+from ftx.framing._writer import JOIN_THRESHOLD, FrameWriter, encode_frames
 
-__all__ = ["FramedChannel"]
+__all__ = ["DEFAULT_SEND_BUFFER_SIZE", "FramedChannel"]
 
-# Below this, a frame is joined with its header into one write: two tiny writes on a TCP_NODELAY
-# socket would cost two segments. Above it, copying the payload costs more than a second write.
-_JOIN_THRESHOLD: Final = 16 * 1024
-# Never ask the transport for more than this in one receive_some: the buffer is allocated up front.
-_MAX_RECEIVE_SIZE: Final = 1 << 20
-
-
-class _ConflictDetector:
-    """Raises BusyResourceError when two tasks use the same direction of a channel at once."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(f"another task is already {self._what} this channel")
-        self._held = True
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held = False
+DEFAULT_SEND_BUFFER_SIZE: Final = 64 * 1024
 
 
 class FramedChannel(trio.abc.Channel[bytes]):
@@ -56,10 +38,17 @@ class FramedChannel(trio.abc.Channel[bytes]):
     ``await send(payload)`` writes one frame; ``await receive()`` returns one payload; ``async
     for payload in channel`` reads until the peer closes. One task may send while another
     receives; two tasks sending (or two receiving) at once get :exc:`trio.BusyResourceError`.
+    ``send_nowait`` queues frames in a bounded buffer that ``flush`` (or the next ``send``)
+    writes with one system call.
 
     Cancellation: a cancelled :meth:`receive` loses nothing (bytes already read stay in the
-    decoder). A cancelled or failed :meth:`send` may have written part of a frame, so the channel
-    is then broken, as :class:`trio.SSLStream` is: every later call raises
+    decoder). A :meth:`send` cancelled before it could start raises :exc:`trio.Cancelled`, sent
+    nothing and leaves the channel usable; on a :class:`trio.SocketStream`, so does one
+    cancelled while waiting for the kernel to take its frame's first byte. Once that byte is
+    written the frame is committed: a cancellation then lets ``send`` return, the rest of the
+    frame kept in the pending buffer to go out first with the next ``send``, ``flush`` or
+    ``send_eof``. On any other stream a cancellation in the middle of a write breaks the
+    channel, as :class:`trio.SSLStream` does: every later call raises
     :exc:`trio.BrokenResourceError`.
 
     Args:
@@ -67,6 +56,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
             closing the channel closes it.
         max_frame_size: the largest payload this side accepts and agrees to send, in bytes.
         receive_chunk_size: the least this channel asks the transport for in one read.
+        frame_format: the header's layout (:data:`~ftx.framing.FTX_FORMAT` by default).
+        send_buffer_size: the most bytes :meth:`send_nowait` queues (headers included).
     """
 
     def __init__(
@@ -75,15 +66,28 @@ class FramedChannel(trio.abc.Channel[bytes]):
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         receive_chunk_size: int = 64 * 1024,
+        frame_format: FrameFormat = FTX_FORMAT,
+        send_buffer_size: int = DEFAULT_SEND_BUFFER_SIZE,
     ) -> None:
         if receive_chunk_size < 1:
             raise ValueError("receive_chunk_size must be at least 1")
+        if send_buffer_size < 0:
+            raise ValueError("send_buffer_size must not be negative")
         self.transport_stream: Final = transport_stream
-        self.max_frame_size: Final = check_max_frame_size(max_frame_size)
-        self._receive_chunk_size = min(receive_chunk_size, _MAX_RECEIVE_SIZE)
-        self._decoder = FrameDecoder(max_frame_size=max_frame_size)
-        self._send_conflict = _ConflictDetector("sending on")
-        self._receive_conflict = _ConflictDetector("receiving on")
+        self.max_frame_size: Final = check_max_frame_size(max_frame_size, frame_format)
+        self.frame_format: Final = frame_format
+        self._receive_chunk_size = min(receive_chunk_size, MAX_RECEIVE_SIZE)
+        self._decoder = FrameDecoder(max_frame_size=max_frame_size, frame_format=frame_format)
+        self._writer = FrameWriter(transport_stream, send_buffer_size)
+        self._socket = self._writer.socket
+        # Formats of ftx's shape (see FrameFormat.length_unpacker) take send's fast path, where
+        # the length field is the payload's size, packed without further checks (the size is
+        # checked against max_frame_size, which the field can always announce).
+        self._fast_send = frame_format.length_unpacker() is not None
+        self._pack_length = frame_format.length_packer()
+        self._sending = False
+        self._receiving = False
+        self._eof_sent = False
         self._closed = False
         # Why the channel broke: a failed send breaks both directions (the stream's state is
         # unknown); a framing error in what was received breaks only receiving, so that the
@@ -91,24 +95,160 @@ class FramedChannel(trio.abc.Channel[bytes]):
         self._broken: BaseException | None = None
         self._receive_broken: BaseException | None = None
 
+    # --- sending ------------------------------------------------------------------------------
+
     def _check_usable(self, *, receiving: bool = False) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this channel was closed")
-        cause = self._broken or (self._receive_broken if receiving else None)
+        cause = self._broken or self._writer.broken
+        if cause is None and receiving:
+            cause = self._receive_broken
         if cause is not None:
             raise trio.BrokenResourceError("this channel is broken") from cause
 
+    def _start_sending(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this channel")
+        self._check_usable()
+        if self._eof_sent:
+            raise trio.ClosedResourceError("this channel already sent its end of stream")
+
+    def _frame(self, value: Buffer) -> tuple[list[Buffer], int]:
+        """The writes of one frame carrying ``value``, and their size.
+
+        Raises:
+            LocalProtocolError: the receiver would get more than ``max_frame_size`` bytes.
+        """
+        fmt = self.frame_format
+        size = len(value) if type(value) is bytes else memoryview(value).nbytes
+        payload = fmt.sent_payload_size(size)
+        if payload > self.max_frame_size or payload < 0:
+            raise LocalProtocolError(
+                f"a frame of {payload} bytes is larger than the limit of "
+                f"{self.max_frame_size} bytes"
+            )
+        if fmt.length_offset:
+            frame = fmt.encode(value)
+            return [frame], len(frame)
+        if type(value) is not bytes and not memoryview(value).c_contiguous:
+            value = bytes(value)
+        header = fmt.encode_length(size)
+        if size <= JOIN_THRESHOLD:
+            return [header + value], len(header) + size
+        return [header, value], len(header) + size
+
+    async def _write(
+        self, data: Sequence[Buffer], size: int, *, written: int = 0, checked: bool = False
+    ) -> None:
+        """Write ``data`` after the pending bytes (its first ``written`` bytes went already,
+        and cancellation was ``checked``): a checkpoint, with the channel's cancellation rules
+        (see the class)."""
+        self._sending = True
+        try:
+            if not checked:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                waited = await self._writer.write(data, size, written)
+            except trio.Cancelled:
+                raise  # the writer has decided whether this broke the channel
+            except BaseException as exc:
+                if not self._closed:
+                    self._broken = exc
+                raise
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
     async def send(self, value: Buffer) -> None:
-        """Send ``value`` as one frame. ``b""`` sends an empty frame.
+        """Send ``value`` as one frame, after any frames queued by :meth:`send_nowait`. ``b""``
+        sends an empty frame. It returns once the kernel (or the transport) has taken the
+        frame. If it raises :exc:`trio.Cancelled` and the channel is not broken, nothing of the
+        frame was sent (see the class for the rules).
 
         Raises:
             LocalProtocolError: ``value`` is longer than ``max_frame_size``; nothing was sent and
                 the channel stays usable.
             trio.BusyResourceError: another task is sending on this channel.
             trio.BrokenResourceError: the channel or its transport is broken.
-            trio.ClosedResourceError: the channel was closed.
+            trio.ClosedResourceError: the channel was closed, or sent its end of stream.
         """
-        await self.send_parts(value)
+        sock = self._socket
+        if (
+            type(value) is bytes
+            and sock is not None
+            and self._fast_send
+            and not (self._sending or self._writer.pending or self._writer.broken or self._broken)
+            and len(value) <= JOIN_THRESHOLD
+            and len(value) <= self.max_frame_size
+        ):
+            # The fast path: a small frame on a socket, nothing pending. One system call; the
+            # kernel takes it at once unless the peer is slow to read.
+            frame = self._pack_length(len(value)) + value
+            self._sending = True
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                self._sending = False
+                raise
+            try:
+                written = write_some(sock, (frame,))
+                if written == len(frame):
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+            except BaseException as exc:
+                if not self._closed:
+                    self._broken = exc
+                raise
+            finally:
+                self._sending = False
+            await self._write((frame,), len(frame), written=written, checked=True)
+            return
+        self._start_sending()
+        try:
+            data, size = self._frame(value)
+        except LocalProtocolError:
+            await trio.lowlevel.checkpoint()  # every path through send is a checkpoint
+            raise
+        await self._write(data, size)
+
+    def send_nowait(self, value: Buffer) -> None:
+        """Queue ``value`` as one frame in the send buffer, without I/O and without a
+        checkpoint. The frames queued go out, in order and with one system call, at the next
+        :meth:`send`, :meth:`flush`, :meth:`send_frames` (or any other send) or
+        :meth:`send_eof`; **not** by themselves: flush before waiting for the peer.
+
+        Raises:
+            trio.WouldBlock: the frame would take the queued bytes (headers included) past
+                ``send_buffer_size``; nothing was queued. Flush, or ``await send(value)``.
+            LocalProtocolError, trio.BusyResourceError, trio.BrokenResourceError,
+                trio.ClosedResourceError: as for :meth:`send`.
+        """
+        self._start_sending()
+        data, size = self._frame(value)
+        self._writer.queue(data, size)
+
+    async def flush(self) -> None:
+        """Write every frame queued by :meth:`send_nowait`; a checkpoint. Cancelled, it keeps
+        what is left for the next send (on a :class:`trio.SocketStream`; on any other stream a
+        cancelled write breaks the channel).
+
+        Raises:
+            trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError: as for
+                :meth:`send`.
+        """
+        self._start_sending()
+        await self._write([], 0)
+
+    @property
+    def send_buffer_size(self) -> int:
+        """The most bytes :meth:`send_nowait` queues (headers included)."""
+        return self._writer.buffer_size
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued or committed and not yet written: 0 after a completed send or flush."""
+        return len(self._writer.pending)
 
     async def send_parts(self, *parts: Buffer) -> None:
         """Send one frame whose payload is the concatenation of ``parts``, without joining them.
@@ -123,33 +263,13 @@ class FramedChannel(trio.abc.Channel[bytes]):
         writes as possible: small frames sent together cost one system call, and reach the
         peer together. Raises as :meth:`send` does; if one frame is too large, none is sent.
         """
-        if any(isinstance(parts, bytes | bytearray | memoryview) for parts in frames):
-            raise TypeError("each frame is a sequence of parts: send_frames((payload,), ...)")
-        # Made tuples first: a generator of parts would be used up by counting its size.
-        all_parts = [tuple(parts) for parts in frames]
-        with self._send_conflict:
-            self._check_usable()
-            if not all_parts:
-                await trio.lowlevel.checkpoint()
-            headers = []
-            for parts in all_parts:
-                size = sum(memoryview(part).nbytes for part in parts)
-                if size > self.max_frame_size:
-                    # Checkpoint first, so that every path through send is a checkpoint.
-                    await trio.lowlevel.checkpoint()
-                    raise LocalProtocolError(
-                        f"a frame of {size} bytes is larger than the limit of "
-                        f"{self.max_frame_size} bytes"
-                    )
-                headers.append(encode_header(size))
-            try:
-                for write in _coalesce(zip(headers, all_parts, strict=True)):
-                    await self.transport_stream.send_all(write)
-            except BaseException as exc:
-                # Some unknown part of a frame may have gone out: the peer's framing is lost.
-                if not self._closed:
-                    self._broken = exc
-                raise
+        self._start_sending()
+        try:
+            writes, size = encode_frames(self.frame_format, self.max_frame_size, frames)
+        except LocalProtocolError:
+            await trio.lowlevel.checkpoint()  # every path through send is a checkpoint
+            raise
+        await self._write(writes, size)
 
     async def send_file(self, prefix: Buffer, fd: int, offset: int, count: int) -> int:
         """Send one frame whose payload is ``prefix`` followed by ``count`` bytes of the open
@@ -160,86 +280,82 @@ class FramedChannel(trio.abc.Channel[bytes]):
         on any other stream (TLS included) they are read in a worker thread and sent. If the
         file ends first (it was truncated meanwhile), the frame is completed with zero bytes,
         so that the framing holds: the return value is then less than ``count`` and the caller
-        must tell its peer that the content is wrong.
+        must tell its peer that the content is wrong. Frames queued by :meth:`send_nowait` go
+        first. A cancelled or failed ``send_file`` breaks the channel.
 
         Raises:
             OSError: the file could not be read; part of the frame may have gone out, so the
                 channel is broken.
             LocalProtocolError, trio.BusyResourceError, trio.BrokenResourceError,
                 trio.ClosedResourceError: as for :meth:`send` (``LocalProtocolError`` also for
-                a negative ``offset`` or ``count``).
+                a negative ``offset`` or ``count``, or a format with a prefix).
         """
-        with self._send_conflict:
-            self._check_usable()
-            size = memoryview(prefix).nbytes + count
-            if count < 0 or offset < 0:
-                await trio.lowlevel.checkpoint()
-                raise LocalProtocolError(f"cannot send {count} bytes from offset {offset}")
-            if size > self.max_frame_size:
-                await trio.lowlevel.checkpoint()
-                raise LocalProtocolError(
-                    f"a frame of {size} bytes is larger than the limit of "
-                    f"{self.max_frame_size} bytes"
-                )
-            head = encode_header(size) + bytes(prefix)
-            stream = self.transport_stream
-            try:
-                if isinstance(stream, trio.SocketStream):
-                    sent = await _sendfile(stream.socket, head, fd, offset, count)
-                else:
-                    sent = 0
-                    await stream.send_all(head)
-                if sent < count:  # no sendfile, or it is not supported for this file
-                    data = await trio.to_thread.run_sync(
-                        _read_up_to, fd, count - sent, offset + sent
-                    )
-                    await stream.send_all(data + bytes(count - sent - len(data)))
-                    sent += len(data)
-            except BaseException as exc:
-                if not self._closed:
-                    self._broken = exc
-                raise
-            return sent
+        self._start_sending()
+        size = memoryview(prefix).nbytes + count
+        fmt = self.frame_format
+        if count < 0 or offset < 0 or fmt.length_offset:
+            await trio.lowlevel.checkpoint()
+            raise LocalProtocolError(f"cannot send {count} bytes from offset {offset} here")
+        if fmt.sent_payload_size(size) > self.max_frame_size:
+            await trio.lowlevel.checkpoint()
+            raise LocalProtocolError(
+                f"a frame of {size} bytes is larger than the limit of {self.max_frame_size} bytes"
+            )
+        head = fmt.encode_length(size) + bytes(prefix)
+        self._sending = True
+        try:
+            return await self._writer.write_file(head, fd, offset, count)
+        except BaseException as exc:
+            if not self._closed:
+                self._broken = exc
+            raise
+        finally:
+            self._sending = False
+
+    # --- receiving ----------------------------------------------------------------------------
 
     async def receive(self) -> bytes:
-        """Wait for the next frame and return its payload.
+        """Wait for the next frame and return its payload. A frame already received costs no
+        read from the transport, only a checkpoint.
 
         Raises:
             trio.EndOfChannel: the peer closed the stream cleanly, on a frame boundary (raised
                 again on every later call).
             FrameTooLargeError: the peer announced a frame over ``max_frame_size``.
             IncompleteFrameError: the stream ended inside a frame.
+            RemoteProtocolError: a header announced a length too short for the format.
 
-        After either, ``receive`` raises :exc:`trio.BrokenResourceError`, but ``send`` still
-        works, so that the peer can be told why the connection is being closed.
+        After any of these three, ``receive`` raises :exc:`trio.BrokenResourceError`, but
+        ``send`` still works, so that the peer can be told why the connection is being closed.
             trio.BusyResourceError: another task is receiving on this channel.
             trio.BrokenResourceError: the channel or its transport is broken.
             trio.ClosedResourceError: the channel was closed.
         """
-        with self._receive_conflict:
-            self._check_usable(receiving=True)
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this channel")
+        self._check_usable(receiving=True)
+        self._receiving = True
+        try:
             # The checkpoint comes before a frame is taken from the decoder, so a cancellation
             # never loses one.
             await trio.lowlevel.checkpoint_if_cancelled()
-            waited = False
-            while True:
+            try:
+                payload = self._decoder.next_frame()
+            except RemoteProtocolError as exc:
+                self._receive_broken = exc
+                raise
+            if payload is None:
                 try:
-                    payload = self._decoder.next_frame()
-                except (FrameTooLargeError, IncompleteFrameError) as exc:
+                    return await read_frame(
+                        self._decoder, self.transport_stream, self._receive_chunk_size
+                    )
+                except RemoteProtocolError as exc:
                     self._receive_broken = exc
                     raise
-                if payload is not None:
-                    if not waited:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    return payload
-                if self._decoder.eof:
-                    if not waited:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    raise trio.EndOfChannel
-                want = max(self._decoder.bytes_needed, self._receive_chunk_size)
-                data = await self.transport_stream.receive_some(min(want, _MAX_RECEIVE_SIZE))
-                waited = True
-                self._decoder.receive_data(data)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return payload
+        finally:
+            self._receiving = False
 
     def receive_nowait(self) -> bytes:
         """Return the next frame's payload if it has arrived whole already, without reading
@@ -249,19 +365,22 @@ class FramedChannel(trio.abc.Channel[bytes]):
         Raises:
             trio.WouldBlock: no whole frame is buffered (also at the end of the stream: then
                 :meth:`receive` raises what it raises).
-            FrameTooLargeError, IncompleteFrameError, trio.BusyResourceError,
-                trio.BrokenResourceError, trio.ClosedResourceError: as for :meth:`receive`.
+            RemoteProtocolError, trio.BusyResourceError, trio.BrokenResourceError,
+                trio.ClosedResourceError: as for :meth:`receive`.
         """
-        with self._receive_conflict:
+        writer_broken = self._writer.broken
+        if self._receiving or self._closed or self._broken or self._receive_broken or writer_broken:
+            if self._receiving:
+                raise trio.BusyResourceError("another task is already receiving on this channel")
             self._check_usable(receiving=True)
-            try:
-                payload = self._decoder.next_frame()
-            except (FrameTooLargeError, IncompleteFrameError) as exc:
-                self._receive_broken = exc
-                raise
-            if payload is None:
-                raise trio.WouldBlock
-            return payload
+        try:
+            payload = self._decoder.next_frame()
+        except RemoteProtocolError as exc:
+            self._receive_broken = exc
+            raise
+        if payload is None:
+            raise trio.WouldBlock
+        return payload
 
     async def receive_into(self, buffer: bytearray | memoryview) -> int:
         """Wait for the next frame, put its payload at the start of ``buffer`` and return its
@@ -275,7 +394,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
 
         Raises:
             ValueError: ``buffer`` is read-only or smaller than ``max_frame_size``.
-            trio.EndOfChannel, FrameTooLargeError, IncompleteFrameError, trio.BusyResourceError,
+            trio.EndOfChannel, RemoteProtocolError, trio.BusyResourceError,
                 trio.BrokenResourceError, trio.ClosedResourceError: as for :meth:`receive`.
         """
         view = memoryview(buffer).cast("B")
@@ -286,66 +405,26 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 f"a buffer of {view.nbytes} bytes cannot hold a frame of up to "
                 f"{self.max_frame_size} bytes"
             )
-        with self._receive_conflict:
-            self._check_usable(receiving=True)
-            await trio.lowlevel.checkpoint_if_cancelled()
-            decoder = self._decoder
-            try:
-                waited = await self._receive_header()
-                size = decoder._start_frame()
-                assert size is not None
-                filled = decoder._take_payload_into(view[:size])
-                try:
-                    while filled < size:
-                        count = await self._receive_straight_into(view[filled:size])
-                        waited = True
-                        if count == 0:
-                            raise decoder._end_of_stream_in_payload()
-                        decoder._payload_read(count)
-                        filled += count
-                except BaseException:
-                    # Cancelled, or the transport failed (and may recover): the bytes taken
-                    # go back, so that the next receive returns the whole frame, or nothing.
-                    if decoder._error is None:
-                        decoder._unread_payload(bytes(view[:filled]))
-                    raise
-            except (FrameTooLargeError, IncompleteFrameError) as exc:
-                self._receive_broken = exc
-                raise
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            return size
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this channel")
+        self._check_usable(receiving=True)
+        self._receiving = True
+        try:
+            return await receive_into(
+                self._decoder, self.transport_stream, view, self._receive_chunk_size
+            )
+        except RemoteProtocolError as exc:
+            self._receive_broken = exc
+            raise
+        finally:
+            self._receiving = False
 
-    async def _receive_header(self) -> bool:
-        """Receive until the decoder has the next frame's header; return whether it waited.
-
-        Raises:
-            trio.EndOfChannel: the peer closed cleanly on a frame boundary.
-        """
-        waited = False
-        while self._decoder._start_frame() is None:
-            if self._decoder.eof:
-                if not waited:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                raise trio.EndOfChannel
-            data = await self.transport_stream.receive_some(self._receive_chunk_size)
-            waited = True
-            self._decoder.receive_data(data)
-        return waited
-
-    async def _receive_straight_into(self, view: memoryview) -> int:
-        """Read from the transport into ``view``, around the decoder; 0 means end of stream."""
-        stream = self.transport_stream
-        if isinstance(stream, trio.SocketStream):
-            with _socket_errors_as_stream_errors():
-                return await stream.socket.recv_into(view)
-        data = await stream.receive_some(view.nbytes)
-        view[: len(data)] = data
-        return len(data)
+    # --- closing ------------------------------------------------------------------------------
 
     async def send_eof(self) -> None:
-        """Close the sending direction only: the peer's ``receive`` raises ``EndOfChannel`` once it
-        has taken every frame, and this side can go on receiving.
+        """Write the queued frames, then close the sending direction only: the peer's
+        ``receive`` raises ``EndOfChannel`` once it has taken every frame, and this side can
+        go on receiving.
 
         Raises:
             TypeError: the transport cannot half-close (:class:`trio.SSLStream` cannot).
@@ -354,110 +433,31 @@ class FramedChannel(trio.abc.Channel[bytes]):
         """
         if not isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
             raise TypeError(f"{type(self.transport_stream).__name__} cannot half-close")
-        with self._send_conflict:
-            self._check_usable()
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this channel")
+        self._check_usable()
+        if self._eof_sent:
+            await trio.lowlevel.checkpoint()  # idempotent, as the transport's
+            return
+        await self._write([], 0)
+        self._sending = True
+        try:
             await self.transport_stream.send_eof()
+            self._eof_sent = True
+            self._fast_send = False
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
         """Close the channel and its transport. Idempotent; closes even if cancelled.
 
-        Tasks blocked in :meth:`send` or :meth:`receive` wake with
-        :exc:`trio.ClosedResourceError` (raised by the transport).
+        Bytes still pending (frames queued by :meth:`send_nowait` and not flushed, or the rest
+        of a frame whose ``send`` was cancelled) are written if the socket takes them at once,
+        and dropped otherwise: flush first to be sure they go. Tasks blocked in :meth:`send`
+        or :meth:`receive` wake with :exc:`trio.ClosedResourceError` (raised by the transport).
         """
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            self._fast_send = False
+            self._writer.flush_nowait()
         await self.transport_stream.aclose()
-
-
-def _coalesce(frames: Iterable[tuple[bytes, Sequence[Buffer]]]) -> list[Buffer]:
-    """Group headers and parts into as few writes as possible without copying big parts."""
-    writes: list[Buffer] = []
-    pending = bytearray()
-    for header, parts in frames:
-        pending += header
-        for part in parts:
-            if memoryview(part).nbytes <= _JOIN_THRESHOLD:
-                pending += part
-            else:
-                if pending:
-                    writes.append(pending)
-                    pending = bytearray()
-                writes.append(part)
-    if pending:
-        writes.append(pending)
-    return writes
-
-
-def _read_up_to(fd: int, count: int, offset: int) -> bytes:
-    """Read ``count`` bytes of file ``fd`` from ``offset``, fewer only at the end of the file
-    (one pread may return less: Linux caps a read near 2 GiB, and not every file is regular)."""
-    pieces = []
-    while count:
-        piece = os.pread(fd, count, offset)
-        if not piece:
-            break
-        pieces.append(piece)
-        count -= len(piece)
-        offset += len(piece)
-    return b"".join(pieces)
-
-
-@contextmanager
-def _socket_errors_as_stream_errors() -> Iterator[None]:
-    """Raise what :class:`trio.SocketStream` raises for the socket errors it translates."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in (errno.EBADF, errno.ENOTSOCK):
-            raise trio.ClosedResourceError("the socket was closed") from None
-        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-
-
-async def _sendfile(
-    sock: trio.socket.SocketType, head: bytes, fd: int, offset: int, count: int
-) -> int:
-    """Send ``head`` then up to ``count`` bytes of file ``fd`` from ``offset`` on ``sock``;
-    return how many file bytes went (fewer if the file ended or sendfile cannot read it)."""
-    view = memoryview(head)
-    with _socket_errors_as_stream_errors():
-        while view:
-            # MSG_MORE holds the header back until the file's bytes follow (trio sets
-            # TCP_NODELAY, which would send it alone).
-            view = view[await sock.send(view, _MSG_MORE if count else 0) :]
-    sent = 0
-    while sent < count:
-        try:
-            done = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
-        except BlockingIOError:
-            with _socket_errors_as_stream_errors():
-                await trio.lowlevel.wait_writable(sock)
-            continue
-        except OSError as exc:
-            if sock.fileno() == -1:
-                raise trio.ClosedResourceError("the socket was closed") from None
-            if exc.errno in _SOCKET_ERRNOS:
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-            if sent == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                break  # a file sendfile cannot read (some file systems): the caller reads it
-            raise  # the file's own error (EIO, EBADF...): an OSError, as from a read
-        if done == 0:
-            break  # the file ended early
-        sent += done
-    return sent
-
-
-# What os.sendfile raises for the socket's sake (anything else concerns the file).
-_SOCKET_ERRNOS: Final = frozenset(
-    {
-        errno.EPIPE,
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.ENOTCONN,
-        errno.ETIMEDOUT,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENETDOWN,
-        errno.EHOSTDOWN,
-    }
-)
-# Linux only; elsewhere the header may go in a segment of its own.
-_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)

@@ -10,121 +10,33 @@ another channel that should behave like one. It needs no pytest; a failure raise
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import TypeAlias, cast
+from contextlib import suppress
 
 import trio
-from trio.testing import assert_checkpoints, wait_all_tasks_blocked
+from trio.testing import wait_all_tasks_blocked
+
+from ftx.testing._helpers import (
+    _BUSY,
+    ChannelMaker,
+    ChannelPair,
+    _aclose,
+    _Buffer,
+    _expect,
+    _expect_frames,
+    _open_pair,
+    _receive,
+    _receive_unless_blocked,
+    _send,
+    _send_each,
+    _transfer,
+)
+from ftx.testing._sending import (
+    _check_backpressure,
+    _check_cancelled_sends,
+    _check_sent_frames_go,
+)
 
 __all__ = ["ChannelMaker", "ChannelPair", "check_framed_channel"]
-
-ChannelPair: TypeAlias = tuple[trio.abc.Channel[bytes], trio.abc.Channel[bytes]]
-ChannelMaker: TypeAlias = Callable[[], Awaitable[ChannelPair]]
-"""An async function of no arguments returning a connected ``(sender, receiver)`` pair."""
-
-_Buffer: TypeAlias = bytes | bytearray | memoryview
-_BUSY = "busy"
-
-
-@asynccontextmanager
-async def _open_pair(maker: ChannelMaker) -> AsyncIterator[ChannelPair]:
-    sender, receiver = await maker()
-    try:
-        yield sender, receiver
-    finally:
-        try:
-            await trio.aclose_forcefully(sender)
-        finally:
-            await trio.aclose_forcefully(receiver)
-
-
-@contextmanager
-def _expect(
-    expected: type[BaseException] | tuple[type[BaseException], ...], doing: str
-) -> Iterator[None]:
-    """Fail unless the block raises ``expected`` (not wrapped in a group)."""
-    names = " or ".join(
-        e.__name__ for e in (expected if isinstance(expected, tuple) else (expected,))
-    )
-    try:
-        yield
-    except expected:
-        return
-    except Exception as exc:
-        raise AssertionError(f"{doing}: expected {names}, got {exc!r}") from exc
-    raise AssertionError(f"{doing}: expected {names}, but nothing was raised")
-
-
-async def _send(channel: trio.abc.SendChannel[bytes], value: _Buffer) -> None:
-    # A framed channel must take any bytes-like object, though Channel[bytes] only promises bytes.
-    send = cast("Callable[[_Buffer], Awaitable[object]]", channel.send)
-    with assert_checkpoints():
-        result = await send(value)
-    assert result is None, f"send() returned {result!r}, expected None"
-
-
-async def _receive(channel: trio.abc.ReceiveChannel[bytes]) -> bytes:
-    with assert_checkpoints():
-        frame = await channel.receive()
-    assert isinstance(frame, bytes), f"receive() returned {type(frame).__name__}, not bytes"
-    return frame
-
-
-async def _receive_unless_blocked(channel: trio.abc.ReceiveChannel[bytes]) -> bytes:
-    """Receive, failing instead of hanging if the call blocks (every task waits)."""
-
-    async def cancel_when_blocked(scope: trio.CancelScope) -> None:
-        await wait_all_tasks_blocked()
-        scope.cancel()
-
-    outcome: bytes | Exception | None = None
-    async with trio.open_nursery() as nursery:
-        with trio.CancelScope() as scope:
-            nursery.start_soon(cancel_when_blocked, scope)
-            try:
-                outcome = await _receive(channel)
-            except Exception as exc:  # re-raised below, outside the nursery's group
-                outcome = exc
-            nursery.cancel_scope.cancel()
-    if outcome is None:
-        raise AssertionError("receive() blocked where it should have returned or raised")
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
-
-
-async def _aclose(channel: trio.abc.AsyncResource) -> None:
-    with assert_checkpoints():
-        await channel.aclose()
-
-
-async def _send_each(channel: trio.abc.SendChannel[bytes], frames: list[_Buffer]) -> None:
-    for frame in frames:
-        await _send(channel, frame)
-
-
-async def _expect_frames(
-    channel: trio.abc.ReceiveChannel[bytes], frames: list[_Buffer], what: str
-) -> None:
-    for index, frame in enumerate(frames):
-        got = await _receive(channel)
-        assert got == bytes(frame), (
-            f"{what}: frame {index} came back as {got[:40]!r} ({len(got)} bytes), "
-            f"expected {bytes(frame)[:40]!r} ({len(bytes(frame))} bytes)"
-        )
-
-
-async def _transfer(
-    sender: trio.abc.SendChannel[bytes],
-    receiver: trio.abc.ReceiveChannel[bytes],
-    frames: list[_Buffer],
-) -> None:
-    """Send ``frames`` while receiving them concurrently (the channel may have no buffer)."""
-    frames = [*frames, b"<end of transfer>"]  # a lost last frame fails instead of hanging
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_send_each, sender, frames)
-        await _expect_frames(receiver, frames, "transfer")
 
 
 async def _check_boundaries(maker: ChannelMaker) -> None:
@@ -354,7 +266,14 @@ async def check_framed_channel(
     frame and then :exc:`trio.EndOfChannel` for good; closing the receiver eventually breaks the
     sender (:exc:`trio.BrokenResourceError`); ``aclose`` wakes a task blocked in ``receive``
     (and, given ``clogged_channel_maker``, a forceful close wakes one blocked in ``send``);
-    cancelled receives lose no frame; a cancelled ``aclose`` still closes. Frames of up to
+    cancelled receives lose no frame; a cancelled ``aclose`` still closes; a frame ``send``
+    returned for reaches the peer with no further call on the sender (nothing is left in a
+    buffer waiting for a flush); a ``send`` cancelled before it could start raises
+    :exc:`trio.Cancelled`, delivers nothing and leaves the channel usable. Given
+    ``clogged_channel_maker``, also: a ``send`` cancelled while blocked never leaves a frame cut
+    short (the channel is broken, or the next frame arrives whole, after the cancelled one if
+    ``send`` returned), and with nobody receiving, sends block before 16 MiB (backpressure:
+    bounded memory). Frames of up to
     40 000 bytes are sent, so the channels must accept at least that much. Each check runs on a
     fresh pair; every pair is closed afterwards.
 
@@ -370,12 +289,17 @@ async def check_framed_channel(
         AssertionError: the channels break the contract; the message says how.
     """
     try:
+        # First: a channel that keeps frames in a buffer would make the later checks hang.
+        await _check_sent_frames_go(channel_maker)
         await _check_boundaries(channel_maker)
         await _check_busy(channel_maker, clogged_channel_maker)
         await _check_full_duplex(channel_maker)
         await _check_close(channel_maker)
         await _check_close_wakes(channel_maker, clogged_channel_maker)
         await _check_cancellation(channel_maker)
+        await _check_cancelled_sends(channel_maker, clogged_channel_maker)
+        if clogged_channel_maker is not None:
+            await _check_backpressure(clogged_channel_maker)
     except BaseExceptionGroup as group:
         # Report a failed check in a child task as itself, not wrapped by its nursery.
         failure = _first_assertion(group)
