@@ -31,7 +31,7 @@ from ftx._tls import open_tls_stream
 from ftx.client._config import ClientConfig
 from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
-from ftx.client._partfile import check_destination, local_destination
+from ftx.client._partfile import StreamPart, check_destination, local_destination
 from ftx.client._pipeline import fetch_files
 from ftx.client._receive import Download, GetOptions, ProgressCallback, download
 from ftx.client._upload import Upload, local_name, make_directory, send_file
@@ -106,6 +106,39 @@ class Client(ClientConnection):
             await self._check_open()
             return await download(
                 self, path, target, progress=progress, options=options, resume=resume
+            )
+
+    async def stream(
+        self,
+        path: str,
+        fd: int,
+        *,
+        progress: ProgressCallback | None = None,
+        verify: bool = True,
+        name: str = "-",
+    ) -> Download:
+        """Download the file at ``path`` on the server and write its bytes to the open
+        descriptor ``fd`` (standard output, say) as they arrive. The digest is checked at the
+        end, once every byte is out: a mismatch cannot take them back, and is raised for the
+        caller to report. Nothing is resumed.
+
+        Raises:
+            IntegrityError: the bytes written do not match the server's digest.
+            BrokenPipeError: the reader of ``fd`` went away.
+            LocalFileError: another error writing to ``fd``.
+            RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        options = GetOptions(False, verify, False, False, durable=False)
+        async with self._lock:
+            await self._check_open()
+            return await download(
+                self,
+                path,
+                Path(name),
+                progress=progress,
+                options=options,
+                resume=False,
+                part=StreamPart(fd, name),
             )
 
     async def get_many(

@@ -7,6 +7,7 @@ Protocols they declare (``DownloadWire``, ``FetchWire``, ``UploadWire``).
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import trio
 
@@ -34,6 +35,8 @@ from ftx.protocol._auth import ClientAuthenticator
 from ftx.protocol.messages import Error, Hello, Message
 
 __all__ = ["ClientConnection"]
+
+logger = logging.getLogger("ftx.client")
 
 
 class ClientConnection(trio.abc.AsyncResource):
@@ -115,6 +118,14 @@ class ClientConnection(trio.abc.AsyncResource):
                     await self._receive()  # AUTH_OK, checked by the protocol
                 # Chosen now, so that a digest the server does not compute fails here.
                 self._digest_algorithm = choose_digest(self._protocol.features, self._digest_choice)
+                logger.debug(
+                    "handshake done: server %r, protocol version %s, features in use: %s; "
+                    "digest %s",
+                    message.agent,
+                    self._protocol.version,
+                    ", ".join(sorted(map(repr, self._protocol.features))) or "none",
+                    self._digest_algorithm,
+                )
             except (AuthenticationError, LocalProtocolError):
                 await self._fail()
                 raise

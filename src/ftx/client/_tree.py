@@ -136,9 +136,9 @@ async def download(
     totals = progress if progress is not None else TreeProgress()
     results: list[tuple[str, Download | FtxError | Skipped]] = []
 
-    def finish(path: str, result: Download | FtxError | Skipped) -> None:
+    def finish(path: str, result: Download | FtxError | Skipped, *, counted: bool = True) -> None:
         totals.in_flight.discard(path)
-        totals.files_done += 1
+        totals.files_done += counted
         results.append((path, result))
         if on_done is not None:
             on_done(path, result)
@@ -158,8 +158,8 @@ async def download(
             walk = _walk(lister, paths, root, recursive)
             async for remote, local, entry in walk:
                 if isinstance(entry, Skipped | FtxError):
-                    totals.files_found += 1
-                    finish(remote, entry)
+                    # Not a file to fetch (a link, a pipe, a refused name): not in the totals.
+                    finish(remote, entry, counted=False)
                     continue
                 totals.files_found += 1
                 totals.bytes_found += entry.size
@@ -291,6 +291,7 @@ async def _walk(
             try:
                 listings[parent] = {entry.name: entry for entry in await client.list(parent)}
             except RemoteError as exc:
+                _raise_if_transient(exc)
                 listings[parent] = exc
         listing = listings[parent]
         if isinstance(listing, RemoteError):
@@ -322,6 +323,7 @@ async def _walk(
         try:
             entries = await client.list(directory)
         except RemoteError as exc:
+            _raise_if_transient(exc)
             yield directory, local_directory, exc
             continue
         for entry in sorted(entries, key=lambda e: e.name):
@@ -340,6 +342,14 @@ async def _walk(
                 pending.append((remote, local))
             else:
                 yield remote, local, _fetchable(remote, entry)
+
+
+def _raise_if_transient(exc: RemoteError) -> None:
+    """A listing refused as ``busy`` or ``shutting-down`` concerns the connection, not the
+    directory: raise it, so that the caller can try the whole run again (not report the
+    directory as failed)."""
+    if exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN):
+        raise exc
 
 
 def _fetchable(remote: str, entry: Entry) -> Entry | Skipped:
