@@ -68,15 +68,15 @@ def describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCod
         BaseException: ``exc`` itself if it is not an expected failure (a bug: its traceback
             should show).
     """
-    exc = _unwrap(exc)
+    exc = unwrap(exc)
     match exc:
         case CliError():
             return str(exc), exc.code
         case RemoteError():
             code = _REMOTE_EXIT_CODES.get(exc.code, ExitCode.FAILURE)
-            return f"{printable(exc.message)} [{printable(exc.code)}]", code
+            return f"{printable(exc.message)}{_hint(exc)} [{printable(exc.code)}]", code
         case IntegrityError():
-            return str(exc), ExitCode.INTEGRITY
+            return printable(str(exc)), ExitCode.INTEGRITY
         case LocalFileError():
             return str(exc), ExitCode.LOCAL_FILE
         case ConnectionLostError():
@@ -93,10 +93,27 @@ def describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCod
     raise exc  # a bug: let the traceback show
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def unwrap(exc: BaseException) -> BaseException:
+    """``exc``, or the lone exception inside it (trio's nurseries wrap one failure in a group)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def error_name(exc: BaseException, code: ExitCode) -> str:
+    """A short name of what failed, for ``--json``: the server's error code (``not-found``,
+    ``busy``, ...) or the kind of exit code (``network``, ``local-file``, ...)."""
+    exc = unwrap(exc)
+    if isinstance(exc, RemoteError):
+        return printable(exc.code)
+    return code.name.lower().replace("_", "-")
+
+
+def _hint(exc: RemoteError) -> str:
+    """Advice to add to a refusal, where the server's message lacks it."""
+    if exc.code == ErrorCode.NOT_A_FILE and exc.message.endswith("is a directory"):
+        return " (use -r to fetch a directory)"
+    return ""
 
 
 def _describe_os_error(exc: OSError) -> str:
