@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -217,3 +218,23 @@ def test_serve_warns_when_exposed_without_protection(tmp_path: Path) -> None:
     token.write_text("x" * 32)
     os.chmod(token, 0o600)
     assert "neither" not in _serve_stderr(served, "--host", "0.0.0.0", "--token-file", str(token))
+
+
+def test_man_page_is_made_from_the_parser() -> None:
+    """What the build runs (pyproject.toml, [tool.build_manpages]) to make man/ftx.1."""
+    project = Path(__file__).resolve().parent.parent.parent
+    result = subprocess.run(
+        [
+            *[str(Path(sys.executable).parent / "argparse-manpage"), "--pyfile"],
+            *[str(project / "tools" / "manpage.py"), "--function", "build_parser"],
+            *["--prog", "ftx", "--project-name", "ftx"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == OK, result.stderr
+    assert result.stdout.startswith(".TH FTX")
+    for said in ("COMMAND \\fI\\,'ftx get'", "retry\\-delay", "ftx completion"):
+        assert said in result.stdout, said
