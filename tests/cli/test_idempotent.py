@@ -80,3 +80,53 @@ def test_put_one_file_twice(tmp_path: Path, start_ftx_server: ServerStarter) -> 
     line = one_error_line(ftx_run("put", server.address, str(local)), LOCAL_FILE)
     assert "exists" in line
     assert (root / "report.bin").stat().st_size == 3 << 20
+
+
+def _same_size_and_time(path: Path, content: bytes) -> None:
+    """Change ``path``'s content, keeping its size and modification time."""
+    st = path.stat()
+    assert len(content) == st.st_size
+    path.write_bytes(content)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_checksum_compares_content_too(tmp_path: Path, start_ftx_server: ServerStarter) -> None:
+    """16.2: "(and, with --checksum, its digest)": size and time alone can be fooled."""
+    server = start_ftx_server(_served(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert ftx_run("get", server.address, "hello.txt", cwd=out).returncode == OK
+    assert ftx_run("get", "-r", server.address, "nested", "-o", "tree", cwd=out).returncode == OK
+    same = ftx_run("get", "-c", "-v", server.address, "hello.txt", cwd=out)
+    assert same.returncode == OK, same.stderr
+    assert "digest matches the server's" in same.stderr
+    assert same.stderr.endswith("hello.txt is up to date (the server's size and time)\n")
+    hello = (out / "hello.txt").read_bytes()
+    _same_size_and_time(out / "hello.txt", hello.swapcase())
+    assert ftx_run("get", server.address, "hello.txt", cwd=out).returncode == OK  # fooled
+    line = one_error_line(ftx_run("get", "--checksum", server.address, "hello.txt", cwd=out), 8)
+    assert "already exists" in line
+    fixed = ftx_run("get", "--checksum", "-f", server.address, "hello.txt", cwd=out)
+    assert fixed.returncode == OK, fixed.stderr
+    assert (out / "hello.txt").read_bytes() == hello
+    # Several files (-r): the same rule.
+    notes = out / "tree" / "nested" / "notes.md"
+    _same_size_and_time(notes, notes.read_bytes().swapcase())
+    tree = ftx_run("get", "-r", "-c", server.address, "nested", "-o", "tree", cwd=out)
+    assert tree.returncode == LOCAL_FILE, tree.stderr
+    assert "notes.md" in tree.stderr
+    assert "1 already up to date, 1 failed" in tree.stderr
+
+
+def test_put_checksum(tmp_path: Path, start_ftx_server: ServerStarter) -> None:
+    root = tmp_path / "served"
+    root.mkdir()
+    server = start_ftx_server(root, "--writable")
+    local = tmp_path / "a.txt"
+    local.write_bytes(b"abc\n" * 100)
+    assert ftx_run("put", server.address, str(local)).returncode == OK
+    assert ftx_run("put", "--checksum", server.address, str(local)).returncode == OK
+    _same_size_and_time(root / "a.txt", b"xyz\n" * 100)
+    assert ftx_run("put", server.address, str(local)).returncode == OK  # fooled
+    line = one_error_line(ftx_run("put", "-c", server.address, str(local)), LOCAL_FILE)
+    assert "exists" in line

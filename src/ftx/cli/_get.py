@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from ftx.cli._checksum import same_digest
 from ftx.cli._errors import CliError, ExitCode
 from ftx.cli._output import as_json, printable, say, timing
 from ftx.cli._paths import server_path
@@ -55,7 +56,7 @@ async def get_command(args: argparse.Namespace) -> None:
 
     async def attempt() -> Download | Skipped:
         async with await retrying.connect() as client:
-            if not args.force and await _up_to_date(client, path, target):
+            if not args.force and await _up_to_date(client, path, target, args.checksum):
                 return Skipped(path, "up to date")
             return await client.get(
                 path,
@@ -81,9 +82,10 @@ async def get_command(args: argparse.Namespace) -> None:
         say(args, f"saved {printable(what)} ({times}), {verified}")
 
 
-async def _up_to_date(client: Client, path: str, target: Path) -> bool:
+async def _up_to_date(client: Client, path: str, target: Path, checksum: bool) -> bool:
     """Whether ``target`` is a regular file with the size and modification time of the file
-    at ``path`` on the server (which a download gives the files it saves)."""
+    at ``path`` on the server (which a download gives the files it saves), and with
+    ``checksum`` its digest."""
     try:
         st = os.lstat(target)  # (no thread: a look-up in a directory just written to)
     except OSError:
@@ -101,7 +103,7 @@ async def _up_to_date(client: Client, path: str, target: Path) -> bool:
             logger.debug(
                 "%s exists: %s the server's size and time", target, "has" if same else "lacks"
             )
-            return same
+            return same and (not checksum or await same_digest(client, path, target, st.st_size))
     return False
 
 
@@ -120,7 +122,9 @@ async def _stream(args: argparse.Namespace, path: str) -> None:
 
     retrying = Retrying(args)
     retrying.may_retry = lambda: written == 0  # bytes already out cannot be taken back
-    bar = ProgressBar(enabled=not args.quiet and sys.stderr.isatty(), label=path)
+    # (No bar when the bytes themselves go to the terminal: the two would mix.)
+    shown = not args.quiet and sys.stderr.isatty() and not sys.stdout.isatty()
+    bar = ProgressBar(enabled=shown, label=path)
 
     async def attempt() -> Download:
         async with await retrying.connect() as client:

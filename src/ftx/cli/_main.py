@@ -24,7 +24,13 @@ from ftx.cli._connect import add_connection_options
 from ftx.cli._errors import CliError, ExitCode, describe, error_name, unwrap
 from ftx.cli._get import get_command, ls_command
 from ftx.cli._help import add_help_parsers, completion_command, help_command
-from ftx.cli._options import add_digest_option, add_timeout, add_verbosity, parse_positive_count
+from ftx.cli._options import (
+    add_checksum_option,
+    add_digest_option,
+    add_timeout,
+    add_verbosity,
+    parse_positive_count,
+)
 from ftx.cli._output import TerminalLogHandler, say
 from ftx.cli._put import add_put_parser, put_command
 from ftx.cli._retry import add_retry_options
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument(
         "-f", "--force", action="store_true", help="replace DEST if it exists (once verified)"
     )
+    add_checksum_option(get, where="at the destination")
     add_retry_options(get)
     get.add_argument(
         "--no-resume",

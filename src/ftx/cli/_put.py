@@ -16,9 +16,16 @@ import trio
 
 from ftx._threads import run_together
 from ftx.cli._address import ADDRESS_HELP, parse_address
+from ftx.cli._checksum import same_digest
 from ftx.cli._connect import add_connection_options
 from ftx.cli._errors import CliError, ExitCode, describe
-from ftx.cli._options import add_digest_option, add_timeout, add_verbosity, parse_positive_count
+from ftx.cli._options import (
+    add_checksum_option,
+    add_digest_option,
+    add_timeout,
+    add_verbosity,
+    parse_positive_count,
+)
 from ftx.cli._output import as_json, human_size, printable, say, timing
 from ftx.cli._paths import server_path
 from ftx.cli._progress import ProgressBar
@@ -87,6 +94,7 @@ def add_put_parser(commands: Any) -> None:
         action="store_true",
         help="print one JSON object per file on standard output (sent, skipped or failed)",
     )
+    add_checksum_option(put, where="on the server")
     add_retry_options(put)
     put.add_argument(
         "--no-resume",
@@ -217,7 +225,11 @@ async def _put_item(
         if item.kind == "dir":
             if await client.mkdir(item.remote):
                 run.listings[item.remote] = {}  # new, so empty: no need to list it
-        elif len(run.plan) > 1 and not args.force and await _up_to_date(client, run, item):
+        elif (
+            len(run.plan) > 1
+            and not args.force
+            and await _up_to_date(client, run, item, checksum=args.checksum)
+        ):
             _up_to_date_now(args, run, item)
         else:
             run.sent.append(await _put_file(client, item, args, bar=bar))
@@ -234,7 +246,7 @@ async def _put_item(
             # Stored already? By this very command, if the connection was lost after the server
             # stored the file but before its answer came (or by an earlier run of it that was
             # interrupted then); else by anyone, since the listing. Identical is success.
-            if await _up_to_date(client, run, item, again=True):
+            if await _up_to_date(client, run, item, checksum=args.checksum, again=True):
                 if retried:
                     say(args, f"{printable(str(item.local))}: stored before the connection broke")
                 _up_to_date_now(args, run, item)
@@ -245,9 +257,12 @@ async def _put_item(
         _failed(args, run, item, exc)
 
 
-async def _up_to_date(client: Client, run: _Run, item: Planned, *, again: bool = False) -> bool:
+async def _up_to_date(
+    client: Client, run: _Run, item: Planned, *, checksum: bool, again: bool = False
+) -> bool:
     """Whether the server has ``item`` already: a file of the same size and modification time
-    (an upload keeps the modification time). ``again``: list its directory anew."""
+    (an upload keeps the modification time), and with ``checksum`` the same digest.
+    ``again``: list its directory anew."""
     directory, name = posixpath.split(item.remote)
     listing = None if again else run.listings.get(directory)
     if listing is None:
@@ -263,7 +278,9 @@ async def _up_to_date(client: Client, run: _Run, item: Planned, *, again: bool =
         st = item.local.stat()
     except OSError:
         return False  # the upload itself then says what is wrong
-    return (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    if (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return False
+    return not checksum or await same_digest(client, item.remote, item.local, entry.size)
 
 
 def _up_to_date_now(args: argparse.Namespace, run: _Run, item: Planned) -> None:

@@ -144,6 +144,7 @@ async def _download_once(
                     preserve_mode=args.preserve,
                     on_done=on_done,
                     progress=totals,
+                    checksum=args.checksum,
                 )
                 nursery.cancel_scope.cancel()
     finally:

@@ -33,10 +33,10 @@ from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
 from ftx.client._partfile import StreamPart, check_destination, local_destination
 from ftx.client._pipeline import fetch_files
-from ftx.client._receive import Download, GetOptions, ProgressCallback, download
+from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request
 from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import FtxError, RemoteError, RemoteProtocolError
-from ftx.protocol.messages import Entry, Error, ListDir, ListEnd, ListEntries
+from ftx.protocol.messages import Entry, Error, FileEnd, ListDir, ListEnd, ListEntries
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -140,6 +140,26 @@ class Client(ClientConnection):
                 resume=False,
                 part=StreamPart(fd, name),
             )
+
+    async def checksum(self, path: str, size: int) -> str:
+        """The server's digest of the whole file at ``path``, in :attr:`digest_algorithm`,
+        without its data: a GET from ``size`` (the file's size, as a listing gave it) on. To
+        compare a local copy by content (``ftx get --checksum``).
+
+        Raises:
+            RemoteError: the server refused (``bad-request`` if the file is now shorter than
+                ``size``, ``not-found``, ...).
+            ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        async with self._lock:
+            await self._check_open()
+            await self._send(get_request(self, path, True, size))
+            message = await self._receive()
+            while not isinstance(message, FileEnd | Error):
+                message = await self._receive()  # FILE, and DATA if the file grew since
+            if isinstance(message, Error):
+                raise RemoteError(message.code, message.message)
+            return message.digest or ""
 
     async def get_many(
         self,

@@ -26,7 +26,7 @@ from typing import Final
 from ftx._names import sibling_name
 from ftx.errors import LocalFileError
 from ftx.framing import Buffer
-from ftx.protocol import Hasher
+from ftx.protocol import Hasher, new_hasher
 
 __all__ = [
     "RESUMABLE_SIZE",
@@ -35,6 +35,7 @@ __all__ = [
     "ResumeRecord",
     "StreamPart",
     "check_destination",
+    "file_digest",
     "is_null_device",
     "local_destination",
     "part_file_name",
@@ -106,6 +107,21 @@ def check_destination(
         raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
     if known_directories is not None:
         known_directories.add(parent)
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
+    """The hex digest of the local file at ``path`` with ``algorithm`` (to compare with the
+    server's: ``--checksum``). Blocks: run it in a worker thread.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    hasher = new_hasher(algorithm)
+    with open(path, "rb", buffering=0) as file:
+        buffer = memoryview(bytearray(_HASH_BLOCK))
+        while count := file.readinto(buffer):
+            hasher.update(buffer[:count])
+    return hasher.hexdigest()
 
 
 def is_null_device(target: str | os.PathLike[str]) -> bool:

@@ -28,6 +28,7 @@ import trio
 from ftx._threads import run_together
 from ftx.client._client import Client, Download
 from ftx.client._flush import sync_file_systems
+from ftx.client._partfile import file_digest
 from ftx.errors import FtxError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
@@ -81,6 +82,16 @@ def _make_directory(path: Path) -> None:
         raise LocalFileError(f"cannot create {path}: {exc.strerror}") from exc
 
 
+async def _same_digest(client: Client, remote: str, local: Path, entry: Entry) -> bool:
+    """Whether the local file has the server's digest of ``remote`` (``checksum``)."""
+    try:
+        theirs = await client.checksum(remote, entry.size)
+        ours = await trio.to_thread.run_sync(file_digest, local, client.digest_algorithm)
+    except (RemoteError, OSError):
+        return False  # the download then says what is wrong
+    return ours == theirs
+
+
 def _up_to_date(target: Path, entry: Entry) -> bool:
     try:
         st = os.lstat(target)
@@ -104,6 +115,7 @@ async def download(
     preserve_mode: bool = False,
     on_done: Callable[[str, Download | FtxError | Skipped], object] | None = None,
     progress: TreeProgress | None = None,
+    checksum: bool = False,
 ) -> list[tuple[str, Download | FtxError | Skipped]]:
     """Download the files (and, with ``recursive``, the directory trees) at ``paths`` into the
     directory ``dest`` (the current directory when ``None``), over ``jobs`` connections.
@@ -118,6 +130,8 @@ async def download(
         preserve_mode: give files the server's permission bits (see :meth:`ftx.Client.get`).
         on_done: called with ``(remote path, result)`` for every file found, as it ends.
         progress: updated in place as files are found and data arrives.
+        checksum: a file present with the server's size and time is up to date only if its
+            digest is the server's too (one more request, and a read of the local file).
 
     Returns:
         every ``(remote path, result)``, in the order the files finished.
@@ -163,7 +177,11 @@ async def download(
                     continue
                 totals.files_found += 1
                 totals.bytes_found += entry.size
-                if _up_to_date(local, entry) and not overwrite:
+                if (
+                    not overwrite
+                    and _up_to_date(local, entry)
+                    and (not checksum or await _same_digest(lister, remote, local, entry))
+                ):
                     totals.bytes_done += entry.size
                     finish(remote, Skipped(remote, "up to date"))
                     continue
