@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 import ftx
-from ftx.client._partfile import file_digest
+from ftx.client._streams import file_digest
 from ftx.errors import RemoteError
 
 __all__ = ["same_digest"]

@@ -31,9 +31,10 @@ from ftx._tls import open_tls_stream
 from ftx.client._config import ClientConfig
 from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
-from ftx.client._partfile import StreamPart, check_destination, local_destination
+from ftx.client._partfile import check_destination, local_destination
 from ftx.client._pipeline import fetch_files
 from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request
+from ftx.client._streams import StreamPart
 from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import FtxError, RemoteError, RemoteProtocolError
 from ftx.protocol.messages import Entry, Error, FileEnd, ListDir, ListEnd, ListEntries

@@ -26,16 +26,14 @@ from typing import Final
 from ftx._names import sibling_name
 from ftx.errors import LocalFileError
 from ftx.framing import Buffer
-from ftx.protocol import Hasher, new_hasher
+from ftx.protocol import Hasher
 
 __all__ = [
     "RESUMABLE_SIZE",
     "DiscardingPart",
     "PartFile",
     "ResumeRecord",
-    "StreamPart",
     "check_destination",
-    "file_digest",
     "is_null_device",
     "local_destination",
     "part_file_name",
@@ -107,21 +105,6 @@ def check_destination(
         raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
     if known_directories is not None:
         known_directories.add(parent)
-
-
-def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
-    """The hex digest of the local file at ``path`` with ``algorithm`` (to compare with the
-    server's: ``--checksum``). Blocks: run it in a worker thread.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    hasher = new_hasher(algorithm)
-    with open(path, "rb", buffering=0) as file:
-        buffer = memoryview(bytearray(_HASH_BLOCK))
-        while count := file.readinto(buffer):
-            hasher.update(buffer[:count])
-    return hasher.hexdigest()
 
 
 def is_null_device(target: str | os.PathLike[str]) -> bool:
@@ -470,32 +453,3 @@ class DiscardingPart(PartFile):
 
     def discard(self) -> None:
         pass
-
-
-class StreamPart(DiscardingPart):
-    """A download to an open descriptor, standard output say (``ftx get HOST FILE -o -``): the
-    bytes are written there as they arrive, and verified only at the end, once they are out
-    (nothing to resume, rename or take back). :attr:`written` counts them."""
-
-    def __init__(self, fd: int, name: str = "-") -> None:
-        super().__init__(name)
-        self._out = fd
-        self.written = 0
-
-    def write(self, data: Buffer) -> None:
-        """Write all of ``data``.
-
-        Raises:
-            BrokenPipeError: the reader went away.
-            LocalFileError: another write error.
-        """
-        view = memoryview(data).cast("B")
-        try:
-            while view:
-                count = os.write(self._out, view)
-                view = view[count:]
-                self.written += count
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise LocalFileError(f"cannot write to {self.dest}: {exc.strerror}") from exc

@@ -28,7 +28,7 @@ import trio
 from ftx._threads import run_together
 from ftx.client._client import Client, Download
 from ftx.client._flush import sync_file_systems
-from ftx.client._partfile import file_digest
+from ftx.client._streams import file_digest
 from ftx.errors import FtxError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
