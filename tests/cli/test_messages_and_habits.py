@@ -116,6 +116,9 @@ def test_a_read_only_server_is_said_once(sample: ServerProcess, tmp_path: Path) 
         f"ftx: {sample.address} does not accept uploads: it must run with "
         "'ftx serve --writable' [read-only]"
     )
+    as_json = ftx_run("put", "--json", sample.address, "a.txt", cwd=tmp_path)
+    record = json.loads(as_json.stdout)
+    assert (record["path"], record["error"], record["exit_code"]) == ("a.txt", "read-only", 5)
 
 
 def test_put_usage_errors_show_the_usage_of_put(tmp_path: Path) -> None:

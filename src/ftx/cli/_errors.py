@@ -54,11 +54,13 @@ _REMOTE_EXIT_CODES: Final[dict[str, ExitCode]] = {
 
 
 class CliError(FtxError):
-    """A failure to report in one line, with the exit code to use."""
+    """A failure to report in one line, with the exit code to use (and, for ``--json``, the
+    server's error code when it said one)."""
 
-    def __init__(self, message: str, code: ExitCode) -> None:
+    def __init__(self, message: str, code: ExitCode, remote_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.remote_code = remote_code
 
 
 def describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCode]:
@@ -106,6 +108,8 @@ def error_name(exc: BaseException, code: ExitCode) -> str:
     exc = unwrap(exc)
     if isinstance(exc, RemoteError):
         return printable(exc.code)
+    if isinstance(exc, CliError) and exc.remote_code is not None:
+        return printable(exc.remote_code)
     return code.name.lower().replace("_", "-")
 
 

@@ -157,6 +157,7 @@ async def put_command(args: argparse.Namespace) -> None:
             say(args, f"skipped {printable(str(path))}: {reason}")
 
     args.to = server_path(args.to)
+    args.path = args.sources[0] if len(args.sources) == 1 else None  # (for --json)
     plan = list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip))
     # Every directory is made before any file is sent: files then go over several connections
     # in any order.
@@ -239,6 +240,7 @@ async def _put_item(
                 f"{args.address} does not accept uploads: it must run with "
                 "'ftx serve --writable' [read-only]",
                 ExitCode.PERMISSION,
+                exc.code,
             ) from None
         if exc.code in _TRANSIENT:
             raise  # the whole command tries again later (--retries)
