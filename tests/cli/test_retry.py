@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,10 @@ def test_get_retries_a_busy_server(tmp_path: Path, code: str) -> None:
     server = FakeServer(behaviour)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "ftx", "get", f"127.0.0.1:{server.port}", "f.txt"],
+            [
+                *[sys.executable, "-m", "ftx", "get", f"127.0.0.1:{server.port}", "f.txt"],
+                *["--retry-delay", "0.2"],
+            ],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -48,5 +52,6 @@ def test_get_retries_a_busy_server(tmp_path: Path, code: str) -> None:
         server.close()
     assert result.returncode == 0, result.stderr
     assert attempts == ["refused", "served"]
-    assert f"[{code}]; retrying in 1 s" in result.stderr
+    # The first wait: --retry-delay, plus a random part up to as much again (jitter).
+    assert re.search(rf"\[{code}\]; retrying in 0\.[234] s \(1 of 3\)", result.stderr)
     assert (tmp_path / "f.txt").read_bytes() == CONTENT

@@ -93,6 +93,7 @@ def test_get_r_gives_up_after_its_retries(start_ftx_server: ServerStarter, tmp_p
         lambda: saved_files(dest) >= 5,
     )
     assert code == 3, stderr  # network
-    assert "retrying in 1 s (1 of 1)" in stderr
+    # The wait: --retry-delay (1 s), plus a random part up to as much again (jitter).
+    assert re.search(r"retrying in (1\.\d|2\.0) s \(1 of 1\)", stderr), stderr
     assert "Traceback" not in stderr
     assert 5 <= saved_files(dest) < FILES

@@ -808,9 +808,13 @@ def test_ftx_put_exit_codes(serve_cli: ServeCli, root: Path, tmp_path: Path) -> 
     writable = serve_cli(root, "--writable", "--allow-overwrite", "--max-upload-size", "1M")
     # read-only server: 5, and the advice to use --writable
     assert "--writable" in one_line_error(ftx_cli("put", read_only, str(small)), 5)
-    # the first upload works; a second exists (8) until --force
+    # the first upload works; the same again is up to date (0); a different file under that
+    # name exists (8) until --force
     assert ftx_cli("put", writable, str(small), "-q").returncode == 0
+    assert ftx_cli("put", writable, str(small), "-q").returncode == 0
+    small.write_bytes(b"small, changed\n")
     assert "--force" in one_line_error(ftx_cli("put", writable, str(small)), 8)
+    small.write_bytes(b"small\n")
     assert ftx_cli("put", writable, str(small), "--force", "-q").returncode == 0
     # too large for the server: 8
     assert "too-large" in one_line_error(ftx_cli("put", writable, str(large)), 8)
@@ -866,7 +870,7 @@ def test_ftx_put_reconnects_and_resumes_after_a_lost_connection(
     result = ftx_cli("put", f"127.0.0.1:{fake.port}", str(source), "--retries", "2")
     assert result.returncode == 0, result.stderr
     assert "retrying" in result.stderr
-    assert "resumed from 97.7 KiB" in result.stderr
+    assert "resumed at 97.7 KiB" in result.stderr
     assert bytes(held) == data
     assert len(puts) == 2
     assert puts[0].source is not None

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Final
 
 from ftx.server import DEFAULT_PORT
 
 ADDRESS_HELP: Final = (
-    f"the server, e.g. 192.168.1.7, example.org:4000 or [::1]:4000 (default port: {DEFAULT_PORT})"
+    "the server, e.g. 192.168.1.7, example.org:4000 or [::1]:4000 (default port: FTX_PORT "
+    f"if set, else {DEFAULT_PORT})"
 )
 
 
@@ -36,7 +38,18 @@ def parse_address(text: str) -> Address:
         host, port_text = text, ""
     if not host:
         raise argparse.ArgumentTypeError(f"{text!r}: the host is missing")
-    return Address(host, parse_port(port_text) if port_text else DEFAULT_PORT)
+    return Address(host, parse_port(port_text) if port_text else default_port())
+
+
+def default_port() -> int:
+    """The port of a ``HOST`` given without one: ``FTX_PORT`` if set, else the default."""
+    text = os.environ.get("FTX_PORT", "").strip()
+    if not text:
+        return DEFAULT_PORT
+    try:
+        return parse_port(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"FTX_PORT: {exc}") from None
 
 
 def parse_port(text: str) -> int:

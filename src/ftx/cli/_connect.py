@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import os
 import socket
 import ssl
 
@@ -23,6 +25,8 @@ from ftx.errors import (
 )
 from ftx.protocol import ErrorCode, load_token
 
+logger = logging.getLogger("ftx.cli")
+
 
 def _fingerprint(text: str) -> str:
     try:
@@ -37,20 +41,25 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--tls",
         action="store_true",
+        default=os.environ.get("FTX_TLS", "").strip().lower() in ("1", "yes", "true"),
         help="connect with TLS, verifying the server's certificate against the system's "
-        "trusted authorities and the host name",
+        "trusted authorities and the host name (default: FTX_TLS=1 in the environment)",
     )
     security.add_argument(
         "--cafile",
         metavar="FILE",
-        help="with TLS, trust only the certificate authorities in FILE (PEM); implies --tls",
+        default=os.environ.get("FTX_CAFILE") or None,
+        help="with TLS, trust only the certificate authorities in FILE (PEM); implies --tls "
+        "(default: FTX_CAFILE)",
     )
     security.add_argument(
         "--fingerprint",
         type=_fingerprint,
         metavar="SHA256",
+        default=os.environ.get("FTX_FINGERPRINT") or None,
         help="with TLS, accept only the server certificate with this SHA-256 fingerprint, as "
-        "'ftx serve' prints it (for a self-signed certificate); implies --tls",
+        "'ftx serve' prints it (for a self-signed certificate); implies --tls "
+        "(default: FTX_FINGERPRINT)",
     )
     security.add_argument(
         "--token-file",
@@ -76,6 +85,12 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
     token = token_from(getattr(args, "token_file", None))
     config = ftx.ClientConfig(
         idle_timeout=args.timeout, token=token, digest=getattr(args, "digest", "fast")
+    )
+    logger.debug(
+        "connecting to %s%s%s",
+        address,
+        " with TLS" if tls else "",
+        f", certificate pinned to {fingerprint}" if fingerprint else "",
     )
     try:
         with trio.fail_after(args.timeout):

@@ -54,11 +54,13 @@ _REMOTE_EXIT_CODES: Final[dict[str, ExitCode]] = {
 
 
 class CliError(FtxError):
-    """A failure to report in one line, with the exit code to use."""
+    """A failure to report in one line, with the exit code to use (and, for ``--json``, the
+    server's error code when it said one)."""
 
-    def __init__(self, message: str, code: ExitCode) -> None:
+    def __init__(self, message: str, code: ExitCode, remote_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.remote_code = remote_code
 
 
 def describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCode]:
@@ -69,7 +71,7 @@ def describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCod
         BaseException: ``exc`` itself if it is not an expected failure (a bug: its traceback
             should show).
     """
-    message, code = _describe(_unwrap(exc), args)
+    message, code = _describe(unwrap(exc), args)
     # Server text (a message, a digest, a file name in a local path) reaches most of these:
     # escaped, whichever it is, so that it cannot rewrite the terminal.
     return printable(message), code
@@ -81,9 +83,9 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCo
             return str(exc), exc.code
         case RemoteError():
             code = _REMOTE_EXIT_CODES.get(exc.code, ExitCode.FAILURE)
-            return f"{exc.message} [{exc.code}]", code
+            return f"{exc.message}{_hint(exc)} [{exc.code}]", code
         case IntegrityError():
-            return str(exc), ExitCode.INTEGRITY
+            return printable(str(exc)), ExitCode.INTEGRITY
         case LocalFileError():
             return str(exc), ExitCode.LOCAL_FILE
         case ConnectionLostError():
@@ -100,10 +102,29 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCo
     raise exc  # a bug: let the traceback show
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def unwrap(exc: BaseException) -> BaseException:
+    """``exc``, or the lone exception inside it (trio's nurseries wrap one failure in a group)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def error_name(exc: BaseException, code: ExitCode) -> str:
+    """A short name of what failed, for ``--json``: the server's error code (``not-found``,
+    ``busy``, ...) or the kind of exit code (``network``, ``local-file``, ...)."""
+    exc = unwrap(exc)
+    if isinstance(exc, RemoteError):
+        return printable(exc.code)
+    if isinstance(exc, CliError) and exc.remote_code is not None:
+        return printable(exc.remote_code)
+    return code.name.lower().replace("_", "-")
+
+
+def _hint(exc: RemoteError) -> str:
+    """Advice to add to a refusal, where the server's message lacks it."""
+    if exc.code == ErrorCode.NOT_A_FILE and exc.message.endswith("is a directory"):
+        return " (use -r to fetch a directory)"
+    return ""
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -1,75 +1,152 @@
-"""``ftx get`` of one file (with its progress bar and retries) and ``ftx ls``. Several files
-or ``-r`` go through :mod:`ftx.cli._tree`."""
+"""``ftx get`` of one file (to a file or, with ``-o -``, to standard output; with its progress
+bar and retries) and ``ftx ls``. Several files or ``-r`` go through :mod:`ftx.cli._tree`."""
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import logging
+import os
+import posixpath
 import stat
 import sys
 import time
+from pathlib import Path
 from typing import Final
 
-import trio
-
-from ftx.cli._connect import connect_client
-from ftx.cli._errors import CliError
-from ftx.cli._output import as_json, human_size, printable, say
+from ftx.cli._checksum import same_digest
+from ftx.cli._errors import CliError, ExitCode
+from ftx.cli._output import as_json, printable, say, timing
+from ftx.cli._paths import server_path
 from ftx.cli._progress import ProgressBar
-from ftx.cli._retry import MAX_RETRY_DELAY, worth_retrying
-from ftx.client import is_null_device
-from ftx.errors import ConnectionLostError, RemoteError
+from ftx.cli._retry import Retrying
+from ftx.client import Client, Download, Skipped, is_null_device, local_destination
+from ftx.errors import LocalFileError, RemoteError
 from ftx.protocol.messages import Entry, EntryType
 
 __all__ = ["get_command", "ls_command"]
 
+STDOUT: Final = "-"
+
+logger = logging.getLogger("ftx.cli")
+
 
 async def get_command(args: argparse.Namespace) -> None:
-    """``ftx get HOST PATH``: one file, resumed and retried as the options say."""
-    args.path = args.paths[0]
+    """``ftx get HOST PATH``: one file, resumed and retried as the options say; a file already
+    at the destination with the server's size and modification time is up to date."""
+    path = args.path = server_path(args.paths[0])
+    if not path:
+        raise CliError(
+            f"{args.paths[0]!r} is the served directory itself: add -r to fetch all of it",
+            ExitCode.USAGE,
+        )
+    if args.output == STDOUT:
+        await _stream(args, path)
+        return
+    try:
+        target = local_destination(path, args.output)
+    except LocalFileError as exc:
+        raise CliError(str(exc), ExitCode.LOCAL_FILE) from None
+    retrying = Retrying(args)
     bar = ProgressBar(
         enabled=not args.quiet and not args.json and sys.stderr.isatty(), label=args.path
     )
+
+    async def attempt() -> Download | Skipped:
+        async with await retrying.connect() as client:
+            if not args.force and await _up_to_date(client, path, target, args.checksum):
+                return Skipped(path, "up to date")
+            return await client.get(
+                path,
+                args.output,
+                progress=bar.update,
+                overwrite=args.force,
+                preserve_mode=args.preserve,
+                resume=args.resume,
+            )
+
     try:
-        for attempt in itertools.count():
-            try:
-                async with await connect_client(args) as client:
-                    result = await client.get(
-                        args.path,
-                        args.output,
-                        progress=bar.update,
-                        overwrite=args.force,
-                        preserve_mode=args.preserve,
-                        resume=args.resume,
-                    )
-                break
-            except (ConnectionLostError, CliError, RemoteError) as exc:
-                if not worth_retrying(exc) or attempt >= args.retries:
-                    raise
-                delay = min(2.0**attempt, MAX_RETRY_DELAY)
-                bar.clear()
-                say(args, f"{exc}; retrying in {delay:g} s ({attempt + 1} of {args.retries})")
-                await trio.sleep(delay)
+        result = await retrying.run(attempt)
     finally:
         bar.close()
-    timing = ""
-    if result.size >= 2**20 and result.seconds > 0:
-        rate = result.size / result.seconds / 2**20
-        timing = f" in {result.seconds:.2f} s, {rate:.1f} MiB/s"
     if args.json:
-        print(json.dumps(as_json(args.path, result)))
-        return
+        print(json.dumps(as_json(path, result)))
+    elif isinstance(result, Skipped):
+        say(args, f"{printable(str(target))} is up to date (the server's size and time)")
+    else:
+        verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
+        what = f"{result.dest}" if not is_null_device(result.dest) else f"nothing ({result.dest})"
+        times = timing(result.size, result.offset, result.seconds)
+        say(args, f"saved {printable(what)} ({times}), {verified}")
+
+
+async def _up_to_date(client: Client, path: str, target: Path, checksum: bool) -> bool:
+    """Whether ``target`` is a regular file with the size and modification time of the file
+    at ``path`` on the server (which a download gives the files it saves), and with
+    ``checksum`` its digest."""
+    try:
+        st = os.lstat(target)  # (no thread: a look-up in a directory just written to)
+    except OSError:
+        return False  # nothing there: no need to ask the server
+    if not stat.S_ISREG(st.st_mode):
+        return False  # the download then says what is wrong with it
+    parent, name = posixpath.split(path)
+    try:
+        entries = await client.list(parent)
+    except RemoteError:
+        return False  # the download then says what the server thinks of the path
+    for entry in entries:
+        if entry.name == name and entry.type is EntryType.FILE:
+            same = (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+            logger.debug(
+                "%s exists: %s the server's size and time", target, "has" if same else "lacks"
+            )
+            return same and (not checksum or await same_digest(client, path, target, st.st_size))
+    return False
+
+
+async def _stream(args: argparse.Namespace, path: str) -> None:
+    """``ftx get HOST PATH -o -``: the file's bytes on standard output as they arrive, its
+    digest checked at the end (a mismatch exits non-zero: the bytes are already out)."""
+    if args.json:
+        raise CliError("-o - writes the file on standard output: --json cannot", ExitCode.USAGE)
+    sys.stdout.flush()
+    written = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal written
+        written = done
+        bar.update(done, total)
+
+    retrying = Retrying(args)
+    retrying.may_retry = lambda: written == 0  # bytes already out cannot be taken back
+    # (No bar when the bytes themselves go to the terminal: the two would mix.)
+    shown = not args.quiet and sys.stderr.isatty() and not sys.stdout.isatty()
+    bar = ProgressBar(enabled=shown, label=path)
+
+    async def attempt() -> Download:
+        async with await retrying.connect() as client:
+            return await client.stream(path, sys.stdout.fileno(), progress=progress)
+
+    try:
+        result = await retrying.run(attempt)
+    finally:
+        bar.close()
     verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
-    what = f"{result.dest}" if not is_null_device(result.dest) else f"nothing ({result.dest})"
-    say(args, f"saved {what} ({human_size(result.size)}{timing}), {verified}")
+    times = timing(result.size, 0, result.seconds)
+    say(args, f"wrote {printable(path)} to standard output ({times}), {verified}")
 
 
 async def ls_command(args: argparse.Namespace) -> None:
-    """``ftx ls``: list a directory on the server."""
-    client = await connect_client(args)
-    async with client:
-        entries = await client.list(args.path)
+    """``ftx ls``: list a directory on the server, retried as ``ftx get`` is."""
+    path = args.path = server_path(args.path)
+    retrying = Retrying(args)
+
+    async def attempt() -> list[Entry]:
+        async with await retrying.connect() as client:
+            return await client.list(path)
+
+    entries = await retrying.run(attempt)
     entries.sort(key=lambda entry: entry.name)
     if args.json:
         fields = ("name", "type", "size", "mtime_ns", "mode")

@@ -9,47 +9,80 @@ line on stderr and exit with a code from :class:`ExitCode`; there are no traceba
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
 
 import trio
 
 import ftx
 from ftx.cli._address import ADDRESS_HELP, parse_address, parse_port
 from ftx.cli._connect import add_connection_options
-from ftx.cli._errors import ExitCode, describe
+from ftx.cli._errors import CliError, ExitCode, describe, error_name, unwrap
 from ftx.cli._get import get_command, ls_command
+from ftx.cli._help import add_help_parsers, completion_command, help_command
 from ftx.cli._options import (
+    add_checksum_option,
     add_digest_option,
     add_timeout,
     add_verbosity,
-    parse_count,
     parse_positive_count,
 )
-from ftx.cli._output import say
+from ftx.cli._output import TerminalLogHandler, say
 from ftx.cli._put import add_put_parser, put_command
-from ftx.cli._retry import DEFAULT_RETRIES
+from ftx.cli._retry import add_retry_options
 from ftx.cli._serve import add_serve_options, serve_command
 from ftx.cli._tree import get_tree
 from ftx.client import DEFAULT_JOBS
 from ftx.server import DEFAULT_PORT
 
+_SERVE_EXAMPLES: Final = """examples:
+  ftx serve .                                  this directory, read-only, on port 3890
+  ftx serve ~/shared --host 192.168.1.7        on one address only
+  ftx serve incoming --writable --port 4000    accept uploads ('ftx put')
+  ftx serve files --tls-cert cert.pem --tls-key key.pem --token-file ftx.token
+"""
+_GET_EXAMPLES: Final = """examples:
+  ftx get 192.168.1.7 report.pdf               into the current directory
+  ftx get 192.168.1.7 docs/a.txt -o b.txt      as b.txt
+  ftx get 192.168.1.7 big.iso -o - | sha256sum to standard output
+  ftx get -r 192.168.1.7 photos -o backup      photos/ and everything in it, into backup/
+  ftx get -r 192.168.1.7 / -o mirror           everything the server serves
+"""
+_LS_EXAMPLES: Final = """examples:
+  ftx ls 192.168.1.7                           the served directory
+  ftx ls -l 192.168.1.7 photos                 with types, sizes and times
+  ftx ls --json 192.168.1.7 photos             as one JSON array
+"""
+
+
+def _command(commands: Any, name: str, examples: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples, **kwargs
+    )
+    return parser
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``ftx`` command line and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="ftx",
         description="Fast, verified file transfer. Serve a directory with 'ftx serve DIR'; "
         "fetch a file from it with 'ftx get HOST PATH'.",
-        epilog="Run 'ftx COMMAND --help' for the options of a command. "
-        "Exit codes are listed in docs/user-guide.md.",
+        epilog="Run 'ftx COMMAND --help' for the options of a command, and 'ftx help' for "
+        "the exit codes, paths on the server, retries, environment variables and shell "
+        "completion.",
     )
     parser.add_argument("--version", action="version", version=f"ftx {ftx.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser(
+    serve = _command(
+        commands,
         "serve",
+        _SERVE_EXAMPLES,
         help="serve the files under a directory (read-only unless --writable)",
         description="Serve the regular files under DIR, read-only unless --writable, until "
         "interrupted (Ctrl-C). "
@@ -70,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_options(serve)
     add_verbosity(serve)
 
-    get = commands.add_parser(
+    get = _command(
+        commands,
         "get",
+        _GET_EXAMPLES,
         help="download a file",
         description="Download the file at PATH from the ftx server at HOST. It is written to "
         "DEST.part, verified against the server's digest of the whole file, and only then "
@@ -82,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "paths",
         metavar="PATH",
         nargs="+",
-        help="the file's path on the server; several paths (or -r) save into a directory",
+        help="the file's path on the server, relative to the directory it serves ('/' or '.' "
+        "is that directory itself); several paths (or -r) save into a directory",
     )
     get.add_argument(
         "-r",
@@ -101,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object per file on standard output, instead of the bar",
+        help="print one JSON object per file (failures too) on standard output, instead of the bar",
     )
     get.add_argument(
         "-p",
@@ -113,20 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="DEST",
-        help="where to save it: a file name, or an existing directory "
-        "(default: the file's name, in the current directory)",
+        help="where to save it: a file name, or an existing directory; '-' for standard "
+        "output (verified at the end); with several files or -r, a directory, made if "
+        "missing (default: the file's name, in the current directory)",
     )
     get.add_argument(
         "-f", "--force", action="store_true", help="replace DEST if it exists (once verified)"
     )
-    get.add_argument(
-        "--retries",
-        type=parse_count,
-        default=DEFAULT_RETRIES,
-        metavar="N",
-        help="after a lost connection, reconnect and resume up to N times, waiting 1, 2, 4... "
-        f"seconds (default: {DEFAULT_RETRIES})",
-    )
+    add_checksum_option(get, where="at the destination")
+    add_retry_options(get)
     get.add_argument(
         "--no-resume",
         dest="resume",
@@ -138,30 +169,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_options(get)
     add_verbosity(get)
 
-    ls = commands.add_parser(
+    ls = _command(
+        commands,
         "ls",
+        _LS_EXAMPLES,
         help="list a directory on the server",
         description="List the entries of the directory at PATH on the server (default: the "
         "served directory itself).",
     )
     ls.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=ADDRESS_HELP)
-    ls.add_argument("path", metavar="PATH", nargs="?", default="", help="the directory to list")
+    ls.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        default="",
+        help="the directory to list, relative to the served directory ('/' or '.' is that "
+        "directory itself)",
+    )
     ls.add_argument(
         "-l", "--long", action="store_true", help="show type, permissions, size and time"
     )
     ls.add_argument(
         "--json", action="store_true", help="print the entries as one JSON array, for scripts"
     )
+    add_retry_options(ls)
     add_timeout(ls)
     add_connection_options(ls)
     add_verbosity(ls)
     add_put_parser(commands)
+    add_help_parsers(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ftx`` command line; return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (see 'ftx help completion')
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    if args.command in ("help", "completion"):
+        return (help_command if args.command == "help" else completion_command)(args, parser)
     _configure_logging(args)
     commands: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
         "serve": serve_command,
@@ -171,11 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         trio.run(commands[args.command], args)
-    except BrokenPipeError:
-        # The reader went away (`ftx ls ... | head`): stop quietly, as other tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitCode.OK
     except BaseException as exc:
+        if isinstance(unwrap(exc), BrokenPipeError):
+            # The reader went away (`ftx ls ... | head`): stop quietly, as other tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.OK
         if _interrupted(exc):
             if args.command == "serve":
                 say(args, "ftx: stopped")
@@ -183,16 +232,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("ftx: interrupted", file=sys.stderr)
             return ExitCode.INTERRUPTED
         message, code = describe(exc, args)
+        if getattr(args, "json", False) and not getattr(args, "json_reported", False):
+            failure = {
+                "path": getattr(args, "path", None),
+                "status": "failed",
+                "error": error_name(exc, code),
+                "exit_code": int(code),
+                "message": message,
+            }
+            print(json.dumps(failure), flush=True)
         print(f"ftx: {message}", file=sys.stderr)
         return code
     return ExitCode.OK
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The options, with a command's paths allowed after its options too (``ftx get HOST a -o
+    DIR b``, as cp and scp take them); a mistake is reported with that command's usage."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
     )
+    command: argparse.ArgumentParser = commands.choices[args.command]
+    rest = argv[argv.index(args.command) + 1 :]
+    return command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log on stderr (above any progress bar): ``-v`` shows ftx's diagnostics, ``-q`` only
+    warnings and errors; ``ftx serve`` also logs each request (its access log) by default."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = TerminalLogHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
+    logging.getLogger("ftx").setLevel(level)
 
 
 def _interrupted(exc: BaseException) -> bool:
@@ -205,6 +280,10 @@ def _interrupted(exc: BaseException) -> bool:
 async def _get(args: argparse.Namespace) -> None:
     """``ftx get``: one file, or several (or ``-r``) as a batch."""
     if args.recursive or len(args.paths) > 1:
+        if args.output == "-":
+            raise CliError(
+                "-o - takes one file: several files (or -r) need a directory", ExitCode.USAGE
+            )
         await get_tree(args)
         return
     await get_command(args)

@@ -52,6 +52,16 @@ def add_digest_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checksum_option(parser: argparse.ArgumentParser, *, where: str) -> None:
+    parser.add_argument(
+        "-c",
+        "--checksum",
+        action="store_true",
+        help=f"a file already {where} with the same size and modification time is up to date "
+        "only if its digest is the same too (the server computes it; the local file is read)",
+    )
+
+
 def add_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",

@@ -4,6 +4,7 @@ options of ``ftx serve`` that make a server writable are in :mod:`ftx.cli._serve
 from __future__ import annotations
 
 import argparse
+import json
 import posixpath
 import sys
 from collections import deque
@@ -15,20 +16,22 @@ import trio
 
 from ftx._threads import run_together
 from ftx.cli._address import ADDRESS_HELP, parse_address
-from ftx.cli._connect import add_connection_options, connect_client
+from ftx.cli._checksum import same_digest
+from ftx.cli._connect import add_connection_options
 from ftx.cli._errors import CliError, ExitCode, describe
 from ftx.cli._options import (
+    add_checksum_option,
     add_digest_option,
     add_timeout,
     add_verbosity,
-    parse_count,
     parse_positive_count,
 )
-from ftx.cli._output import human_size, printable, say
+from ftx.cli._output import as_json, human_size, printable, say, timing
+from ftx.cli._paths import server_path
 from ftx.cli._progress import ProgressBar
-from ftx.cli._retry import DEFAULT_RETRIES, MAX_RETRY_DELAY
-from ftx.client import DEFAULT_JOBS, Client, Planned, Upload, plan_uploads
-from ftx.errors import ConnectionLostError, FtxError, IntegrityError, LocalFileError, RemoteError
+from ftx.cli._retry import Retrying, add_retry_options
+from ftx.client import DEFAULT_JOBS, Client, Planned, Skipped, Upload, plan_uploads
+from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
 
@@ -37,12 +40,20 @@ __all__ = ["add_put_parser", "put_command"]
 # Refusals that concern the whole server, not one file: give up (or retry) instead of going on.
 _FATAL: Final = {ErrorCode.READ_ONLY}
 _TRANSIENT: Final = {ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN}
+_EPILOG: Final = """examples:
+  ftx put 192.168.1.7 report.pdf                 into the served directory
+  ftx put 192.168.1.7 a.txt b.txt --to incoming  into incoming/ (it must exist)
+  ftx put -r 192.168.1.7 photos --to backup      photos/ and everything in it
+  ftx put --json 192.168.1.7 *.log               one JSON object per file on stdout
+"""
 
 
 def add_put_parser(commands: Any) -> None:
     """Add ``ftx put`` to the subcommands of the ``ftx`` parser."""
     put = commands.add_parser(
         "put",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
         help="upload files to a writable server",
         description="Upload the local files LOCAL (with -r, also directories and everything "
         "under them) into the served directory of the ftx server at HOST, which must run "
@@ -77,13 +88,12 @@ def add_put_parser(commands: Any) -> None:
         f"a server that refuses some as busy gets fewer) (default: {DEFAULT_JOBS})",
     )
     put.add_argument(
-        "--retries",
-        type=parse_count,
-        default=DEFAULT_RETRIES,
-        metavar="N",
-        help="after a lost connection, reconnect and resume up to N times, waiting 1, 2, 4... "
-        f"seconds (default: {DEFAULT_RETRIES})",
+        "--json",
+        action="store_true",
+        help="print one JSON object per file on standard output (sent, skipped or failed)",
     )
+    add_checksum_option(put, where="on the server")
+    add_retry_options(put)
     put.add_argument(
         "--no-resume",
         dest="resume",
@@ -139,39 +149,27 @@ async def put_command(args: argparse.Namespace) -> None:
     """
 
     def skip(path: Path, reason: str) -> None:
-        say(args, f"skipped {printable(str(path))}: {reason}")
+        if args.json:
+            print(json.dumps(as_json(str(path), Skipped(str(path), reason))), flush=True)
+        else:
+            say(args, f"skipped {printable(str(path))}: {reason}")
 
+    args.to = server_path(args.to)
+    args.path = args.sources[0] if len(args.sources) == 1 else None  # (for --json)
     plan = list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip))
     # Every directory is made before any file is sent: files then go over several connections
     # in any order.
     run = _Run(sorted(plan, key=lambda item: item.kind != "dir"))
     started = trio.current_time()
-    failed_in_a_row = 0  # connection attempts that made no progress
-    while True:
-        before = run.done
-        try:
-            async with await connect_client(args) as client:
-                await _put_all(client, run, args)
-            break
-        except (ConnectionLostError, CliError, _TransientError) as exc:
-            network = not isinstance(exc, CliError) or exc.code == ExitCode.NETWORK
-            failed_in_a_row = 0 if run.done > before else failed_in_a_row + 1
-            if not network or failed_in_a_row > args.retries:
-                raise exc.error if isinstance(exc, _TransientError) else exc from None
-            if failed_in_a_row:
-                delay = min(2.0 ** (failed_in_a_row - 1), MAX_RETRY_DELAY)
-                retry = f"{failed_in_a_row} of {args.retries}"
-                say(args, f"{exc}; retrying in {delay:g} s ({retry})")
-                await trio.sleep(delay)
+    retrying = Retrying(args, progress=lambda: run.done)
+    args.retrying = retrying
+
+    async def attempt() -> None:
+        async with await retrying.connect() as client:
+            await _put_all(client, run, args)
+
+    await retrying.run(attempt)
     _summarize(args, run, trio.current_time() - started)
-
-
-class _TransientError(FtxError):
-    """The server is busy or shutting down: reconnect later."""
-
-    def __init__(self, error: RemoteError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 async def _put_all(client: Client, run: _Run, args: argparse.Namespace) -> None:
@@ -193,9 +191,9 @@ async def _extra_connection(run: _Run, args: argparse.Namespace) -> None:
     (refused as busy, lost), it gives its file back and leaves: the main connection, which
     reports and retries, does the rest."""
     try:
-        async with await connect_client(args) as client:
+        async with await args.retrying.connect() as client:
             await _put_items(client, run, args, files=True, bars=False)
-    except (FtxError, CliError, _TransientError, OSError):
+    except (FtxError, OSError):
         pass
 
 
@@ -226,26 +224,32 @@ async def _put_item(
         if item.kind == "dir":
             if await client.mkdir(item.remote):
                 run.listings[item.remote] = {}  # new, so empty: no need to list it
-        elif len(run.plan) > 1 and not args.force and await _up_to_date(client, run, item):
-            run.up_to_date += 1
+        elif (
+            len(run.plan) > 1
+            and not args.force
+            and await _up_to_date(client, run, item, checksum=args.checksum)
+        ):
+            _up_to_date_now(args, run, item)
         else:
             run.sent.append(await _put_file(client, item, args, bar=bar))
     except RemoteError as exc:
         if exc.code in _FATAL:
             raise CliError(
-                f"{args.address} does not accept uploads ({printable(exc.message)}): "
-                "it must run with 'ftx serve --writable' [read-only]",
+                f"{args.address} does not accept uploads: it must run with "
+                "'ftx serve --writable' [read-only]",
                 ExitCode.PERMISSION,
+                exc.code,
             ) from None
         if exc.code in _TRANSIENT:
-            raise _TransientError(exc) from exc
+            raise  # the whole command tries again later (--retries)
         if exc.code == ErrorCode.EXISTS and not args.force and item.kind == "file":
             # Stored already? By this very command, if the connection was lost after the server
-            # stored the file but before its answer came; else by anyone, since the listing.
-            if (retried or len(run.plan) > 1) and await _up_to_date(client, run, item, again=True):
+            # stored the file but before its answer came (or by an earlier run of it that was
+            # interrupted then); else by anyone, since the listing. Identical is success.
+            if await _up_to_date(client, run, item, checksum=args.checksum, again=True):
                 if retried:
                     say(args, f"{printable(str(item.local))}: stored before the connection broke")
-                run.up_to_date += 1
+                _up_to_date_now(args, run, item)
                 return
             exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
         _failed(args, run, item, exc)
@@ -253,9 +257,12 @@ async def _put_item(
         _failed(args, run, item, exc)
 
 
-async def _up_to_date(client: Client, run: _Run, item: Planned, *, again: bool = False) -> bool:
+async def _up_to_date(
+    client: Client, run: _Run, item: Planned, *, checksum: bool, again: bool = False
+) -> bool:
     """Whether the server has ``item`` already: a file of the same size and modification time
-    (an upload keeps the modification time). ``again``: list its directory anew."""
+    (an upload keeps the modification time), and with ``checksum`` the same digest.
+    ``again``: list its directory anew."""
     directory, name = posixpath.split(item.remote)
     listing = None if again else run.listings.get(directory)
     if listing is None:
@@ -271,14 +278,30 @@ async def _up_to_date(client: Client, run: _Run, item: Planned, *, again: bool =
         st = item.local.stat()
     except OSError:
         return False  # the upload itself then says what is wrong
-    return (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    if (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return False
+    return not checksum or await same_digest(client, item.remote, item.local, entry.size)
+
+
+def _up_to_date_now(args: argparse.Namespace, run: _Run, item: Planned) -> None:
+    run.up_to_date += 1
+    if args.json:
+        print(json.dumps(as_json(str(item.local), Skipped(item.remote, "up to date"))), flush=True)
+    elif len(run.plan) == 1:
+        say(
+            args,
+            f"{printable(str(item.local))} is up to date on the server, as "
+            f"{printable(item.remote)} (same size and time)",
+        )
 
 
 def _failed(args: argparse.Namespace, run: _Run, item: Planned, error: FtxError) -> None:
     """Note a failure; report it now unless it is the only thing to do (then the final error
     line says it)."""
     run.failures.append(error)
-    if len(run.plan) == 1:
+    if args.json:
+        print(json.dumps(as_json(str(item.local), error)), flush=True)
+    if len(run.plan) == 1 or args.json:
         return
     if item.kind == "dir":
         run.failed_directories.append(item.remote)
@@ -292,7 +315,8 @@ async def _put_file(
 ) -> Upload:
     """Send one file; with ``bar``, draw its progress (when standard error is a terminal)."""
     shown = ProgressBar(
-        enabled=bar and not args.quiet and sys.stderr.isatty(), label=str(item.local)
+        enabled=bar and not args.quiet and not args.json and sys.stderr.isatty(),
+        label=str(item.local),
     )
     try:
         result = await client.put(
@@ -304,20 +328,20 @@ async def _put_file(
         )
     finally:
         shown.close()
-    timing = ""
-    if result.size >= 2**20 and result.seconds > 0:
-        timing = f" in {result.seconds:.2f} s, {result.size / result.seconds / 2**20:.1f} MiB/s"
-    resumed = f", resumed from {human_size(result.offset)}" if result.offset else ""
+    if args.json:
+        print(json.dumps(as_json(str(item.local), result)), flush=True)
+        return result
     say(
         args,
         f"sent {printable(str(item.local))} to {printable(result.path)} "
-        f"({human_size(result.size)}{timing}{resumed}), "
+        f"({timing(result.size, result.offset, result.seconds)}), "
         f"{result.digest_algorithm} {result.digest}",
     )
     return result
 
 
 def _summarize(args: argparse.Namespace, run: _Run, elapsed: float) -> None:
+    args.json_reported = True  # every outcome was printed as it came
     if len(run.plan) > 1:
         size = sum(upload.size for upload in run.sent)
         summary = f"{len(run.sent)} file(s) sent ({human_size(size)} in {elapsed:.2f} s)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import logging
 import math
 import os
@@ -184,6 +185,15 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
                 "read, and changed, on the way: add --tls-cert to protect it"
             )
     check_upload_options(args)
+    if context is None and token is None and not _loopback_only(args.host):
+        logger.warning(
+            "listening on %s with neither TLS nor a token: anyone who can reach it can read "
+            "%s%s, and see what is transferred; add --tls-cert and --token-file, or --host "
+            "127.0.0.1 to stay on this machine ('ftx help' for more)",
+            args.host or "every interface",
+            root,
+            " and write into it" if args.writable else "",
+        )
     try:
         config = ftx.ServerConfig(
             max_connections=args.max_connections,
@@ -199,6 +209,16 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
     except OSError as exc:
         raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
     return server, root.resolve()
+
+
+def _loopback_only(host: str | None) -> bool:
+    """Whether ``--host`` keeps the server on this machine (a loopback address or name)."""
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() in ("localhost", "localhost.localdomain")
 
 
 def _check_token_file(path: str | None) -> None:

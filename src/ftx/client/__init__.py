@@ -12,6 +12,7 @@ the end).
 from ftx.client._client import Client, Download, ProgressCallback, connect, local_destination
 from ftx.client._config import ClientConfig
 from ftx.client._partfile import is_null_device
+from ftx.client._streams import file_digest
 from ftx.client._tree import DEFAULT_JOBS, Skipped, TreeProgress
 from ftx.client._tree import download as download_tree
 from ftx.client._upload import Planned, Upload, plan_uploads
@@ -28,6 +29,7 @@ __all__ = [
     "Upload",
     "connect",
     "download_tree",
+    "file_digest",
     "is_null_device",
     "local_destination",
     "plan_uploads",

@@ -33,10 +33,11 @@ from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
 from ftx.client._partfile import check_destination, local_destination
 from ftx.client._pipeline import fetch_files
-from ftx.client._receive import Download, GetOptions, ProgressCallback, download
+from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request
+from ftx.client._streams import StreamPart
 from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import FtxError, RemoteError, RemoteProtocolError
-from ftx.protocol.messages import Entry, Error, ListDir, ListEnd, ListEntries
+from ftx.protocol.messages import Entry, Error, FileEnd, ListDir, ListEnd, ListEntries
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -107,6 +108,59 @@ class Client(ClientConnection):
             return await download(
                 self, path, target, progress=progress, options=options, resume=resume
             )
+
+    async def stream(
+        self,
+        path: str,
+        fd: int,
+        *,
+        progress: ProgressCallback | None = None,
+        verify: bool = True,
+        name: str = "-",
+    ) -> Download:
+        """Download the file at ``path`` on the server and write its bytes to the open
+        descriptor ``fd`` (standard output, say) as they arrive. The digest is checked at the
+        end, once every byte is out: a mismatch cannot take them back, and is raised for the
+        caller to report. Nothing is resumed.
+
+        Raises:
+            IntegrityError: the bytes written do not match the server's digest.
+            BrokenPipeError: the reader of ``fd`` went away.
+            LocalFileError: another error writing to ``fd``.
+            RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        options = GetOptions(False, verify, False, False, durable=False)
+        async with self._lock:
+            await self._check_open()
+            return await download(
+                self,
+                path,
+                Path(name),
+                progress=progress,
+                options=options,
+                resume=False,
+                part=StreamPart(fd, name),
+            )
+
+    async def checksum(self, path: str, size: int) -> str:
+        """The server's digest of the whole file at ``path``, in :attr:`digest_algorithm`,
+        without its data: a GET from ``size`` (the file's size, as a listing gave it) on. To
+        compare a local copy by content (``ftx get --checksum``).
+
+        Raises:
+            RemoteError: the server refused (``bad-request`` if the file is now shorter than
+                ``size``, ``not-found``, ...).
+            ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        async with self._lock:
+            await self._check_open()
+            await self._send(get_request(self, path, True, size))
+            message = await self._receive()
+            while not isinstance(message, FileEnd | Error):
+                message = await self._receive()  # FILE, and DATA if the file grew since
+            if isinstance(message, Error):
+                raise RemoteError(message.code, message.message)
+            return message.digest or ""
 
     async def get_many(
         self,

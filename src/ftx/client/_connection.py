@@ -7,6 +7,7 @@ Protocols they declare (``DownloadWire``, ``FetchWire``, ``UploadWire``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Final
 
 import trio
@@ -40,6 +41,8 @@ PROGRESS_BYTES: Final = 65536
 """While an answer is due, the server must send this many bytes of file content, or a message
 other than DATA, within the idle timeout (the time spent waiting for it, not the client's own
 work in between); else the client gives up (docs/protocol.md, section 3)."""
+
+logger = logging.getLogger("ftx.client")
 
 
 class ClientConnection(trio.abc.AsyncResource):
@@ -125,6 +128,14 @@ class ClientConnection(trio.abc.AsyncResource):
                     await self._receive()  # AUTH_OK, checked by the protocol
                 # Chosen now, so that a digest the server does not compute fails here.
                 self._digest_algorithm = choose_digest(self._protocol.features, self._digest_choice)
+                logger.debug(
+                    "handshake done: server %r, protocol version %s, features in use: %s; "
+                    "digest %s",
+                    message.agent,
+                    self._protocol.version,
+                    ", ".join(sorted(map(repr, self._protocol.features))) or "none",
+                    self._digest_algorithm,
+                )
             except (AuthenticationError, LocalProtocolError):
                 await self._fail()
                 raise

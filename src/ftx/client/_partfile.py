@@ -90,14 +90,14 @@ def check_destination(
 
     Raises:
         LocalFileError: ``target`` exists (and ``overwrite`` is false), is not a regular file
-            or a symbolic link (a device, a pipe, a directory: never replaced), or its
+            or a symbolic link to one (a device, a pipe, a socket, a directory, or a link to one
+            of those: never replaced, never written through, ``overwrite`` or not), or its
             directory does not exist.
     """
     if is_null_device(target):
         return
-    if overwrite:
-        _check_replaceable(target)
-    elif os.path.lexists(target):
+    _check_replaceable(target)  # never a device, a pipe, a socket, or a link to one
+    if not overwrite and os.path.lexists(target):
         raise LocalFileError(f"{target} already exists (use --force to replace)")
     parent = os.path.dirname(target) or "."
     if known_directories is not None and parent in known_directories:
@@ -137,16 +137,29 @@ def is_null_device(target: str | os.PathLike[str]) -> bool:
 
 
 def _check_replaceable(target: str | os.PathLike[str]) -> None:
-    """Refuse to replace anything but a file or a symbolic link (as root, a device node)."""
+    """Refuse to replace anything but a file, a symbolic link to a file or a dangling link (as
+    root, a device node; or a link to standard output, which would then be written through)."""
     try:
         mode = os.lstat(target).st_mode
+        if stat.S_ISLNK(mode):
+            mode = os.stat(target).st_mode  # what the link leads to
     except (FileNotFoundError, NotADirectoryError):
-        return  # nothing there (the caller checks the directory)
+        return  # nothing there, or a dangling link (the caller checks the directory)
     except OSError as exc:
         raise LocalFileError(f"cannot save to {target}: {exc.strerror}") from exc
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise LocalFileError(f"{target} is {kind}: ftx replaces only files")
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else f"not a regular file ({_kind(mode)})"
+        raise LocalFileError(f"{target} is {kind}: ftx writes only files (-o - for stdout)")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
 
 
 def part_for(target: Path) -> PartFile:

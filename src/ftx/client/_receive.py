@@ -8,6 +8,7 @@ hashed in a worker thread); small chunks are written and hashed in the event loo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.framing import Buffer
 from ftx.protocol import ClientProtocol, ErrorCode, Hasher, new_hasher
 from ftx.protocol.messages import Data, Error, FileEnd, FileHeader, Get, Message
+
+logger = logging.getLogger("ftx.client")
 
 __all__ = [
     "Download",
@@ -58,6 +61,9 @@ class Download:
     digest_algorithm: str | None
     """``"xxh3-128"``, ``"blake3"`` or ``"sha256"``; ``None`` if verification was off."""
     seconds: float
+    offset: int = 0
+    """The bytes a resumed download already held (its part file's); only the rest crossed the
+    network in ``seconds``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +116,24 @@ async def download(
     progress: ProgressCallback | None,
     options: GetOptions,
     resume: bool,
+    part: PartFile | None = None,
 ) -> Download:
     """Download the file at ``path`` on the server to ``target`` (checked by the caller)
-    through its part file; from where an earlier download of it stopped, if ``resume`` and the
-    server's file is still the one the part holds the start of (else from zero). A resumed
-    download that does not verify is started again from zero, once (docs/protocol.md, 9.5).
+    through its part file (``part``, if given: e.g. one that streams to standard output); from
+    where an earlier download of it stopped, if ``resume`` and the server's file is still the
+    one the part holds the start of (else from zero). A resumed download that does not verify
+    is started again from zero, once (docs/protocol.md, 9.5).
 
     Raises:
         RemoteError, IntegrityError, LocalFileError, ConnectionLostError, RemoteProtocolError:
             as :meth:`ftx.Client.get` says.
     """
     started = time.monotonic()
-    part = part_for(target)
+    part = part if part is not None else part_for(target)
     resume_from = part.resumable(path) if resume else None
     if resume_from is not None:
         offset, identity = resume_from
+        logger.debug("%r: resuming at byte %d of %s (identity %r)", path, offset, target, identity)
         await wire._send(get_request(wire, path, options.verify, offset, identity))
         try:
             return await receive_answer(
@@ -134,8 +143,10 @@ async def download(
             if exc.code != ErrorCode.CHANGED:
                 raise
             # The file is not the one the part holds the start of: start from zero.
+            logger.debug("%r changed on the server since the part was written: from zero", path)
         except IntegrityError:
-            pass  # the part did not hold the start of this file (it is gone): once from zero
+            # The part did not hold the start of this file (it is gone): once from zero.
+            logger.debug("%r: the resumed download did not verify: from zero", path)
     await wire._send(get_request(wire, path, options.verify))
     return await receive_answer(wire, path, part, progress, options, started)
 
@@ -220,6 +231,7 @@ async def receive_answer(
         digest,
         header.digest if digest else None,
         time.monotonic() - started,
+        header.offset,
     )
 
 
@@ -277,6 +289,14 @@ async def _receive_file(
         part.discard()  # e.g. the file changed mid-way: these bytes are of no use
         raise RemoteError(message.code, message.message)
     assert isinstance(message, FileEnd)
+    if hasher is not None:
+        logger.debug(
+            "%d bytes received; %s digest %s, the server's %r",
+            header.size,
+            header.digest,
+            hasher.hexdigest(),
+            message.digest,
+        )
     if hasher is not None and message.digest != hasher.hexdigest():
         part.discard()
         raise IntegrityError(

@@ -31,6 +31,7 @@ import trio
 from ftx._threads import run_together
 from ftx.client._client import Client, Download
 from ftx.client._flush import sync_file_systems
+from ftx.client._streams import file_digest
 from ftx.errors import FtxError, LocalFileError, RemoteError, RemoteProtocolError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
@@ -84,6 +85,16 @@ def _make_directory(path: Path) -> None:
         raise LocalFileError(f"cannot create {path}: {exc.strerror}") from exc
 
 
+async def _same_digest(client: Client, remote: str, local: Path, entry: Entry) -> bool:
+    """Whether the local file has the server's digest of ``remote`` (``checksum``)."""
+    try:
+        theirs = await client.checksum(remote, entry.size)
+        ours = await trio.to_thread.run_sync(file_digest, local, client.digest_algorithm)
+    except (RemoteError, OSError):
+        return False  # the download then says what is wrong
+    return ours == theirs
+
+
 def _up_to_date(target: Path, entry: Entry) -> bool:
     try:
         st = os.lstat(target)
@@ -107,6 +118,7 @@ async def download(
     preserve_mode: bool = False,
     on_done: Callable[[str, Download | FtxError | Skipped], object] | None = None,
     progress: TreeProgress | None = None,
+    checksum: bool = False,
 ) -> list[tuple[str, Download | FtxError | Skipped]]:
     """Download the files (and, with ``recursive``, the directory trees) at ``paths`` into the
     directory ``dest`` (the current directory when ``None``), over ``jobs`` connections.
@@ -121,6 +133,8 @@ async def download(
         preserve_mode: give files the server's permission bits (see :meth:`ftx.Client.get`).
         on_done: called with ``(remote path, result)`` for every file found, as it ends.
         progress: updated in place as files are found and data arrives.
+        checksum: a file present with the server's size and time is up to date only if its
+            digest is the server's too (one more request, and a read of the local file).
 
     Returns:
         every ``(remote path, result)``, in the order the files finished.
@@ -139,9 +153,9 @@ async def download(
     totals = progress if progress is not None else TreeProgress()
     results: list[tuple[str, Download | FtxError | Skipped]] = []
 
-    def finish(path: str, result: Download | FtxError | Skipped) -> None:
+    def finish(path: str, result: Download | FtxError | Skipped, *, counted: bool = True) -> None:
         totals.in_flight.discard(path)
-        totals.files_done += 1
+        totals.files_done += counted
         results.append((path, result))
         if on_done is not None:
             on_done(path, result)
@@ -161,12 +175,16 @@ async def download(
             walk = _walk(lister, paths, root, recursive)
             async for remote, local, entry in walk:
                 if isinstance(entry, Skipped | FtxError):
-                    totals.files_found += 1
-                    finish(remote, entry)
+                    # Not a file to fetch (a link, a pipe, a refused name): not in the totals.
+                    finish(remote, entry, counted=False)
                     continue
                 totals.files_found += 1
                 totals.bytes_found += entry.size
-                if _up_to_date(local, entry) and not overwrite:
+                if (
+                    not overwrite
+                    and _up_to_date(local, entry)
+                    and (not checksum or await _same_digest(lister, remote, local, entry))
+                ):
                     totals.bytes_done += entry.size
                     finish(remote, Skipped(remote, "up to date"))
                     continue
@@ -295,6 +313,7 @@ async def _walk(
             try:
                 listings[parent] = _by_name(await client.list(parent), parent)
             except RemoteError as exc:
+                _raise_if_transient(exc)
                 listings[parent] = exc
         listing = listings[parent]
         if isinstance(listing, RemoteError):
@@ -329,6 +348,7 @@ async def _walk(
         try:
             entries = _by_name(await client.list(directory), directory)
         except RemoteError as exc:
+            _raise_if_transient(exc)
             yield directory, local_directory, exc
             continue
         for name, entry in sorted(entries.items()):
@@ -369,6 +389,14 @@ def _by_name(entries: list[Entry], directory: str) -> dict[str, Entry | FtxError
             "none of them was fetched"
         )
     return by_name
+
+
+def _raise_if_transient(exc: RemoteError) -> None:
+    """A listing refused as ``busy`` or ``shutting-down`` concerns the connection, not the
+    directory: raise it, so that the caller can try the whole run again (not report the
+    directory as failed)."""
+    if exc.code in (ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN):
+        raise exc
 
 
 def _fetchable(remote: str, entry: Entry) -> Entry | Skipped:

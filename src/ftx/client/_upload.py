@@ -20,6 +20,7 @@ the files to send, top-down, for ``ftx put -r``.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -47,6 +48,8 @@ __all__ = [
     "plan_uploads",
     "send_file",
 ]
+
+logger = logging.getLogger("ftx.client")
 
 ProgressCallback = Callable[[int, int], object]
 UPLOAD_CHUNK: Final = 512 * 1024
@@ -185,6 +188,7 @@ async def send_file(
         try:
             return await _send_once(wire, local, path, token, overwrite, preserve_mtime, progress)
         except _ResumedMismatchError:
+            logger.debug("%s: the resumed upload did not verify: sending it again from zero", path)
             # The part the server held did not hold the start of this file after all: again,
             # from zero (the server dropped the part).
             upload = await _send_once(wire, local, path, token, overwrite, preserve_mtime, progress)
@@ -230,6 +234,8 @@ async def _send_once(
         raise RemoteError(answer.code, answer.message)
     assert isinstance(answer, Ready)  # ClientProtocol lets nothing else through
     offset = answer.offset
+    if offset:
+        logger.debug("%s: the server holds its first %d bytes: resuming from there", path, offset)
     try:
         digest = await _send_data(wire, local, offset, new_hasher(algorithm), progress)
         await wire._send(FileEnd(request_id, digest))

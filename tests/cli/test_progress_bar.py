@@ -1,0 +1,115 @@
+"""What a person sees on a terminal (a pseudo-terminal read back through a terminal emulator)
+while ftx transfers: the bar in IEC units with its rate at any width, messages on lines of
+their own, the last frame showing the totals, resumed transfers said and timed on what moved
+(issue 16.3, 16.4 and 16.5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+import ftx
+from cli_helpers import OK, ftx_run, in_terminal
+from conftest import SAMPLE_FILES, ServerStarter
+
+BAR = re.compile(r"(\d+)%")
+IEC_RATE = re.compile(r"\d+\.\d (B|KiB|MiB|GiB)/s")
+
+
+def _bar_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if BAR.search(line)]
+
+
+@pytest.mark.parametrize("columns", [100, 40])
+def test_one_file(tmp_path: Path, start_ftx_server: ServerStarter, columns: int) -> None:
+    server = start_ftx_server(SAMPLE_FILES)
+    code, screen = in_terminal(
+        ["get", server.address, "random-3MiB.bin"], columns=columns, cwd=tmp_path
+    )
+    assert code == OK, screen
+    bars = _bar_lines(screen)
+    assert len(bars) == 1, screen  # redrawn in place, never a line per frame
+    bar = bars[0]
+    assert "100%" in bar
+    assert "3.0/3.0 MiB" in bar
+    assert IEC_RATE.search(bar), bar  # the rate survives at 40 columns
+    assert "MB" not in bar.replace("MiB", "")
+    assert len(bar) < columns
+    assert "3MiB.bin" in bar  # the label is shortened from its start
+    saved = "\n".join(screen[screen.index(bar) + 1 :])
+    assert saved.replace("\n", "").startswith("saved random-3MiB.bin (3.0 MiB in ")
+
+
+@pytest.mark.parametrize("columns", [100, 40])
+def test_several_files(tmp_path: Path, start_ftx_server: ServerStarter, columns: int) -> None:
+    root = tmp_path / "served"
+    shutil.copytree(SAMPLE_FILES / "nested", root)
+    shutil.copy(SAMPLE_FILES / "random-3MiB.bin", root)
+    os.mkfifo(root / "fifo")
+    server = start_ftx_server(root)
+    code, screen = in_terminal(
+        ["get", "-r", server.address, "/", "-o", "copy"], columns=columns, cwd=tmp_path
+    )
+    assert code == OK, screen
+    assert "skipped fifo: not a regular file" in screen  # a line of its own
+    bars = _bar_lines(screen)
+    assert len(bars) == 1, screen
+    bar = bars[0]
+    assert bar.startswith("3/3 files 100%"), bar  # the last frame; the FIFO is not a file
+    assert IEC_RATE.search(bar), bar
+    assert len(bar) < columns
+    assert screen[screen.index(bar) + 1].startswith("3 file(s) saved (3.0 MiB in ")
+    assert screen.index("skipped fifo: not a regular file") < screen.index(bar)
+
+
+async def _interrupt(port: int, path: str, dest: Path, after: int) -> None:
+    """Download ``path`` to ``dest`` and stop once ``after`` bytes arrived: the part file and
+    its resume record stay, as after a lost connection."""
+
+    class Stop(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if done >= after:
+            raise Stop
+
+    async with ftx.connect("127.0.0.1", port) as client:
+        try:
+            await client.get(path, dest, progress=progress)
+        except Stop:
+            return
+    raise AssertionError("the download was not interrupted")
+
+
+@pytest.mark.parametrize("columns", [100])
+def test_a_resumed_download_says_so(
+    tmp_path: Path, start_ftx_server: ServerStarter, columns: int
+) -> None:
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "r.bin").write_bytes(os.urandom(8 << 20))
+    server = start_ftx_server(root)
+    out = tmp_path / "out"
+    out.mkdir()
+    trio.run(_interrupt, server.port, "r.bin", out / "r.bin", 5 << 20)
+    held = (out / "r.bin.part").stat().st_size
+    assert held >= 5 << 20
+    code, screen = in_terminal(["get", server.address, "r.bin"], columns=columns, cwd=out)
+    assert code == OK, screen
+    said = "".join(screen[1:])
+    resumed = f"{held / 2**20:.1f} MiB"
+    moved = f"{((8 << 20) - held) / 2**20:.1f} MiB"
+    assert said.startswith(f"saved r.bin (8.0 MiB, resumed at {resumed}: {moved} in "), said
+    assert (out / "r.bin").read_bytes() == (root / "r.bin").read_bytes()
+    # --json says it too.
+    (out / "r.bin").unlink()
+    trio.run(_interrupt, server.port, "r.bin", out / "r.bin", 5 << 20)
+    result = ftx_run("get", "--json", server.address, "r.bin", cwd=out)
+    assert result.returncode == OK, result.stderr
+    assert json.loads(result.stdout)["offset"] >= 5 << 20
