@@ -118,3 +118,12 @@ def test_guide_local_links_lead_somewhere(guide: Path) -> None:
             assert (guide.parent / target).exists(), f"{guide.name}: {link} leads nowhere"
         else:
             assert anchor in anchors, f"{guide.name}: #{anchor} is no heading of the guide"
+
+
+def test_the_guide_s_tcp_example_runs_as_written(tmp_path: Path) -> None:
+    """The embedding guide's TCP block is a whole program (a free port, a main): run as it is,
+    it asks once and prints the echo."""
+    [code] = [code for _, code in BLOCKS if "async def ask(port" in code]
+    script = tmp_path / "tcp_example.py"
+    script.write_text(code, encoding="utf-8")
+    assert run_example(script) == ["b'you said: hello'"]
