@@ -23,6 +23,7 @@ import trio
 import ftx
 from ftx._tls import file_fingerprint, server_context
 from ftx.cli._address import Address
+from ftx.cli._balancer import add_balancer_options, balancer_settings
 from ftx.cli._connect import token_from
 from ftx.cli._errors import CliError, ExitCode
 from ftx.cli._options import parse_positive_count, parse_positive_seconds
@@ -153,6 +154,7 @@ def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="with --writable: refuse files larger than SIZE (e.g. 500M, 2G; default: no limit)",
     )
+    add_balancer_options(parser)
 
 
 def check_upload_options(args: argparse.Namespace) -> None:
@@ -194,6 +196,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             max_upload_size=args.max_upload_size,
             ssl_context=context,
             token=token,
+            **balancer_settings(args),  # type: ignore[arg-type]
         )
         server = ftx.Server(root, config)
     except OSError as exc:

@@ -10,7 +10,7 @@ connection), ``_downloads`` and ``_uploads`` (answering GET/LIST and PUT/MKDIR),
 """
 
 from ftx.server._access_log import JsonFormatter
-from ftx.server._config import DEFAULT_CHUNK_SIZE, ServerConfig
+from ftx.server._config import DEFAULT_CHUNK_SIZE, IDENTITY_MODES, IdentityMode, ServerConfig
 from ftx.server._limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_PORT",
+    "IDENTITY_MODES",
+    "IdentityMode",
     "JsonFormatter",
     "Server",
     "ServerConfig",

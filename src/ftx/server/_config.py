@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import ssl
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
 from ftx.protocol import MIN_FRAME_SIZE, check_token
@@ -17,7 +17,10 @@ from ftx.server._limits import (
     DEFAULT_MAX_CONNECTIONS,
 )
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ServerConfig"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "IDENTITY_MODES", "IdentityMode", "ServerConfig"]
+
+IdentityMode = Literal["local", "portable"]
+IDENTITY_MODES: Final[tuple[IdentityMode, ...]] = ("local", "portable")
 
 DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 
@@ -46,10 +49,15 @@ class ServerConfig:
         token: require clients to prove, by challenge and response, that they know this shared
             token (at least 16 bytes; see :mod:`ftx.protocol._auth`). It never crosses the
             wire, and is left out of the ``repr``.
+        identity: how files are named to clients for resuming (docs/protocol.md, section
+            9.4): ``"local"`` (device, inode, size, mtime and ctime: a resume continues only on
+            this server's copy) or ``"portable"`` (relative path, size and mtime: a resume may
+            continue on any server holding the same file, e.g. replicas behind a balancer).
 
     Raises:
         ValueError: a size or limit is out of range, a timeout is not a positive number, an
-            upload setting is given without ``writable``, or the token is too short.
+            upload setting is given without ``writable``, the token is too short, or the
+            identity mode is unknown.
     """
 
     writable: bool = False
@@ -62,6 +70,7 @@ class ServerConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     ssl_context: ssl.SSLContext | None = None
     token: str | bytes | None = field(default=None, repr=False)
+    identity: IdentityMode = "local"
 
     def __post_init__(self) -> None:
         if self.max_upload_size is not None and self.max_upload_size < 0:
@@ -82,3 +91,5 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds")
         if self.token is not None:
             check_token(self.token)
+        if self.identity not in IDENTITY_MODES:
+            raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}")

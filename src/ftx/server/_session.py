@@ -23,6 +23,7 @@ from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
+    PORTABLE_IDENTITY_FEATURE,
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
     ErrorCode,
@@ -96,16 +97,20 @@ class Session:
         self._outbox: list[tuple[Buffer, ...]] = []
         self._outbox_bytes = 0
         self._unlogged: list[AccessRecord] = []
+        portable = config.identity == "portable"
         uploads = frozenset({UPLOAD_FEATURE}) if config.writable else frozenset()
+        identity = frozenset({PORTABLE_IDENTITY_FEATURE}) if portable else frozenset()
         self._protocol = ServerProtocol(
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads,
+            features=DIGEST_FEATURES | uploads | identity,
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
-        self._downloads = DownloadHandler(self, resources, self._protocol, sendfile=sendfile)
+        self._downloads = DownloadHandler(
+            self, resources, self._protocol, sendfile=sendfile, portable=portable
+        )
         self._uploads = UploadHandler(self, config, resources.root)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:

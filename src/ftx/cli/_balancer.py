@@ -1,0 +1,42 @@
+"""``ftx serve``'s options for running several servers behind a load balancer: how files are
+named for resuming (``--identity``), where digests are kept between runs (``--state-dir``), and
+which balancers may tell the client's address (``--proxy-protocol-from``). See docs/deploy.md."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+from ftx.cli._errors import CliError, ExitCode
+from ftx.server import IDENTITY_MODES
+
+__all__ = ["add_balancer_options", "balancer_settings"]
+
+
+def add_balancer_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--identity``, ``--state-dir`` and ``--proxy-protocol-from`` to ``parser``."""
+    group = parser.add_argument_group("behind a load balancer (docs/deploy.md)")
+    group.add_argument(
+        "--identity",
+        choices=IDENTITY_MODES,
+        default="local",
+        help="how files are named for resuming: 'local' (this copy only, the default) or "
+        "'portable' (path, size and mtime: a download resumes on any replica holding the same "
+        "file)",
+    )
+
+
+def balancer_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`ftx.ServerConfig` settings that these options give.
+
+    Raises:
+        CliError: an option's value cannot be used.
+    """
+    return {"identity": args.identity}
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise CliError(f"{text!r} is not an address or CIDR block", ExitCode.USAGE) from None
