@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from ftx.cli._errors import CliError, ExitCode
 from ftx.server import IDENTITY_MODES
 
 __all__ = ["add_balancer_options", "balancer_settings"]
@@ -24,6 +23,16 @@ def add_balancer_options(parser: argparse.ArgumentParser) -> None:
         "'portable' (path, size and mtime: a download resumes on any replica holding the same "
         "file)",
     )
+    group.add_argument(
+        "--proxy-protocol-from",
+        nargs="+",
+        type=_network,
+        default=[],
+        metavar="CIDR",
+        help="load balancers (addresses or CIDR blocks) whose connections begin with a PROXY "
+        "protocol header (HAProxy send-proxy-v2 or send-proxy) naming the real client; a "
+        "header from any other address is refused",
+    )
 
 
 def balancer_settings(args: argparse.Namespace) -> dict[str, object]:
@@ -32,11 +41,11 @@ def balancer_settings(args: argparse.Namespace) -> dict[str, object]:
     Raises:
         CliError: an option's value cannot be used.
     """
-    return {"identity": args.identity}
+    return {"identity": args.identity, "proxy_protocol_from": tuple(args.proxy_protocol_from)}
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise CliError(f"{text!r} is not an address or CIDR block", ExitCode.USAGE) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address or CIDR block") from None

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import ssl
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "IDENTITY_MODES", "IdentityMode", "ServerConfig
 
 IdentityMode = Literal["local", "portable"]
 IDENTITY_MODES: Final[tuple[IdentityMode, ...]] = ("local", "portable")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 
@@ -53,11 +55,17 @@ class ServerConfig:
             9.4): ``"local"`` (device, inode, size, mtime and ctime: a resume continues only on
             this server's copy) or ``"portable"`` (relative path, size and mtime: a resume may
             continue on any server holding the same file, e.g. replicas behind a balancer).
+        proxy_protocol_from: the networks of the load balancers that connect on behalf of
+            clients: a connection from one of them must begin with a PROXY protocol header
+            (version 1 or 2), whose client address then stands for the connection in the logs;
+            a connection from anywhere else that begins with one is refused. Strings
+            (``"10.0.0.0/8"``, ``"192.0.2.7"``) are accepted and converted. Empty: no PROXY
+            headers are read (the default).
 
     Raises:
         ValueError: a size or limit is out of range, a timeout is not a positive number, an
-            upload setting is given without ``writable``, the token is too short, or the
-            identity mode is unknown.
+            upload setting is given without ``writable``, the token is too short, the
+            identity mode is unknown, or a network is not one.
     """
 
     writable: bool = False
@@ -71,6 +79,7 @@ class ServerConfig:
     ssl_context: ssl.SSLContext | None = None
     token: str | bytes | None = field(default=None, repr=False)
     identity: IdentityMode = "local"
+    proxy_protocol_from: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_upload_size is not None and self.max_upload_size < 0:
@@ -91,5 +100,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds")
         if self.token is not None:
             check_token(self.token)
+        # (Strings too, though typed as networks: converted, or a ValueError.)
+        networks = tuple(
+            ipaddress.ip_network(network, strict=False) for network in self.proxy_protocol_from
+        )
+        object.__setattr__(self, "proxy_protocol_from", networks)
         if self.identity not in IDENTITY_MODES:
             raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}")

@@ -30,6 +30,12 @@ from ftx.protocol import ErrorCode
 from ftx.server._config import ServerConfig
 from ftx.server._limits import WriteStalledError
 from ftx.server._listen import FdReserve, accept_loop
+from ftx.server._proxy import (
+    begins_like_proxy_header,
+    is_allowed,
+    peer_address,
+    read_proxy_header,
+)
 from ftx.server._resources import ServerResources
 from ftx.server._session import Session
 
@@ -189,15 +195,53 @@ class Server:
         Never raises, except :exc:`trio.Cancelled` and :exc:`KeyboardInterrupt`: a failure is
         logged and ends this connection only.
         """
-        if self._closing:
-            await self._refuse(stream, ErrorCode.SHUTTING_DOWN)
+        peer = await self._admit(stream)
+        if peer is None:
+            await trio.aclose_forcefully(stream)
+        elif self._closing:
+            await self._refuse(stream, ErrorCode.SHUTTING_DOWN, peer)
         elif len(self._sessions) >= self.config.max_connections:
-            await self._refuse(stream, ErrorCode.BUSY)
+            await self._refuse(stream, ErrorCode.BUSY, peer)
         else:
-            await self._handle(stream)
+            await self._handle(stream, peer)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _admit(self, stream: trio.abc.Stream) -> str | None:
+        """The name of the client on ``stream`` for the logs, or ``None`` if it is refused.
+
+        With ``config.proxy_protocol_from``, a connection from one of those balancers must
+        begin with a PROXY header, and is named by the client address it carries; one from
+        anywhere else must not begin with one. Both are bounded by the handshake deadline.
+        """
         peer = _peer_name(stream)
+        networks = self.config.proxy_protocol_from
+        transport = transport_of(stream)
+        if not networks or not isinstance(transport, trio.SocketStream):
+            return peer
+        trusted = is_allowed(peer_address(transport), networks)
+        with trio.move_on_after(self.config.handshake_timeout):
+            try:
+                if not trusted:
+                    if await begins_like_proxy_header(transport):
+                        logger.warning(
+                            "%s: refused: a PROXY header from an address not allowed to send one",
+                            peer,
+                        )
+                        return None
+                    return peer
+                header = await read_proxy_header(transport)
+            except RemoteProtocolError as exc:
+                logger.warning("%s: refused: %s", peer, exc)
+                return None
+            except OSError as exc:
+                logger.info("%s: connection lost (%s)", peer, exc)
+                return None
+            if header.source is None:
+                return peer
+            return _address_name(*header.source)
+        logger.info("%s: no PROXY header within %g s; closing", peer, self.config.handshake_timeout)
+        return None
+
+    async def _handle(self, stream: trio.abc.Stream, peer: str) -> None:
         session = Session(self.config, self._resources, stream, peer)
         self._sessions.add(session)
         try:
@@ -221,14 +265,16 @@ class Server:
             self._sessions_changed.unpark_all()
             await session.aclose()
 
-    async def _refuse(self, stream: trio.abc.Stream, code: ErrorCode = ErrorCode.BUSY) -> None:
+    async def _refuse(
+        self, stream: trio.abc.Stream, code: ErrorCode = ErrorCode.BUSY, peer: str | None = None
+    ) -> None:
         """Answer the client's HELLO with a connection-level ERROR (``busy`` or
         ``shutting-down``), and close.
 
         Bounded in time, and in number: past :data:`_MAX_REFUSALS` at once, connections are
         closed without a word.
         """
-        peer = _peer_name(stream)
+        peer = peer or _peer_name(stream)
         if self._refusals >= _MAX_REFUSALS:
             logger.info("%s: refused (%s), closed at once", peer, code)
             await trio.aclose_forcefully(stream)
@@ -282,7 +328,10 @@ def _peer_name(stream: trio.abc.Stream) -> str:
         except OSError:
             return "unknown peer"
         if isinstance(address, tuple):
-            host, port = address[0], address[1]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return _address_name(address[0], address[1])
         return str(address) or "local peer"
     return type(transport).__name__
+
+
+def _address_name(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
