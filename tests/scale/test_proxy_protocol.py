@@ -4,8 +4,11 @@ docs/protocol.md, section 3.2), read only from the addresses allowed to send it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import trio
@@ -241,11 +244,23 @@ def test_networks_are_checked() -> None:
 # ------------------------------------------------------------------ the fuzz target, briefly
 
 
+def fuzz_runner() -> ModuleType:
+    """fuzz/fuzz_decoders.py, loaded once (as tests/protocol/test_fuzz.py loads it)."""
+    if "fuzz_decoders" not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_decoders.py"
+        spec = importlib.util.spec_from_file_location("fuzz_decoders", path)
+        assert spec is not None, path
+        assert spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while being made
+        spec.loader.exec_module(module)
+    return sys.modules["fuzz_decoders"]
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.randoms(use_true_random=False), st.integers(0, 2**32 - 1))
 def test_the_fuzz_target_finds_nothing_in_mutated_headers(rng, seed: int) -> None:
-    from test_fuzz import runner  # fuzz/fuzz_decoders.py, loaded as tests/protocol does
-
+    runner = fuzz_runner()
     payloads = runner.mutate_payloads(runner.proxy_seeds(), rng, runner.proxy_seeds())
     _, finding = runner.run_case(runner.TARGETS["proxy"], runner.Case(payloads, seed), True)
     assert finding is None, f"{finding.oracle}: {finding.detail}"
