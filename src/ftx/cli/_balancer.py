@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
+from ftx.cli._errors import CliError, ExitCode
 from ftx.server import IDENTITY_MODES
 
 __all__ = ["add_balancer_options", "balancer_settings"]
@@ -22,6 +23,13 @@ def add_balancer_options(parser: argparse.ArgumentParser) -> None:
         help="how files are named for resuming: 'local' (this copy only, the default) or "
         "'portable' (path, size and mtime: a download resumes on any replica holding the same "
         "file)",
+    )
+    group.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the digests of files read whole in DIR (outside the served directory; one "
+        "SQLite file, safe to share between servers on this machine), so that a restarted "
+        "server does not read a large file again before sending its digest",
     )
     group.add_argument(
         "--proxy-protocol-from",
@@ -41,7 +49,13 @@ def balancer_settings(args: argparse.Namespace) -> dict[str, object]:
     Raises:
         CliError: an option's value cannot be used.
     """
-    return {"identity": args.identity, "proxy_protocol_from": tuple(args.proxy_protocol_from)}
+    if args.state_dir is not None and not args.state_dir.strip():
+        raise CliError("--state-dir needs a directory", ExitCode.USAGE)
+    return {
+        "identity": args.identity,
+        "proxy_protocol_from": tuple(args.proxy_protocol_from),
+        "state_dir": args.state_dir,
+    }
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

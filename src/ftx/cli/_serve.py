@@ -201,6 +201,8 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
         server = ftx.Server(root, config)
     except OSError as exc:
         raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
+    except ValueError as exc:  # e.g. a --state-dir inside DIR
+        raise CliError(f"cannot serve {root}: {exc}", ExitCode.USAGE) from None
     return server, root.resolve()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import ssl
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -61,6 +62,9 @@ class ServerConfig:
             a connection from anywhere else that begins with one is refused. Strings
             (``"10.0.0.0/8"``, ``"192.0.2.7"``) are accepted and converted. Empty: no PROXY
             headers are read (the default).
+        state_dir: a directory outside the served one where the server keeps the digests of
+            the files it has read whole (an SQLite database, shared safely by servers on this
+            machine), so that they outlive the process. ``None``: kept in memory only.
 
     Raises:
         ValueError: a size or limit is out of range, a timeout is not a positive number, an
@@ -80,6 +84,7 @@ class ServerConfig:
     token: str | bytes | None = field(default=None, repr=False)
     identity: IdentityMode = "local"
     proxy_protocol_from: tuple[Network, ...] = ()
+    state_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if self.max_upload_size is not None and self.max_upload_size < 0:

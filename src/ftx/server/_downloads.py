@@ -255,7 +255,7 @@ class DownloadHandler:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
         cache_key = f"{request.digest}:{opened.identity}"
-        known = self._resources.digests.get(cache_key) if request.digest else None
+        known = await self._resources.digests.recall(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
         send_chunk = self._session.send_from_file if self._sendfile else self._send_read_chunk
         check_stop = self._session.check_stop
@@ -291,7 +291,7 @@ class DownloadHandler:
                     background.stop_unless(max(position, _FINISH_HASH_FREE))
                     digest = await background.digest()
                     if digest is not None and not opened.changed():
-                        self._resources.digests.put(cache_key, digest)
+                        await self._resources.digests.remember(cache_key, digest)
                 raise
             except BaseException:
                 if background is not None:
@@ -305,7 +305,7 @@ class DownloadHandler:
             digest = await background.digest()
             if digest is None or opened.changed():
                 raise _FileChangedError
-            self._resources.digests.put(cache_key, digest)
+            await self._resources.digests.remember(cache_key, digest)
             return digest
         finally:
             release_buffer()
