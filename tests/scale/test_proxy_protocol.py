@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import socket
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -264,3 +266,22 @@ def test_the_fuzz_target_finds_nothing_in_mutated_headers(rng, seed: int) -> Non
     payloads = runner.mutate_payloads(runner.proxy_seeds(), rng, runner.proxy_seeds())
     _, finding = runner.run_case(runner.TARGETS["proxy"], runner.Case(payloads, seed), True)
     assert finding is None, f"{finding.oracle}: {finding.detail}"
+
+
+async def test_the_balancers_own_health_checks_are_not_logged_as_lost(
+    served_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ftx.server")
+    async with serving(served_root, proxy_protocol_from=("127.0.0.1",)) as (server, port):
+        with trio.fail_after(10):
+            for header in (encode_v2(None, SERVER), encode_v2(CLIENT, SERVER)):
+                async with await client_with_header(port, header) as client:
+                    await client.handshake()
+                    # Reset, as HAProxy ends its checks.
+                    sock = client._channel.transport_stream.socket  # type: ignore[attr-defined]
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                while server.connections:  # noqa: ASYNC110 - bounded
+                    await trio.sleep(0.01)
+    lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+    assert len(lost) == 1, lost
+    assert lost[0].startswith("203.0.113.7:40123: ")  # the real client's, not the check's

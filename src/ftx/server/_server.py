@@ -195,28 +195,30 @@ class Server:
         Never raises, except :exc:`trio.Cancelled` and :exc:`KeyboardInterrupt`: a failure is
         logged and ends this connection only.
         """
-        peer = await self._admit(stream)
-        if peer is None:
+        admitted = await self._admit(stream)
+        if admitted is None:
             await trio.aclose_forcefully(stream)
         elif self._closing:
-            await self._refuse(stream, ErrorCode.SHUTTING_DOWN, peer)
+            await self._refuse(stream, ErrorCode.SHUTTING_DOWN, admitted[0])
         elif len(self._sessions) >= self.config.max_connections:
-            await self._refuse(stream, ErrorCode.BUSY, peer)
+            await self._refuse(stream, ErrorCode.BUSY, admitted[0])
         else:
-            await self._handle(stream, peer)
+            await self._handle(stream, *admitted)
 
-    async def _admit(self, stream: trio.abc.Stream) -> str | None:
-        """The name of the client on ``stream`` for the logs, or ``None`` if it is refused.
+    async def _admit(self, stream: trio.abc.Stream) -> tuple[str, bool] | None:
+        """The name of the client on ``stream`` for the logs, and whether the connection is a
+        balancer's own health check; ``None`` if it is refused.
 
         With ``config.proxy_protocol_from``, a connection from one of those balancers must
-        begin with a PROXY header, and is named by the client address it carries; one from
-        anywhere else must not begin with one. Both are bounded by the handshake deadline.
+        begin with a PROXY header, and is named by the client address it carries (a header that
+        carries none marks the balancer's health check, whose end is logged only with -v); one
+        from anywhere else must not begin with one. Both are bounded by the handshake deadline.
         """
         peer = _peer_name(stream)
         networks = self.config.proxy_protocol_from
         transport = transport_of(stream)
         if not networks or not isinstance(transport, trio.SocketStream):
-            return peer
+            return peer, False
         trusted = is_allowed(peer_address(transport), networks)
         with trio.move_on_after(self.config.handshake_timeout):
             try:
@@ -227,7 +229,7 @@ class Server:
                             peer,
                         )
                         return None
-                    return peer
+                    return peer, False
                 header = await read_proxy_header(transport)
             except RemoteProtocolError as exc:
                 logger.warning("%s: refused: %s", peer, exc)
@@ -236,12 +238,12 @@ class Server:
                 logger.info("%s: connection lost (%s)", peer, exc)
                 return None
             if header.source is None:
-                return peer
-            return _address_name(*header.source)
+                return peer, True
+            return _address_name(*header.source), False
         logger.info("%s: no PROXY header within %g s; closing", peer, self.config.handshake_timeout)
         return None
 
-    async def _handle(self, stream: trio.abc.Stream, peer: str) -> None:
+    async def _handle(self, stream: trio.abc.Stream, peer: str, probe: bool = False) -> None:
         session = Session(self.config, self._resources, stream, peer)
         self._sessions.add(session)
         try:
@@ -249,7 +251,8 @@ class Server:
         except WriteStalledError as exc:
             logger.info("%s: cut off: %s", peer, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            logger.info("%s: connection lost (%s)", peer, exc.__cause__ or exc)
+            level = logging.DEBUG if probe else logging.INFO  # health checks end with a reset
+            logger.log(level, "%s: connection lost (%s)", peer, exc.__cause__ or exc)
         except IncompleteFrameError as exc:
             # A broken connection, not a violation (docs/protocol.md, section 4): the client
             # vanished mid-frame (killed, its network gone); there is no one to tell.
