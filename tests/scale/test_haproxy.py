@@ -7,20 +7,23 @@ skip when haproxy is not installed (``.ci/run`` installs it with apt-get).
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 import ftx
-from conftest import ServerProcess, ServerStarter
+from conftest import PYTHON_M_FTX, ServerProcess, ServerStarter
 
 pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None,
@@ -212,3 +215,109 @@ async def test_stopping_a_node_during_downloads_fails_none(
     assert code == 0
     assert len([t for t in done if t > stopped_at + 0.5]) >= 8, "nothing served after the stop"
     assert "stopping" in servers[0].log.read_text()
+
+
+def throttled_relay(upstream: int, rate: float) -> tuple[int, Callable[[], None]]:
+    """A TCP relay on 127.0.0.1 to ``upstream`` that passes at most ``rate`` bytes a second
+    towards the client (a slow link); returns its port and a function that stops it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    sockets: list[socket.socket] = []
+
+    def pump(source: socket.socket, sink: socket.socket, slow: bool) -> None:
+        try:
+            while not stop.is_set() and (data := source.recv(16384)):
+                sink.sendall(data)
+                if slow:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        with listener:
+            while not stop.is_set():
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                sockets.append(client)
+                server = socket.create_connection(("127.0.0.1", upstream), timeout=5)
+                sockets.append(server)
+                server.settimeout(None)
+                for args in ((client, server, False), (server, client, True)):
+                    threads.append(threading.Thread(target=pump, args=args, daemon=True))
+                    threads[-1].start()
+
+    threads.append(threading.Thread(target=serve, daemon=True))
+    threads[-1].start()
+    port = listener.getsockname()[1]
+
+    def close() -> None:
+        stop.set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(timeout=5)
+        for sock in sockets:
+            sock.close()
+
+    return port, close
+
+
+def established(port: int) -> int:
+    """How many established TCP connections have the local port ``port`` (IPv4)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1 for row in rows if (f := row.split())[3] == "01" and int(f[1].split(":")[1], 16) == port
+    )
+
+
+def test_a_killed_replica_hands_the_download_to_the_other(
+    tmp_path: Path, start_ftx_server: ServerStarter, start_haproxy
+) -> None:
+    """A small s2: replicas (copies, not a shared directory), the serving node killed with
+    SIGKILL mid-download through HAProxy: ftx get resumes on the other, exit 0, verified."""
+    size = 12 << 20
+    content = random.Random(7).randbytes(size)
+    roots = [tmp_path / "node1", tmp_path / "node2"]
+    roots[0].mkdir()
+    (roots[0] / "big.bin").write_bytes(content)
+    shutil.copytree(roots[0], roots[1])  # copy2: the times kept, as rsync -a would
+    servers = [start_ftx_server(root, *SERVER_OPTIONS) for root in roots]
+    balancer = start_haproxy((servers[0].port, servers[1].port))
+    relay, close_relay = throttled_relay(balancer.port, 3 << 20)
+    dest = tmp_path / "big.bin"
+    part = tmp_path / "big.bin.part"
+    command = [*PYTHON_M_FTX, "get", f"127.0.0.1:{relay}", "big.bin", "-o", str(dest)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (part.exists() and part.stat().st_size >= 2 << 20):
+            assert time.monotonic() < deadline, "the download did not start"
+            time.sleep(0.02)
+        serving = [s for s in servers if established(s.port)]
+        assert len(serving) == 1, "cannot tell which node serves"
+        serving[0].process.kill()
+        serving[0].process.wait(timeout=10)
+        kept = part.stat().st_size
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        close_relay()
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, stderr
+    assert "retrying" in stderr
+    assert dest.read_bytes() == content
+    other = next(s for s in servers if s is not serving[0])
+    resumed = re.search(r" GET 'big\.bin' from byte (\d+) (\d+) bytes", other.log.read_text())
+    assert resumed, other.log.read_text()  # not from zero: the identity matched
+    offset, sent = int(resumed[1]), int(resumed[2])
+    assert offset >= kept >= 2 << 20  # nothing the client had kept was sent again
+    assert offset + sent == size
