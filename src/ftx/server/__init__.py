@@ -5,8 +5,9 @@ private modules, by role: ``_server`` (accepting and counting connections), ``_s
 connection), ``_downloads`` and ``_uploads`` (answering GET/LIST and PUT/MKDIR), ``_writes``
 (upload targets on disk), ``_readahead`` (small files read in batches), ``_listen`` (accepting),
 ``_config`` (:class:`ServerConfig`, the settings), ``_limits`` (what a connection may cost),
-``_resources`` (what connections share: the root, buffer pools, digest cache) and
-``_access_log``.
+``_resources`` (what connections share: the root, buffer pools, digest cache),
+``_digest_store`` (digests on disk), ``_proxy`` and ``_proxy_header`` (the PROXY protocol of a
+load balancer) and ``_access_log``.
 """
 
 from ftx.server._access_log import JsonFormatter
