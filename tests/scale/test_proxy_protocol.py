@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import logging
 import socket
+import ssl
 import struct
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import ModuleType
 
 import pytest
 import trio
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -285,3 +287,28 @@ async def test_the_balancers_own_health_checks_are_not_logged_as_lost(
     lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
     assert len(lost) == 1, lost
     assert lost[0].startswith("203.0.113.7:40123: ")  # the real client's, not the check's
+
+
+async def test_the_header_comes_before_tls(
+    served_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(LOOPBACK).configure_cert(context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    caplog.set_level(logging.INFO, logger="ftx.access")
+    options = {"proxy_protocol_from": ("127.0.0.1",), "ssl_context": context}
+    async with serving(served_root, **options) as (_server, port):
+        with trio.fail_after(20):
+            stream = await trio.open_tcp_stream(LOOPBACK, port)
+            await stream.send_all(encode_v2(CLIENT, SERVER))
+            tls = trio.SSLStream(stream, client_context, server_hostname=LOOPBACK)
+            async with ftx.Client(tls) as client:
+                await client.handshake()
+                await client.get("small.txt", tmp_path / "small.txt")
+            while not [r for r in caplog.records if r.name == "ftx.access"]:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert (tmp_path / "small.txt").read_bytes() == SMALL_TEXT
+    record = next(r for r in caplog.records if r.name == "ftx.access")
+    assert record.access["peer"] == "203.0.113.7:40123"  # type: ignore[attr-defined]
