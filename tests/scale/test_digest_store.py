@@ -124,3 +124,19 @@ def test_servers_sharing_the_store_write_at_once(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT count(*) FROM digests").fetchone()[0] == 300
     db.close()
+
+
+def test_a_state_dir_that_cannot_be_made_is_one_line(tmp_path):
+    root = make_root(tmp_path)
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(
+        [*PYTHON_M_FTX, "serve", str(root), "--port", "0", "--state-dir", str(tmp_path / "file")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert "cannot make the state directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from typing import Any
 
 from ftx.cli._errors import CliError, ExitCode
 from ftx.server import IDENTITY_MODES
@@ -43,7 +44,7 @@ def add_balancer_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def balancer_settings(args: argparse.Namespace) -> dict[str, object]:
+def balancer_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`ftx.ServerConfig` settings that these options give.
 
     Raises:

@@ -196,7 +196,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             max_upload_size=args.max_upload_size,
             ssl_context=context,
             token=token,
-            **balancer_settings(args),  # type: ignore[arg-type]
+            **balancer_settings(args),
         )
         server = ftx.Server(root, config)
     except OSError as exc:

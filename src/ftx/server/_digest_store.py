@@ -40,11 +40,13 @@ def check_state_dir(state_dir: str | os.PathLike[str], root: str | os.PathLike[s
     ``root`` (where clients could fetch, or a writable server overwrite, the database).
 
     Raises:
-        ValueError: it is inside the served directory (or is it).
-        OSError: it cannot be made.
+        ValueError: it is inside the served directory (or is it), or cannot be made.
     """
     path = Path(state_dir)
-    path.mkdir(mode=0o700, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot make the state directory {path}: {exc.strerror}") from None
     resolved, served = path.resolve(), Path(root).resolve()
     if resolved == served or served in resolved.parents:
         raise ValueError(f"the state directory {path} must be outside the served directory")

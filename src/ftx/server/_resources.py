@@ -101,9 +101,8 @@ class ServerResources:
             digests are kept in ``config.state_dir`` if set).
 
     Raises:
-        ValueError: ``config.state_dir`` is inside the served directory, or its digest store
-            cannot be opened.
-        OSError: ``config.state_dir`` cannot be made.
+        ValueError: ``config.state_dir`` is inside the served directory, cannot be made, or
+            its digest store cannot be opened.
     """
 
     def __init__(self, root: ServedRoot, config: ServerConfig) -> None:

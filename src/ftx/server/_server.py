@@ -63,6 +63,8 @@ class Server:
 
     Raises:
         OSError: ``root`` cannot be opened as a directory.
+        ValueError: ``config.state_dir`` cannot be used (inside ``root``, cannot be made, or
+            its digest store cannot be opened).
     """
 
     def __init__(
@@ -72,7 +74,12 @@ class Server:
     ) -> None:
         self.config: Final = config
         served = root if isinstance(root, ServedRoot) else ServedRoot(root)
-        self._resources = ServerResources(served, config)
+        try:
+            self._resources = ServerResources(served, config)
+        except BaseException:
+            if served is not root:  # opened here: not the caller's to close
+                served.close()
+            raise
         self._sessions: set[Session] = set()
         self._sessions_changed = trio.lowlevel.ParkingLot()
         self._refusals = 0
