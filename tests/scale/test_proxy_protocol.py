@@ -312,3 +312,18 @@ async def test_the_header_comes_before_tls(
     assert (tmp_path / "small.txt").read_bytes() == SMALL_TEXT
     record = next(r for r in caplog.records if r.name == "ftx.access")
     assert record.access["peer"] == "203.0.113.7:40123"  # type: ignore[attr-defined]
+
+
+async def test_the_header_counts_against_the_handshake_deadline(served_root: Path) -> None:
+    options = {"proxy_protocol_from": ("127.0.0.1",), "handshake_timeout": 0.6}
+    async with serving(served_root, **options) as (_server, port):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(LOOPBACK, port)
+            began = trio.current_time()
+            await trio.sleep(0.4)
+            await stream.send_all(encode_v2(CLIENT, SERVER))  # then no HELLO
+            while await stream.receive_some():
+                pass
+            elapsed = trio.current_time() - began
+            await stream.aclose()
+    assert 0.55 < elapsed < 0.95, elapsed  # one deadline from the connection, not two

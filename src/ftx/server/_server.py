@@ -212,20 +212,20 @@ class Server:
         else:
             await self._handle(stream, *admitted)
 
-    async def _admit(self, stream: trio.abc.Stream) -> tuple[str, bool] | None:
-        """The name of the client on ``stream`` for the logs, and whether the connection is a
-        balancer's own health check; ``None`` if it is refused.
+    async def _admit(self, stream: trio.abc.Stream) -> tuple[str, bool, float] | None:
+        """The name of the client on ``stream`` for the logs, whether the connection is a
+        balancer's own health check, and when it was accepted; ``None`` if it is refused.
 
         With ``config.proxy_protocol_from``, a connection from one of those balancers must
         begin with a PROXY header, and is named by the client address it carries (a header that
         carries none marks the balancer's health check, whose end is logged only with -v); one
         from anywhere else must not begin with one. Both are bounded by the handshake deadline.
         """
-        peer = _peer_name(stream)
+        peer, accepted_at = _peer_name(stream), trio.current_time()
         networks = self.config.proxy_protocol_from
         transport = transport_of(stream)
         if not networks or not isinstance(transport, trio.SocketStream):
-            return peer, False
+            return peer, False, accepted_at
         trusted = is_allowed(peer_address(transport), networks)
         with trio.move_on_after(self.config.handshake_timeout):
             try:
@@ -236,7 +236,7 @@ class Server:
                             peer,
                         )
                         return None
-                    return peer, False
+                    return peer, False, accepted_at
                 header = await read_proxy_header(transport)
             except RemoteProtocolError as exc:
                 logger.warning("%s: refused: %s", peer, exc)
@@ -245,13 +245,15 @@ class Server:
                 logger.info("%s: connection lost (%s)", peer, exc)
                 return None
             if header.source is None:
-                return peer, True
-            return _address_name(*header.source), False
+                return peer, True, accepted_at
+            return _address_name(*header.source), False, accepted_at
         logger.info("%s: no PROXY header within %g s; closing", peer, self.config.handshake_timeout)
         return None
 
-    async def _handle(self, stream: trio.abc.Stream, peer: str, probe: bool = False) -> None:
-        session = Session(self.config, self._resources, stream, peer)
+    async def _handle(
+        self, stream: trio.abc.Stream, peer: str, probe: bool, accepted_at: float
+    ) -> None:
+        session = Session(self.config, self._resources, stream, peer, accepted_at=accepted_at)
         self._sessions.add(session)
         try:
             await session.run()

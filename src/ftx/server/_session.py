@@ -73,6 +73,8 @@ class Session:
         resources: what the server's connections share (the root, buffers, digests).
         stream: the connection, as accepted (TLS, if ``config`` asks for it, is done here).
         peer: the client's name, for the logs.
+        accepted_at: when the connection was accepted (:func:`trio.current_time`), if a PROXY
+            header was read before: the handshake deadline counts from then.
     """
 
     def __init__(
@@ -81,8 +83,12 @@ class Session:
         resources: ServerResources,
         stream: trio.abc.Stream,
         peer: str,
+        *,
+        accepted_at: float | None = None,
     ) -> None:
         self._config = config
+        # The handshake deadline runs from here (trio time), or from the session's start.
+        self._accepted_at = accepted_at
         self._stream = stream
         self._channel = self._frame(stream)
         self._peer = peer
@@ -321,7 +327,10 @@ class Session:
                 (:exc:`~ftx.server._limits.WriteStalledError` when the client stopped reading).
         """
         config = self._config
-        with self._wait(config.handshake_timeout) as handshake:
+        handshake_time = config.handshake_timeout
+        if self._accepted_at is not None:
+            handshake_time += self._accepted_at - trio.current_time()
+        with self._wait(max(0.0, handshake_time)) as handshake:
             shaken = await self._handshake()
         if handshake.cancelled_caught:
             if self._stopping:
