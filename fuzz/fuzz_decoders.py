@@ -17,7 +17,8 @@ Targets (``--target``, all by default):
 - ``server``: payload sequences into :meth:`ftx.protocol.ServerProtocol.receive`, the server
   answering its HELLO and, now and then, the current request, as the real server does;
 - ``pipeline``: byte streams through a ``FrameDecoder`` into a ``ClientProtocol``, as the
-  client reads a socket.
+  client reads a socket;
+- ``proxy``: starts of streams into the PROXY header parser of ``ftx.server._proxy_header``.
 
 Inputs start from valid sessions and are mutated at the frame, payload, JSON and byte level; an
 input that makes a target say something new (a new error message, a new message accepted) is
@@ -82,6 +83,7 @@ from ftx.protocol.messages import (
     decode_message,
     encode_message,
 )
+from ftx.server import _proxy_header as proxy_header
 
 Payloads = list[bytes]
 
@@ -633,6 +635,56 @@ def run_pipeline(case: Case, check_latch: bool) -> set[str]:
     return events
 
 
+# ------------------------------------------------------------------ the PROXY protocol header
+
+
+def proxy_seeds() -> Payloads:
+    """Valid PROXY headers (v1 and v2, each kind), to be mutated; a few bytes of ftx follow."""
+    client, server = ("203.0.113.7", 40123), ("192.0.2.1", 3890)
+    return [
+        proxy_header.encode_v1(client, server) + b"\x00\x00",
+        proxy_header.encode_v1(("2001:db8::1", 1), ("2001:db8::2", 2)),
+        proxy_header.encode_v1(None, server),
+        proxy_header.encode_v2(client, server, tlvs=b"\x04\x00\x02ab") + b"\x00",
+        proxy_header.encode_v2(("2001:db8::1", 1), ("2001:db8::2", 2)),
+        proxy_header.encode_v2(None, server),
+    ]
+
+
+def run_proxy(case: Case, check_latch: bool) -> set[str]:
+    """Each payload is the start of a stream: its header length must not depend on where the
+    bytes were cut, and what it delimits parses or is refused, within the limits."""
+    events: set[str] = set()
+    for data in case.payloads:
+        try:
+            length = proxy_header.header_length(data)
+        except RemoteProtocolError as exc:
+            events.add(_signature(exc))
+            length = -1  # refused: every prefix is refused too, or still undecided
+        for cut in range(len(data)):
+            try:
+                partial = proxy_header.header_length(data[:cut])
+            except RemoteProtocolError:
+                if length != -1:
+                    raise Finding("proxy", "a prefix refused, the whole accepted") from None
+                continue
+            if partial not in (None, length):
+                raise Finding("proxy", f"length {partial} from a prefix, {length} in whole")
+        if length is None or length == -1 or length > len(data):
+            continue
+        if length > proxy_header.V2_MAX_LENGTH:
+            raise Finding("proxy", f"a header of {length} bytes accepted")
+        try:
+            header = proxy_header.parse_proxy_header(data[:length])
+        except RemoteProtocolError as exc:
+            events.add(_signature(exc))
+            continue
+        if header.length != length or (header.version == 1 and length > proxy_header.V1_MAX_LENGTH):
+            raise Finding("proxy", f"parsed {header} from {length} bytes")
+        events.add(f"accepted:v{header.version}:{header.source is not None}")
+    return events
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -649,6 +701,7 @@ TARGETS: Final = {
         Target("client", run_client, lambda: [server_session(), server_session()[:7]], False),
         Target("server", run_server, lambda: [client_session()], False),
         Target("pipeline", run_pipeline, lambda: [server_session()], True),
+        Target("proxy", run_proxy, lambda: [proxy_seeds()], False),
     )
 }
 

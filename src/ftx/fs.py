@@ -44,6 +44,7 @@ __all__ = [
     "ServedRoot",
     "file_identity",
     "is_upload_in_progress",
+    "portable_identity",
     "read_cached_into",
 ]
 
@@ -143,6 +144,19 @@ def file_identity(st: os.stat_result) -> str:
     """
     key = ":".join(map(str, _identity_key(st)))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def portable_identity(path: str, st: os.stat_result) -> str:
+    """An opaque token built only from what replicas of a file share: its path relative to
+    the served root, its size and its modification time (``st_mtime_ns``).
+
+    Two servers holding the same file (a shared directory, or copies made with ``rsync -a`` or
+    ``cp -p``) give it the same token, so a download begun on one can be resumed on the other.
+    It does not change on a write that keeps the size and restores the mtime: what catches
+    such a file is the whole-file digest the client checks at the end.
+    """
+    key = f"portable:{st.st_size}:{st.st_mtime_ns}:{path}"
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _identity_key(st: os.stat_result) -> tuple[int, int, int, int, int]:

@@ -24,6 +24,7 @@ import trio
 import ftx
 from ftx._tls import file_fingerprint, server_context
 from ftx.cli._address import Address
+from ftx.cli._balancer import add_balancer_options, balancer_settings
 from ftx.cli._connect import token_from
 from ftx.cli._errors import CliError, ExitCode
 from ftx.cli._options import parse_positive_count, parse_positive_seconds
@@ -154,6 +155,7 @@ def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="with --writable: refuse files larger than SIZE (e.g. 500M, 2G; default: no limit)",
     )
+    add_balancer_options(parser)
 
 
 def check_upload_options(args: argparse.Namespace) -> None:
@@ -179,21 +181,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
     token = token_from(args.token_file)
     if token is not None:
         _check_token_file(args.token_file)
-        if context is None:
-            logger.warning(
-                "a token without TLS keeps strangers out, but what is transferred can still be "
-                "read, and changed, on the way: add --tls-cert to protect it"
-            )
     check_upload_options(args)
-    if context is None and token is None and not _loopback_only(args.host):
-        logger.warning(
-            "listening on %s with neither TLS nor a token: anyone who can reach it can read "
-            "%s%s, and see what is transferred; add --tls-cert and --token-file, or --host "
-            "127.0.0.1 to stay on this machine ('ftx help' for more)",
-            args.host or "every interface",
-            root,
-            " and write into it" if args.writable else "",
-        )
     try:
         config = ftx.ServerConfig(
             max_connections=args.max_connections,
@@ -204,10 +192,28 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             max_upload_size=args.max_upload_size,
             ssl_context=context,
             token=token,
+            **balancer_settings(args),
         )
         server = ftx.Server(root, config)
     except OSError as exc:
         raise CliError(f"cannot serve {root}: {exc.strerror}", ExitCode.USAGE) from None
+    except ValueError as exc:  # e.g. a --state-dir inside DIR
+        raise CliError(f"cannot serve {root}: {exc}", ExitCode.USAGE) from None
+    # Warned once the server can be made, so that a refused start says one line only.
+    if token is not None and context is None:
+        logger.warning(
+            "a token without TLS keeps strangers out, but what is transferred can still be "
+            "read, and changed, on the way: add --tls-cert to protect it"
+        )
+    if context is None and token is None and not _loopback_only(args.host):
+        logger.warning(
+            "listening on %s with neither TLS nor a token: anyone who can reach it can read "
+            "%s%s, and see what is transferred; add --tls-cert and --token-file, or --host "
+            "127.0.0.1 to stay on this machine ('ftx help' for more)",
+            args.host or "every interface",
+            root,
+            " and write into it" if args.writable else "",
+        )
     return server, root.resolve()
 
 

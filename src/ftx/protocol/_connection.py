@@ -65,6 +65,7 @@ __all__ = [
     "MAX_LIST_ENTRIES",
     "MAX_PENDING_REQUESTS",
     "MIN_FRAME_SIZE",
+    "PORTABLE_IDENTITY_FEATURE",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "UPLOAD_FEATURE",
@@ -84,6 +85,9 @@ SUPPORTED_VERSIONS: Final = (1,)
 # A peer must accept frames at least this large, so that a file chunk or a listing page fits.
 MIN_FRAME_SIZE: Final = 64 * 1024
 UPLOAD_FEATURE: Final = "upload"
+# Listed by a server whose identities are portable between servers holding the same file
+# (docs/protocol.md, section 9.4): informational, nothing is sent differently.
+PORTABLE_IDENTITY_FEATURE: Final = "identity-portable"
 """Listed by a server that accepts uploads (PUT, MKDIR) and by a client that can send them. A
 client sends PUT and MKDIR only when both list it."""
 

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import ssl
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
 from ftx.protocol import MIN_FRAME_SIZE, check_token
@@ -17,7 +19,11 @@ from ftx.server._limits import (
     DEFAULT_MAX_CONNECTIONS,
 )
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ServerConfig"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "IDENTITY_MODES", "IdentityMode", "ServerConfig"]
+
+IdentityMode = Literal["local", "portable"]
+IDENTITY_MODES: Final[tuple[IdentityMode, ...]] = ("local", "portable")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 
@@ -46,10 +52,24 @@ class ServerConfig:
         token: require clients to prove, by challenge and response, that they know this shared
             token (at least 16 bytes; see :mod:`ftx.protocol._auth`). It never crosses the
             wire, and is left out of the ``repr``.
+        identity: how files are named to clients for resuming (docs/protocol.md, section
+            9.4): ``"local"`` (device, inode, size, mtime and ctime: a resume continues only on
+            this server's copy) or ``"portable"`` (relative path, size and mtime: a resume may
+            continue on any server holding the same file, e.g. replicas behind a balancer).
+        proxy_protocol_from: the networks of the load balancers that connect on behalf of
+            clients: a connection from one of them must begin with a PROXY protocol header
+            (version 1 or 2), whose client address then stands for the connection in the logs;
+            a connection from anywhere else that begins with one is refused. Strings
+            (``"10.0.0.0/8"``, ``"192.0.2.7"``) are accepted and converted. Empty: no PROXY
+            headers are read (the default).
+        state_dir: a directory outside the served one where the server keeps the digests of
+            the files it has read whole (an SQLite database, shared safely by servers on this
+            machine), so that they outlive the process. ``None``: kept in memory only.
 
     Raises:
         ValueError: a size or limit is out of range, a timeout is not a positive number, an
-            upload setting is given without ``writable``, or the token is too short.
+            upload setting is given without ``writable``, the token is too short, the
+            identity mode is unknown, or a network is not one.
     """
 
     writable: bool = False
@@ -62,6 +82,9 @@ class ServerConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     ssl_context: ssl.SSLContext | None = None
     token: str | bytes | None = field(default=None, repr=False)
+    identity: IdentityMode = "local"
+    proxy_protocol_from: tuple[Network, ...] = ()
+    state_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if self.max_upload_size is not None and self.max_upload_size < 0:
@@ -82,3 +105,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds")
         if self.token is not None:
             check_token(self.token)
+        # (Strings too, though typed as networks: converted, or a ValueError.)
+        networks = tuple(
+            ipaddress.ip_network(network, strict=False) for network in self.proxy_protocol_from
+        )
+        object.__setattr__(self, "proxy_protocol_from", networks)
+        if self.identity not in IDENTITY_MODES:
+            raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}")

@@ -16,7 +16,7 @@ import trio
 
 from ftx._threads import ThreadJob
 from ftx.errors import FtxError
-from ftx.fs import FsEntry, FsError, OpenedFile, file_identity
+from ftx.fs import FsEntry, FsError, OpenedFile, file_identity, portable_identity
 from ftx.protocol import (
     DIGEST_ALGORITHMS,
     MAX_LIST_ENTRIES,
@@ -87,6 +87,8 @@ class DownloadHandler:
         sendfile: send a file's chunks with ``session.send_from_file``, without reading them
             into Python. False where its bytes must pass through Python anyway (TLS): chunks
             are then read here, into pooled buffers, and sent.
+        portable: name files by their portable identity (path, size, mtime) rather than the
+            local one (see :attr:`~ftx.server.ServerConfig.identity`).
     """
 
     def __init__(
@@ -96,8 +98,12 @@ class DownloadHandler:
         protocol: ServerProtocol,
         *,
         sendfile: bool,
+        portable: bool = False,
     ) -> None:
         self._session = session
+        self._identity: Callable[[str, os.stat_result], str] = (
+            portable_identity if portable else lambda _path, st: file_identity(st)
+        )
         self._resources = resources
         self._root = resources.root
         self._protocol = protocol
@@ -155,7 +161,7 @@ class DownloadHandler:
         # Read ahead maybe a while ago (answers before it in its batch took time): served from
         # the copy only if the file is still the same, else opened again.
         if isinstance(prepared, SmallFile) and self._root.is_unchanged(request.path, prepared.stat):
-            refusal = _check_request(request, prepared.stat)
+            refusal = self._check_request(request, prepared.stat)
             if refusal is not None:
                 await self._refuse(request, record, *refusal)
             else:
@@ -172,11 +178,22 @@ class DownloadHandler:
             await self._refuse(request, record, error_code(exc), exc.message)
             return
         with opened:
-            refusal = _check_request(request, opened.stat)
+            refusal = self._check_request(request, opened.stat)
             if refusal is not None:
                 await self._refuse(request, record, *refusal)
             else:
                 await self._stream_file(request, record, opened, chunk_size)
+
+    def _check_request(self, request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | None:
+        """Why a GET of the file with metadata ``st`` cannot be answered, if it cannot."""
+        if request.identity is not None and request.identity != self._identity(request.path, st):
+            return ErrorCode.CHANGED, f"{request.path!r} changed since the transfer began"
+        if request.offset > st.st_size:
+            return (
+                ErrorCode.BAD_REQUEST,
+                f"offset {request.offset} is beyond the end of {request.path!r}",
+            )
+        return None
 
     def _file_header(self, request: Get, record: AccessRecord, st: os.stat_result) -> FileHeader:
         record.offset = request.offset
@@ -185,7 +202,7 @@ class DownloadHandler:
             request.request_id,
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
-            identity=file_identity(st),
+            identity=self._identity(request.path, st),
             offset=request.offset,
             mode=st.st_mode & 0o7777,
             digest=request.digest,
@@ -238,7 +255,7 @@ class DownloadHandler:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
         cache_key = f"{request.digest}:{opened.identity}"
-        known = self._resources.digests.get(cache_key) if request.digest else None
+        known = await self._resources.digests.recall(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
         send_chunk = self._session.send_from_file if self._sendfile else self._send_read_chunk
         check_stop = self._session.check_stop
@@ -274,7 +291,7 @@ class DownloadHandler:
                     background.stop_unless(max(position, _FINISH_HASH_FREE))
                     digest = await background.digest()
                     if digest is not None and not opened.changed():
-                        self._resources.digests.put(cache_key, digest)
+                        await self._resources.digests.remember(cache_key, digest)
                 raise
             except BaseException:
                 if background is not None:
@@ -288,7 +305,7 @@ class DownloadHandler:
             digest = await background.digest()
             if digest is None or opened.changed():
                 raise _FileChangedError
-            self._resources.digests.put(cache_key, digest)
+            await self._resources.digests.remember(cache_key, digest)
             return digest
         finally:
             release_buffer()
@@ -342,18 +359,6 @@ class DownloadHandler:
                 await self._session.send(ListEntries(request.request_id, entries))
                 record.entries += len(page)
         await self._session.send(ListEnd(request.request_id, record.entries))
-
-
-def _check_request(request: Get, st: os.stat_result) -> tuple[ErrorCode, str] | None:
-    """Why a GET of the file with metadata ``st`` cannot be answered, if it cannot."""
-    if request.identity is not None and request.identity != file_identity(st):
-        return ErrorCode.CHANGED, f"{request.path!r} changed since the transfer began"
-    if request.offset > st.st_size:
-        return (
-            ErrorCode.BAD_REQUEST,
-            f"offset {request.offset} is beyond the end of {request.path!r}",
-        )
-    return None
 
 
 class _FileChangedError(FtxError):

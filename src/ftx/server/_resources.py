@@ -10,6 +10,7 @@ import trio
 
 from ftx.fs import ServedRoot
 from ftx.server._config import ServerConfig
+from ftx.server._digest_store import DigestStore, check_state_dir
 from ftx.server._readahead import BATCH_BUFFER_SIZE
 
 __all__ = ["BufferPool", "DigestCache", "ServerResources"]
@@ -53,11 +54,29 @@ class DigestCache:
 
     The identity changes on any write to the file (ctime), so a stale digest is never served
     for a file changed through the file system. Least recently used entries are dropped first.
+    With a ``store`` (``--state-dir``), :meth:`recall` and :meth:`remember` also read and write
+    it, in a worker thread, so that digests outlive the process.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, store: DigestStore | None = None) -> None:
         self.max_entries: Final = max_entries
+        self.store: Final = store
         self._digests: OrderedDict[str, str] = OrderedDict()
+
+    async def recall(self, key: str) -> str | None:
+        """The digest remembered under ``key``, here or in the store."""
+        digest = self.get(key)
+        if digest is None and self.store is not None:
+            digest = await trio.to_thread.run_sync(self.store.get, key)
+            if digest is not None:
+                self.put(key, digest)
+        return digest
+
+    async def remember(self, key: str, digest: str) -> None:
+        """Remember ``digest`` under ``key``, here and in the store."""
+        self.put(key, digest)
+        if self.store is not None:
+            await trio.to_thread.run_sync(self.store.put, key, digest)
 
     def get(self, identity: str) -> str | None:
         digest = self._digests.get(identity)
@@ -78,7 +97,12 @@ class ServerResources:
 
     Args:
         root: the directory served (owned by the caller, who closes it).
-        config: the server's settings (the chunk buffers are ``config.chunk_size`` bytes).
+        config: the server's settings (the chunk buffers are ``config.chunk_size`` bytes;
+            digests are kept in ``config.state_dir`` if set).
+
+    Raises:
+        ValueError: ``config.state_dir`` is inside the served directory, cannot be made, or
+            its digest store cannot be opened.
     """
 
     def __init__(self, root: ServedRoot, config: ServerConfig) -> None:
@@ -88,4 +112,7 @@ class ServerResources:
         # Separate from the chunk buffers: a batch holds its buffer while a large file in it
         # is sent with a chunk buffer, so one pool for both could run dry and deadlock.
         self.batch_buffers: Final = BufferPool(BATCH_BUFFER_SIZE, _BATCH_BUFFERS)
-        self.digests: Final = DigestCache()
+        store = None
+        if config.state_dir is not None:
+            store = DigestStore(check_state_dir(config.state_dir, root.path))
+        self.digests: Final = DigestCache(store=store)

@@ -30,6 +30,12 @@ from ftx.protocol import ErrorCode
 from ftx.server._config import ServerConfig
 from ftx.server._limits import WriteStalledError
 from ftx.server._listen import FdReserve, accept_loop
+from ftx.server._proxy import (
+    begins_like_proxy_header,
+    is_allowed,
+    peer_address,
+    read_proxy_header,
+)
 from ftx.server._resources import ServerResources
 from ftx.server._session import Session
 
@@ -57,6 +63,8 @@ class Server:
 
     Raises:
         OSError: ``root`` cannot be opened as a directory.
+        ValueError: ``config.state_dir`` cannot be used (inside ``root``, cannot be made, or
+            its digest store cannot be opened).
     """
 
     def __init__(
@@ -66,7 +74,12 @@ class Server:
     ) -> None:
         self.config: Final = config
         served = root if isinstance(root, ServedRoot) else ServedRoot(root)
-        self._resources = ServerResources(served, config)
+        try:
+            self._resources = ServerResources(served, config)
+        except BaseException:
+            if served is not root:  # opened here: not the caller's to close
+                served.close()
+            raise
         self._sessions: set[Session] = set()
         self._sessions_changed = trio.lowlevel.ParkingLot()
         self._refusals = 0
@@ -189,23 +202,66 @@ class Server:
         Never raises, except :exc:`trio.Cancelled` and :exc:`KeyboardInterrupt`: a failure is
         logged and ends this connection only.
         """
-        if self._closing:
-            await self._refuse(stream, ErrorCode.SHUTTING_DOWN)
+        admitted = await self._admit(stream)
+        if admitted is None:
+            await trio.aclose_forcefully(stream)
+        elif self._closing:
+            await self._refuse(stream, ErrorCode.SHUTTING_DOWN, admitted[0])
         elif len(self._sessions) >= self.config.max_connections:
-            await self._refuse(stream, ErrorCode.BUSY)
+            await self._refuse(stream, ErrorCode.BUSY, admitted[0])
         else:
-            await self._handle(stream)
+            await self._handle(stream, *admitted)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
-        peer = _peer_name(stream)
-        session = Session(self.config, self._resources, stream, peer)
+    async def _admit(self, stream: trio.abc.Stream) -> tuple[str, bool, float] | None:
+        """The name of the client on ``stream`` for the logs, whether the connection is a
+        balancer's own health check, and when it was accepted; ``None`` if it is refused.
+
+        With ``config.proxy_protocol_from``, a connection from one of those balancers must
+        begin with a PROXY header, and is named by the client address it carries (a header that
+        carries none marks the balancer's health check, whose end is logged only with -v); one
+        from anywhere else must not begin with one. Both are bounded by the handshake deadline.
+        """
+        peer, accepted_at = _peer_name(stream), trio.current_time()
+        networks = self.config.proxy_protocol_from
+        transport = transport_of(stream)
+        if not networks or not isinstance(transport, trio.SocketStream):
+            return peer, False, accepted_at
+        trusted = is_allowed(peer_address(transport), networks)
+        with trio.move_on_after(self.config.handshake_timeout):
+            try:
+                if not trusted:
+                    if await begins_like_proxy_header(transport):
+                        logger.warning(
+                            "%s: refused: a PROXY header from an address not allowed to send one",
+                            peer,
+                        )
+                        return None
+                    return peer, False, accepted_at
+                header = await read_proxy_header(transport)
+            except RemoteProtocolError as exc:
+                logger.warning("%s: refused: %s", peer, exc)
+                return None
+            except OSError as exc:
+                logger.info("%s: connection lost (%s)", peer, exc)
+                return None
+            if header.source is None:
+                return peer, True, accepted_at
+            return _address_name(*header.source), False, accepted_at
+        logger.info("%s: no PROXY header within %g s; closing", peer, self.config.handshake_timeout)
+        return None
+
+    async def _handle(
+        self, stream: trio.abc.Stream, peer: str, probe: bool, accepted_at: float
+    ) -> None:
+        session = Session(self.config, self._resources, stream, peer, accepted_at=accepted_at)
         self._sessions.add(session)
         try:
             await session.run()
         except WriteStalledError as exc:
             logger.info("%s: cut off: %s", peer, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            logger.info("%s: connection lost (%s)", peer, exc.__cause__ or exc)
+            level = logging.DEBUG if probe else logging.INFO  # health checks end with a reset
+            logger.log(level, "%s: connection lost (%s)", peer, exc.__cause__ or exc)
         except IncompleteFrameError as exc:
             # A broken connection, not a violation (docs/protocol.md, section 4): the client
             # vanished mid-frame (killed, its network gone); there is no one to tell.
@@ -221,14 +277,16 @@ class Server:
             self._sessions_changed.unpark_all()
             await session.aclose()
 
-    async def _refuse(self, stream: trio.abc.Stream, code: ErrorCode = ErrorCode.BUSY) -> None:
+    async def _refuse(
+        self, stream: trio.abc.Stream, code: ErrorCode = ErrorCode.BUSY, peer: str | None = None
+    ) -> None:
         """Answer the client's HELLO with a connection-level ERROR (``busy`` or
         ``shutting-down``), and close.
 
         Bounded in time, and in number: past :data:`_MAX_REFUSALS` at once, connections are
         closed without a word.
         """
-        peer = _peer_name(stream)
+        peer = peer or _peer_name(stream)
         if self._refusals >= _MAX_REFUSALS:
             logger.info("%s: refused (%s), closed at once", peer, code)
             await trio.aclose_forcefully(stream)
@@ -282,7 +340,10 @@ def _peer_name(stream: trio.abc.Stream) -> str:
         except OSError:
             return "unknown peer"
         if isinstance(address, tuple):
-            host, port = address[0], address[1]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return _address_name(address[0], address[1])
         return str(address) or "local peer"
     return type(transport).__name__
+
+
+def _address_name(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

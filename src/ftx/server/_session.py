@@ -23,6 +23,7 @@ from ftx.framing import Buffer, FramedChannel
 from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
+    PORTABLE_IDENTITY_FEATURE,
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
     ErrorCode,
@@ -72,6 +73,8 @@ class Session:
         resources: what the server's connections share (the root, buffers, digests).
         stream: the connection, as accepted (TLS, if ``config`` asks for it, is done here).
         peer: the client's name, for the logs.
+        accepted_at: when the connection was accepted (:func:`trio.current_time`), if a PROXY
+            header was read before: the handshake deadline counts from then.
     """
 
     def __init__(
@@ -80,8 +83,12 @@ class Session:
         resources: ServerResources,
         stream: trio.abc.Stream,
         peer: str,
+        *,
+        accepted_at: float | None = None,
     ) -> None:
         self._config = config
+        # The handshake deadline runs from here (trio time), or from the session's start.
+        self._accepted_at = accepted_at
         self._stream = stream
         self._channel = self._frame(stream)
         self._peer = peer
@@ -96,16 +103,20 @@ class Session:
         self._outbox: list[tuple[Buffer, ...]] = []
         self._outbox_bytes = 0
         self._unlogged: list[AccessRecord] = []
+        portable = config.identity == "portable"
         uploads = frozenset({UPLOAD_FEATURE}) if config.writable else frozenset()
+        identity = frozenset({PORTABLE_IDENTITY_FEATURE}) if portable else frozenset()
         self._protocol = ServerProtocol(
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads,
+            features=DIGEST_FEATURES | uploads | identity,
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
-        self._downloads = DownloadHandler(self, resources, self._protocol, sendfile=sendfile)
+        self._downloads = DownloadHandler(
+            self, resources, self._protocol, sendfile=sendfile, portable=portable
+        )
         self._uploads = UploadHandler(self, config, resources.root)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
@@ -316,7 +327,10 @@ class Session:
                 (:exc:`~ftx.server._limits.WriteStalledError` when the client stopped reading).
         """
         config = self._config
-        with self._wait(config.handshake_timeout) as handshake:
+        handshake_time = config.handshake_timeout
+        if self._accepted_at is not None:
+            handshake_time += self._accepted_at - trio.current_time()
+        with self._wait(max(0.0, handshake_time)) as handshake:
             shaken = await self._handshake()
         if handshake.cancelled_caught:
             if self._stopping:
