@@ -27,6 +27,9 @@ import pytest
 import xxhash
 
 import ftx
+from cli_helpers import free_port
+from cli_helpers import ftx_run as ftx_cli
+from cli_helpers import one_error_line as assert_one_line_error
 from conftest import (
     ENV,
     PYTHON_M_FTX,
@@ -50,41 +53,8 @@ OK, FAILURE, USAGE, NETWORK, NOT_FOUND, PERMISSION, INTEGRITY, PROTOCOL, LOCAL_F
 INTERRUPTED = 130
 
 
-def ftx_cli(
-    *args: str, cwd: Path | None = None, timeout: float = RUN_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PYTHON_M_FTX, *args],
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-        cwd=cwd,
-        env=ENV,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    """The documented failure: exit ``code``, one ``ftx:`` line on stderr, no traceback."""
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("ftx: "), lines[0]
-    return lines[0]
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound and released at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
