@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from typing import Any
 
 from ftx.cli._errors import CliError, ExitCode
 from ftx.server import IDENTITY_MODES
 
-__all__ = ["add_balancer_options", "balancer_settings"]
+__all__ = ["add_balancer_options", "check_balancer_options"]
 
 
 def add_balancer_options(parser: argparse.ArgumentParser) -> None:
@@ -44,19 +43,14 @@ def add_balancer_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def balancer_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`ftx.ServerConfig` settings that these options give.
+def check_balancer_options(args: argparse.Namespace) -> None:
+    """Check the values of these options that argparse cannot.
 
     Raises:
-        CliError: an option's value cannot be used.
+        CliError: ``--state-dir`` is empty.
     """
     if args.state_dir is not None and not args.state_dir.strip():
         raise CliError("--state-dir needs a directory", ExitCode.USAGE)
-    return {
-        "identity": args.identity,
-        "proxy_protocol_from": tuple(args.proxy_protocol_from),
-        "state_dir": args.state_dir,
-    }
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

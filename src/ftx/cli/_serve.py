@@ -24,7 +24,7 @@ import trio
 import ftx
 from ftx._tls import file_fingerprint, server_context
 from ftx.cli._address import Address
-from ftx.cli._balancer import add_balancer_options, balancer_settings
+from ftx.cli._balancer import add_balancer_options, check_balancer_options
 from ftx.cli._connect import token_from
 from ftx.cli._errors import CliError, ExitCode
 from ftx.cli._options import parse_positive_count, parse_positive_seconds
@@ -182,6 +182,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
     if token is not None:
         _check_token_file(args.token_file)
     check_upload_options(args)
+    check_balancer_options(args)
     try:
         config = ftx.ServerConfig(
             max_connections=args.max_connections,
@@ -192,7 +193,9 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             max_upload_size=args.max_upload_size,
             ssl_context=context,
             token=token,
-            **balancer_settings(args),
+            identity=args.identity,
+            proxy_protocol_from=tuple(args.proxy_protocol_from),
+            state_dir=args.state_dir,
         )
         server = ftx.Server(root, config)
     except OSError as exc:
