@@ -1,0 +1,476 @@
+"""One file from several servers (or several connections to one) at once: ``ftx get --from``
+and ``--segments`` (docs/protocol.md, section 22).
+
+1. Every source is asked for the file's block digests (BLOCKS). The content most of them hold
+   (size, block digests, whole-file digest; ties go to the source named first) is the
+   reference; a source holding another is dropped and named.
+2. The blocks not yet verified are fetched with ranged GETs, one block at a time per
+   connection, ``segments`` connections per source, all under one nursery; each block is
+   written into ``DEST.part`` where it belongs and checked against its digest as it completes.
+   A block that does not match drops its source (named through ``on_dropped``) and goes back to
+   the others, as do the blocks of a source whose connection fails.
+3. Each verified block is noted in ``DEST.part.blocks``, so that a later run with the same
+   reference fetches only the rest.
+4. Once every block is verified the part file is read again and its whole-file digest
+   compared with the reference's: only a match is published at ``DEST``.
+
+When no source offers the feature ``ranges``, the file comes from the first source alone, as
+:meth:`ftx.Client.get` fetches it (``on_fallback`` says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ftx.client._client import Client
+from ftx.client._partfile import (
+    DiscardingPart,
+    PartFile,
+    check_destination,
+    local_destination,
+    part_for,
+)
+from ftx.client._ranges import BlockRecord
+from ftx.client._receive import Download, ProgressCallback
+from ftx.errors import (
+    ConnectionLostError,
+    FtxError,
+    IntegrityError,
+    LocalFileError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+)
+from ftx.framing import Buffer
+from ftx.protocol import RANGES_FEATURE, Hasher, new_hasher
+from ftx.protocol.messages import BlockList
+
+__all__ = ["Source", "download_from_sources"]
+
+logger = logging.getLogger("ftx.client")
+
+_HASH_READ: Final = 1 << 20
+# What a failing source may raise while it is used: it is dropped, the others go on.
+_SOURCE_ERRORS: Final = (
+    ConnectionLostError,
+    RemoteError,
+    RemoteProtocolError,
+    LocalProtocolError,
+    OSError,
+    trio.TooSlowError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A server to fetch from: its ``name`` (for messages) and how to open a new connection to
+    it (handshake done)."""
+
+    name: str
+    connect: Callable[[], Awaitable[Client]]
+
+
+class _BadBlockError(FtxError):
+    """A source sent a block that does not match its digest."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The blocks still to fetch, and who is fetching what (state shared by the workers)."""
+
+    reference: BlockList
+    pending: deque[int]
+    done: set[int]
+    in_flight: int = 0
+    received: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def block_range(self, index: int) -> tuple[int, int]:
+        start = index * self.reference.block_size
+        return start, min(self.reference.size, start + self.reference.block_size)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+async def download_from_sources(
+    sources: Sequence[Source],
+    path: str,
+    dest: str | Path | None = None,
+    *,
+    segments: int = 1,
+    progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    preserve_mtime: bool = True,
+    preserve_mode: bool = False,
+    durable: bool = True,
+    resume: bool = True,
+    on_dropped: Callable[[str, str], object] = lambda _name, _why: None,
+    on_fallback: Callable[[str], object] = lambda _message: None,
+) -> Download:
+    """Download the file at ``path`` from all ``sources`` at once (``segments`` connections to
+    each) to ``dest``, verified block by block and as a whole (see the module's docstring).
+
+    ``on_dropped(name, reason)`` is called for each source given up on (it failed, or served
+    other bytes than the reference); ``on_fallback(message)`` when no source offers ranges.
+
+    Raises:
+        ConnectionLostError: every source failed before the file was complete (the verified
+            blocks are kept for a resume), or none could be reached.
+        IntegrityError: the file assembled does not match the whole-file digest (nothing is
+            published, nothing kept).
+        LocalFileError: ``dest`` exists (without ``overwrite``) or cannot be written.
+        RemoteError: every source refused the file (``not-found``, ...).
+        ValueError: no sources, or ``segments`` below 1.
+    """
+    if not sources or segments < 1:
+        raise ValueError("give at least one source and one segment")
+    target = local_destination(path, dest)
+    check_destination(target, overwrite=overwrite)
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[Source, Client] = {}
+        failures: list[Exception] = []
+
+        async def open_first(source: Source) -> None:
+            try:
+                clients[source] = await source.connect()
+            except (*_SOURCE_ERRORS, FtxError) as exc:
+                failures.append(exc)
+                on_dropped(source.name, f"cannot connect: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                nursery.start_soon(open_first, source)
+        for client in clients.values():
+            stack.push_async_callback(trio.aclose_forcefully, client)
+        usable = [source for source in sources if source in clients]
+        if not usable:
+            raise ConnectionLostError(f"no source could be reached ({_last(failures)})")
+        ranged = [s for s in usable if RANGES_FEATURE in _features(clients[s])]
+        for source in usable:
+            if source not in ranged and len(ranged) > 0:
+                on_dropped(source.name, "it does not offer ranged downloads")
+        if not ranged:
+            first = usable[0]
+            on_fallback(f"no source offers ranged downloads: fetching from {first.name} alone")
+            return await clients[first].get(
+                path,
+                target,
+                progress=progress,
+                overwrite=overwrite,
+                preserve_mtime=preserve_mtime,
+                preserve_mode=preserve_mode,
+                durable=durable,
+                resume=resume,
+            )
+        algorithm = clients[ranged[0]].digest_algorithm
+        lists = await _block_lists(ranged, clients, path, algorithm, on_dropped, failures)
+        if not lists:
+            raise _all_failed(failures)
+        reference = _choose_reference(lists, on_dropped)
+        agreeing = [source for source in ranged if source in lists]
+        part = part_for(target)
+        plan, held = _open_part(part, path, reference, resume)
+        try:
+            await _fetch_blocks(
+                plan, part, agreeing, clients, path, lists, segments, progress, held, on_dropped
+            )
+            if len(plan.done) < len(reference.blocks):
+                part.close()  # the verified blocks stay, for a resume
+                raise (
+                    _all_failed(failures)
+                    if failures
+                    else ConnectionLostError("every source failed before the file was complete")
+                )
+            if not isinstance(part, DiscardingPart):  # (-o /dev/null keeps nothing to read)
+                await _check_whole(part, reference)
+            await trio.to_thread.run_sync(
+                lambda: part.publish(
+                    overwrite=overwrite,
+                    mtime_ns=reference.mtime_ns if preserve_mtime else None,
+                    mode=None,
+                    durable=durable,
+                )
+            )
+            BlockRecord.remove(part.part_path)
+        except BaseException:
+            part.close()
+            raise
+    return Download(
+        path=path,
+        dest=target,
+        size=reference.size,
+        mtime_ns=reference.mtime_ns,
+        digest=reference.file_digest,
+        digest_algorithm=reference.digest,
+        seconds=time.monotonic() - started,
+        offset=held,
+    )
+
+
+def _features(client: Client) -> frozenset[str]:
+    hello = client.server_hello
+    return hello.features if hello is not None else frozenset()
+
+
+def _last(failures: Sequence[BaseException]) -> str:
+    return str(failures[-1]) if failures else "no error"
+
+
+def _all_failed(failures: Sequence[BaseException]) -> FtxError:
+    last = failures[-1] if failures else None
+    if isinstance(last, RemoteError):
+        return last  # e.g. not-found everywhere: say what the servers said
+    return ConnectionLostError(f"every source failed before the file was complete ({last})")
+
+
+async def _block_lists(
+    sources: Sequence[Source],
+    clients: dict[Source, Client],
+    path: str,
+    algorithm: str,
+    on_dropped: Callable[[str, str], object],
+    failures: list[Exception],
+) -> dict[Source, BlockList]:
+    """Every source's BLOCK_LIST, asked for at once; a source that fails is dropped."""
+    lists: dict[Source, BlockList] = {}
+
+    async def ask(source: Source) -> None:
+        try:
+            lists[source] = await clients[source].block_list(path, algorithm)
+        except _SOURCE_ERRORS as exc:
+            failures.append(exc)
+            on_dropped(source.name, str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for source in sources:
+            nursery.start_soon(ask, source)
+    return {source: lists[source] for source in sources if source in lists}
+
+
+def _content(answer: BlockList) -> tuple[object, ...]:
+    return (answer.size, answer.block_size, answer.blocks, answer.file_digest)
+
+
+def _choose_reference(
+    lists: dict[Source, BlockList], on_dropped: Callable[[str, str], object]
+) -> BlockList:
+    """The content most sources hold (ties: the one named first); the others are removed from
+    ``lists`` and named."""
+    votes = Counter(_content(answer) for answer in lists.values())
+    best = max(votes.values())
+    reference = next(a for a in lists.values() if votes[_content(a)] == best)
+    for source, answer in list(lists.items()):
+        if _content(answer) != _content(reference):
+            del lists[source]
+            differing = sum(a != b for a, b in zip(answer.blocks, reference.blocks, strict=False))
+            what = (
+                f"{answer.size} bytes where the others have {reference.size}"
+                if answer.size != reference.size
+                else f"{differing} of {len(reference.blocks)} blocks differ"
+            )
+            on_dropped(source.name, f"its copy differs from the others' ({what})")
+    return reference
+
+
+def _open_part(part: PartFile, path: str, reference: BlockList, resume: bool) -> tuple[_Plan, int]:
+    """Open the part file, taking over the blocks an earlier run verified if it fetched the
+    same content; return the plan of what remains and the bytes held already."""
+    done: set[int] = set()
+    earlier = BlockRecord.load(part.part_path) if resume else None
+    wanted = BlockRecord(
+        path,
+        reference.size,
+        reference.digest,
+        reference.file_digest,
+        reference.block_size,
+        frozenset(),
+    )
+    if earlier is not None and earlier.same_file(wanted):
+        try:
+            held_size = part.part_path.stat().st_size
+        except OSError:
+            held_size = -1
+        if held_size == reference.size:
+            done = {index for index in earlier.done if index < len(reference.blocks)}
+    if done:
+        part.open(keep=reference.size)
+    else:
+        BlockRecord.remove(part.part_path)
+        part.open()
+        part.resize(reference.size)
+    count = len(reference.blocks)
+    plan = _Plan(reference, deque(i for i in range(count) if i not in done), done)
+    held = sum(plan.block_range(index)[1] - plan.block_range(index)[0] for index in done)
+    if done:
+        logger.debug("resuming: %d of %d blocks verified already", len(done), count)
+    return plan, held
+
+
+async def _fetch_blocks(
+    plan: _Plan,
+    part: PartFile,
+    sources: Sequence[Source],
+    clients: dict[Source, Client],
+    path: str,
+    lists: dict[Source, BlockList],
+    segments: int,
+    progress: ProgressCallback | None,
+    held: int,
+    on_dropped: Callable[[str, str], object],
+) -> None:
+    """Fetch every pending block of ``plan`` with ``segments`` workers per source."""
+    reference = plan.reference
+    dropped: set[Source] = set()
+    scopes: dict[Source, trio.CancelScope] = {}
+
+    def report() -> None:
+        if progress is not None:
+            progress(held + plan.received, reference.size)
+
+    def drop(source: Source, reason: str) -> None:
+        if source not in dropped:
+            dropped.add(source)
+            on_dropped(source.name, reason)
+            scopes[source].cancel()
+
+    async def fetch_one(source: Source, client: Client, index: int) -> None:
+        start, end = plan.block_range(index)
+        hasher: Hasher = new_hasher(reference.digest)
+        position = start
+
+        def sink(data: Buffer) -> None:
+            nonlocal position
+            part.write_at(data, position)
+            hasher.update(data)
+            count = memoryview(data).nbytes
+            position += count
+            plan.received += count
+            report()
+
+        try:
+            await client.read_range(
+                path, start, end - start, identity=lists[source].identity, sink=sink
+            )
+        except BaseException:
+            plan.received -= position - start
+            raise
+        if hasher.hexdigest() != reference.blocks[index]:
+            plan.received -= position - start
+            report()
+            raise _BadBlockError(
+                f"it sent block {index} (bytes {start}-{end - 1}) not matching its digest"
+            )
+
+    async def worker(source: Source, client: Client | None) -> None:
+        if client is None:
+            client = await source.connect()
+        async with client:
+            while True:
+                if plan.pending:
+                    index = plan.pending.popleft()
+                elif plan.in_flight:
+                    await plan.changed.wait()  # a failing worker may give a block back
+                    continue
+                else:
+                    return
+                plan.in_flight += 1
+                try:
+                    await fetch_one(source, client, index)
+                except BaseException:
+                    plan.pending.appendleft(index)
+                    raise
+                else:
+                    plan.done.add(index)
+                    if not isinstance(part, DiscardingPart):
+                        await trio.to_thread.run_sync(
+                            _save_record, part, path, reference, plan.done
+                        )
+                finally:
+                    plan.in_flight -= 1
+                    plan.wake()
+
+    async def run_source(source: Source) -> None:
+        with trio.CancelScope() as scopes[source]:
+            try:
+                async with trio.open_nursery() as nursery:
+                    for segment in range(segments):
+                        first = clients.pop(source) if segment == 0 else None
+                        nursery.start_soon(worker, source, first)
+            except* _BadBlockError as group:
+                drop(source, str(group.exceptions[0]))
+            except* _SOURCE_ERRORS as group:
+                drop(source, _describe(group.exceptions[0]))
+
+    report()
+    try:
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                nursery.start_soon(run_source, source)
+    except BaseExceptionGroup as group:  # e.g. the local disk is full: one error, not a group
+        leaf = _first_leaf(group)
+        if isinstance(leaf, FtxError):
+            raise leaf from None
+        raise
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RemoteError):
+        return f"it refused: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _save_record(part: PartFile, path: str, reference: BlockList, done: set[int]) -> None:
+    BlockRecord(
+        path,
+        reference.size,
+        reference.digest,
+        reference.file_digest,
+        reference.block_size,
+        frozenset(done),
+    ).save(part.part_path)
+
+
+async def _check_whole(part: PartFile, reference: BlockList) -> None:
+    """Read the assembled part file through and compare its digest with the reference's.
+
+    Raises:
+        IntegrityError: it differs (the part file and its record are removed).
+    """
+
+    def digest() -> str:
+        hasher = new_hasher(reference.digest)
+        view = memoryview(bytearray(_HASH_READ))
+        with open(part.part_path, "rb", buffering=0) as file:
+            while count := file.readinto(view):
+                hasher.update(view[:count])
+        return hasher.hexdigest()
+
+    try:
+        ours = await trio.to_thread.run_sync(digest)
+    except OSError as exc:
+        raise LocalFileError(f"cannot read {part.part_path}: {exc.strerror}") from exc
+    if ours != reference.file_digest:
+        BlockRecord.remove(part.part_path)
+        part.discard()
+        raise IntegrityError(
+            f"the assembled file's {reference.digest} digest {ours} is not the sources' "
+            f"{reference.file_digest}: nothing was saved"
+        )
