@@ -142,12 +142,13 @@ async def download_from_sources(
         clients: dict[Source, Client] = {}
         failures: list[Exception] = []
 
+        unreachable: dict[Source, Exception] = {}
+
         async def open_first(source: Source) -> None:
             try:
                 clients[source] = await source.connect()
             except (*_SOURCE_ERRORS, FtxError) as exc:
-                failures.append(exc)
-                on_dropped(source.name, f"cannot connect: {exc}")
+                unreachable[source] = exc
 
         async with trio.open_nursery() as nursery:
             for source in sources:
@@ -156,7 +157,11 @@ async def download_from_sources(
             stack.push_async_callback(trio.aclose_forcefully, client)
         usable = [source for source in sources if source in clients]
         if not usable:
-            raise ConnectionLostError(f"no source could be reached ({_last(failures)})")
+            last = unreachable[sources[-1]]
+            raise ConnectionLostError(f"no source could be reached ({last})")
+        for source, exc in unreachable.items():  # (named only when others are left)
+            failures.append(exc)
+            on_dropped(source.name, f"cannot connect: {exc}")
         ranged = [s for s in usable if RANGES_FEATURE in _features(clients[s])]
         for source in usable:
             if source not in ranged and len(ranged) > 0:
@@ -224,10 +229,6 @@ def _features(client: Client) -> frozenset[str]:
     return hello.features if hello is not None else frozenset()
 
 
-def _last(failures: Sequence[BaseException]) -> str:
-    return str(failures[-1]) if failures else "no error"
-
-
 def _all_failed(failures: Sequence[BaseException]) -> FtxError:
     last = failures[-1] if failures else None
     if isinstance(last, RemoteError):
@@ -245,17 +246,22 @@ async def _block_lists(
 ) -> dict[Source, BlockList]:
     """Every source's BLOCK_LIST, asked for at once; a source that fails is dropped."""
     lists: dict[Source, BlockList] = {}
+    refused: dict[Source, Exception] = {}
 
     async def ask(source: Source) -> None:
         try:
             lists[source] = await clients[source].block_list(path, algorithm)
         except _SOURCE_ERRORS as exc:
-            failures.append(exc)
-            on_dropped(source.name, str(exc))
+            refused[source] = exc
 
     async with trio.open_nursery() as nursery:
         for source in sources:
             nursery.start_soon(ask, source)
+    failures.extend(refused[source] for source in sources if source in refused)
+    if lists:  # (when every source refused, the error says it: no one is named)
+        for source in sources:
+            if source in refused:
+                on_dropped(source.name, _describe(refused[source]))
     return {source: lists[source] for source in sources if source in lists}
 
 
