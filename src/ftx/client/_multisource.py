@@ -93,6 +93,7 @@ class _Plan:
     in_flight: int = 0
     received: int = 0
     changed: trio.Event = field(default_factory=trio.Event)
+    saving: trio.Lock = field(default_factory=trio.Lock)
 
     def block_range(self, index: int) -> tuple[int, int]:
         start = index * self.reference.block_size
@@ -400,9 +401,10 @@ async def _fetch_blocks(
                 else:
                     plan.done.add(index)
                     if not isinstance(part, DiscardingPart):
-                        await trio.to_thread.run_sync(
-                            _save_record, part, path, reference, plan.done
-                        )
+                        async with plan.saving:  # one writer of the record at a time
+                            await trio.to_thread.run_sync(
+                                _save_record, part, path, reference, frozenset(plan.done)
+                            )
                 finally:
                     plan.in_flight -= 1
                     plan.wake()
@@ -443,14 +445,14 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _save_record(part: PartFile, path: str, reference: BlockList, done: set[int]) -> None:
+def _save_record(part: PartFile, path: str, reference: BlockList, done: frozenset[int]) -> None:
     BlockRecord(
         path,
         reference.size,
         reference.digest,
         reference.file_digest,
         reference.block_size,
-        frozenset(done),
+        done,
     ).save(part.part_path)
 
 
