@@ -92,6 +92,7 @@ class _Plan:
     done: set[int]
     in_flight: int = 0
     received: int = 0
+    mode: int | None = None  # the file's permission bits, from a FILE header
     changed: trio.Event = field(default_factory=trio.Event)
     saving: trio.Lock = field(default_factory=trio.Lock)
 
@@ -205,7 +206,7 @@ async def download_from_sources(
                 lambda: part.publish(
                     overwrite=overwrite,
                     mtime_ns=reference.mtime_ns if preserve_mtime else None,
-                    mode=None,
+                    mode=_safe_mode(plan.mode) if preserve_mode else None,
                     durable=durable,
                 )
             )
@@ -367,7 +368,7 @@ async def _fetch_blocks(
             report()
 
         try:
-            await client.read_range(
+            header = await client.read_range(
                 path, start, end - start, identity=lists[source].identity, sink=sink
             )
         except BaseException:
@@ -379,6 +380,7 @@ async def _fetch_blocks(
             raise _BadBlockError(
                 f"it sent block {index} (bytes {start}-{end - 1}) not matching its digest"
             )
+        plan.mode = header.mode
 
     async def worker(source: Source, client: Client | None) -> None:
         if client is None:
@@ -437,6 +439,12 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _safe_mode(mode: int | None) -> int | None:
+    """The permission bits to give the file: read, write and execute only (never set-user-ID,
+    set-group-ID or sticky), as :meth:`ftx.Client.get` does."""
+    return None if mode is None else mode & 0o777
 
 
 def _describe(exc: BaseException) -> str:
