@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -190,7 +191,7 @@ async def download_from_sources(
         part = part_for(target)
         plan, held = _open_part(part, path, reference, resume)
         try:
-            await _fetch_blocks(
+            whole = await _fetch_blocks(
                 plan, part, agreeing, clients, path, lists, segments, progress, held, on_dropped
             )
             if len(plan.done) < len(reference.blocks):
@@ -200,8 +201,8 @@ async def download_from_sources(
                     if failures
                     else ConnectionLostError("every source failed before the file was complete")
                 )
-            if not isinstance(part, DiscardingPart):  # (-o /dev/null keeps nothing to read)
-                await _check_whole(part, reference)
+            if whole is not None:  # (-o /dev/null keeps nothing to read back)
+                _check_whole(part, reference, whole.digest)
             await trio.to_thread.run_sync(
                 lambda: part.publish(
                     overwrite=overwrite,
@@ -337,8 +338,10 @@ async def _fetch_blocks(
     progress: ProgressCallback | None,
     held: int,
     on_dropped: Callable[[str, str], object],
-) -> None:
-    """Fetch every pending block of ``plan`` with ``segments`` workers per source."""
+) -> _WholeDigest | None:
+    """Fetch every pending block of ``plan`` with ``segments`` workers per source, and hash
+    the part file meanwhile (unless it is the null device): return that hasher, done if every
+    block arrived."""
     reference = plan.reference
     dropped: set[Source] = set()
     scopes: dict[Source, trio.CancelScope] = {}
@@ -424,10 +427,17 @@ async def _fetch_blocks(
                 drop(source, _describe(group.exceptions[0]))
 
     report()
+    whole = None if isinstance(part, DiscardingPart) else _WholeDigest(part, plan)
     try:
-        async with trio.open_nursery() as nursery:
-            for source in sources:
-                nursery.start_soon(run_source, source)
+        async with trio.open_nursery() as outer:
+            if whole is not None:
+                outer.start_soon(whole.run)
+            async with trio.open_nursery() as nursery:
+                for source in sources:
+                    nursery.start_soon(run_source, source)
+            if len(plan.done) < len(reference.blocks):
+                outer.cancel_scope.cancel()  # incomplete: no whole digest to wait for
+        return whole
     except BaseExceptionGroup as group:  # e.g. the local disk is full: one error, not a group
         leaf = _first_leaf(group)
         if isinstance(leaf, FtxError):
@@ -464,25 +474,65 @@ def _save_record(part: PartFile, path: str, reference: BlockList, done: frozense
     ).save(part.part_path)
 
 
-async def _check_whole(part: PartFile, reference: BlockList) -> None:
-    """Read the assembled part file through and compare its digest with the reference's.
+class _WholeDigest:
+    """The whole-file digest of the part file, computed while the download goes on: as the
+    verified blocks form a longer prefix of the file, a worker thread reads that prefix back
+    (from the page cache, just written) and hashes it. So the check at the end costs no wait
+    once the last block is in, and reads only what was written.
+    """
+
+    def __init__(self, part: PartFile, plan: _Plan) -> None:
+        self._path = part.part_path
+        self._plan = plan
+        self._hasher = new_hasher(plan.reference.digest)
+        self._next = 0  # the first block not hashed yet
+        self.digest: str | None = None
+
+    async def run(self) -> None:
+        """Hash the blocks in order as they are verified, until the last (cancel to stop).
+
+        Raises:
+            LocalFileError: the part file cannot be read.
+        """
+        plan, count = self._plan, len(self._plan.reference.blocks)
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LocalFileError(f"cannot read {self._path}: {exc.strerror}") from exc
+        try:
+            while self._next < count:
+                end = self._next
+                while end < count and end in plan.done:
+                    end += 1
+                if end == self._next:
+                    await plan.changed.wait()  # (no checkpoint since the look: none missed)
+                    continue
+                first, last = plan.block_range(self._next)[0], plan.block_range(end - 1)[1]
+                await trio.to_thread.run_sync(self._hash, fd, first, last)
+                self._next = end
+        finally:
+            os.close(fd)
+        self.digest = self._hasher.hexdigest()
+
+    def _hash(self, fd: int, start: int, end: int) -> None:
+        view = memoryview(bytearray(min(_HASH_READ, max(1, end - start))))
+        try:
+            while start < end:
+                count = os.preadv(fd, [view[: min(len(view), end - start)]], start)
+                if count == 0:
+                    raise LocalFileError(f"{self._path} is shorter than the blocks written")
+                self._hasher.update(view[:count])
+                start += count
+        except OSError as exc:
+            raise LocalFileError(f"cannot read {self._path}: {exc.strerror}") from exc
+
+
+def _check_whole(part: PartFile, reference: BlockList, ours: str | None) -> None:
+    """Compare the part file's whole-file digest with the reference's.
 
     Raises:
         IntegrityError: it differs (the part file and its record are removed).
     """
-
-    def digest() -> str:
-        hasher = new_hasher(reference.digest)
-        view = memoryview(bytearray(_HASH_READ))
-        with open(part.part_path, "rb", buffering=0) as file:
-            while count := file.readinto(view):
-                hasher.update(view[:count])
-        return hasher.hexdigest()
-
-    try:
-        ours = await trio.to_thread.run_sync(digest)
-    except OSError as exc:
-        raise LocalFileError(f"cannot read {part.part_path}: {exc.strerror}") from exc
     if ours != reference.file_digest:
         BlockRecord.remove(part.part_path)
         part.discard()
