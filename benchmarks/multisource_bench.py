@@ -107,8 +107,15 @@ def main() -> None:
         methods = {
             "one connection": [*FTX, "get", address, "f.bin", "-o", str(dest), "-q"],
             f"--segments {args.segments}": [
-                *FTX, "get", address, "f.bin", "-o", str(dest), "-q",
-                "--segments", str(args.segments),
+                *FTX,
+                "get",
+                address,
+                "f.bin",
+                "-o",
+                str(dest),
+                "-q",
+                "--segments",
+                str(args.segments),
             ],
         }
         for command in methods.values():  # untimed: the server reads the file, learns digests
@@ -121,17 +128,24 @@ def main() -> None:
                 results[name].append(one_run(methods[name], dest, server.pid))
             shuffle.shuffle(order)
         gib = args.size / (1 << 30)
-        print(f"{args.size >> 20} MiB on loopback, {args.runs} runs interleaved; "
-              f"load average before/after: {load} / {Path('/proc/loadavg').read_text().split()[:3]}")
-        print(f"{'method':<16} {'wall s':>22} {'client CPU s/GiB':>24} {'server CPU s/GiB':>24} "
-              f"{'total CPU s/GiB':>24}")
+        after = Path("/proc/loadavg").read_text().split()[:3]
+        print(
+            f"{args.size >> 20} MiB on loopback, {args.runs} runs interleaved; "
+            f"load average before/after: {load} / {after}"
+        )
+        print(
+            f"{'method':<16} {'wall s':>22} {'client CPU s/GiB':>24} {'server CPU s/GiB':>24} "
+            f"{'total CPU s/GiB':>24}"
+        )
         for name, runs in results.items():
             walls = [run[0] for run in runs]
             client = [run[1] / gib for run in runs]
             served_cpu = [run[2] / gib for run in runs]
             total = [(run[1] + run[2]) / gib for run in runs]
-            print(f"{name:<16} {summary(walls):>22} {summary(client):>24} "
-                  f"{summary(served_cpu):>24} {summary(total):>24}")
+            print(
+                f"{name:<16} {summary(walls):>22} {summary(client):>24} "
+                f"{summary(served_cpu):>24} {summary(total):>24}"
+            )
     finally:
         server.terminate()
         server.wait(timeout=15)

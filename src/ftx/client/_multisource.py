@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import trio
 
 from ftx.client._client import Client
+from ftx.client._multisource_plan import (
+    Plan,
+    WholeDigest,
+    check_whole,
+    choose_reference,
+    open_part,
+    safe_mode,
+    save_record,
+)
 from ftx.client._partfile import (
     DiscardingPart,
     PartFile,
@@ -45,8 +52,6 @@ from ftx.client._receive import Download, ProgressCallback
 from ftx.errors import (
     ConnectionLostError,
     FtxError,
-    IntegrityError,
-    LocalFileError,
     LocalProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -59,7 +64,6 @@ __all__ = ["Source", "download_from_sources"]
 
 logger = logging.getLogger("ftx.client")
 
-_HASH_READ: Final = 1 << 20
 # What a failing source may raise while it is used: it is dropped, the others go on.
 _SOURCE_ERRORS: Final = (
     ConnectionLostError,
@@ -82,28 +86,6 @@ class Source:
 
 class _BadBlockError(FtxError):
     """A source sent a block that does not match its digest."""
-
-
-@dataclass(slots=True)
-class _Plan:
-    """The blocks still to fetch, and who is fetching what (state shared by the workers)."""
-
-    reference: BlockList
-    pending: deque[int]
-    done: set[int]
-    in_flight: int = 0
-    received: int = 0
-    mode: int | None = None  # the file's permission bits, from a FILE header
-    changed: trio.Event = field(default_factory=trio.Event)
-    saving: trio.Lock = field(default_factory=trio.Lock)
-
-    def block_range(self, index: int) -> tuple[int, int]:
-        start = index * self.reference.block_size
-        return start, min(self.reference.size, start + self.reference.block_size)
-
-    def wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
 
 
 async def download_from_sources(
@@ -186,28 +168,34 @@ async def download_from_sources(
         lists = await _block_lists(ranged, clients, path, algorithm, on_dropped, failures)
         if not lists:
             raise _all_failed(failures)
-        reference = _choose_reference(lists, on_dropped)
+        reference = choose_reference(lists, lambda source: source.name, on_dropped)
         agreeing = [source for source in ranged if source in lists]
         part = part_for(target)
-        plan, held = _open_part(part, path, reference, resume)
+        plan, held = open_part(part, path, reference, resume)
         try:
             whole = await _fetch_blocks(
-                plan, part, agreeing, clients, path, lists, segments, progress, held, on_dropped
+                plan,
+                part,
+                agreeing,
+                clients,
+                path,
+                lists,
+                segments,
+                progress,
+                held,
+                on_dropped,
+                failures,
             )
             if len(plan.done) < len(reference.blocks):
                 part.close()  # the verified blocks stay, for a resume
-                raise (
-                    _all_failed(failures)
-                    if failures
-                    else ConnectionLostError("every source failed before the file was complete")
-                )
+                raise _all_failed(failures)
             if whole is not None:  # (-o /dev/null keeps nothing to read back)
-                _check_whole(part, reference, whole.digest)
+                check_whole(part, reference, whole.digest)
             await trio.to_thread.run_sync(
                 lambda: part.publish(
                     overwrite=overwrite,
                     mtime_ns=reference.mtime_ns if preserve_mtime else None,
-                    mode=_safe_mode(plan.mode) if preserve_mode else None,
+                    mode=safe_mode(plan.mode) if preserve_mode else None,
                     durable=durable,
                 )
             )
@@ -268,67 +256,8 @@ async def _block_lists(
     return {source: lists[source] for source in sources if source in lists}
 
 
-def _content(answer: BlockList) -> tuple[object, ...]:
-    return (answer.size, answer.block_size, answer.blocks, answer.file_digest)
-
-
-def _choose_reference(
-    lists: dict[Source, BlockList], on_dropped: Callable[[str, str], object]
-) -> BlockList:
-    """The content most sources hold (ties: the one named first); the others are removed from
-    ``lists`` and named."""
-    votes = Counter(_content(answer) for answer in lists.values())
-    best = max(votes.values())
-    reference = next(a for a in lists.values() if votes[_content(a)] == best)
-    for source, answer in list(lists.items()):
-        if _content(answer) != _content(reference):
-            del lists[source]
-            differing = sum(a != b for a, b in zip(answer.blocks, reference.blocks, strict=False))
-            what = (
-                f"{answer.size} bytes where the others have {reference.size}"
-                if answer.size != reference.size
-                else f"{differing} of {len(reference.blocks)} blocks differ"
-            )
-            on_dropped(source.name, f"its copy differs from the others' ({what})")
-    return reference
-
-
-def _open_part(part: PartFile, path: str, reference: BlockList, resume: bool) -> tuple[_Plan, int]:
-    """Open the part file, taking over the blocks an earlier run verified if it fetched the
-    same content; return the plan of what remains and the bytes held already."""
-    done: set[int] = set()
-    earlier = BlockRecord.load(part.part_path) if resume else None
-    wanted = BlockRecord(
-        path,
-        reference.size,
-        reference.digest,
-        reference.file_digest,
-        reference.block_size,
-        frozenset(),
-    )
-    if earlier is not None and earlier.same_file(wanted):
-        try:
-            held_size = part.part_path.stat().st_size
-        except OSError:
-            held_size = -1
-        if held_size == reference.size:
-            done = {index for index in earlier.done if index < len(reference.blocks)}
-    if done:
-        part.open(keep=reference.size)
-    else:
-        BlockRecord.remove(part.part_path)
-        part.open()
-        part.resize(reference.size)
-    count = len(reference.blocks)
-    plan = _Plan(reference, deque(i for i in range(count) if i not in done), done)
-    held = sum(plan.block_range(index)[1] - plan.block_range(index)[0] for index in done)
-    if done:
-        logger.debug("resuming: %d of %d blocks verified already", len(done), count)
-    return plan, held
-
-
 async def _fetch_blocks(
-    plan: _Plan,
+    plan: Plan,
     part: PartFile,
     sources: Sequence[Source],
     clients: dict[Source, Client],
@@ -338,7 +267,8 @@ async def _fetch_blocks(
     progress: ProgressCallback | None,
     held: int,
     on_dropped: Callable[[str, str], object],
-) -> _WholeDigest | None:
+    failures: list[Exception],
+) -> WholeDigest | None:
     """Fetch every pending block of ``plan`` with ``segments`` workers per source, and hash
     the part file meanwhile (unless it is the null device): return that hasher, done if every
     block arrived."""
@@ -408,7 +338,7 @@ async def _fetch_blocks(
                     if not isinstance(part, DiscardingPart):
                         async with plan.saving:  # one writer of the record at a time
                             await trio.to_thread.run_sync(
-                                _save_record, part, path, reference, frozenset(plan.done)
+                                save_record, part, path, reference, frozenset(plan.done)
                             )
                 finally:
                     plan.in_flight -= 1
@@ -422,12 +352,14 @@ async def _fetch_blocks(
                         first = clients.pop(source) if segment == 0 else None
                         nursery.start_soon(worker, source, first)
             except* _BadBlockError as group:
+                failures.append(group.exceptions[0])
                 drop(source, str(group.exceptions[0]))
             except* _SOURCE_ERRORS as group:
+                failures.append(group.exceptions[0])
                 drop(source, _describe(group.exceptions[0]))
 
     report()
-    whole = None if isinstance(part, DiscardingPart) else _WholeDigest(part, plan)
+    whole = None if isinstance(part, DiscardingPart) else WholeDigest(part, plan)
     try:
         async with trio.open_nursery() as outer:
             if whole is not None:
@@ -451,92 +383,7 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _safe_mode(mode: int | None) -> int | None:
-    """The permission bits to give the file: read, write and execute only (never set-user-ID,
-    set-group-ID or sticky), as :meth:`ftx.Client.get` does."""
-    return None if mode is None else mode & 0o777
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, RemoteError):
         return f"it refused: {exc}"
     return str(exc) or type(exc).__name__
-
-
-def _save_record(part: PartFile, path: str, reference: BlockList, done: frozenset[int]) -> None:
-    BlockRecord(
-        path,
-        reference.size,
-        reference.digest,
-        reference.file_digest,
-        reference.block_size,
-        done,
-    ).save(part.part_path)
-
-
-class _WholeDigest:
-    """The whole-file digest of the part file, computed while the download goes on: as the
-    verified blocks form a longer prefix of the file, a worker thread reads that prefix back
-    (from the page cache, just written) and hashes it. So the check at the end costs no wait
-    once the last block is in, and reads only what was written.
-    """
-
-    def __init__(self, part: PartFile, plan: _Plan) -> None:
-        self._path = part.part_path
-        self._plan = plan
-        self._hasher = new_hasher(plan.reference.digest)
-        self._next = 0  # the first block not hashed yet
-        self.digest: str | None = None
-
-    async def run(self) -> None:
-        """Hash the blocks in order as they are verified, until the last (cancel to stop).
-
-        Raises:
-            LocalFileError: the part file cannot be read.
-        """
-        plan, count = self._plan, len(self._plan.reference.blocks)
-        try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise LocalFileError(f"cannot read {self._path}: {exc.strerror}") from exc
-        try:
-            while self._next < count:
-                end = self._next
-                while end < count and end in plan.done:
-                    end += 1
-                if end == self._next:
-                    await plan.changed.wait()  # (no checkpoint since the look: none missed)
-                    continue
-                first, last = plan.block_range(self._next)[0], plan.block_range(end - 1)[1]
-                await trio.to_thread.run_sync(self._hash, fd, first, last)
-                self._next = end
-        finally:
-            os.close(fd)
-        self.digest = self._hasher.hexdigest()
-
-    def _hash(self, fd: int, start: int, end: int) -> None:
-        view = memoryview(bytearray(min(_HASH_READ, max(1, end - start))))
-        try:
-            while start < end:
-                count = os.preadv(fd, [view[: min(len(view), end - start)]], start)
-                if count == 0:
-                    raise LocalFileError(f"{self._path} is shorter than the blocks written")
-                self._hasher.update(view[:count])
-                start += count
-        except OSError as exc:
-            raise LocalFileError(f"cannot read {self._path}: {exc.strerror}") from exc
-
-
-def _check_whole(part: PartFile, reference: BlockList, ours: str | None) -> None:
-    """Compare the part file's whole-file digest with the reference's.
-
-    Raises:
-        IntegrityError: it differs (the part file and its record are removed).
-    """
-    if ours != reference.file_digest:
-        BlockRecord.remove(part.part_path)
-        part.discard()
-        raise IntegrityError(
-            f"the assembled file's {reference.digest} digest {ours} is not the sources' "
-            f"{reference.file_digest}: nothing was saved"
-        )

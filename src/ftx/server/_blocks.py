@@ -15,6 +15,7 @@ from typing import Final, Protocol
 
 import trio
 
+from ftx.errors import FtxError
 from ftx.fs import FsError, OpenedFile, file_identity, portable_identity
 from ftx.protocol import DIGEST_ALGORITHMS, ErrorCode, block_count, block_size_for, new_hasher
 from ftx.protocol.messages import BlockList, Blocks, Error, Message
@@ -51,7 +52,7 @@ def _parse_entry(entry: str | None, size: int) -> tuple[int, list[str], str] | N
     return block, digests, whole
 
 
-class _Stopped(Exception):
+class _Stopped(FtxError):
     """The hashing thread was asked to stop (its request was cancelled)."""
 
 
