@@ -5,6 +5,7 @@ replica dying mid-transfer, a resume block by block, and an old server without t
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ftx
 from ftx.client import Source, download_from_sources
@@ -333,3 +336,37 @@ async def test_an_empty_file(start_server, tmp_path):
     result = await fetch([source(address)], tmp_path / "out.bin", segments=3)
     assert (tmp_path / "out.bin").read_bytes() == b""
     assert result.size == 0
+
+
+# --------------------------------------------------------------------------- the block record
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.binary(max_size=300)
+    | st.dictionaries(
+        st.sampled_from(
+            ["version", "path", "size", "algorithm", "file_digest", "block_size", "done"]
+        ),
+        st.none()
+        | st.booleans()
+        | st.integers(-5, 5)
+        | st.text(max_size=5)
+        | st.lists(st.integers(-2, 3) | st.text(max_size=2), max_size=3),
+    ).map(lambda obj: json.dumps(obj).encode())
+)
+def test_a_damaged_block_record_is_ignored_not_fatal(tmp_path, raw: bytes) -> None:
+    part = tmp_path / "x.part"
+    Path(BlockRecord.path_for(part)).write_bytes(raw)
+    record = BlockRecord.load(part)
+    if record is not None:  # only a well-formed one is taken
+        assert isinstance(record.path, str)
+        assert all(isinstance(i, int) and i >= 0 for i in record.done)
+
+
+def test_a_block_record_round_trips(tmp_path) -> None:
+    record = BlockRecord("a/b", 10, "sha256", "f" * 64, BASE_BLOCK_SIZE, frozenset({0, 3}))
+    record.save(tmp_path / "x.part")
+    assert BlockRecord.load(tmp_path / "x.part") == record
+    BlockRecord.remove(tmp_path / "x.part")
+    assert BlockRecord.load(tmp_path / "x.part") is None
