@@ -5,6 +5,12 @@ CPU seconds (client + server) per GiB, methods interleaved, medians with min-max
 ::
 
     python benchmarks/multisource_bench.py --size 1G --runs 5 --segments 2
+    python benchmarks/multisource_bench.py --size 256M --runs 3 --link 40
+
+With ``--link MBPS`` the comparison is instead ``ftx get --from P1,P2`` against ``ftx get P1``,
+where P1 and P2 are two throttling TCP relays in front of the server, each a "link" of MBPS
+MB/s shared by all its connections (a token bucket; a stand-in for two replicas on two
+limited links, which tc would need root and the whole machine for).
 
 One ``ftx serve`` process serves a file of random bytes (made once) from a temporary directory;
 each run is one ``ftx get`` process saving into ``/dev/shm`` (tmpfs: the disk is not measured).
@@ -76,6 +82,38 @@ def one_run(command: list[str], dest: Path, server_pid: int) -> tuple[float, flo
     return wall, client, server_cpu(server_pid) - server_before
 
 
+def relay(listen_port: int, target_port: int, rate: float) -> None:
+    """A TCP relay to 127.0.0.1:``target_port``; server-to-client bytes limited to ``rate``
+    bytes per second over all its connections (``--relay``, run as its own process)."""
+    import trio
+
+    budget = {"free_at": 0.0}
+
+    async def pump(source: trio.SocketStream, sink: trio.SocketStream, limit: bool) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                if limit:
+                    start = max(trio.current_time(), budget["free_at"])
+                    budget["free_at"] = start + len(data) / rate
+                    await trio.sleep_until(budget["free_at"])
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(sink)
+
+    async def handle(down: trio.SocketStream) -> None:
+        up = await trio.open_tcp_stream("127.0.0.1", target_port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, down, up, False)
+            nursery.start_soon(pump, up, down, True)
+
+    async def main() -> None:
+        await trio.serve_tcp(handle, listen_port, host="127.0.0.1")
+
+    trio.run(main)
+
+
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):6.3f} ({min(values):.3f}-{max(values):.3f})"
 
@@ -85,7 +123,12 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=1 << 30)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--segments", type=int, default=2)
+    parser.add_argument("--link", type=float, default=0.0, metavar="MBPS")
+    parser.add_argument("--relay", nargs=3, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.relay:
+        relay(int(args.relay[0]), int(args.relay[1]), args.relay[2])
+        return
     work = Path(tempfile.mkdtemp(prefix="ftx-multi-"))
     out_dir = Path(tempfile.mkdtemp(prefix="ftx-multi-", dir="/dev/shm"))
     served = work / "served"
@@ -100,24 +143,52 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    relays: list[subprocess.Popen[bytes]] = []
     try:
         wait_listening(port)
         address = f"127.0.0.1:{port}"
         dest = out_dir / "f.bin"
+        get = [*FTX, "get", "f.bin", "-o", str(dest), "-q"]
         methods = {
             "one connection": [*FTX, "get", address, "f.bin", "-o", str(dest), "-q"],
             f"--segments {args.segments}": [
-                *FTX,
-                "get",
+                *get,
+                "--from",
                 address,
-                "f.bin",
-                "-o",
-                str(dest),
-                "-q",
                 "--segments",
                 str(args.segments),
             ],
         }
+        if args.link:  # two throttled relays to the server: two "links"
+            links = []
+            for _ in range(2):
+                link = free_port()
+                relays.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--relay",
+                            str(link),
+                            str(port),
+                            str(args.link * 1e6),
+                        ]
+                    )
+                )
+                wait_listening(link)
+                links.append(f"127.0.0.1:{link}")
+            methods = {
+                f"one {args.link:g} MB/s link": [
+                    *FTX,
+                    "get",
+                    links[0],
+                    "f.bin",
+                    "-o",
+                    str(dest),
+                    "-q",
+                ],
+                "--from 2 links": [*get, "--from", ",".join(links)],
+            }
         for command in methods.values():  # untimed: the server reads the file, learns digests
             one_run(command, dest, server.pid)
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in methods}
@@ -147,6 +218,9 @@ def main() -> None:
                 f"{summary(served_cpu):>24} {summary(total):>24}"
             )
     finally:
+        for process in relays:
+            process.terminate()
+            process.wait(timeout=15)
         server.terminate()
         server.wait(timeout=15)
         shutil.rmtree(work, ignore_errors=True)
