@@ -223,6 +223,19 @@ async def test_a_replica_sending_corrupted_bytes_is_named_and_dropped(
     assert "not matching its digest" in drops.calls[0][1]
 
 
+async def test_every_source_sending_bad_bytes_is_an_integrity_error(
+    start_server, nursery, tmp_path, content
+):
+    (root,) = replicas(tmp_path, content, 1)
+    address = await start_server(root)
+    ports = [await nursery.start(CorruptingProxy(address, after=0).run) for _ in range(2)]
+    drops = Drops()
+    with pytest.raises(ftx.IntegrityError, match="not matching its digest"):
+        await fetch([source(("127.0.0.1", port)) for port in ports], tmp_path / "out", drops)
+    assert len(drops.calls) == 2
+    assert not (tmp_path / "out").exists()
+
+
 async def test_a_replica_with_other_content_is_outvoted(start_server, tmp_path, content):
     roots = replicas(tmp_path, content, 3)
     other = bytearray(content)

@@ -52,6 +52,7 @@ from ftx.client._receive import Download, ProgressCallback
 from ftx.errors import (
     ConnectionLostError,
     FtxError,
+    IntegrityError,
     LocalProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -113,7 +114,7 @@ async def download_from_sources(
         ConnectionLostError: every source failed before the file was complete (the verified
             blocks are kept for a resume), or none could be reached.
         IntegrityError: the file assembled does not match the whole-file digest (nothing is
-            published, nothing kept).
+            published, nothing kept); or the last source left sent a bad block.
         LocalFileError: ``dest`` exists (without ``overwrite``) or cannot be written.
         RemoteError: every source refused the file (``not-found``, ...).
         ValueError: no sources, or ``segments`` below 1.
@@ -224,6 +225,8 @@ def _all_failed(failures: Sequence[BaseException]) -> FtxError:
     last = failures[-1] if failures else None
     if isinstance(last, RemoteError):
         return last  # e.g. not-found everywhere: say what the servers said
+    if isinstance(last, _BadBlockError):
+        return IntegrityError(f"no source left: the last one dropped because {last}")
     return ConnectionLostError(f"every source failed before the file was complete ({last})")
 
 
