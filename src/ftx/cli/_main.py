@@ -53,6 +53,7 @@ _GET_EXAMPLES: Final = """examples:
   ftx get 192.168.1.7 big.iso -o - | sha256sum to standard output
   ftx get -r 192.168.1.7 photos -o backup      photos/ and everything in it, into backup/
   ftx get -r 192.168.1.7 / -o mirror           everything the server serves
+  ftx get --from node1,node2 big.iso           one file from two servers at once
 """
 _LS_EXAMPLES: Final = """examples:
   ftx ls 192.168.1.7                           the served directory
