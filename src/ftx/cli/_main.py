@@ -27,6 +27,7 @@ from ftx.cli._help import add_help_parsers, completion_command, help_command
 from ftx.cli._options import (
     add_checksum_option,
     add_digest_option,
+    add_limit_rate,
     add_timeout,
     add_verbosity,
     parse_positive_count,
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from zero even if DEST.part holds the start of the same file",
     )
     add_digest_option(get)
+    add_limit_rate(get, what="the whole command, all connections together; default: no limit")
     add_timeout(get)
     add_connection_options(get)
     add_verbosity(get)
