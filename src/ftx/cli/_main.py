@@ -27,6 +27,7 @@ from ftx.cli._help import add_help_parsers, completion_command, help_command
 from ftx.cli._options import (
     add_checksum_option,
     add_digest_option,
+    add_limit_rate,
     add_source_options,
     add_timeout,
     add_verbosity,
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_options(get)
     add_digest_option(get)
+    add_limit_rate(get, what="the whole command, all connections together; default: no limit")
     add_timeout(get)
     add_connection_options(get)
     add_verbosity(get)

@@ -4,12 +4,17 @@ argparse types of their numbers."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from typing import Final, NoReturn
 
+from ftx._rate import MIN_RATE
 from ftx.cli._address import Address, parse_address
 
 DEFAULT_TIMEOUT: Final = 30.0
+
+_SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_count(text: str) -> int:
@@ -127,3 +132,39 @@ def resolve_sources(args: argparse.Namespace, error: Callable[[str], NoReturn]) 
         error(f"argument HOST[:PORT]: {exc}")
     if args.segments > 1 and (args.recursive or len(args.paths) > 1 or args.output == "-"):
         error("--segments fetches one file: give one PATH, without -r or -o -")
+
+
+def parse_size(text: str) -> int:
+    """``123``, ``10K``, ``1.5G``, ``2MiB``: a number of bytes (units are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
+    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
+
+
+def parse_rate(text: str) -> int:
+    """``50M``, ``800K``, ``2MiB/s``: bytes per second, as curl's ``--limit-rate`` reads them
+    (units are powers of 1024), at least :data:`~ftx._rate.MIN_RATE`."""
+    spoken = text.strip()
+    try:
+        rate = parse_size(spoken.removesuffix("/s").removesuffix("/S"))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate (e.g. 50M, 800K: bytes per second)"
+        ) from None
+    if rate < MIN_RATE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is below the lowest rate supported, {MIN_RATE // 1024}K"
+        )
+    return rate
+
+
+def add_limit_rate(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """Add ``--limit-rate``, which limits ``what``."""
+    parser.add_argument(
+        "--limit-rate",
+        type=parse_rate,
+        metavar="RATE",
+        help=f"move at most RATE bytes per second ({what}); K, M and G multiply by 1024, "
+        f"as in curl: 50M, 800K (at least {MIN_RATE // 1024}K)",
+    )

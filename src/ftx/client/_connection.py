@@ -60,6 +60,8 @@ class ClientConnection(trio.abc.AsyncResource):
 
     def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
+        if config.rate_limit is not None:
+            stream = config.rate_limit.wrap(stream)
         self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
         self._protocol = ClientProtocol(
             max_frame_size=config.max_frame_size,

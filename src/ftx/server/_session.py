@@ -16,6 +16,7 @@ from typing import Final
 
 import trio
 
+from ftx._rate import RateLimitedStream, TokenBucket
 from ftx._tls import accept_tls
 from ftx._version import __version__
 from ftx.errors import FtxError, IncompleteFrameError, RemoteProtocolError
@@ -124,6 +125,9 @@ class Session:
         self._blocks = BlockHandler(self, resources, portable=portable)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
+        rate = self._config.limit_rate
+        if rate is not None:  # each connection its own limit, each direction its own bucket
+            stream = RateLimitedStream(stream, TokenBucket(rate), TokenBucket(rate))
         return FramedChannel(stream, max_frame_size=self._config.max_frame_size)
 
     async def aclose(self) -> None:
@@ -349,6 +353,8 @@ class Session:
         if not shaken:
             return
         chunk = min(config.chunk_size, self._protocol.peer_max_frame_size - 1)
+        if config.limit_rate is not None:  # a frame a second at most: the client sees progress
+            chunk = min(chunk, config.limit_rate)
         while not self._stopping:
             with self._wait(config.idle_timeout) as idle:
                 try:
