@@ -27,6 +27,7 @@ from ftx.errors import (
 from ftx.framing import Buffer, FramedChannel
 from ftx.protocol import (
     DIGEST_FEATURES,
+    RANGES_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
     ClientProtocol,
@@ -66,7 +67,7 @@ class ClientConnection(trio.abc.AsyncResource):
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE},
+            features=DIGEST_FEATURES | {UPLOAD_FEATURE, RANGES_FEATURE},
         )
         self._digest_choice: DigestChoice = config.digest
         self._digest_algorithm: str | None = None  # chosen by the handshake
@@ -77,6 +78,7 @@ class ClientConnection(trio.abc.AsyncResource):
         self._data_since_progress = 0
         self._lock = trio.Lock()
         self._receive_buffers = ReceiveBuffers(config.max_frame_size)
+        self._range_buffer: bytearray | None = None  # for ranged GETs, made on first use
         self._closed = False
 
     @property

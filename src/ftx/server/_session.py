@@ -25,6 +25,7 @@ from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
     PORTABLE_IDENTITY_FEATURE,
+    RANGES_FEATURE,
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
     ErrorCode,
@@ -32,6 +33,7 @@ from ftx.protocol import (
     ServerProtocol,
 )
 from ftx.protocol.messages import (
+    Blocks,
     Error,
     Get,
     ListDir,
@@ -40,6 +42,7 @@ from ftx.protocol.messages import (
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
+from ftx.server._blocks import BlockHandler
 from ftx.server._config import ServerConfig
 from ftx.server._downloads import DownloadHandler
 from ftx.server._limits import WriteStalledError
@@ -111,7 +114,7 @@ class Session:
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads | identity,
+            features=DIGEST_FEATURES | uploads | identity | {RANGES_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
@@ -119,6 +122,7 @@ class Session:
             self, resources, self._protocol, sendfile=sendfile, portable=portable
         )
         self._uploads = UploadHandler(self, config, resources.root)
+        self._blocks = BlockHandler(self, resources, portable=portable)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
         rate = self._config.limit_rate
@@ -407,12 +411,14 @@ class Session:
 
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""
-        if not isinstance(request, Get | ListDir | Put | MakeDir):  # pragma: no cover
+        if not isinstance(request, Get | ListDir | Put | MakeDir | Blocks):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
         try:
             if isinstance(request, Get | ListDir):
                 await self._downloads.answer(request, record, chunk)
+            elif isinstance(request, Blocks):
+                await self._blocks.answer(request, record)
             else:
                 await self._uploads.answer(request, record)
         except BaseException as exc:
@@ -488,5 +494,6 @@ class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
-def _verb(request: Get | ListDir | Put | MakeDir) -> str:
-    return {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR"}[type(request)]
+def _verb(request: Get | ListDir | Put | MakeDir | Blocks) -> str:
+    verbs = {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR", Blocks: "BLOCKS"}
+    return verbs[type(request)]
