@@ -40,11 +40,27 @@ from ftx.protocol.messages import (
     Message,
     Put,
     Ready,
+    TreeDir,
+    TreeEnd,
+    TreeFile,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
+    TreeSkip,
     decode_message,
     encode_message,
 )
 
 MESSAGE_TYPES = (
+    TreeGet,
+    TreeDir,
+    TreeFiles,
+    TreeFile,
+    TreeSkip,
+    TreeEnd,
+    TreeHave,
+    TreeHaveEnd,
     Hello,
     Get,
     ListDir,
@@ -317,6 +333,14 @@ def test_kind_values_are_the_documented_ones() -> None:
         "DONE": 0x24,
         "ENTRIES": 0x30,
         "LIST_END": 0x31,
+        "TREE": 0x50,
+        "TREE_DIR": 0x51,
+        "TREE_FILES": 0x52,
+        "TREE_FILE": 0x53,
+        "TREE_SKIP": 0x54,
+        "TREE_END": 0x55,
+        "TREE_HAVE": 0x56,
+        "TREE_HAVE_END": 0x57,
     }
 
 

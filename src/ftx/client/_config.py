@@ -35,6 +35,9 @@ class ClientConfig:
             collision must be infeasible even to make on purpose; or an algorithm by name
             (``"sha256"``, say, to compare with a published digest), which the server must then
             compute.
+        tree_streams: fetch directory trees as one stream (``get -r``) when the server offers
+            it (feature ``tree``); ``False`` fetches every file with its own GET, as with a
+            server that does not.
 
     Raises:
         ValueError: the token is shorter than 16 bytes, ``digest`` is none of these,
@@ -45,6 +48,7 @@ class ClientConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     token: str | bytes | None = field(default=None, repr=False)
     digest: DigestChoice = "fast"
+    tree_streams: bool = True
 
     def __post_init__(self) -> None:
         check_digest_choice(self.digest)

@@ -25,6 +25,7 @@ from ftx.protocol import (
     DIGEST_FEATURES,
     PORTABLE_IDENTITY_FEATURE,
     SUPPORTED_VERSIONS,
+    TREE_FEATURE,
     UPLOAD_FEATURE,
     ErrorCode,
     ServerAuthenticator,
@@ -36,6 +37,7 @@ from ftx.protocol.messages import (
     ListDir,
     MakeDir,
     Put,
+    TreeGet,
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
@@ -44,6 +46,7 @@ from ftx.server._downloads import DownloadHandler
 from ftx.server._limits import WriteStalledError
 from ftx.server._readahead import MAX_BATCH
 from ftx.server._resources import ServerResources
+from ftx.server._tree import TreeHandler
 from ftx.server._uploads import UploadHandler
 
 __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
@@ -110,7 +113,7 @@ class Session:
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads | identity,
+            features=DIGEST_FEATURES | uploads | identity | {TREE_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
@@ -118,6 +121,9 @@ class Session:
             self, resources, self._protocol, sendfile=sendfile, portable=portable
         )
         self._uploads = UploadHandler(self, config, resources.root)
+        self._trees = TreeHandler(
+            self, resources.root, self._downloads, idle_timeout=config.idle_timeout
+        )
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
         return FramedChannel(stream, max_frame_size=self._config.max_frame_size)
@@ -401,12 +407,15 @@ class Session:
 
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""
-        if not isinstance(request, Get | ListDir | Put | MakeDir):  # pragma: no cover
+        if not isinstance(request, Get | ListDir | Put | MakeDir | TreeGet):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
         try:
             if isinstance(request, Get | ListDir):
                 await self._downloads.answer(request, record, chunk)
+            elif isinstance(request, TreeGet):
+                peer_limit = self._protocol.peer_max_frame_size
+                await self._trees.answer(request, record, chunk, peer_limit)
             else:
                 await self._uploads.answer(request, record)
         except BaseException as exc:
@@ -482,5 +491,6 @@ class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
-def _verb(request: Get | ListDir | Put | MakeDir) -> str:
-    return {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR"}[type(request)]
+def _verb(request: Get | ListDir | Put | MakeDir | TreeGet) -> str:
+    verbs = {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR", TreeGet: "TREE"}
+    return verbs[type(request)]

@@ -1,0 +1,568 @@
+"""``get -r`` of one directory as one stream (feature ``tree``, docs/protocol.md section 21).
+
+One TREE request; the client sends what it already has (a have-list, streamed page by page in
+the tree's canonical order, so the server can leave those files out) while it reads the answer:
+directories, batches of small files, large files (received by :mod:`ftx.client._receive`, as a
+GET's answer) and skipped entries. The small files of a batch are verified and written by one
+worker-thread job (each through a part file created exclusively, its time set, then renamed),
+which runs while the next batch is received; :mod:`ftx.client._tree` flushes the file systems
+once at the end.
+
+Every name from the wire is checked twice: by the decoder (one path component, no separator,
+NUL, ``.`` or ``..``, at most 255 bytes), and here before use. Directories are created and
+opened one component at a time with ``O_NOFOLLOW`` relative to their parent's descriptor, so a
+symbolic link planted where a directory should be is refused, never followed: nothing is
+written outside the destination. An entry that fails (refused, unreadable on the server, a
+local error) is reported and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ftx._threads import ThreadJob, leaf_exceptions
+from ftx.client._client import Client
+from ftx.client._partfile import DiscardingPart, PartFile, part_file_name, part_for
+from ftx.client._receive import (
+    Download,
+    GetOptions,
+    ReceiveBuffers,
+    receive_answer,
+)
+from ftx.client._streams import file_digest
+from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
+from ftx.framing import Buffer
+from ftx.protocol import TREE_FEATURE, ClientProtocol, ErrorCode, new_hasher
+from ftx.protocol.messages import (
+    Error,
+    HaveRecord,
+    Message,
+    TreeDir,
+    TreeEnd,
+    TreeFile,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
+    TreeRecord,
+    TreeSame,
+    TreeSkip,
+)
+
+__all__ = ["Skipped", "TreeProgress", "TreeResult", "stream_tree"]
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PART_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_HAVE_PAGE: Final = 1000
+_MAX_NAME_BYTES: Final = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A remote entry that was not downloaded, and why (not an error)."""
+
+    path: str
+    reason: str
+
+
+TreeResult = Download | FtxError | Skipped
+
+
+@dataclass(slots=True)
+class TreeProgress:
+    """Totals for a progress display; updated in place while a tree download runs."""
+
+    files_found: int = 0
+    bytes_found: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    listing_done: bool = False
+    in_flight: set[str] = field(default_factory=set)
+
+
+def _usable(name: str) -> bool:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return 0 < size <= _MAX_NAME_BYTES and not any(c in name for c in "/\\\0")
+
+
+def _safe(name: str) -> str:
+    if name in ("", ".", "..") or not _usable(name):
+        raise LocalFileError(f"the server sent an unsafe file name: {name!r}; refused")
+    return name
+
+
+def _sort_key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _have_pages(root: Path, checksum: str | None, request_id: int) -> Iterator[TreeHave]:
+    """What the client has under ``root``, as pages in the tree's canonical order (directories
+    depth first, files before subdirectories, names by UTF-8 bytes), links not followed."""
+    pending: list[tuple[str, Path]] = [("", root)]
+    while pending:
+        relative, directory = pending.pop()
+        files: list[HaveRecord] = []
+        subdirectories: list[str] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if not _usable(entry.name) or entry.name in (".", ".."):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        subdirectories.append(entry.name)
+                    elif stat.S_ISREG(st.st_mode):
+                        digest = None
+                        if checksum is not None:
+                            try:
+                                digest = file_digest(entry.path, checksum)
+                            except OSError:
+                                continue
+                        files.append(HaveRecord(entry.name, st.st_size, st.st_mtime_ns, digest))
+        except OSError:
+            continue  # not there (the first run), or unreadable: nothing had
+        files.sort(key=lambda record: _sort_key(record.name))
+        for start in range(0, len(files), _HAVE_PAGE):
+            yield TreeHave(request_id, relative, tuple(files[start : start + _HAVE_PAGE]))
+        subdirectories.sort(key=_sort_key, reverse=True)
+        for name in subdirectories:
+            pending.append((f"{relative}/{name}" if relative else name, directory / name))
+
+
+class _TreeWire:
+    """The client, as :func:`~ftx.client._receive.receive_answer` sees it while it receives a
+    large file of a tree: a TREE_SKIP that ends the file reads as the ERROR of a GET would."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @property
+    def digest_algorithm(self) -> str:
+        return self._client.digest_algorithm
+
+    @property
+    def _protocol(self) -> ClientProtocol:
+        return self._client._protocol
+
+    @property
+    def _receive_buffers(self) -> ReceiveBuffers:
+        return self._client._receive_buffers
+
+    async def _send(self, *messages: Message) -> None:
+        await self._client._send(*messages)
+
+    async def _receive(self, into: bytearray | None = None) -> Message:
+        message = await self._client._receive(into)
+        if isinstance(message, TreeSkip):
+            return Error(message.request_id, message.code, message.message)
+        return message
+
+    async def _fail(self) -> None:
+        await self._client._fail()
+
+
+def _open_directory(parent: int, name: str) -> int:
+    """Create (if needed) and open the directory ``name`` in ``parent``, never through a
+    symbolic link. Raises LocalFileError."""
+    try:
+        os.mkdir(name, dir_fd=parent)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LocalFileError(f"cannot create directory {name!r}: {exc.strerror}") from exc
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise LocalFileError(f"{name!r} exists and is not a directory") from exc
+        raise LocalFileError(f"cannot open directory {name!r}: {exc.strerror}") from exc
+
+
+def _open_path(top: int, path: str) -> int:
+    """Open (creating) the directory ``path`` (checked names joined by ``/``) below ``top``."""
+    fd = os.dup(top)
+    try:
+        for part in path.split("/") if path else ():
+            inner = _open_directory(fd, _safe(part))
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    directory_fd: int
+    directory: Path
+    remote: str
+    records: tuple[TreeRecord, ...]
+    content: Buffer
+
+
+def _write_batch(
+    batch: _Batch, algorithm: str | None, overwrite: bool, preserve_mode: bool
+) -> list[tuple[str, TreeResult]]:
+    """Verify and save the small files of ``batch`` (in a worker thread)."""
+    results: list[tuple[str, TreeResult]] = []
+    view = memoryview(batch.content)
+    offset = 0
+    started = time.monotonic()
+    for record in batch.records:
+        data = view[offset : offset + record.size]
+        offset += record.size
+        remote = f"{batch.remote}/{record.name}" if batch.remote else record.name
+        try:
+            name = _safe(record.name)
+            if algorithm is not None:
+                hasher = new_hasher(algorithm)
+                hasher.update(data)
+                if hasher.hexdigest() != record.digest:
+                    raise IntegrityError(
+                        f"{record.size}-byte download does not match the server's {algorithm}; "
+                        "nothing was saved"
+                    )
+            _save(batch.directory_fd, name, data, record, overwrite, preserve_mode)
+        except FtxError as exc:
+            results.append((remote, exc))
+            continue
+        dest = batch.directory / name
+        download = Download(
+            remote,
+            dest,
+            record.size,
+            record.mtime_ns,
+            record.digest if algorithm else None,
+            algorithm,
+            time.monotonic() - started,
+        )
+        results.append((remote, download))
+    return results
+
+
+def _save(
+    directory: int,
+    name: str,
+    data: memoryview,
+    record: TreeRecord,
+    overwrite: bool,
+    preserve_mode: bool,
+) -> None:
+    """Write ``data`` to a part file created exclusively in ``directory``, give it the
+    record's time (and mode), and rename it to ``name``. Raises LocalFileError."""
+    part = part_file_name(name)
+    try:
+        try:
+            fd = os.open(part, _PART_FLAGS, 0o666, dir_fd=directory)
+        except FileExistsError:
+            os.unlink(part, dir_fd=directory)  # left by an interrupted run: ours to replace
+            fd = os.open(part, _PART_FLAGS, 0o666, dir_fd=directory)
+        try:
+            written = 0
+            while written < data.nbytes:
+                written += os.write(fd, data[written:])
+            if preserve_mode:
+                os.fchmod(fd, record.mode & 0o777)
+            os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
+        finally:
+            os.close(fd)
+        if overwrite:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(name, dir_fd=directory).st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "is a directory")
+            os.rename(part, name, src_dir_fd=directory, dst_dir_fd=directory)
+        else:
+            os.link(part, name, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
+            os.unlink(part, dir_fd=directory)
+    except (FileExistsError, IsADirectoryError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=directory)
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(name, dir_fd=directory).st_mode):
+                raise LocalFileError(
+                    f"{name!r} is a directory: the server's file is not saved there"
+                ) from exc
+        raise LocalFileError(f"{name!r} already exists (use --force to replace)") from exc
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=directory)
+        raise LocalFileError(f"cannot save {name!r}: {exc.strerror}") from exc
+
+
+async def stream_tree(
+    client: Client,
+    remote: str,
+    local: Path,
+    *,
+    overwrite: bool,
+    verify: bool,
+    preserve_mode: bool,
+    checksum: bool,
+    finish: Callable[[str, TreeResult], object],
+    totals: TreeProgress,
+    directories: set[str],
+) -> bool:
+    """Fetch the directory ``remote`` into the local directory ``local`` (created if needed)
+    as one stream; report every file and skip through ``finish``. Return False, having sent
+    nothing, if the server does not offer tree streams, or if ``remote`` is not a directory
+    (the caller then fetches it file by file).
+
+    Raises:
+        LocalFileError: ``local`` cannot be created or opened as a directory.
+        RemoteError: the server refused the tree (e.g. ``not-found``).
+        ConnectionLostError, RemoteProtocolError: the connection failed; what was saved stays
+            saved, and a re-run fetches only the rest.
+    """
+    if TREE_FEATURE not in client._protocol.features:
+        return False
+    algorithm = client.digest_algorithm if verify else None
+    request = TreeGet(
+        client._protocol.new_request_id(),
+        remote,
+        digest=algorithm,
+        have=not overwrite,
+        checksum=checksum and algorithm is not None,
+    )
+    await client._send(request)
+    receiver = _Receiver(client, request, local, overwrite, preserve_mode, finish, totals)
+
+    async def send_have() -> None:
+        pages = _have_pages(local, algorithm if request.checksum else None, request.request_id)
+        while page := await trio.to_thread.run_sync(next, pages, None):
+            await client._send(page)
+        await client._send(TreeHaveEnd(request.request_id))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            if request.have:
+                nursery.start_soon(send_have)
+            try:
+                found = await receiver.run()
+            finally:
+                receiver.close()
+                directories.update(receiver.directories)
+    except BaseExceptionGroup as group:
+        leaves = [exc for exc in leaf_exceptions(group) if not isinstance(exc, trio.Cancelled)]
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+    return found
+
+
+class _Receiver:
+    """Reads one TREE answer and saves what it holds."""
+
+    def __init__(
+        self,
+        client: Client,
+        request: TreeGet,
+        local: Path,
+        overwrite: bool,
+        preserve_mode: bool,
+        finish: Callable[[str, TreeResult], object],
+        totals: TreeProgress,
+    ) -> None:
+        self._client = client
+        self._request = request
+        self._local = local
+        self._overwrite = overwrite
+        self._preserve_mode = preserve_mode
+        self._finish = finish
+        self._totals = totals
+        self._top: int | None = None
+        self._fd: int | None = None  # the current directory, or None if it failed
+        self._directory = ""
+        self._failed: list[str] = []  # directories that could not be made: their subtrees too
+        self._job: ThreadJob[list[tuple[str, TreeResult]]] | None = None
+        self._old_fds: list[int] = []  # closed once the job writing into them is done
+        self.directories: set[str] = set()
+
+    def close(self) -> None:
+        for fd in (self._fd, self._top, *self._old_fds):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._top = None
+        self._old_fds = []
+
+    async def _settle(self) -> None:
+        """Wait for the batch being written; report its files."""
+        job, self._job = self._job, None
+        if job is not None:
+            try:
+                results = await job.result()
+            finally:
+                for fd in self._old_fds:
+                    os.close(fd)
+                self._old_fds = []
+            for remote, result in results:
+                self._report(remote, result)
+
+    def _report(self, remote: str, result: TreeResult) -> None:
+        self._totals.files_done += not isinstance(result, Skipped)
+        if isinstance(result, Download):
+            self._totals.bytes_done += result.size
+        self._finish(remote, result)
+
+    def _remote(self, relative: str) -> str:
+        base = self._request.path.strip("/")
+        return "/".join(part for part in (base, relative) if part)
+
+    async def run(self) -> bool:
+        """Read the answer to its end; False if the server answered ``not-a-directory``."""
+        client = self._client
+        while True:
+            message = await client._receive()
+            if isinstance(message, Error):
+                await self._settle()
+                if message.code == ErrorCode.NOT_A_DIRECTORY and self._top is None:
+                    return False
+                raise RemoteError(message.code, message.message)
+            if isinstance(message, TreeFiles):
+                await self._files(message)
+                continue
+            await self._settle()
+            match message:
+                case TreeDir():
+                    self._enter(message.path)
+                case TreeFile():
+                    await self._large(message.name)
+                case TreeSkip():
+                    self._skip(message)
+                case TreeSame():
+                    self._same(message)
+                case TreeEnd():
+                    return True
+
+    def _open_top(self) -> int:
+        if self._top is None:
+            parent = self._local.parent
+            name = self._local.name
+            if not name:  # the destination itself
+                self._top = os.open(self._local, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            else:
+                parent_fd = os.open(parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+                try:
+                    self._top = _open_directory(parent_fd, name)
+                finally:
+                    os.close(parent_fd)
+        return self._top
+
+    def _enter(self, path: str) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # no job writes into it now (settled)
+        self._fd = None
+        self._directory = path
+        if any(path == failed or path.startswith(failed + "/") for failed in self._failed):
+            return  # below a directory that failed, and was reported: nothing to say again
+        try:
+            top = self._open_top()
+            self._fd = _open_path(top, path)
+        except LocalFileError as exc:
+            if self._top is None:
+                raise
+            self._failed.append(path)
+            self._finish(self._remote(path), exc)
+        except OSError as exc:
+            if self._top is None:
+                raise LocalFileError(f"cannot open {self._local}: {exc.strerror}") from exc
+            self._failed.append(path)
+            self._finish(self._remote(path), LocalFileError(f"cannot open {path!r}: {exc}"))
+        else:
+            self.directories.add(os.fspath(self._local / path if path else self._local))
+
+    async def _files(self, message: TreeFiles) -> None:
+        self._totals.files_found += len(message.records)
+        self._totals.bytes_found += sum(record.size for record in message.records)
+        remote = self._remote(self._directory)
+        if self._fd is None:
+            return  # its directory failed, and was reported
+        await self._settle()
+        fd = os.dup(self._fd)  # the job's own: the directory may change before it is done
+        self._old_fds.append(fd)
+        local = self._local / self._directory if self._directory else self._local
+        batch = _Batch(fd, local, remote, message.records, message.content)
+        algorithm = self._request.digest
+        overwrite, preserve = self._overwrite, self._preserve_mode
+        self._job = ThreadJob(lambda: _write_batch(batch, algorithm, overwrite, preserve))
+
+    async def _large(self, name: str) -> None:
+        remote = f"{self._remote(self._directory)}/{name}".lstrip("/")
+        wire = _TreeWire(self._client)
+        options = GetOptions(
+            overwrite=self._overwrite,
+            verify=self._request.digest is not None,
+            preserve_mtime=True,
+            preserve_mode=self._preserve_mode,
+            durable=False,
+            skip_unwritable=True,
+            into_directories=False,
+        )
+        counted = 0
+        found = False
+
+        def progress(done: int, total: int) -> None:
+            nonlocal counted, found
+            if not found:
+                found = True
+                self._totals.bytes_found += total
+            self._totals.bytes_done += done - counted
+            counted = done
+
+        local = self._local / self._directory if self._directory else self._local
+        part: PartFile = DiscardingPart(Path(os.devnull))  # read and dropped, unless saved
+        refusal: LocalFileError | None = None
+        if self._fd is not None:  # (else its directory failed, and was reported)
+            try:
+                part = part_for(local / _safe(name))
+            except LocalFileError as exc:
+                refusal = exc
+        self._totals.files_found += self._fd is not None
+        try:
+            download = await receive_answer(wire, remote, part, progress, options, time.monotonic())
+        except (RemoteError, IntegrityError, LocalFileError) as exc:
+            self._totals.bytes_done -= counted
+            self._report(remote, exc)
+            return
+        self._totals.bytes_done -= counted
+        if refusal is not None:
+            self._report(remote, refusal)
+        elif self._fd is not None:
+            self._report(remote, download)
+
+    def _same(self, message: TreeSame) -> None:
+        remote = self._remote(self._directory)
+        self._totals.files_found += len(message.names)
+        self._totals.files_done += len(message.names)
+        for name in message.names:
+            path = f"{remote}/{name}" if remote else name
+            self._finish(path, Skipped(path, "up to date"))
+
+    def _skip(self, message: TreeSkip) -> None:
+        remote = self._remote(message.path)
+        if message.code == "symlink":
+            self._finish(
+                remote, Skipped(remote, "a symbolic link (not followed; fetch its target by name)")
+            )
+        elif message.code == "not-a-file":
+            self._finish(remote, Skipped(remote, "not a regular file"))
+        else:
+            self._totals.files_done += 1
+            self._finish(remote, RemoteError(message.code, message.message))
