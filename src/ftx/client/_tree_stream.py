@@ -356,6 +356,10 @@ async def stream_tree(
             try:
                 found = await receiver.run()
             finally:
+                # The batch being written is finished (and reported) even when the stream
+                # failed: its files are whole.
+                with trio.CancelScope(shield=True):
+                    await receiver.settle_quietly()
                 receiver.close()
                 directories.update(receiver.directories)
     except BaseExceptionGroup as group:
@@ -414,6 +418,11 @@ class _Receiver:
                 self._old_fds = []
             for remote, result in results:
                 self._report(remote, result)
+
+    async def settle_quietly(self) -> None:
+        """Wait for the batch being written, if any, and report it; never raises."""
+        with contextlib.suppress(Exception):
+            await self._settle()
 
     def _report(self, remote: str, result: TreeResult) -> None:
         self._totals.files_done += not isinstance(result, Skipped)
