@@ -47,6 +47,7 @@ from ftx.protocol.messages import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreeSame,
     TreeSkip,
     decode_message,
     encode_message,
@@ -61,6 +62,7 @@ MESSAGE_TYPES = (
     TreeEnd,
     TreeHave,
     TreeHaveEnd,
+    TreeSame,
     Hello,
     Get,
     ListDir,
@@ -341,6 +343,7 @@ def test_kind_values_are_the_documented_ones() -> None:
         "TREE_END": 0x55,
         "TREE_HAVE": 0x56,
         "TREE_HAVE_END": 0x57,
+        "TREE_SAME": 0x58,
     }
 
 
