@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -268,6 +269,50 @@ def _count_check(expected: int) -> Check:
     return check
 
 
+_RSYNCD_WRITABLE = """\
+use chroot = no
+pid file = {work}/rsyncd.pid
+log file = {work}/rsyncd.log
+max connections = 0
+
+[data]
+    path = {root}
+    read only = no
+    uid = {uid}
+    gid = {gid}
+"""
+
+
+def _writable_servers(root: Path, rsync: str, work: Path) -> tuple[ServerSpec, ServerSpec]:
+    """``ftx serve --writable ROOT`` and an rsync daemon whose module ``data`` takes uploads
+    into ROOT (b4: pushing a tree)."""
+    base = bl.ftx_command()
+
+    def ftx_argv(port: int) -> list[str]:
+        root.mkdir(parents=True, exist_ok=True)
+        options = ["--writable", "--host", "127.0.0.1", "--port", str(port), "-q"]
+        return [*base, "serve", str(root), *options]
+
+    def rsync_argv(port: int) -> list[str]:
+        work.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        conf = work / "rsyncd.conf"
+        uid, gid = os.getuid(), os.getgid()
+        conf.write_text(_RSYNCD_WRITABLE.format(work=work, root=root, uid=uid, gid=gid))
+        (work / "rsyncd.pid").unlink(missing_ok=True)
+        options = [f"--config={conf}", f"--port={port}", "--address=127.0.0.1"]
+        return [rsync, "--daemon", "--no-detach", *options]
+
+    ftx = ServerSpec("ftx serve --writable", ftx_argv, stop_signal=signal.SIGINT)
+    return ftx, ServerSpec("rsync daemon (writable)", rsync_argv, stop_signal=signal.SIGTERM)
+
+
+def _relative_to(base: Path, command: str) -> list[str]:
+    """``sh -c COMMAND`` with ``$0`` the run directory and ``$R`` its path below ``base`` (the
+    served root), for the clients that push into it."""
+    return ["sh", "-c", f'R="${{0#{base}/}}"; exec {command}', "{dir}"]
+
+
 def small_files(settings: Settings) -> Scenario:
     data = settings.tmp / "data" / "b"
     paths = make_tree(data, settings.files, settings.dirs)
@@ -347,6 +392,30 @@ def small_files(settings: Settings) -> Scenario:
         unit="files/s",
         check=_count_check(many_files),
     )
+    # b4: pushing b1's tree into a fresh directory of a server on disk, per run.
+    pushed = settings.tmp / "pushed"
+    ftx_writable, rsync_writable = _writable_servers(pushed, rsync_tool, settings.tmp / "rsyncd-b4")
+    ftx_put = " ".join([*bl.ftx_command(), "put", "-r", "-q", "127.0.0.1:{port}", str(data)])
+    rsync_push = f"{rsync_tool} -a {data}/ rsync://127.0.0.1:{{port}}/data/$R/"
+
+    def count_pushed(run_dir: Path, run: ClientRun) -> str | None:
+        got = sum(len(names) for _, _, names in os.walk(run_dir))
+        return None if got == settings.files else f"stored {got} files, not {settings.files}"
+
+    b4 = partial(
+        Method,
+        f"b4: put -r, {settings.files} x 4 KiB",
+        work=settings.files,
+        unit="files/s",
+        check=count_pushed,
+        out_base=pushed,
+        prepare=lambda run_dir: os.sync(),
+    )
+    methods += [
+        b4("ftx put -r (CLI)", _relative_to(pushed, ftx_put + ' --to "$R"'), ftx_writable),
+        b4("rsync push to a daemon", _relative_to(pushed, rsync_push), rsync_writable,
+           needs=("rsync",), reference=True),
+    ]  # fmt: skip
     methods += [
         b2("ftx get -r (CLI, one tree stream)", cli_tree, mixed_server, prepare=make_tree_dir),
         b2("ftx lib, one tree stream", stream, mixed_server, prepare=make_tree_dir),
@@ -366,6 +435,8 @@ def small_files(settings: Settings) -> Scenario:
         "b3: the destination is a copy of the data made (cp -a, untimed) before each run",
         "b2: sizes log-normal (median 4 KiB, sigma 2) in 100 B-8 MiB, layout from seed "
         f"{MIXED_SEED}",
+        "b4: ftx put -r stores every file durably before the command returns (fsync per file "
+        "on the server); the rsync daemon flushes nothing (no --fsync)",
     ]
     return Scenario("b", methods, notes, keep_outputs=True)
 
