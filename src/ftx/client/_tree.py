@@ -99,6 +99,7 @@ async def download(
     on_done: Callable[[str, Download | FtxError | Skipped], object] | None = None,
     progress: TreeProgress | None = None,
     checksum: bool = False,
+    keep_results: bool = True,
 ) -> list[tuple[str, Download | FtxError | Skipped]]:
     """Download the files (and, with ``recursive``, the directory trees) at ``paths`` into the
     directory ``dest`` (the current directory when ``None``), over ``jobs`` connections.
@@ -115,6 +116,8 @@ async def download(
         progress: updated in place as files are found and data arrives.
         checksum: a file present with the server's size and time is up to date only if its
             digest is the server's too (one more request, and a read of the local file).
+        keep_results: with False, nothing is returned (``on_done`` sees every result): the
+            memory a run takes does not grow with the number of files.
 
     Returns:
         every ``(remote path, result)``, in the order the files finished.
@@ -136,7 +139,8 @@ async def download(
     def finish(path: str, result: Download | FtxError | Skipped, *, counted: bool = True) -> None:
         totals.in_flight.discard(path)
         totals.files_done += counted
-        results.append((path, result))
+        if keep_results:
+            results.append((path, result))
         if on_done is not None:
             on_done(path, result)
 

@@ -23,6 +23,7 @@ import errno
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ __all__ = ["Skipped", "TreeProgress", "TreeResult", "stream_tree"]
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PART_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _HAVE_PAGE: Final = 1000
+# How many batches of small files are written at once, each by a worker thread.
+_WRITERS: Final = 2
 _MAX_NAME_BYTES: Final = 255
 
 
@@ -394,35 +397,38 @@ class _Receiver:
         self._fd: int | None = None  # the current directory, or None if it failed
         self._directory = ""
         self._failed: list[str] = []  # directories that could not be made: their subtrees too
-        self._job: ThreadJob[list[tuple[str, TreeResult]]] | None = None
-        self._old_fds: list[int] = []  # closed once the job writing into them is done
+        # The batches being written, oldest first, each with its own descriptor of its
+        # directory (closed once the job is done).
+        self._jobs: deque[tuple[ThreadJob[list[tuple[str, TreeResult]]], int]] = deque()
         self.directories: set[str] = set()
 
     def close(self) -> None:
-        for fd in (self._fd, self._top, *self._old_fds):
+        """Close the descriptors still open (call once no job runs: :meth:`settle_quietly`)."""
+        for fd in (self._fd, self._top, *(fd for _, fd in self._jobs)):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fd = self._top = None
-        self._old_fds = []
+        self._jobs.clear()
 
-    async def _settle(self) -> None:
-        """Wait for the batch being written; report its files."""
-        job, self._job = self._job, None
-        if job is not None:
+    async def _settle(self, keep: int = 0) -> None:
+        """Wait for the oldest batches being written until at most ``keep`` are; report their
+        files."""
+        while len(self._jobs) > keep:
+            job, fd = self._jobs[0]
             try:
                 results = await job.result()
             finally:
-                for fd in self._old_fds:
-                    os.close(fd)
-                self._old_fds = []
+                self._jobs.popleft()
+                os.close(fd)
             for remote, result in results:
                 self._report(remote, result)
 
     async def settle_quietly(self) -> None:
-        """Wait for the batch being written, if any, and report it; never raises."""
-        with contextlib.suppress(Exception):
-            await self._settle()
+        """Wait for every batch being written, and report them; never raises."""
+        while self._jobs:
+            with contextlib.suppress(Exception):
+                await self._settle()
 
     def _report(self, remote: str, result: TreeResult) -> None:
         self._totals.files_done += not isinstance(result, Skipped)
@@ -447,7 +453,6 @@ class _Receiver:
             if isinstance(message, TreeFiles):
                 await self._files(message)
                 continue
-            await self._settle()
             match message:
                 case TreeDir():
                     self._enter(message.path)
@@ -458,6 +463,7 @@ class _Receiver:
                 case TreeSame():
                     self._same(message)
                 case TreeEnd():
+                    await self._settle()
                     return True
 
     def _open_top(self) -> int:
@@ -503,14 +509,20 @@ class _Receiver:
         remote = self._remote(self._directory)
         if self._fd is None:
             return  # its directory failed, and was reported
-        await self._settle()
+        # Batches are written by up to _WRITERS worker threads at once (each into its own
+        # directory, mostly: file systems lock a directory while they add a name to it).
+        await self._settle(keep=_WRITERS - 1)
         fd = os.dup(self._fd)  # the job's own: the directory may change before it is done
-        self._old_fds.append(fd)
         local = self._local / self._directory if self._directory else self._local
         batch = _Batch(fd, local, remote, message.records, message.content)
         algorithm = self._request.digest
         overwrite, preserve = self._overwrite, self._preserve_mode
-        self._job = ThreadJob(lambda: _write_batch(batch, algorithm, overwrite, preserve))
+        try:
+            job = ThreadJob(lambda: _write_batch(batch, algorithm, overwrite, preserve))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._jobs.append((job, fd))
 
     async def _large(self, name: str) -> None:
         remote = f"{self._remote(self._directory)}/{name}".lstrip("/")
