@@ -232,6 +232,7 @@ def _write_batch(
         data = view[offset : offset + record.size]
         offset += record.size
         remote = f"{batch.remote}/{record.name}" if batch.remote else record.name
+        where = (batch.directory / record.name, remote)
         try:
             name = _safe(record.name)
             if algorithm is not None:
@@ -242,7 +243,7 @@ def _write_batch(
                         f"{record.size}-byte download does not match the server's {algorithm}; "
                         "nothing was saved"
                     )
-            _save(batch.directory_fd, name, data, record, overwrite, preserve_mode)
+            _save(batch.directory_fd, name, data, record, overwrite, preserve_mode, where)
         except FtxError as exc:
             results.append((remote, exc))
             continue
@@ -267,9 +268,12 @@ def _save(
     record: TreeRecord,
     overwrite: bool,
     preserve_mode: bool,
+    where: tuple[Path, str],
 ) -> None:
     """Write ``data`` to a part file created exclusively in ``directory``, give it the
-    record's time (and mode), and rename it to ``name``. Raises LocalFileError."""
+    record's time (and mode), and rename it to ``name``. ``where`` is the local path and the
+    remote one, for messages. Raises LocalFileError."""
+    dest, remote = where
     part = part_file_name(name)
     try:
         try:
@@ -300,13 +304,13 @@ def _save(
         with contextlib.suppress(OSError):
             if stat.S_ISDIR(os.lstat(name, dir_fd=directory).st_mode):
                 raise LocalFileError(
-                    f"{name!r} is a directory: the server's file is not saved there"
+                    f"{dest} is a directory: the server's file {remote!r} is not saved there"
                 ) from exc
-        raise LocalFileError(f"{name!r} already exists (use --force to replace)") from exc
+        raise LocalFileError(f"{dest} already exists (use --force to replace)") from exc
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=directory)
-        raise LocalFileError(f"cannot save {name!r}: {exc.strerror}") from exc
+        raise LocalFileError(f"cannot save {dest}: {exc.strerror}") from exc
 
 
 async def stream_tree(
