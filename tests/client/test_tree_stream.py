@@ -5,9 +5,13 @@ size and time, errors are per entry, and an old server is fetched from file by f
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import random
+import signal
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +22,7 @@ import trio
 import ftx
 import ftx._tree_walk
 import ftx.server._session
+from conftest import PYTHON_M_FTX, ServerStarter
 from ftx.client._tree import Skipped, TreeProgress, download
 
 
@@ -235,3 +240,46 @@ async def test_tree_streams_can_be_turned_off_and_files_still_fall_back(
         assert tree_files(dest / "top") == tree_files(served / "top")
         assert (dest / "single.txt").read_bytes() == b"one"
         assert isinstance(results["missing"], ftx.RemoteError)
+
+
+def test_ctrl_c_mid_tree_then_a_re_run_finishes_it(
+    tmp_path: Path, start_ftx_server: ServerStarter
+) -> None:
+    """A real `ftx get -r` of many small files and some large ones, interrupted once files
+    have landed: every file present is whole (with the server's time), and the same command
+    run again fetches only the rest."""
+    served = tmp_path / "served"
+    rng = random.Random(3)
+    for d in range(20):
+        (served / "top" / f"d{d:02}").mkdir(parents=True)
+        for f in range(150):
+            (served / "top" / f"d{d:02}" / f"f{f:03}").write_bytes(rng.randbytes(2000))
+        (served / "top" / f"d{d:02}" / "big.bin").write_bytes(rng.randbytes(2 * 1024 * 1024))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    address = start_ftx_server(served).address
+    get = [*PYTHON_M_FTX, "get", "-r", address, "top", "-o", str(dest), "--json"]
+    client = subprocess.Popen(get, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while sum(1 for _ in dest.rglob("f*")) < 300:
+        assert time.monotonic() < deadline, "no files appeared"
+        assert client.poll() is None, "the download finished before it could be interrupted"
+        time.sleep(0.005)
+    client.send_signal(signal.SIGINT)
+    _, errors = client.communicate(timeout=30)
+    assert client.returncode == 130, errors
+    expected = tree_files(served / "top")
+    got = {
+        name: content
+        for name, content in tree_files(dest / "top").items()
+        if not name.endswith((".part", ".part.resume"))  # a large file's, for its resume
+    }
+    assert 300 <= len(got) < len(expected)
+    for name, content in got.items():
+        assert content == expected[name], name  # whole, verified, with the server's time
+    rerun = subprocess.run(get, capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    statuses = [json.loads(line)["status"] for line in rerun.stdout.splitlines()]
+    assert statuses.count("skipped") >= 300  # up to date: not sent again
+    assert tree_files(dest / "top") == expected
+    assert not list(dest.rglob("*.part*"))
