@@ -86,6 +86,10 @@ def check_name(name: object, what: str = "name") -> str:
         raise RemoteProtocolError(f"{what} {name!r} is not a file name")
     if "/" in name or "\\" in name or "\0" in name:
         raise RemoteProtocolError(f"{what} {name!r} holds a separator or NUL")
+    if name.isascii():  # (most names: one byte a character, no surrogates)
+        if len(name) > MAX_NAME_BYTES:
+            raise RemoteProtocolError(f"{what} is longer than {MAX_NAME_BYTES} bytes")
+        return name
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
@@ -152,7 +156,24 @@ def _id(obj: dict[str, Any]) -> int:
     return _int(_get(obj, "id"), "id", 0, _MAX_ID)
 
 
+def _plain_int(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _plain_digest(value: object) -> bool:
+    return value is None or (type(value) is str and len(value) <= _MAX_SHORT and value.isascii())
+
+
 def _record(raw: object) -> TreeRecord:
+    if type(raw) is list and len(raw) == 5:  # the common case, checked at once
+        name, size, mtime_ns, mode, digest = raw
+        if (
+            _plain_int(size, 0, _MAX_INT)
+            and _plain_int(mtime_ns, -_MAX_INT, _MAX_INT)
+            and _plain_int(mode, 0, 0o7777)
+            and _plain_digest(digest)
+        ):
+            return TreeRecord(check_name(name), size, mtime_ns, mode, digest)
     if not isinstance(raw, list) or len(raw) != 5:
         raise RemoteProtocolError("a file record must be an array of 5 values")
     name, size, mtime_ns, mode, digest = raw
@@ -166,6 +187,14 @@ def _record(raw: object) -> TreeRecord:
 
 
 def _have(raw: object) -> HaveRecord:
+    if type(raw) is list and len(raw) == 4:  # the common case, checked at once
+        name, size, mtime_ns, digest = raw
+        if (
+            _plain_int(size, 0, _MAX_INT)
+            and _plain_int(mtime_ns, -_MAX_INT, _MAX_INT)
+            and _plain_digest(digest)
+        ):
+            return HaveRecord(check_name(name), size, mtime_ns, digest)
     if not isinstance(raw, list) or len(raw) != 4:
         raise RemoteProtocolError("a have record must be an array of 4 values")
     name, size, mtime_ns, digest = raw
