@@ -31,7 +31,8 @@ from ftx._threads import run_together
 from ftx.client._client import Client, Download
 from ftx.client._flush import sync_file_systems
 from ftx.client._streams import file_digest
-from ftx.client._tree_stream import Skipped, TreeProgress, stream_tree
+from ftx.client._tree_disk import Skipped, TreeProgress
+from ftx.client._tree_stream import stream_tree
 from ftx.errors import FtxError, LocalFileError, RemoteError, RemoteProtocolError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
