@@ -43,6 +43,7 @@ from ftx.protocol.messages import (
 from ftx.server._access_log import AccessRecord
 from ftx.server._downloads import DownloadHandler, DownloadSession
 from ftx.server._fs_wire import error_code
+from ftx.server._limits import WriteStalledError
 
 __all__ = ["TreeHandler", "TreeSession"]
 
@@ -200,6 +201,7 @@ class _Stream:
                     self._directory = item.path
                     await self._session.send_soon(TreeDir(request_id, item.path))
                     if have is not None:
+                        await self._session.send()  # what is queued goes before any wait
                         walker.have = await have.for_directory(item.path)
                 elif isinstance(item, SkipItem):
                     self.skipped += 1
@@ -302,8 +304,14 @@ class _HaveReader:
 
     async def _next_page(self) -> TreeHave | None:
         if self._page is None and not self._ended:
-            with trio.fail_after(self._idle_timeout):
-                message = await self._session.receive()
+            with trio.move_on_after(self._idle_timeout) as waited:
+                try:
+                    message = await self._session.receive()
+                except trio.EndOfChannel:  # the client went away in the middle of its list
+                    raise trio.BrokenResourceError("the client closed the connection") from None
+            if waited.cancelled_caught:
+                seconds = f"{self._idle_timeout:g}"
+                raise WriteStalledError(f"the client sent no more of its have-list for {seconds} s")
             if isinstance(message, TreeHaveEnd):
                 self._ended = True
             else:
