@@ -116,9 +116,9 @@ async def stream_tree(
     directories: set[str],
 ) -> bool:
     """Fetch the directory ``remote`` into the local directory ``local`` (created if needed)
-    as one stream; report every file and skip through ``finish``. Return False, having sent
-    nothing, if the server does not offer tree streams, or if ``remote`` is not a directory
-    (the caller then fetches it file by file).
+    as one stream; report every file and skip through ``finish``. Return False if the server
+    does not offer tree streams (nothing is sent then), or answers that ``remote`` is not a
+    directory (its answer read, the connection usable): the caller fetches it file by file.
 
     Raises:
         LocalFileError: ``local`` cannot be created or opened as a directory.
