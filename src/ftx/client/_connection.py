@@ -27,6 +27,7 @@ from ftx.errors import (
 from ftx.framing import Buffer, FramedChannel
 from ftx.protocol import (
     DIGEST_FEATURES,
+    RANGES_FEATURE,
     TREE_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
@@ -60,12 +61,14 @@ class ClientConnection(trio.abc.AsyncResource):
 
     def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
+        if config.rate_limit is not None:
+            stream = config.rate_limit.wrap(stream)
         self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
         self._protocol = ClientProtocol(
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE} | _tree_features(config),
+            features=DIGEST_FEATURES | {UPLOAD_FEATURE, RANGES_FEATURE} | _tree_features(config),
         )
         self._digest_choice: DigestChoice = config.digest
         self._digest_algorithm: str | None = None  # chosen by the handshake
@@ -76,6 +79,7 @@ class ClientConnection(trio.abc.AsyncResource):
         self._data_since_progress = 0
         self._lock = trio.Lock()
         self._receive_buffers = ReceiveBuffers(config.max_frame_size)
+        self._range_buffer: bytearray | None = None  # for ranged GETs, made on first use
         self._closed = False
 
     @property
