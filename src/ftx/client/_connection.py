@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import trio
 
@@ -24,7 +25,13 @@ from ftx.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from ftx.framing import Buffer, FramedChannel
+from ftx.framing import (
+    BlockingReceiver,
+    Buffer,
+    FramedChannel,
+    IdleClock,
+    SpanStalledError,
+)
 from ftx.protocol import (
     DIGEST_FEATURES,
     UPLOAD_FEATURE,
@@ -43,6 +50,8 @@ other than DATA, within the idle timeout (the time spent waiting for it, not the
 work in between); else the client gives up (docs/protocol.md, section 3)."""
 
 logger = logging.getLogger("ftx.client")
+
+T = TypeVar("T")
 
 
 class ClientConnection(trio.abc.AsyncResource):
@@ -220,6 +229,44 @@ class ClientConnection(trio.abc.AsyncResource):
             await self._fail()
             raise RemoteError(message.code, message.message)
         return message
+
+    @property
+    def _spans_supported(self) -> bool:
+        """Whether the connection can hand its socket to a worker thread (plain TCP)."""
+        return self._channel.spans_supported
+
+    async def _receive_span(self, work: Callable[[BlockingReceiver], T]) -> T:
+        """Run ``work(receiver)`` in a worker thread that owns the receiving side (see
+        :meth:`ftx.framing.FramedChannel.receive_span`), under the same read-progress deadline
+        as :meth:`_receive`. Any failure but a cancellation closes the connection.
+
+        Raises:
+            ConnectionLostError, RemoteProtocolError: as for :meth:`_receive`.
+            Whatever ``work`` raises.
+        """
+        clock = IdleClock(self._idle_timeout, PROGRESS_BYTES, self._stalled)
+        try:
+            result = await self._channel.receive_span(work, clock)
+        except SpanStalledError as exc:
+            await self._fail()
+            raise ConnectionLostError(
+                f"the server made no progress for {self._idle_timeout:g} seconds"
+            ) from exc
+        except trio.EndOfChannel as exc:
+            await self._fail()
+            raise ConnectionLostError("the server closed the connection") from exc
+        except IncompleteFrameError as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the server closed the connection: {exc}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
+        except RemoteProtocolError:
+            await self._fail()
+            raise
+        self._stalled = clock.spent
+        self._data_since_progress = clock.since_progress
+        return result
 
     def _note_progress(self, message: Message | None) -> None:
         """Restart the read-progress deadline if ``message`` is progress: any message but DATA,
