@@ -24,9 +24,10 @@ __all__ = ["BULK_MIN_SIZE", "BulkWire", "bulk_eligible", "receive_data_in_thread
 
 T = TypeVar("T")
 
-BULK_MIN_SIZE: Final = 4 << 20
+BULK_MIN_SIZE: Final = 8 << 20
 """Files with at least this much DATA still to come take the bulk path (below, a thread span
-costs more than the event loop's per-frame work)."""
+costs more than the event loop's per-frame work, and a progress callback that cancels would
+often see the thread finish the file first: progress reaches the trio side asynchronously)."""
 
 
 class BulkWire(Protocol):

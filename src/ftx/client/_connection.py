@@ -34,6 +34,7 @@ from ftx.framing import (
 )
 from ftx.protocol import (
     DIGEST_FEATURES,
+    LARGE_DATA_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
     ClientProtocol,
@@ -42,7 +43,11 @@ from ftx.protocol import (
 )
 from ftx.protocol.messages import Data, Error, Hello, ListEntries, Message
 
-__all__ = ["PROGRESS_BYTES", "ClientConnection"]
+__all__ = ["MAX_DATA_FRAME_SIZE", "PROGRESS_BYTES", "ClientConnection"]
+
+MAX_DATA_FRAME_SIZE: Final = 8 << 20
+"""The largest DATA payload the client accepts from a server that lists ``large-data``
+(docs/protocol.md, section 20); every other frame keeps the ``max_frame_size`` limit."""
 
 PROGRESS_BYTES: Final = 65536
 """While an answer is due, the server must send this many bytes of file content, or a message
@@ -68,12 +73,15 @@ class ClientConnection(trio.abc.AsyncResource):
 
     def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
-        self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
+        # DATA frames may be larger than the frame limit, where the server agrees (large-data).
+        data_limit = max(config.max_frame_size, MAX_DATA_FRAME_SIZE)
+        self._channel = FramedChannel(stream, max_frame_size=data_limit)
         self._protocol = ClientProtocol(
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE},
+            features=DIGEST_FEATURES | {UPLOAD_FEATURE, LARGE_DATA_FEATURE},
+            max_data_frame_size=data_limit,
         )
         self._digest_choice: DigestChoice = config.digest
         self._digest_algorithm: str | None = None  # chosen by the handshake
@@ -83,7 +91,7 @@ class ClientConnection(trio.abc.AsyncResource):
         self._stalled = 0.0
         self._data_since_progress = 0
         self._lock = trio.Lock()
-        self._receive_buffers = ReceiveBuffers(config.max_frame_size)
+        self._receive_buffers = ReceiveBuffers(data_limit)
         self._closed = False
 
     @property

@@ -1,7 +1,7 @@
 """The bulk path of a download on the server: the DATA of a big file on plain TCP sent by one
 worker thread that owns the socket for the whole span (not a thread hop per chunk), while the
 event loop only waits. Chunks go with ``sendfile``. When the whole-file digest is not known
-yet, the same thread reads each chunk into a reused buffer and hashes it just before
+yet, the same thread reads each chunk into a small buffer of its own and hashes it just before
 ``sendfile`` sends the same pages (one pass over the file, in one thread: not a second thread
 re-reading the whole file). Reading a chunk once and sending what was read costs more CPU than
 that (1 GiB: 0.51-0.71 s against 0.36 s of server CPU): ``sendfile`` hands the page-cache
@@ -27,6 +27,8 @@ _NO_SENDFILE: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 __all__ = [
     "BULK_MIN_SIZE",
+    "SPAN_CHUNK",
+    "SPAN_HASH_BUFFER",
     "SpanEnd",
     "SpanResult",
     "bulk_eligible",
@@ -37,6 +39,11 @@ __all__ = [
 BULK_MIN_SIZE: Final = 4 << 20
 """Spans of at least this many bytes take the bulk path (below, a thread span costs more than
 the event loop's sendfile per chunk)."""
+SPAN_HASH_BUFFER: Final = 128 * 1024
+"""The buffer a span reads into for the digest (its own: a pool's buffer would be held by a
+slow client for its whole transfer)."""
+SPAN_CHUNK: Final = 2 << 20
+"""The DATA chunk of a span when the client accepts larger DATA frames (``large-data``)."""
 
 
 def bulk_eligible(sendfile: bool, spans_supported: bool, count: int) -> bool:
@@ -77,7 +84,7 @@ def send_span_work(
 ) -> Callable[[BlockingSender], SpanResult]:
     """The work of a span that sends bytes ``[offset, offset + count)`` of ``opened`` as DATA
     frames of at most ``chunk_size`` bytes, checked by ``protocol``. With a ``hasher`` (and a
-    ``buffer`` of ``chunk_size`` bytes), the file is hashed from byte 0 to its end as it goes
+    ``buffer`` to read into), the file is hashed from byte 0 to its end as it goes
     (the bytes before ``offset`` and after the span are read for the digest only).
     ``check_stop`` is called at each frame boundary and raises to stop there.
     """
@@ -99,10 +106,9 @@ def send_span_work(
             head = FTX_FORMAT.encode_length(len(prefix) + size) + prefix
             if hasher is not None and view is not None:
                 # Read for the digest just before sendfile sends the same pages: one read
-                # from the disk; the copy costs less than read + send (see the module).
-                read = _read_fully(opened, view[:size], position)
-                hasher.update(view[:read])
-                result.hashed_to = position + read
+                # from the disk; the copy costs less than read + send (see the module). A file
+                # that ends early is noticed by sendfile too.
+                _hash_range(opened, hasher, view, position, position + size, sender, result)
             if use_sendfile:
                 sender.send([head], more=True)
                 try:

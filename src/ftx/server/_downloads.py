@@ -20,6 +20,7 @@ from ftx.framing import BlockingSender
 from ftx.fs import FsEntry, FsError, OpenedFile, file_identity, portable_identity
 from ftx.protocol import (
     DIGEST_ALGORITHMS,
+    LARGE_DATA_FEATURE,
     MAX_LIST_ENTRIES,
     ErrorCode,
     Hasher,
@@ -38,7 +39,15 @@ from ftx.protocol.messages import (
     Message,
 )
 from ftx.server._access_log import AccessRecord
-from ftx.server._bulk import SpanEnd, SpanResult, bulk_eligible, hash_rest, send_span_work
+from ftx.server._bulk import (
+    SPAN_CHUNK,
+    SPAN_HASH_BUFFER,
+    SpanEnd,
+    SpanResult,
+    bulk_eligible,
+    hash_rest,
+    send_span_work,
+)
 from ftx.server._fs_wire import error_code, wire_entry
 from ftx.server._readahead import SmallFile, read_small_files
 from ftx.server._resources import ServerResources
@@ -346,8 +355,15 @@ class DownloadHandler:
         Raises:
             _FileChangedError: the file was truncated or modified while it was being sent.
         """
-        buffer = await self._resources.buffers.acquire() if hasher is not None else None
+        # A buffer of the span's own, not one of the pool's: a slow client would hold that for
+        # its whole transfer. Bounded by the connection limit, and small.
+        buffer = bytearray(SPAN_HASH_BUFFER) if hasher is not None else None
         result = SpanResult(hashed_to=0)
+        if LARGE_DATA_FEATURE in self._protocol.features:
+            # Larger DATA frames, as the client announced it accepts (docs/protocol.md, 20).
+            chunk_size = max(
+                chunk_size, min(SPAN_CHUNK, self._protocol.peer_max_data_frame_size - 1)
+            )
         work = send_span_work(
             opened,
             offset,
@@ -360,23 +376,19 @@ class DownloadHandler:
             result,
         )
         try:
-            try:
-                await self._session.send_span(work, chunk_size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                if hasher is not None and buffer is not None:
-                    # Finish the digest for the resume that usually follows, if cheap enough.
-                    budget = max(result.hashed_to, _FINISH_HASH_FREE)
-                    whole = await trio.to_thread.run_sync(
-                        hash_rest, opened, hasher, buffer, result, budget
-                    )
-                    if whole and not opened.changed():
-                        await self._resources.digests.remember(cache_key, hasher.hexdigest())
-                raise
-            finally:
-                record.bytes += result.sent
+            await self._session.send_span(work, chunk_size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if hasher is not None and buffer is not None:
+                # Finish the digest for the resume that usually follows, if cheap enough.
+                budget = max(result.hashed_to, _FINISH_HASH_FREE)
+                whole = await trio.to_thread.run_sync(
+                    hash_rest, opened, hasher, buffer, result, budget
+                )
+                if whole and not opened.changed():
+                    await self._resources.digests.remember(cache_key, hasher.hexdigest())
+            raise
         finally:
-            if buffer is not None:
-                self._resources.buffers.release(buffer)
+            record.bytes += result.sent
         if result.end is SpanEnd.TRUNCATED or opened.changed():
             raise _FileChangedError
         if hasher is None:

@@ -23,6 +23,7 @@ from ftx.framing import BlockingSender, Buffer, FramedChannel, IdleClock, SpanSt
 from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
+    LARGE_DATA_FEATURE,
     PORTABLE_IDENTITY_FEATURE,
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
@@ -112,7 +113,7 @@ class Session:
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads | identity,
+            features=DIGEST_FEATURES | uploads | identity | {LARGE_DATA_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
