@@ -21,8 +21,18 @@ import ftx
 import ftx.server._downloads as downloads
 from ftx.framing import FrameDecoder, encode_frame
 from ftx.fs import file_identity
-from ftx.protocol.messages import FileHeader, Get, Hello, Message, decode_message, encode_message
-from ftx.server._bulk import BULK_MIN_SIZE
+from ftx.protocol import LARGE_DATA_FEATURE
+from ftx.protocol.messages import (
+    Data,
+    FileEnd,
+    FileHeader,
+    Get,
+    Hello,
+    Message,
+    decode_message,
+    encode_message,
+)
+from ftx.server._bulk import BULK_MIN_SIZE, SPAN_CHUNK
 from ftx.server._session import FAREWELL_SECONDS
 
 LOOPBACK = "127.0.0.1"
@@ -146,3 +156,41 @@ async def test_stopping_the_server_now_interrupts_a_span(
     # Stopping waits up to FAREWELL_SECONDS for a frame boundary, then cancels the span.
     assert trio.current_time() - started < FAREWELL_SECONDS + 1.0
     await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("hello", "largest"),
+    [
+        pytest.param(Hello((1,), frozenset(), 1 << 20, "old"), 512 * 1024, id="old client"),
+        pytest.param(
+            Hello((1,), frozenset({LARGE_DATA_FEATURE}), 1 << 20, "new", 8 << 20),
+            SPAN_CHUNK,
+            id="large-data",
+        ),
+    ],
+)
+async def test_a_span_sends_larger_data_frames_only_to_a_client_that_asked(
+    nursery: trio.Nursery, root: Path, hello: Hello, largest: int
+) -> None:
+    content = (root / "big.bin").read_bytes()
+    _, port = await serve(nursery, root)
+    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    await stream.send_all(frame(hello) + frame(Get(1, "big.bin", digest=None)))
+    decoder = FrameDecoder(max_frame_size=8 << 20)
+    sizes: list[int] = []
+    data = bytearray()
+    with trio.fail_after(10):
+        while True:
+            payload = decoder.next_frame()
+            if payload is None:
+                decoder.receive_data(await stream.receive_some(1 << 20))
+                continue
+            message = decode_message(payload)
+            if isinstance(message, Data):
+                sizes.append(len(message.data))
+                data += message.data
+            elif isinstance(message, FileEnd):
+                break
+    await stream.aclose()
+    assert data == content
+    assert max(sizes) == largest
