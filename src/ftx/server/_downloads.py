@@ -63,6 +63,9 @@ _ENTRY_BUDGET: Final = 2048
 # A transfer cut short has its digest finished from the disk when what remains is at most this,
 # or at most what was already sent (the client paid for that much).
 _FINISH_HASH_FREE: Final = 64 << 20
+# A span's write deadline: the client must take this many bytes in every idle period
+# (docs/protocol.md, section 3).
+_WRITE_PROGRESS: Final = 65536
 
 
 class DownloadSession(Protocol):
@@ -376,7 +379,7 @@ class DownloadHandler:
             result,
         )
         try:
-            await self._session.send_span(work, chunk_size)
+            await self._session.send_span(work, _WRITE_PROGRESS)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if hasher is not None and buffer is not None:
                 # Finish the digest for the resume that usually follows, if cheap enough.
