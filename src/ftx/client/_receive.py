@@ -253,10 +253,9 @@ async def _receive_file(
     if progress is not None:
         progress(done, total)
     if bulk_eligible(wire, total - done):
-        buffers = wire._receive_buffers.for_size(total - done)
-        assert buffers is not None
+        buffer = wire._receive_buffers.one()
         message, done = await receive_data_in_thread(
-            wire, part, hasher, buffers[0], progress, done, total
+            wire, part, hasher, buffer, progress, done, total
         )
         return _check_end(header, part, hasher, message, verify)
     # Each chunk is written, and hashed, in worker threads while the next one is received.
@@ -338,7 +337,8 @@ async def _skip_rest(wire: DownloadWire, header: FileHeader) -> None:
 
 
 class ReceiveBuffers:
-    """A connection's two receive buffers for big files, made on first use and then reused.
+    """A connection's receive buffers for big files, made on first use and then reused: one
+    for the bulk path (:meth:`one`), two for the two-buffer path (:meth:`for_size`).
 
     Args:
         max_frame_size: the connection's frame limit (the buffers' size).
@@ -346,16 +346,23 @@ class ReceiveBuffers:
 
     def __init__(self, max_frame_size: int) -> None:
         self._max_frame_size = max_frame_size
-        self._buffers: tuple[bytearray, bytearray] | None = None
+        self._buffers: list[bytearray] = []
+
+    def _make(self, count: int) -> list[bytearray]:
+        while len(self._buffers) < count:
+            self._buffers.append(bytearray(self._max_frame_size))
+        return self._buffers
 
     def for_size(self, size: int) -> tuple[bytearray, bytearray] | None:
         """The two buffers, if a download of ``size`` bytes should use them."""
         if size < _BUFFERED_RECEIVE_SIZE:
             return None
-        if self._buffers is None:
-            frame = self._max_frame_size
-            self._buffers = (bytearray(frame), bytearray(frame))
-        return self._buffers
+        first, second = self._make(2)[:2]
+        return first, second
+
+    def one(self) -> bytearray:
+        """One buffer (the bulk path's: a thread fills, writes and hashes it in turn)."""
+        return self._make(1)[0]
 
 
 def _open_part(part: PartFile, path: str, header: FileHeader) -> None:
