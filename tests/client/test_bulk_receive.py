@@ -164,3 +164,26 @@ async def test_200_cancelled_bulk_transfers_leave_no_thread_or_descriptor(
             await trio.sleep(0.01)
     assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
     assert open_descriptors() <= descriptors
+
+
+async def test_a_progress_callback_that_raises_stops_the_bulk_path_with_its_exception(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # The callback runs in the trio thread while the bulk thread waits on a stalled server:
+    # its exception must end the download at once (not crash trio, not wait for the deadline).
+    server = await ScriptedServer(stall_mid_data).start(nursery)
+
+    class Stop(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if done >= SENT_BEFORE_STALL:
+            raise Stop
+
+    with trio.fail_after(TIMEOUT):
+        async with connect(server.port) as client:
+            started = trio.current_time()
+            with pytest.raises(Stop):
+                await client.get("big.bin", tmp_path / "big.bin", progress=progress)
+            assert trio.current_time() - started < 1.0
+    assert (tmp_path / "big.bin.part").stat().st_size == SENT_BEFORE_STALL

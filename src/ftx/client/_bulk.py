@@ -16,7 +16,7 @@ import trio
 
 from ftx.client._partfile import PartFile
 from ftx.errors import RemoteError
-from ftx.framing import BlockingReceiver
+from ftx.framing import BlockingReceiver, SpanInterruptedError
 from ftx.protocol import ClientProtocol, Hasher
 from ftx.protocol.messages import Data, Error, Message
 
@@ -75,6 +75,7 @@ async def receive_data_in_thread(
     of the file is held, the part is discarded.
 
     Raises:
+        Whatever ``progress`` raises (the transfer stops there; the connection is closed).
         RemoteError: the server closed the whole connection with an ERROR.
         LocalFileError: the part file could not be written (the connection is closed).
         ConnectionLostError, RemoteProtocolError: as for the connection's receive.
@@ -90,12 +91,24 @@ async def receive_data_in_thread(
     # cancels is seen within a chunk or two, and a busy event loop is not flooded).
     report_pending = [False]
 
+    # What the progress callback raised (it runs in the trio thread, by run_sync_soon, where an
+    # exception would crash trio): the thread is woken, and the call raises it.
+    raised: list[BaseException] = []
+    receivers: list[BlockingReceiver] = []
+
     def report() -> None:
         report_pending[0] = False
-        if progress is not None:
+        if progress is None or raised:
+            return
+        try:
             progress(held[0], total)
+        except BaseException as exc:  # handed to the waiting task, below
+            raised.append(exc)
+            if receivers:
+                receivers[0].wake()
 
     def work(receiver: BlockingReceiver) -> tuple[Message, int]:
+        receivers.append(receiver)
         position = done
         while True:
             size = receiver.receive_into(view)
@@ -116,12 +129,20 @@ async def receive_data_in_thread(
             receiver.check_awake()
 
     try:
-        message, position = await wire._receive_span(work)
-    except BaseException:
+        try:
+            message, position = await wire._receive_span(work)
+        finally:
+            receivers.clear()  # (a report still pending must not wake a closed span)
+    except BaseException as exc:
         if held[0] == 0:
             part.discard()  # nothing worth keeping for a resume
         await wire._fail()  # mid-answer: the rest of it cannot be read any more
+        if raised and isinstance(exc, SpanInterruptedError):
+            raise raised[0] from None  # the progress callback's own exception
         raise
+    if raised:  # the span ended before the thread saw the wake-up
+        await wire._fail()
+        raise raised[0]
     wire._note_progress(message)
     if isinstance(message, Error) and message.request_id is None:
         await wire._fail()

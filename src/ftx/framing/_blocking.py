@@ -202,6 +202,11 @@ class BlockingReceiver:
         """Raise :exc:`SpanInterruptedError` if the trio side asked the span to stop."""
         self._span.check_awake()
 
+    def wake(self) -> None:
+        """Interrupt the span (from any thread): its next wait or check raises
+        :exc:`SpanInterruptedError`."""
+        self._span.wakeup.set()
+
     def receive_into(self, view: memoryview) -> int:
         """Block until the next frame is in; put its payload at the start of ``view`` (at least
         the decoder's ``max_frame_size`` long) and return its size. Interrupted (or failing)

@@ -42,7 +42,7 @@ the event loop's sendfile per chunk)."""
 SPAN_HASH_BUFFER: Final = 128 * 1024
 """The buffer a span reads into for the digest (its own: a pool's buffer would be held by a
 slow client for its whole transfer)."""
-SPAN_CHUNK: Final = 2 << 20
+SPAN_CHUNK: Final = 1 << 20
 """The DATA chunk of a span when the client accepts larger DATA frames (``large-data``)."""
 
 
