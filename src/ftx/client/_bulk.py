@@ -96,12 +96,14 @@ async def receive_data_in_thread(
     raised: list[BaseException] = []
     receivers: list[BlockingReceiver] = []
 
-    def report() -> None:
+    def report(position: int) -> None:
         report_pending[0] = False
         if progress is None or raised:
             return
         try:
-            progress(held[0], total)
+            # The position when the report was queued: what a callback that acts on a given
+            # point (cancels, changes the file) is told does not depend on the event loop's lag.
+            progress(position, total)
         except BaseException as exc:  # handed to the waiting task, below
             raised.append(exc)
             if receivers:
@@ -125,7 +127,7 @@ async def receive_data_in_thread(
             held[0] = position
             if progress is not None and not report_pending[0]:
                 report_pending[0] = True
-                token.run_sync_soon(report)
+                token.run_sync_soon(report, position)
             receiver.check_awake()
 
     try:
