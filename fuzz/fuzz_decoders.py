@@ -64,8 +64,16 @@ from ftx.errors import (
     RemoteProtocolError,
 )
 from ftx.framing import FRAME_SIZE_LIMIT, FTX_FORMAT, HEADER_SIZE, FrameDecoder, FrameFormat
-from ftx.protocol import BLAKE3_FEATURE, ClientProtocol, ServerProtocol
+from ftx.protocol import (
+    BASE_BLOCK_SIZE,
+    BLAKE3_FEATURE,
+    RANGES_FEATURE,
+    ClientProtocol,
+    ServerProtocol,
+)
 from ftx.protocol.messages import (
+    BlockList,
+    Blocks,
     Data,
     Entry,
     EntryType,
@@ -87,7 +95,7 @@ from ftx.server import _proxy_header as proxy_header
 
 Payloads = list[bytes]
 
-FEATURES: Final = frozenset({BLAKE3_FEATURE})
+FEATURES: Final = frozenset({BLAKE3_FEATURE, RANGES_FEATURE})
 IDENTITY: Final = "0123456789abcdef0123456789abcdef"
 CONTENT: Final = b"hello"
 SHA256: Final = hashlib.sha256(CONTENT).hexdigest()
@@ -126,12 +134,14 @@ def frame(data: bytes) -> bytes:
 
 
 # The requests the client target has outstanding, in order; the server session answers them.
-CLIENT_REQUESTS: Final[tuple[Get | ListDir, ...]] = (
+CLIENT_REQUESTS: Final[tuple[Get | ListDir | Blocks, ...]] = (
     Get(1, "hello.txt", digest="sha256"),
     ListDir(2, ""),
     Get(3, "nope.txt", digest="blake3"),
     Get(4, "hello.txt", offset=2, identity=IDENTITY, digest=None),
     ListDir(5, "dir"),
+    Blocks(6, "hello.txt", "sha256"),
+    Get(7, "hello.txt", offset=1, identity=IDENTITY, digest=None, length=2),
 )
 
 
@@ -161,6 +171,10 @@ def server_session() -> Payloads:
         payload(Data(b"llo")),
         payload(FileEnd(4, None)),
         payload(ListEnd(5, 0)),
+        payload(BlockList(6, 5, MTIME, IDENTITY, "sha256", BASE_BLOCK_SIZE, (SHA256,), SHA256)),
+        payload(FileHeader(7, 5, MTIME, IDENTITY, offset=1, mode=0o600, digest=None)),
+        payload(Data(b"el")),
+        payload(FileEnd(7, None)),
         payload(Error(None, "internal", "internal server error")),
     ]
 
@@ -175,6 +189,8 @@ def client_session() -> Payloads:
         payload(Get(3, "dir/x.bin", offset=10, identity=IDENTITY, digest="sha256")),
         payload(Get(4, "../outside", digest=None)),
         payload(ListDir(5, "dir")),
+        payload(Blocks(6, "dir/x.bin", "xxh3-128", identity=IDENTITY)),
+        payload(Get(7, "hello.txt", offset=3, digest=None, length=10)),
     ]
 
 
@@ -580,8 +596,12 @@ def _feed(
 def new_client() -> ClientProtocol:
     client = ClientProtocol(features=FEATURES, agent="fuzz")
     client.send(client.local_hello)
+    # BLOCKS and ranged GETs may be sent only once the server's HELLO listed 'ranges': the
+    # requests are queued as if it had, and the session replayed from its HELLO on.
+    client.peer_hello = Hello((1,), FEATURES, 1 << 20)
     for request in CLIENT_REQUESTS:
         client.send(request)
+    client.peer_hello = None
     return client
 
 
@@ -590,7 +610,7 @@ def run_client(case: Case, check_latch: bool) -> set[str]:
 
     def check(message: Message | None) -> None:
         hello = isinstance(message, Hello) and client.peer_hello is message
-        if isinstance(message, Hello | Get | ListDir | Put | MakeDir) and not hello:
+        if isinstance(message, Hello | Get | ListDir | Put | MakeDir | Blocks) and not hello:
             raise Finding("client", f"the client accepted {message!r} from a server")
 
     return _feed(client.receive, case.payloads, check_latch, check)
@@ -607,7 +627,7 @@ def run_server(case: Case, check_latch: bool) -> set[str]:
             else:
                 server.send(server.hello_reply())
             return
-        if message is not None and not isinstance(message, Get | ListDir | Put | MakeDir):
+        if message is not None and not isinstance(message, Get | ListDir | Put | MakeDir | Blocks):
             raise Finding("server", f"the server accepted {message!r} from a client")
         while server.current_request is not None and rng.random() < 0.5:
             request = server.current_request

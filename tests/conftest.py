@@ -23,12 +23,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import pytest
 import trio
 
 import ftx
 from ftx.framing import FrameDecoder, encode_frame
 from ftx.protocol.messages import Hello, Message, decode_message, encode_message
+
+# Property tests check behaviour, not speed: on a loaded machine (CI, or several suites at once)
+# an example that touches the disk can take longer than hypothesis's default 200 ms deadline.
+hypothesis.settings.register_profile("ftx", deadline=None)
+hypothesis.settings.load_profile("ftx")
 
 SAMPLE_FILES = Path(__file__).resolve().parent.parent / "sample_files"
 

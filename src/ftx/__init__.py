@@ -27,6 +27,7 @@ from ftx.errors import RemoteProtocolError as RemoteProtocolError
 
 if TYPE_CHECKING:
     # `from x import y as y` marks re-exports for type checkers (trio does the same).
+    from ftx._rate import RateLimit as RateLimit
     from ftx.client import Client as Client
     from ftx.client import ClientConfig as ClientConfig
     from ftx.client import Download as Download
@@ -56,6 +57,7 @@ _LAZY = {
     "ErrorCode": "ftx.protocol",
     "Entry": "ftx.protocol.messages",
     "EntryType": "ftx.protocol.messages",
+    "RateLimit": "ftx._rate",
     "DEFAULT_PORT": "ftx.server",
     "Server": "ftx.server",
     "ServerConfig": "ftx.server",
@@ -97,6 +99,7 @@ __all__ = [
     "LocalProtocolError",
     "ProgressCallback",
     "ProtocolError",
+    "RateLimit",
     "RemoteError",
     "RemoteProtocolError",
     "Server",

@@ -22,6 +22,8 @@ from ftx.protocol.messages import (
     MAX_PATH_BYTES,
     Auth,
     AuthOk,
+    BlockList,
+    Blocks,
     Challenge,
     Data,
     Done,
@@ -317,6 +319,8 @@ def test_kind_values_are_the_documented_ones() -> None:
         "DONE": 0x24,
         "ENTRIES": 0x30,
         "LIST_END": 0x31,
+        "BLOCKS": 0x60,
+        "BLOCK_LIST": 0x61,
     }
 
 
@@ -720,7 +724,7 @@ def test_lone_surrogate_anywhere_is_refused(body: bytes) -> None:
     "message",
     [
         Hello((1,), frozenset({"f"}), 1 << 20, "a"),
-        Get(1, "p"),
+        Get(1, "p", length=5),
         ListDir(1, "p"),
         FileHeader(1, 5, 0, "i", 0, 0o644, "sha256"),
         FileEnd(1, None),
@@ -734,6 +738,8 @@ def test_lone_surrogate_anywhere_is_refused(body: bytes) -> None:
         Challenge("0" * 64),
         Auth("0" * 64, "1" * 64),
         AuthOk("0" * 64),
+        Blocks(1, "p", "sha256", "i"),
+        BlockList(1, 5, 0, "i", "xxh3-128", 8 << 20, ("0" * 32,), "1" * 32),
     ],
     ids=lambda message: type(message).__name__,
 )

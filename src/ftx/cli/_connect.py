@@ -84,7 +84,10 @@ async def connect_client(args: argparse.Namespace) -> ftx.Client:
     context = _context(cafile) if tls and fingerprint is None else None
     token = token_from(getattr(args, "token_file", None))
     config = ftx.ClientConfig(
-        idle_timeout=args.timeout, token=token, digest=getattr(args, "digest", "fast")
+        idle_timeout=args.timeout,
+        token=token,
+        digest=getattr(args, "digest", "fast"),
+        rate_limit=_shared_rate_limit(args),
     )
     logger.debug(
         "connecting to %s%s%s",
@@ -184,3 +187,15 @@ def _describe_connect_error(exc: OSError, address: Address) -> str:
     if errno.ETIMEDOUT in numbers:
         return f"{prefix}: timed out"
     return f"{prefix}: {exc.strerror or exc}"
+
+
+def _shared_rate_limit(args: argparse.Namespace) -> ftx.RateLimit | None:
+    """The command's ``--limit-rate``, one :class:`~ftx.RateLimit` shared by all of its
+    connections (made on first use and kept in ``args``)."""
+    rate: int | None = getattr(args, "limit_rate", None)
+    if rate is None:
+        return None
+    shared: ftx.RateLimit | None = getattr(args, "shared_rate_limit", None)
+    if shared is None:
+        shared = args.shared_rate_limit = ftx.RateLimit(rate)
+    return shared

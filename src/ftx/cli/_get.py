@@ -14,14 +14,24 @@ import time
 from pathlib import Path
 from typing import Final
 
+from ftx.cli._address import Address
 from ftx.cli._checksum import same_digest
+from ftx.cli._connect import connect_client
 from ftx.cli._errors import CliError, ExitCode
-from ftx.cli._output import as_json, printable, say, timing
+from ftx.cli._output import as_json, printable, say, timing, write_line
 from ftx.cli._paths import server_path
 from ftx.cli._progress import ProgressBar
 from ftx.cli._retry import Retrying
-from ftx.client import Client, Download, Skipped, is_null_device, local_destination
-from ftx.errors import LocalFileError, RemoteError
+from ftx.client import (
+    Client,
+    Download,
+    Skipped,
+    Source,
+    download_from_sources,
+    is_null_device,
+    local_destination,
+)
+from ftx.errors import ConnectionLostError, LocalFileError, RemoteError
 from ftx.protocol.messages import Entry, EntryType
 
 __all__ = ["get_command", "ls_command"]
@@ -47,6 +57,9 @@ async def get_command(args: argparse.Namespace) -> None:
         target = local_destination(path, args.output)
     except LocalFileError as exc:
         raise CliError(str(exc), ExitCode.LOCAL_FILE) from None
+    if args.sources or args.segments > 1:
+        await get_from_sources(args, path, target)
+        return
     retrying = Retrying(args)
     bar = ProgressBar(
         enabled=not args.quiet and not args.json and sys.stderr.isatty(), label=args.path
@@ -69,6 +82,11 @@ async def get_command(args: argparse.Namespace) -> None:
         result = await retrying.run(attempt)
     finally:
         bar.close()
+    _report(args, path, target, result)
+
+
+def _report(args: argparse.Namespace, path: str, target: Path, result: Download | Skipped) -> None:
+    """Say what ``get`` of one file did: a JSON record, or a line on stderr."""
     if args.json:
         print(json.dumps(as_json(path, result)))
     elif isinstance(result, Skipped):
@@ -78,6 +96,65 @@ async def get_command(args: argparse.Namespace) -> None:
         what = f"{result.dest}" if not is_null_device(result.dest) else f"nothing ({result.dest})"
         times = timing(result.size, result.offset, result.seconds)
         say(args, f"saved {printable(what)} ({times}), {verified}")
+
+
+async def get_from_sources(args: argparse.Namespace, path: str, target: Path) -> None:
+    """``ftx get --from HOST1,HOST2 PATH`` (or ``--segments N``): one file from several
+    servers, or several connections, at once (:func:`ftx.client.download_from_sources`). A
+    source dropped (failed, or sent bytes not matching the digests) is named on stderr in one
+    line, even with ``-q``."""
+    addresses: list[Address] = args.sources or [args.address]
+    retrying = Retrying(args)
+    bar = ProgressBar(
+        enabled=not args.quiet and not args.json and sys.stderr.isatty(), label=args.path
+    )
+
+    def source(address: Address) -> Source:
+        async def connect() -> Client:
+            try:
+                return await connect_client(
+                    argparse.Namespace(**{**vars(args), "address": address})
+                )
+            except CliError as exc:  # (a source that cannot be reached is dropped, not fatal)
+                raise ConnectionLostError(str(exc)) from None
+
+        return Source(str(address), connect)
+
+    def dropped(name: str, reason: str) -> None:
+        write_line(printable(f"ftx: dropped source {name}: {reason}"))
+
+    async def attempt() -> Download | Skipped:
+        if not args.force and _exists(target):
+            async with await retrying.connect() as client:
+                if await _up_to_date(client, path, target, args.checksum):
+                    return Skipped(path, "up to date")
+        return await download_from_sources(
+            [source(address) for address in addresses],
+            path,
+            args.output,
+            segments=args.segments,
+            progress=bar.update,
+            overwrite=args.force,
+            preserve_mode=args.preserve,
+            resume=args.resume,
+            on_dropped=dropped,
+            on_fallback=lambda message: say(args, message),
+        )
+
+    try:
+        result = await retrying.run(attempt)
+    finally:
+        bar.close()
+    _report(args, path, target, result)
+
+
+def _exists(target: Path) -> bool:
+    """Whether something is at ``target`` (no thread: one look-up, as in :func:`_up_to_date`)."""
+    try:
+        os.lstat(target)
+    except OSError:
+        return False
+    return True
 
 
 async def _up_to_date(client: Client, path: str, target: Path, checksum: bool) -> bool:

@@ -27,9 +27,12 @@ from ftx.cli._help import add_help_parsers, completion_command, help_command
 from ftx.cli._options import (
     add_checksum_option,
     add_digest_option,
+    add_limit_rate,
+    add_source_options,
     add_timeout,
     add_verbosity,
     parse_positive_count,
+    resolve_sources,
 )
 from ftx.cli._output import TerminalLogHandler, say
 from ftx.cli._put import add_put_parser, put_command
@@ -51,6 +54,7 @@ _GET_EXAMPLES: Final = """examples:
   ftx get 192.168.1.7 big.iso -o - | sha256sum to standard output
   ftx get -r 192.168.1.7 photos -o backup      photos/ and everything in it, into backup/
   ftx get -r 192.168.1.7 / -o mirror           everything the server serves
+  ftx get --from node1,node2 big.iso           one file from two servers at once
 """
 _LS_EXAMPLES: Final = """examples:
   ftx ls 192.168.1.7                           the served directory
@@ -112,11 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         "DEST.part, verified against the server's digest of the whole file, and only then "
         "renamed to DEST.",
     )
-    get.add_argument("address", metavar="HOST[:PORT]", type=parse_address, help=ADDRESS_HELP)
+    # (Parsed by resolve_sources: with --from, this first argument is a PATH.)
+    get.add_argument("address", metavar="HOST[:PORT]", help=ADDRESS_HELP)
     get.add_argument(
         "paths",
         metavar="PATH",
-        nargs="+",
+        nargs="*",
         help="the file's path on the server, relative to the directory it serves ('/' or '.' "
         "is that directory itself); several paths (or -r) save into a directory",
     )
@@ -164,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="start from zero even if DEST.part holds the start of the same file",
     )
+    add_source_options(get)
     add_digest_option(get)
+    add_limit_rate(get, what="the whole command, all connections together; default: no limit")
     add_timeout(get)
     add_connection_options(get)
     add_verbosity(get)
@@ -250,14 +257,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     """The options, with a command's paths allowed after its options too (``ftx get HOST a -o
     DIR b``, as cp and scp take them); a mistake is reported with that command's usage."""
     args, extra = parser.parse_known_args(argv)
-    if not extra:
-        return args
     commands = next(
         action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
     )
-    command: argparse.ArgumentParser = commands.choices[args.command]
-    rest = argv[argv.index(args.command) + 1 :]
-    return command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+    command: argparse.ArgumentParser = commands.choices[args.command] if args.command else parser
+    if extra:
+        rest = argv[argv.index(args.command) + 1 :]
+        args = command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+    if args.command == "get":
+        resolve_sources(args, command.error)
+    return args
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

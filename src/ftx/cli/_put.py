@@ -22,6 +22,7 @@ from ftx.cli._errors import CliError, ExitCode, describe
 from ftx.cli._options import (
     add_checksum_option,
     add_digest_option,
+    add_limit_rate,
     add_timeout,
     add_verbosity,
     parse_positive_count,
@@ -101,6 +102,7 @@ def add_put_parser(commands: Any) -> None:
         help="send every file from its start, even if the server holds part of it",
     )
     add_digest_option(put)
+    add_limit_rate(put, what="the whole command, all connections together; default: no limit")
     add_timeout(put)
     add_connection_options(put)
     add_verbosity(put)

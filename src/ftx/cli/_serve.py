@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import resource
 import shlex
 import signal
@@ -27,7 +26,12 @@ from ftx.cli._address import Address
 from ftx.cli._balancer import add_balancer_options, check_balancer_options
 from ftx.cli._connect import token_from
 from ftx.cli._errors import CliError, ExitCode
-from ftx.cli._options import parse_positive_count, parse_positive_seconds
+from ftx.cli._options import (
+    add_limit_rate,
+    parse_positive_count,
+    parse_positive_seconds,
+    parse_size,
+)
 from ftx.cli._output import say
 from ftx.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -40,8 +44,6 @@ from ftx.server import (
 _FDS_PER_CONNECTION: Final = 2
 _FDS_SPARE: Final = 32
 DEFAULT_GRACE: Final = 10.0
-_SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
-_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 logger = logging.getLogger("ftx.server")
 
@@ -116,6 +118,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="the length of the queue of connections waiting to be accepted "
         "(default: the system's maximum)",
     )
+    add_limit_rate(parser, what="each connection, each way; default: no limit")
 
 
 def _seconds(text: str) -> float:
@@ -126,14 +129,6 @@ def _seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
     return value
-
-
-def parse_size(text: str) -> int:
-    """``123``, ``10K``, ``1.5G``, ``2MiB``: a number of bytes (units are powers of 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
-    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
 
 
 def add_upload_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -196,6 +191,7 @@ def open_server(args: argparse.Namespace) -> tuple[ftx.Server, Path]:
             identity=args.identity,
             proxy_protocol_from=tuple(args.proxy_protocol_from),
             state_dir=args.state_dir,
+            limit_rate=args.limit_rate,
         )
         server = ftx.Server(root, config)
     except OSError as exc:

@@ -11,6 +11,7 @@ the end).
 
 from ftx.client._client import Client, Download, ProgressCallback, connect, local_destination
 from ftx.client._config import ClientConfig
+from ftx.client._multisource import Source, download_from_sources
 from ftx.client._partfile import is_null_device
 from ftx.client._streams import file_digest
 from ftx.client._tree import DEFAULT_JOBS, Skipped, TreeProgress
@@ -25,9 +26,11 @@ __all__ = [
     "Planned",
     "ProgressCallback",
     "Skipped",
+    "Source",
     "TreeProgress",
     "Upload",
     "connect",
+    "download_from_sources",
     "download_tree",
     "file_digest",
     "is_null_device",

@@ -54,8 +54,9 @@ class BulkWire(Protocol):
 
 def bulk_eligible(wire: BulkWire, remaining: int) -> bool:
     """Whether the ``remaining`` bytes of DATA of a file go by the bulk path: on plain TCP,
-    for a big enough file. (The one place where a rule such as "not under a rate limit" goes.)
-    """
+    for a big enough file; never under ``--limit-rate`` (the connection's stream is then the
+    rate limiter's, not a socket, so ``_spans_supported`` is false). The one place for such
+    rules."""
     return remaining >= BULK_MIN_SIZE and wire._spans_supported
 
 

@@ -33,11 +33,22 @@ from ftx.client._connection import ClientConnection
 from ftx.client._flush import sync_file_systems
 from ftx.client._partfile import check_destination, local_destination
 from ftx.client._pipeline import fetch_files
+from ftx.client._ranges import fetch_range, request_blocks
 from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request
 from ftx.client._streams import StreamPart
 from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import FtxError, RemoteError, RemoteProtocolError
-from ftx.protocol.messages import Entry, Error, FileEnd, ListDir, ListEnd, ListEntries
+from ftx.framing import Buffer
+from ftx.protocol.messages import (
+    BlockList,
+    Entry,
+    Error,
+    FileEnd,
+    FileHeader,
+    ListDir,
+    ListEnd,
+    ListEntries,
+)
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -161,6 +172,51 @@ class Client(ClientConnection):
             if isinstance(message, Error):
                 raise RemoteError(message.code, message.message)
             return message.digest or ""
+
+    async def block_list(self, path: str, algorithm: str | None = None) -> BlockList:
+        """The server's digests of each block of the file at ``path``, and of the whole file
+        (feature ``ranges``; docs/protocol.md, section 22), with ``algorithm`` (default:
+        :attr:`digest_algorithm`).
+
+        Raises:
+            LocalProtocolError: the server does not offer ``ranges`` (nothing was sent).
+            RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        async with self._lock:
+            await self._check_open()
+            return await request_blocks(self, path, algorithm or self.digest_algorithm)
+
+    async def read_range(
+        self,
+        path: str,
+        offset: int,
+        length: int,
+        *,
+        identity: str,
+        sink: Callable[[Buffer], object],
+    ) -> FileHeader:
+        """Fetch ``length`` bytes of the file at ``path`` from ``offset`` (fewer at its end)
+        with a ranged GET, if the file still has ``identity``: each chunk is handed to ``sink``
+        as it arrives (a view, valid until ``sink`` returns). Nothing is verified here: check
+        the bytes against :meth:`block_list`. Returns the FILE header.
+
+        Raises:
+            LocalProtocolError: the server does not offer ``ranges`` (nothing was sent).
+            RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
+        """
+        async with self._lock:
+            await self._check_open()
+            if self._range_buffer is None:
+                self._range_buffer = bytearray(self._channel.max_frame_size)
+            return await fetch_range(
+                self,
+                path,
+                offset,
+                length,
+                identity=identity,
+                buffer=self._range_buffer,
+                sink=sink,
+            )
 
     async def get_many(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftx._net import DEFAULT_IDLE_TIMEOUT
+from ftx._rate import RateLimit
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
 from ftx.protocol import MIN_FRAME_SIZE, DigestChoice, check_digest_choice, check_token
 
@@ -35,6 +36,9 @@ class ClientConfig:
             collision must be infeasible even to make on purpose; or an algorithm by name
             (``"sha256"``, say, to compare with a published digest), which the server must then
             compute.
+        rate_limit: the most bytes per second to send and to receive (each direction), or
+            ``None`` for no limit. Connections made with the same :class:`~ftx.RateLimit`
+            share it. A limited connection does without the zero-copy paths of plain TCP.
 
     Raises:
         ValueError: the token is shorter than 16 bytes, ``digest`` is none of these,
@@ -45,6 +49,7 @@ class ClientConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     token: str | bytes | None = field(default=None, repr=False)
     digest: DigestChoice = "fast"
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         check_digest_choice(self.digest)

@@ -35,6 +35,7 @@ from ftx.framing import (
 from ftx.protocol import (
     DIGEST_FEATURES,
     LARGE_DATA_FEATURE,
+    RANGES_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
     ClientProtocol,
@@ -73,6 +74,8 @@ class ClientConnection(trio.abc.AsyncResource):
 
     def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
+        if config.rate_limit is not None:
+            stream = config.rate_limit.wrap(stream)  # (then no thread span: not a socket)
         # DATA frames may be larger than the frame limit, where the server agrees (large-data).
         data_limit = max(config.max_frame_size, MAX_DATA_FRAME_SIZE)
         self._channel = FramedChannel(stream, max_frame_size=data_limit)
@@ -80,7 +83,7 @@ class ClientConnection(trio.abc.AsyncResource):
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE, LARGE_DATA_FEATURE},
+            features=DIGEST_FEATURES | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE},
             max_data_frame_size=data_limit,
         )
         self._digest_choice: DigestChoice = config.digest
@@ -92,6 +95,7 @@ class ClientConnection(trio.abc.AsyncResource):
         self._data_since_progress = 0
         self._lock = trio.Lock()
         self._receive_buffers = ReceiveBuffers(data_limit)
+        self._range_buffer: bytearray | None = None  # for ranged GETs, made on first use
         self._closed = False
 
     @property

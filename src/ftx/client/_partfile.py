@@ -330,6 +330,28 @@ class PartFile:
         except OSError as exc:
             raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
 
+    def write_at(self, data: Buffer, position: int) -> None:
+        """Write ``data`` at ``position`` (a download filled block by block, in any order)."""
+        if self._fd is None:
+            raise RuntimeError("the part file is not open")
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, position)
+                view = view[written:]
+                position += written
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
+
+    def resize(self, size: int) -> None:
+        """Make the part file ``size`` bytes long (a hole where nothing was written yet)."""
+        if self._fd is None:
+            raise RuntimeError("the part file is not open")
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
+
     def _start_write_back(self) -> None:
         """Ask the kernel to start writing what we wrote since the last call to disk now, so
         that the flush in :meth:`publish` finds little left to do: otherwise a large download
@@ -457,6 +479,12 @@ class DiscardingPart(PartFile):
         pass
 
     def write(self, data: Buffer) -> None:
+        pass
+
+    def write_at(self, data: Buffer, position: int) -> None:
+        pass
+
+    def resize(self, size: int) -> None:
         pass
 
     def publish(

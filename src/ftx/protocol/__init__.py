@@ -6,6 +6,14 @@ Nothing here does I/O: the client and the server do it around these objects.
 """
 
 from ftx.protocol._auth import ClientAuthenticator, ServerAuthenticator, check_token, load_token
+from ftx.protocol._blocks import (
+    BASE_BLOCK_SIZE,
+    MAX_BLOCKS,
+    block_count,
+    block_size_for,
+    overflows,
+    range_end,
+)
 from ftx.protocol._connection import (
     BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
@@ -16,6 +24,7 @@ from ftx.protocol._connection import (
     MIN_FRAME_SIZE,
     PORTABLE_IDENTITY_FEATURE,
     PROTOCOL_VERSION,
+    RANGES_FEATURE,
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
     XXH3_FEATURE,
@@ -30,15 +39,18 @@ from ftx.protocol._connection import (
 )
 
 __all__ = [
+    "BASE_BLOCK_SIZE",
     "BLAKE3_FEATURE",
     "DIGEST_ALGORITHMS",
     "DIGEST_FEATURES",
     "LARGE_DATA_FEATURE",
+    "MAX_BLOCKS",
     "MAX_LIST_ENTRIES",
     "MAX_PENDING_REQUESTS",
     "MIN_FRAME_SIZE",
     "PORTABLE_IDENTITY_FEATURE",
     "PROTOCOL_VERSION",
+    "RANGES_FEATURE",
     "SUPPORTED_VERSIONS",
     "UPLOAD_FEATURE",
     "XXH3_FEATURE",
@@ -49,9 +61,13 @@ __all__ = [
     "Hasher",
     "ServerAuthenticator",
     "ServerProtocol",
+    "block_count",
+    "block_size_for",
     "check_digest_choice",
     "check_token",
     "choose_digest",
     "load_token",
     "new_hasher",
+    "overflows",
+    "range_end",
 ]

@@ -28,6 +28,7 @@ from ftx.protocol._auth import (
     ServerAuthenticator,
     ServerAuthState,
 )
+from ftx.protocol._blocks import RANGES_FEATURE, overflows
 from ftx.protocol._digests import (
     BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
@@ -44,6 +45,7 @@ from ftx.protocol.messages import (
     DATA_PREFIX,
     Auth,
     AuthOk,
+    Blocks,
     Challenge,
     Data,
     Error,
@@ -69,6 +71,7 @@ __all__ = [
     "MIN_FRAME_SIZE",
     "PORTABLE_IDENTITY_FEATURE",
     "PROTOCOL_VERSION",
+    "RANGES_FEATURE",
     "SUPPORTED_VERSIONS",
     "UPLOAD_FEATURE",
     "XXH3_FEATURE",
@@ -300,9 +303,16 @@ class ClientProtocol(_Protocol):
             self._auth.sent(message)
         elif not self._auth.done:
             raise LocalProtocolError("authenticate first: the server's AUTH_OK has not arrived")
-        elif isinstance(message, Get | ListDir | Put | MakeDir):
+        elif isinstance(message, Get | ListDir | Put | MakeDir | Blocks):
             if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
                 raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
+            if isinstance(message, Get) and message.length is not None:
+                _check_ranged_get(message, self.features)
+            if isinstance(message, Blocks):
+                if RANGES_FEATURE not in self.features:
+                    raise LocalProtocolError(f"the server does not offer {RANGES_FEATURE!r}")
+                if message.digest not in DIGEST_ALGORITHMS:
+                    raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
             if isinstance(message, Put | MakeDir) and UPLOAD_FEATURE not in self.features:
                 raise LocalProtocolError(
                     f"the server does not offer the {UPLOAD_FEATURE!r} feature"
@@ -439,7 +449,8 @@ class ServerProtocol(_Protocol):
             return message
         # PUT and MKDIR are accepted even when UPLOAD_FEATURE is not in use: a server that does
         # not offer it answers them with a read-only ERROR rather than closing the connection.
-        if not isinstance(message, Get | ListDir | Put | MakeDir):
+        # BLOCKS too, from a client that did not list RANGES_FEATURE: this server knows it.
+        if not isinstance(message, Get | ListDir | Put | MakeDir | Blocks):
             raise RemoteProtocolError(f"a client cannot send {type(message).__name__}")
         self._requests.add(message, RemoteProtocolError)
         return message
@@ -490,6 +501,21 @@ class ServerProtocol(_Protocol):
             raise LocalProtocolError("file data before the handshake was done")
         self._requests.check_data(size)
         return DATA_PREFIX
+
+
+def _check_ranged_get(message: Get, features: frozenset[str]) -> None:
+    """A GET with a ``length`` needs :data:`RANGES_FEATURE`, asks for no digest, and ends
+    within 2^63-1.
+
+    Raises:
+        LocalProtocolError: it breaks one of those rules.
+    """
+    if RANGES_FEATURE not in features:
+        raise LocalProtocolError(f"a GET with a length needs the {RANGES_FEATURE!r} feature")
+    if message.digest is not None:
+        raise LocalProtocolError("a GET with a length asks for no digest (block digests check it)")
+    if overflows(message.offset, message.length):
+        raise LocalProtocolError("offset + length lies beyond 2^63-1")
 
 
 def _hello_fields(hello: Hello) -> tuple[frozenset[str], int, str, int | None]:

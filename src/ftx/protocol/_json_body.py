@@ -81,7 +81,7 @@ _MEMBERS: Final[dict[Kind, frozenset[str]]] = {
     Kind.CHALLENGE: frozenset({"nonce"}),
     Kind.AUTH: frozenset({"nonce", "proof"}),
     Kind.AUTH_OK: frozenset({"proof"}),
-    Kind.GET: frozenset({"id", "path", "offset", "identity", "digest"}),
+    Kind.GET: frozenset({"id", "path", "offset", "identity", "digest", "length"}),
     Kind.LIST: frozenset({"id", "path"}),
     Kind.PUT: frozenset({"id", "path", "size", "digest", "source", "overwrite", "mtime_ns"}),
     Kind.MKDIR: frozenset({"id", "path"}),
@@ -91,6 +91,10 @@ _MEMBERS: Final[dict[Kind, frozenset[str]]] = {
     Kind.DONE: frozenset({"id", "created"}),
     Kind.ENTRIES: frozenset({"id", "entries"}),
     Kind.LIST_END: frozenset({"id", "count"}),
+    Kind.BLOCKS: frozenset({"id", "path", "digest", "identity"}),
+    Kind.BLOCK_LIST: frozenset(
+        {"id", "size", "mtime_ns", "identity", "digest", "block_size", "blocks", "file_digest"}
+    ),
 }
 _ENTRY_MEMBERS: Final = frozenset({"name", "type", "size", "mtime_ns", "mode"})
 

@@ -11,6 +11,8 @@ from ftx.framing import Buffer
 __all__ = [
     "Auth",
     "AuthOk",
+    "BlockList",
+    "Blocks",
     "Challenge",
     "Data",
     "Done",
@@ -51,6 +53,8 @@ class Kind(enum.IntEnum):
     DONE = 0x24
     ENTRIES = 0x30
     LIST_END = 0x31
+    BLOCKS = 0x60
+    BLOCK_LIST = 0x61
 
 
 class EntryType(enum.StrEnum):
@@ -86,7 +90,9 @@ class Get:
 
     With ``identity`` set, the server refuses with ``changed`` unless the file still has that
     identity (how a resume makes sure it continues the same file). ``digest`` names the digest
-    algorithm for the end message, or is ``None`` for no digest.
+    algorithm for the end message, or is ``None`` for no digest. ``length`` (feature
+    ``ranges``) asks for at most that many bytes from ``offset`` on; such a ranged GET asks for
+    no digest (the bytes are checked against the file's block digests, :class:`Blocks`).
     """
 
     request_id: int
@@ -94,6 +100,7 @@ class Get:
     offset: int = 0
     identity: str | None = None
     digest: str | None = "sha256"
+    length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +252,34 @@ class Done:
     created: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Blocks:
+    """Ask for the block digests of the file at ``path`` (feature ``ranges``): the ``digest``
+    algorithm's digest of each block, and of the whole file. With ``identity`` set, the server
+    refuses with ``changed`` unless the file still has that identity."""
+
+    request_id: int
+    path: str
+    digest: str
+    identity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockList:
+    """The answer to :class:`Blocks`: the file's ``size``, ``mtime_ns`` and ``identity`` (as in
+    a FILE header), its ``block_size``, the hex digest of each block in order (``blocks``) and
+    of the whole file (``file_digest``), all with the algorithm ``digest``."""
+
+    request_id: int
+    size: int
+    mtime_ns: int
+    identity: str
+    digest: str
+    block_size: int
+    blocks: tuple[str, ...]
+    file_digest: str
+
+
 Message = (
     Hello
     | Get
@@ -262,4 +297,6 @@ Message = (
     | MakeDir
     | Ready
     | Done
+    | Blocks
+    | BlockList
 )

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.protocol._blocks import block_count, block_size_for, range_end
 from ftx.protocol._digests import is_hex_digest
 from ftx.protocol.messages import (
+    BlockList,
+    Blocks,
     Data,
     Done,
     Error,
@@ -47,10 +50,12 @@ class _Phase(enum.Enum):
     AWAIT_READY = enum.auto()  # a PUT was sent, no READY yet
     UPLOADING = enum.auto()  # READY received: the client's DATA bytes and END are due
     AWAIT_RESULT = enum.auto()  # the client's END (or a MKDIR) was sent: DONE is due
+    AWAIT_BLOCKS = enum.auto()  # a BLOCKS was sent: BLOCK_LIST is due
 
 
-Request = Get | ListDir | Put | MakeDir
+Request = Get | ListDir | Put | MakeDir | Blocks
 _FIRST_PHASE: Final = {
+    Blocks: _Phase.AWAIT_BLOCKS,
     Get: _Phase.AWAIT_HEADER,
     ListDir: _Phase.LISTING,
     Put: _Phase.AWAIT_READY,
@@ -139,7 +144,8 @@ class Responses:
                         f"{head.request.digest!r} was asked for"
                     )
                 head.phase = _Phase.DATA
-                head.remaining = message.size - message.offset
+                end = range_end(message.offset, head.request.length, message.size)
+                head.remaining = end - message.offset
             case FileEnd(), _Phase.DATA:
                 if head.remaining:
                     raise self._fail(f"the file ended with {head.remaining} bytes still due")
@@ -168,6 +174,10 @@ class Responses:
                 head.remaining = head.request.size - message.offset
             case Done(), _Phase.AWAIT_RESULT:
                 self._finish()
+            case BlockList(), _Phase.AWAIT_BLOCKS:
+                assert isinstance(head.request, Blocks)
+                _check_block_list(message, head.request, self._fail)
+                self._finish()
             case _:
                 raise self._fail(f"unexpected {type(message).__name__}")
 
@@ -193,6 +203,29 @@ class Responses:
         if message.digest is None:
             raise fail("the END of an upload carries no digest")
         head.phase = _Phase.AWAIT_RESULT
+
+
+def _check_block_list(
+    answer: BlockList,
+    request: Blocks,
+    fail: type[LocalProtocolError] | type[RemoteProtocolError],
+) -> None:
+    """A BLOCK_LIST must use the algorithm asked for, carry the identity asked for (if one was),
+    and cut the file as :func:`~ftx.protocol._blocks.block_size_for` says, one digest a block."""
+    if answer.digest != request.digest:
+        raise fail(f"BLOCK_LIST uses {answer.digest!r} where {request.digest!r} was asked for")
+    if request.identity is not None and answer.identity != request.identity:
+        raise fail("BLOCK_LIST names another identity than the one asked for")
+    if answer.block_size != block_size_for(answer.size):
+        raise fail(
+            f"BLOCK_LIST has blocks of {answer.block_size} bytes where a file of "
+            f"{answer.size} bytes has blocks of {block_size_for(answer.size)}"
+        )
+    if len(answer.blocks) != block_count(answer.size, answer.block_size):
+        raise fail(
+            f"BLOCK_LIST has {len(answer.blocks)} digests for "
+            f"{block_count(answer.size, answer.block_size)} blocks"
+        )
 
 
 def _check_end_digest(

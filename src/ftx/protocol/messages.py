@@ -17,12 +17,20 @@ from typing import Any, Final
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
+from ftx.protocol._blocks import MAX_BLOCKS
+from ftx.protocol._digests import DIGEST_HEX_DIGITS, is_hex_digest
 from ftx.protocol._json_body import MAX_JSON_DEPTH, check_unread_members, parse_body
 from ftx.protocol._message_types import (
     Auth as Auth,
 )
 from ftx.protocol._message_types import (
     AuthOk as AuthOk,
+)
+from ftx.protocol._message_types import (
+    BlockList as BlockList,
+)
+from ftx.protocol._message_types import (
+    Blocks as Blocks,
 )
 from ftx.protocol._message_types import (
     Challenge as Challenge,
@@ -85,6 +93,8 @@ __all__ = [
     "MAX_PATH_BYTES",
     "Auth",
     "AuthOk",
+    "BlockList",
+    "Blocks",
     "Challenge",
     "Data",
     "Done",
@@ -175,13 +185,16 @@ def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
                 hello["max_data_frame_size"] = message.max_data_frame_size
             return Kind.HELLO, hello
         case Get():
-            return Kind.GET, {
+            get = {
                 "id": message.request_id,
                 "path": message.path,
                 "offset": message.offset,
                 "identity": message.identity,
                 "digest": message.digest,
             }
+            if message.length is not None:  # (absent otherwise: a GET as version 1 wrote it)
+                get["length"] = message.length
+            return Kind.GET, get
         case ListDir():
             return Kind.LIST, {"id": message.request_id, "path": message.path}
         case FileHeader():
@@ -226,6 +239,24 @@ def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
             return Kind.READY, {"id": message.request_id, "offset": message.offset}
         case Done():
             return Kind.DONE, {"id": message.request_id, "created": message.created}
+        case Blocks():
+            return Kind.BLOCKS, {
+                "id": message.request_id,
+                "path": message.path,
+                "digest": message.digest,
+                "identity": message.identity,
+            }
+        case BlockList():
+            return Kind.BLOCK_LIST, {
+                "id": message.request_id,
+                "size": message.size,
+                "mtime_ns": message.mtime_ns,
+                "identity": message.identity,
+                "digest": message.digest,
+                "block_size": message.block_size,
+                "blocks": list(message.blocks),
+                "file_digest": message.file_digest,
+            }
     raise TypeError(f"not an ftx message: {message!r}")
 
 
@@ -287,6 +318,7 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
                 offset=_int(obj, "offset", 0, _MAX_INT, default=0),
                 identity=_optional_str(obj, "identity"),
                 digest=_optional_str(obj, "digest", default="sha256"),
+                length=None if obj.get("length") is None else _int(obj, "length", 0, _MAX_INT),
             )
         case Kind.LIST:
             return ListDir(request_id=_request_id(obj), path=_path(obj))
@@ -340,8 +372,43 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
             return Ready(request_id=_request_id(obj), offset=_int(obj, "offset", 0, _MAX_INT))
         case Kind.DONE:
             return Done(request_id=_request_id(obj), created=_bool(obj, "created", default=True))
+        case Kind.BLOCKS:
+            return Blocks(
+                request_id=_request_id(obj),
+                path=_path(obj),
+                digest=_str(obj, "digest", _MAX_SHORT_STRING),
+                identity=_optional_str(obj, "identity"),
+            )
+        case Kind.BLOCK_LIST:
+            return _block_list(obj)
         case Kind.DATA:  # pragma: no cover - handled before JSON parsing
             raise AssertionError("DATA has no JSON body")
+
+
+def _block_list(obj: dict[str, Any]) -> BlockList:
+    """A BLOCK_LIST body: at most MAX_BLOCKS digests, each of the announced algorithm's form
+    (the answer's consistency with its request and the file's size is checked by the state
+    machine)."""
+    algorithm = _str(obj, "digest", _MAX_SHORT_STRING)
+    if algorithm not in DIGEST_HEX_DIGITS:
+        raise RemoteProtocolError(f"'digest' names an unknown algorithm {algorithm!r}")
+    raw_blocks = obj.get("blocks")
+    if not isinstance(raw_blocks, list) or len(raw_blocks) > MAX_BLOCKS:
+        raise RemoteProtocolError(f"'blocks' must be a list of at most {MAX_BLOCKS} digests")
+    blocks = tuple(_as_str(raw, "blocks", _MAX_SHORT_STRING) for raw in raw_blocks)
+    file_digest = _str(obj, "file_digest", _MAX_SHORT_STRING)
+    if not all(is_hex_digest(block, algorithm) for block in (*blocks, file_digest)):
+        raise RemoteProtocolError(f"a block digest is not a {algorithm} digest in lowercase hex")
+    return BlockList(
+        request_id=_request_id(obj),
+        size=_int(obj, "size", 0, _MAX_INT),
+        mtime_ns=_int(obj, "mtime_ns", -_MAX_INT, _MAX_INT),
+        identity=_str(obj, "identity", _MAX_SHORT_STRING),
+        digest=algorithm,
+        block_size=_int(obj, "block_size", 1, _MAX_INT),
+        blocks=blocks,
+        file_digest=file_digest,
+    )
 
 
 def _entry(raw: object) -> Entry:

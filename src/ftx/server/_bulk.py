@@ -48,8 +48,9 @@ SPAN_CHUNK: Final = 1 << 20
 
 def bulk_eligible(sendfile: bool, spans_supported: bool, count: int) -> bool:
     """Whether ``count`` bytes of a file go out by the bulk path: on plain TCP (``sendfile``
-    allowed and the connection's socket can be handed to a thread), for a big enough span.
-    (The one place where a rule such as "not under a rate limit" goes.)"""
+    allowed and the connection's socket can be handed to a thread), for a big enough span;
+    never under ``--limit-rate`` (the session's stream is then the rate limiter's, not a
+    socket, so ``spans_supported`` is false). The one place for such rules."""
     return sendfile and spans_supported and count >= BULK_MIN_SIZE
 
 

@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from ftx._rate import MIN_RATE
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
 from ftx.protocol import MIN_FRAME_SIZE, check_token
 from ftx.server._limits import (
@@ -65,6 +66,9 @@ class ServerConfig:
         state_dir: a directory outside the served one where the server keeps the digests of
             the files it has read whole (an SQLite database, shared safely by servers on this
             machine), so that they outlive the process. ``None``: kept in memory only.
+        limit_rate: the most bytes per second each connection may send, and receive (each
+            direction on its own), at least 32768; ``None``: no limit. A limited connection
+            is sent DATA chunks of at most a second's worth, and does without sendfile.
 
     Raises:
         ValueError: a size or limit is out of range, a timeout is not a positive number, an
@@ -85,6 +89,7 @@ class ServerConfig:
     identity: IdentityMode = "local"
     proxy_protocol_from: tuple[Network, ...] = ()
     state_dir: str | os.PathLike[str] | None = None
+    limit_rate: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_upload_size is not None and self.max_upload_size < 0:
@@ -110,5 +115,7 @@ class ServerConfig:
             ipaddress.ip_network(network, strict=False) for network in self.proxy_protocol_from
         )
         object.__setattr__(self, "proxy_protocol_from", networks)
+        if self.limit_rate is not None and self.limit_rate < MIN_RATE:
+            raise ValueError(f"limit_rate must be at least {MIN_RATE} bytes per second")
         if self.identity not in IDENTITY_MODES:
             raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}")

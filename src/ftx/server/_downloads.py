@@ -26,6 +26,8 @@ from ftx.protocol import (
     Hasher,
     ServerProtocol,
     new_hasher,
+    overflows,
+    range_end,
 )
 from ftx.protocol.messages import (
     Data,
@@ -182,6 +184,11 @@ class DownloadHandler:
                 request, record, ErrorCode.BAD_REQUEST, f"unknown digest {request.digest}"
             )
             return
+        if request.length is not None:  # a ranged GET (docs/protocol.md, section 22)
+            range_refusal = _check_range(request)
+            if range_refusal is not None:
+                await self._refuse(request, record, ErrorCode.BAD_REQUEST, range_refusal)
+                return
         prepared = self._prepared.pop(request.request_id, None)
         # Read ahead maybe a while ago (answers before it in its batch took time): served from
         # the copy only if the file is still the same, else opened again.
@@ -244,7 +251,9 @@ class DownloadHandler:
             hasher.update(small.content)
             digest = hasher.hexdigest()
         header = self._file_header(request, record, small.stat)
-        body = small.content[request.offset :]
+        body = small.content[
+            request.offset : range_end(request.offset, request.length, len(small.content))
+        ]
         # As many DATA frames as the client's frame limit needs (one, unless it is tiny).
         chunks = [
             Data(body[start : start + chunk_size]) for start in range(0, len(body), chunk_size)
@@ -282,7 +291,9 @@ class DownloadHandler:
         cache_key = f"{request.digest}:{opened.identity}"
         known = await self._resources.digests.recall(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
-        offset, count = request.offset, opened.size - request.offset
+        # The span takes an explicit (offset, count): the whole tail, or a ranged GET's range.
+        offset = request.offset
+        count = range_end(offset, request.length, opened.size) - offset
         if bulk_eligible(self._sendfile, self._session.spans_supported, count):
             return await self._stream_span(
                 opened, offset, count, record, chunk_size, hasher, known, cache_key
@@ -306,7 +317,8 @@ class DownloadHandler:
                 if hasher and buffer
                 else None
             )
-            position, size = request.offset, opened.size
+            # A ranged GET stops at the end of its range (never past the end of the file).
+            position, size = request.offset, range_end(request.offset, request.length, opened.size)
             try:
                 while position < size:
                     count = min(chunk_size, size - position)
@@ -449,6 +461,16 @@ class DownloadHandler:
                 await self._session.send(ListEntries(request.request_id, entries))
                 record.entries += len(page)
         await self._session.send(ListEnd(request.request_id, record.entries))
+
+
+def _check_range(request: Get) -> str | None:
+    """Why a GET with a ``length`` cannot be answered, if it cannot: it asks for a digest (a
+    range is checked against block digests instead), or ends beyond 2^63-1."""
+    if request.digest is not None:
+        return "a GET with a length asks for no digest (use BLOCKS for block digests)"
+    if overflows(request.offset, request.length):
+        return f"offset {request.offset} + length {request.length} lies beyond 2^63-1"
+    return None
 
 
 class _FileChangedError(FtxError):

@@ -116,3 +116,6 @@ class ServerResources:
         if config.state_dir is not None:
             store = DigestStore(check_state_dir(config.state_dir, root.path))
         self.digests: Final = DigestCache(store=store)
+        # Block digests (BLOCKS, docs/protocol.md section 22): up to 512 digests an entry,
+        # so fewer entries (at most ~34 KB each: ~9 MB in all).
+        self.block_digests: Final = DigestCache(max_entries=256, store=store)

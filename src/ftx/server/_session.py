@@ -16,6 +16,7 @@ from typing import Final, TypeVar
 
 import trio
 
+from ftx._rate import RateLimitedStream, TokenBucket
 from ftx._tls import accept_tls
 from ftx._version import __version__
 from ftx.errors import FtxError, IncompleteFrameError, RemoteProtocolError
@@ -25,6 +26,7 @@ from ftx.protocol import (
     DIGEST_FEATURES,
     LARGE_DATA_FEATURE,
     PORTABLE_IDENTITY_FEATURE,
+    RANGES_FEATURE,
     SUPPORTED_VERSIONS,
     UPLOAD_FEATURE,
     ErrorCode,
@@ -32,6 +34,7 @@ from ftx.protocol import (
     ServerProtocol,
 )
 from ftx.protocol.messages import (
+    Blocks,
     Error,
     Get,
     ListDir,
@@ -40,6 +43,7 @@ from ftx.protocol.messages import (
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
+from ftx.server._blocks import BlockHandler
 from ftx.server._config import ServerConfig
 from ftx.server._downloads import DownloadHandler
 from ftx.server._limits import WriteStalledError
@@ -113,7 +117,7 @@ class Session:
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads | identity | {LARGE_DATA_FEATURE},
+            features=DIGEST_FEATURES | uploads | identity | {LARGE_DATA_FEATURE, RANGES_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
@@ -121,8 +125,12 @@ class Session:
             self, resources, self._protocol, sendfile=sendfile, portable=portable
         )
         self._uploads = UploadHandler(self, config, resources.root)
+        self._blocks = BlockHandler(self, resources, portable=portable)
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
+        rate = self._config.limit_rate
+        if rate is not None:  # each connection its own limit, each direction its own bucket
+            stream = RateLimitedStream(stream, TokenBucket(rate), TokenBucket(rate))
         return FramedChannel(stream, max_frame_size=self._config.max_frame_size)
 
     async def aclose(self) -> None:
@@ -369,6 +377,8 @@ class Session:
         if not shaken:
             return
         chunk = min(config.chunk_size, self._protocol.peer_max_frame_size - 1)
+        if config.limit_rate is not None:  # a frame a second at most: the client sees progress
+            chunk = min(chunk, config.limit_rate)
         while not self._stopping:
             with self._wait(config.idle_timeout) as idle:
                 try:
@@ -425,12 +435,14 @@ class Session:
 
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""
-        if not isinstance(request, Get | ListDir | Put | MakeDir):  # pragma: no cover
+        if not isinstance(request, Get | ListDir | Put | MakeDir | Blocks):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
         try:
             if isinstance(request, Get | ListDir):
                 await self._downloads.answer(request, record, chunk)
+            elif isinstance(request, Blocks):
+                await self._blocks.answer(request, record)
             else:
                 await self._uploads.answer(request, record)
         except BaseException as exc:
@@ -506,5 +518,6 @@ class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
-def _verb(request: Get | ListDir | Put | MakeDir) -> str:
-    return {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR"}[type(request)]
+def _verb(request: Get | ListDir | Put | MakeDir | Blocks) -> str:
+    verbs = {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR", Blocks: "BLOCKS"}
+    return verbs[type(request)]
