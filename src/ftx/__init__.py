@@ -27,11 +27,11 @@ from ftx.errors import RemoteProtocolError as RemoteProtocolError
 
 if TYPE_CHECKING:
     # `from x import y as y` marks re-exports for type checkers (trio does the same).
-    from ftx._rate import RateLimit as RateLimit
     from ftx.client import Client as Client
     from ftx.client import ClientConfig as ClientConfig
     from ftx.client import Download as Download
     from ftx.client import ProgressCallback as ProgressCallback
+    from ftx.client import RateLimit as RateLimit
     from ftx.client import Upload as Upload
     from ftx.client import connect as connect
     from ftx.framing import FramedChannel as FramedChannel
@@ -57,7 +57,7 @@ _LAZY = {
     "ErrorCode": "ftx.protocol",
     "Entry": "ftx.protocol.messages",
     "EntryType": "ftx.protocol.messages",
-    "RateLimit": "ftx._rate",
+    "RateLimit": "ftx.client",
     "DEFAULT_PORT": "ftx.server",
     "Server": "ftx.server",
     "ServerConfig": "ftx.server",

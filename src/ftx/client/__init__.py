@@ -9,6 +9,7 @@ flight), ``_upload`` (sending files), ``_tree`` (``get -r`` over several connect
 the end).
 """
 
+from ftx._rate import RateLimit
 from ftx.client._client import Client, Download, ProgressCallback, connect, local_destination
 from ftx.client._config import ClientConfig
 from ftx.client._multisource import Source, download_from_sources
@@ -25,6 +26,7 @@ __all__ = [
     "Download",
     "Planned",
     "ProgressCallback",
+    "RateLimit",
     "Skipped",
     "Source",
     "TreeProgress",
