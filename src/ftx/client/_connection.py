@@ -46,7 +46,7 @@ from ftx.protocol.messages import Data, Error, Hello, ListEntries, Message
 
 __all__ = ["MAX_DATA_FRAME_SIZE", "PROGRESS_BYTES", "ClientConnection"]
 
-MAX_DATA_FRAME_SIZE: Final = 8 << 20
+MAX_DATA_FRAME_SIZE: Final = 2 << 20
 """The largest DATA payload the client accepts from a server that lists ``large-data``
 (docs/protocol.md, section 20); every other frame keeps the ``max_frame_size`` limit."""
 
