@@ -9,8 +9,11 @@ the run.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import random
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -317,56 +320,216 @@ def flat_rss_methods(
 
 # --- (b) many small files ---------------------------------------------------------------------
 
+MIXED_FILES = 5000
+MIXED_SEED = 14
+
+
+def make_mixed_tree(root: Path, files: int = MIXED_FILES, seed: int = MIXED_SEED) -> int:
+    """``files`` files with sizes drawn log-normally (median 4 KiB, sigma 2, kept between
+    100 bytes and 8 MiB) in directories nested 4 deep (5 x 4 x 3 x 3), placed at random: the
+    sizes and the layout come from ``seed``, the content from os.urandom. Returns the bytes."""
+    rng = random.Random(seed)
+    leaves = [
+        f"p{a}/q{b}/r{c}/s{d}"
+        for a in range(5)
+        for b in range(4)
+        for c in range(3)
+        for d in range(3)
+    ]
+    total = 0
+    for index in range(files):
+        size = int(min(8 * MiB, max(100, rng.lognormvariate(math.log(4096), 2.0))))
+        depth = rng.randint(1, 4)
+        directory = "/".join(rng.choice(leaves).split("/")[:depth])
+        path = root / directory / f"f{index:05d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        total += size
+    return total
+
+
+def _copy_into(source: Path, run_dir: Path) -> None:
+    """The destination of a no-op re-run: a copy of the data with the same times (cp -a)."""
+    subprocess.run(["cp", "-a", f"{source}/.", str(run_dir / "tree")], check=True)
+    os.sync()
+
+
+def _count_check(expected: int) -> Check:
+    def check(run_dir: Path, run: ClientRun) -> str | None:
+        got = sum(len(names) for _, _, names in os.walk(run_dir / "tree"))
+        return None if got == expected else f"saved {got} files, not {expected}"
+
+    return check
+
+
+_RSYNCD_WRITABLE = """\
+use chroot = no
+pid file = {work}/rsyncd.pid
+log file = {work}/rsyncd.log
+max connections = 0
+
+[data]
+    path = {root}
+    read only = no
+    uid = {uid}
+    gid = {gid}
+"""
+
+
+def _writable_servers(root: Path, rsync: str, work: Path) -> tuple[ServerSpec, ServerSpec]:
+    """``ftx serve --writable ROOT`` and an rsync daemon whose module ``data`` takes uploads
+    into ROOT (b4: pushing a tree)."""
+    base = bl.ftx_command()
+
+    def ftx_argv(port: int) -> list[str]:
+        root.mkdir(parents=True, exist_ok=True)
+        options = ["--writable", "--host", "127.0.0.1", "--port", str(port), "-q"]
+        return [*base, "serve", str(root), *options]
+
+    def rsync_argv(port: int) -> list[str]:
+        work.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        conf = work / "rsyncd.conf"
+        uid, gid = os.getuid(), os.getgid()
+        conf.write_text(_RSYNCD_WRITABLE.format(work=work, root=root, uid=uid, gid=gid))
+        (work / "rsyncd.pid").unlink(missing_ok=True)
+        options = [f"--config={conf}", f"--port={port}", "--address=127.0.0.1"]
+        return [rsync, "--daemon", "--no-detach", *options]
+
+    ftx = ServerSpec("ftx serve --writable", ftx_argv, stop_signal=signal.SIGINT)
+    return ftx, ServerSpec("rsync daemon (writable)", rsync_argv, stop_signal=signal.SIGTERM)
+
+
+def _relative_to(base: Path, command: str) -> list[str]:
+    """``sh -c COMMAND`` with ``$0`` the run directory and ``$R`` its path below ``base`` (the
+    served root), for the clients that push into it."""
+    return ["sh", "-c", f'R="${{0#{base}/}}"; exec {command}', "{dir}"]
+
 
 def small_files(settings: Settings) -> Scenario:
     data = settings.tmp / "data" / "b"
     paths = make_tree(data, settings.files, settings.dirs)
+    mixed = settings.tmp / "data" / "b2"
+    mixed_bytes = make_mixed_tree(mixed, min(MIXED_FILES, settings.files // 2))
+    mixed_files = min(MIXED_FILES, settings.files // 2)
+    many = settings.tmp / "data" / "bm"
+    many_files = settings.files * 10
+    make_tree(many, many_files, settings.dirs * 10, size=16)
 
     def make_tree_dir(run_dir: Path) -> None:  # ftx get -r -o DIR wants DIR to exist
         (run_dir / "tree").mkdir()
         os.sync()
 
-    def check(run_dir: Path, run: ClientRun) -> str | None:
-        got = sum(len(names) for _, _, names in os.walk(run_dir / "tree"))
-        return None if got == settings.files else f"saved {got} files, not {settings.files}"
+    def no_op(source: Path) -> Callable[[Path], None]:
+        return lambda run_dir: _copy_into(source, run_dir)
 
     method = partial(
         Method,
-        f"b: {settings.files} x 4 KiB in {settings.dirs} dirs",
+        f"b1: {settings.files} x 4 KiB in {settings.dirs} dirs",
         work=settings.files,
         unit="files/s",
         prepare=lambda run_dir: os.sync(),
-        check=check,
+        check=_count_check(settings.files),
     )
     conns = settings.connections
+    rsync_tool = settings.tool("rsync")
     tree = [bl.PYTHON, bl.FTX_LIB, "tree", "{port}", "{dir}/tree", str(conns)]
-    top = sorted({path.split("/")[0] for path in paths})
-    cli_tree = [*bl.ftx_command(), "get", "-r", "-j", str(conns), "-q", "127.0.0.1:{port}", *top]
+    stream = [bl.PYTHON, bl.FTX_LIB, "tree-stream", "{port}", "{dir}/tree"]
+    cli_tree = [*bl.ftx_command(), "get", "-r", "-q", "127.0.0.1:{port}", "/", "-o", "{dir}/tree"]
     ftx_server = bl.ftx_server(data)
-    rsync = bl.rsync_server(settings.tool("rsync"), data, settings.tmp / "rsyncd")
+    rsync = bl.rsync_server(rsync_tool, data, settings.tmp / "rsyncd")
     nginx = bl.nginx_server(settings.tool("nginx"), data, settings.tmp / "nginx")
     curl = bl.curl_many(settings.tool("curl"), paths, settings.tmp / "curl-tree.conf")
+    rsync_get = bl.rsync_get(rsync_tool, "", "{dir}/tree")
     methods = [
-        method(f"ftx lib, {conns} connections", tree, ftx_server),
-        method(f"ftx lib, {conns} connections -> tmpfs", tree, ftx_server,
-               out_base=settings.fast),
-        method(f"ftx get -r -j {conns} (CLI)", [*cli_tree, "-o", "{dir}/tree"], ftx_server,
+        method("ftx get -r (CLI, one tree stream)", cli_tree, ftx_server,
                needs=("ftx recursive",), prepare=make_tree_dir),
-        method("rsync daemon", bl.rsync_get(settings.tool("rsync"), "", "{dir}/tree"), rsync,
-               needs=("rsync",), reference=True),
-        method("rsync daemon --fsync", bl.rsync_get(settings.tool("rsync"), "", "{dir}/tree",
+        method("ftx lib, one tree stream", stream, ftx_server, prepare=make_tree_dir),
+        method("ftx lib, one tree stream -> tmpfs", stream, ftx_server, prepare=make_tree_dir,
+               out_base=settings.fast),
+        method(f"ftx lib, per-file GETs, {conns} connections", tree, ftx_server),
+        method(f"ftx lib, per-file GETs, {conns} connections -> tmpfs", tree, ftx_server,
+               out_base=settings.fast),
+        method("rsync daemon", rsync_get, rsync, needs=("rsync",), reference=True),
+        method("rsync daemon --fsync", bl.rsync_get(rsync_tool, "", "{dir}/tree",
                fsync=True), rsync, needs=("rsync",)),
-        method("rsync daemon -> tmpfs", bl.rsync_get(settings.tool("rsync"), "", "{dir}/tree"),
-               rsync, needs=("rsync",), out_base=settings.fast),
+        method("rsync daemon -> tmpfs", rsync_get, rsync, needs=("rsync",),
+               out_base=settings.fast),
         method("http.server + curl (1 process)", curl, bl.http_server(data), needs=("curl",)),
         method("nginx + curl (1 process, keep-alive)", curl, nginx, needs=("nginx", "curl")),
     ]  # fmt: skip
+    # b2: a mixed tree; b3: a re-run with nothing to move; memory: a tree of many files.
+    mixed_server = bl.ftx_server(mixed)
+    mixed_rsync = bl.rsync_server(rsync_tool, mixed, settings.tmp / "rsyncd-b2")
+    b2 = partial(
+        Method,
+        f"b2: {mixed_files} files, {human(mixed_bytes)}, 100 B-8 MiB, 4 deep",
+        work=mixed_files,
+        unit="files/s",
+        check=_count_check(mixed_files),
+    )
+    b3 = partial(
+        Method,
+        f"b3: re-run, {settings.files} files up to date",
+        work=settings.files,
+        unit="files/s",
+        prepare=no_op(data),
+        check=_count_check(settings.files),
+    )
+    many_server = bl.ftx_server(many)
+    many_rsync = bl.rsync_server(rsync_tool, many, settings.tmp / "rsyncd-bm")
+    memory = partial(
+        Method,
+        f"b memory: {many_files} x 16 B in {settings.dirs * 10} dirs",
+        work=many_files,
+        unit="files/s",
+        check=_count_check(many_files),
+    )
+    # b4: pushing b1's tree into a fresh directory of a server on disk, per run.
+    pushed = settings.tmp / "pushed"
+    ftx_writable, rsync_writable = _writable_servers(pushed, rsync_tool, settings.tmp / "rsyncd-b4")
+    ftx_put = " ".join([*bl.ftx_command(), "put", "-r", "-q", "127.0.0.1:{port}", str(data)])
+    rsync_push = f"{rsync_tool} -a {data}/ rsync://127.0.0.1:{{port}}/data/$R/"
+
+    def count_pushed(run_dir: Path, run: ClientRun) -> str | None:
+        got = sum(len(names) for _, _, names in os.walk(run_dir))
+        return None if got == settings.files else f"stored {got} files, not {settings.files}"
+
+    b4 = partial(
+        Method,
+        f"b4: put -r, {settings.files} x 4 KiB",
+        work=settings.files,
+        unit="files/s",
+        check=count_pushed,
+        out_base=pushed,
+        prepare=lambda run_dir: os.sync(),
+    )
+    methods += [
+        b4("ftx put -r (CLI)", _relative_to(pushed, ftx_put + ' --to "$R"'), ftx_writable),
+        b4("rsync push to a daemon", _relative_to(pushed, rsync_push), rsync_writable,
+           needs=("rsync",), reference=True),
+    ]  # fmt: skip
+    methods += [
+        b2("ftx get -r (CLI, one tree stream)", cli_tree, mixed_server, prepare=make_tree_dir),
+        b2("ftx lib, one tree stream", stream, mixed_server, prepare=make_tree_dir),
+        b2("rsync daemon", rsync_get, mixed_rsync, needs=("rsync",), reference=True),
+        b3("ftx get -r (CLI), nothing to move", cli_tree, ftx_server),
+        b3("ftx lib, nothing to move", stream, ftx_server),
+        b3("rsync daemon, nothing to move", rsync_get, rsync, needs=("rsync",), reference=True),
+        memory("ftx get -r (CLI, one tree stream)", cli_tree, many_server, prepare=make_tree_dir),
+        memory("rsync daemon", rsync_get, many_rsync, needs=("rsync",), reference=True),
+    ]
     if settings.fast == settings.tmp:  # no tmpfs: drop the rows that need one
         methods = [m for m in methods if "tmpfs" not in m.name]
     notes = [
         "b: a fresh destination directory per run, on disk unless marked, all deleted at the "
         "end (not between runs: see Scenario.keep_outputs); ftx syncs the disk once at the end "
-        "(rsync only with --fsync: an fsync per file)"
+        "(rsync only with --fsync: an fsync per file)",
+        "b3: the destination is a copy of the data made (cp -a, untimed) before each run",
+        "b2: sizes log-normal (median 4 KiB, sigma 2) in 100 B-8 MiB, layout from seed "
+        f"{MIXED_SEED}",
+        "b4: ftx put -r stores every file durably before the command returns (fsync per file "
+        "on the server); the rsync daemon flushes nothing (no --fsync)",
     ]
     return Scenario("b", methods, notes, keep_outputs=True)
 

@@ -18,7 +18,9 @@ Targets (``--target``, all by default):
   answering its HELLO and, now and then, the current request, as the real server does;
 - ``pipeline``: byte streams through a ``FrameDecoder`` into a ``ClientProtocol``, as the
   client reads a socket;
-- ``proxy``: starts of streams into the PROXY header parser of ``ftx.server._proxy_header``.
+- ``proxy``: starts of streams into the PROXY header parser of ``ftx.server._proxy_header``;
+- ``tree``: payload sequences into a ``ClientProtocol`` with TREE requests outstanding (tree
+  streams, docs/protocol.md section 21); the ``server`` target gets TREE and have-lists too.
 
 Inputs start from valid sessions and are mutated at the frame, payload, JSON and byte level; an
 input that makes a target say something new (a new error message, a new message accepted) is
@@ -68,6 +70,7 @@ from ftx.protocol import (
     BASE_BLOCK_SIZE,
     BLAKE3_FEATURE,
     RANGES_FEATURE,
+    TREE_FEATURE,
     ClientProtocol,
     ServerProtocol,
 )
@@ -81,6 +84,7 @@ from ftx.protocol.messages import (
     FileEnd,
     FileHeader,
     Get,
+    HaveRecord,
     Hello,
     ListDir,
     ListEnd,
@@ -88,6 +92,16 @@ from ftx.protocol.messages import (
     MakeDir,
     Message,
     Put,
+    TreeDir,
+    TreeEnd,
+    TreeFile,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
+    TreeRecord,
+    TreeSame,
+    TreeSkip,
     decode_message,
     encode_message,
 )
@@ -194,8 +208,52 @@ def client_session() -> Payloads:
     ]
 
 
+def tree_server_session() -> Payloads:
+    """What a server offering tree streams sends the tree client target: its HELLO, then the
+    answer to TREE_REQUESTS."""
+    records = (
+        TreeRecord("a.txt", 5, MTIME, 0o644, SHA256),
+        TreeRecord("empty", 0, MTIME, 0o600, hashlib.sha256(b"").hexdigest()),
+    )
+    return [
+        payload(Hello((1,), FEATURES | {TREE_FEATURE}, 1 << 20, "ftx/0.4.0")),
+        payload(TreeDir(1, "")),
+        payload(TreeFiles(1, records, CONTENT)),
+        payload(TreeSame(1, ("kept.txt", "other"))),
+        payload(TreeDir(1, "sub/deeper")),
+        payload(TreeFile(1, "big.bin")),
+        payload(FileHeader(1, 5, MTIME, IDENTITY, offset=0, mode=0o644, digest="sha256")),
+        payload(Data(b"hel")),
+        payload(Data(b"lo")),
+        payload(FileEnd(1, SHA256)),
+        payload(TreeSkip(1, "sub/link", "symlink", "a symbolic link")),
+        payload(TreeFile(1, "cut.bin")),
+        payload(FileHeader(1, 5, MTIME, IDENTITY, offset=0, mode=0o644, digest="sha256")),
+        payload(Data(b"he")),
+        payload(TreeSkip(1, "sub/deeper/cut.bin", "changed", "changed while it was sent")),
+        payload(TreeEnd(1, 3, 2, 2)),
+        payload(Error(2, "not-a-directory", "'f' is not a directory")),
+    ]
+
+
+TREE_REQUESTS: Final = (TreeGet(1, "dir", digest="sha256"), TreeGet(2, "f", digest=None))
+
+
+def tree_client_session() -> Payloads:
+    """What a client sends the server target: a TREE with its have-list."""
+    have = (HaveRecord("a.txt", 5, MTIME), HaveRecord("b", 0, -1, SHA256))
+    return [
+        payload(Hello((1,), FEATURES | {TREE_FEATURE}, 1 << 20, "ftx/0.4.0")),
+        payload(TreeGet(1, "dir", digest="sha256", have=True, checksum=True)),
+        payload(TreeHave(1, "", have)),
+        payload(TreeHave(1, "sub/deeper", ())),
+        payload(TreeHaveEnd(1)),
+        payload(Get(2, "hello.txt")),
+    ]
+
+
 def all_seed_payloads() -> Payloads:
-    return [*server_session(), *client_session()]
+    return [*server_session(), *client_session(), *tree_server_session(), *tree_client_session()]
 
 
 # ------------------------------------------------------------------------------- mutation
@@ -266,7 +324,10 @@ RAW_JSON: Final = (
     b"{} ",
     b'{"a":1,"a":2}',
 )
-KIND_BYTES: Final = (0x00, 0x01, 0x02, 0x05, 0x10, 0x11, 0x20, 0x21, 0x22, 0x30, 0x31, 0x7F, 0x80)
+KIND_BYTES: Final = (
+    *(0x00, 0x01, 0x02, 0x05, 0x10, 0x11, 0x20, 0x21, 0x22, 0x30, 0x31, 0x7F, 0x80),
+    *range(0x50, 0x5A),
+)
 
 
 def _mutate_json_value(value: Any, rng: random.Random, depth: int = 0) -> Any:
@@ -605,12 +666,31 @@ def new_client() -> ClientProtocol:
     return client
 
 
+_REQUEST_TYPES: Final = (Get, ListDir, Put, MakeDir, Blocks, TreeGet, TreeHave, TreeHaveEnd)
+
+
+def run_tree_client(case: Case, check_latch: bool) -> set[str]:
+    """The client with TREE requests outstanding (sent once the server's HELLO is in)."""
+    client = ClientProtocol(features=FEATURES | {TREE_FEATURE}, agent="fuzz")
+    client.send(client.local_hello)
+
+    def check(message: Message | None) -> None:
+        hello = isinstance(message, Hello) and client.peer_hello is message
+        if isinstance(message, (Hello, *_REQUEST_TYPES)) and not hello:
+            raise Finding("tree client", f"the client accepted {message!r} from a server")
+        if hello and TREE_FEATURE in client.features:
+            for request in TREE_REQUESTS:
+                client.send(request)
+
+    return _feed(client.receive, case.payloads, check_latch, check)
+
+
 def run_client(case: Case, check_latch: bool) -> set[str]:
     client = new_client()
 
     def check(message: Message | None) -> None:
         hello = isinstance(message, Hello) and client.peer_hello is message
-        if isinstance(message, Hello | Get | ListDir | Put | MakeDir | Blocks) and not hello:
+        if isinstance(message, (Hello, *_REQUEST_TYPES)) and not hello:
             raise Finding("client", f"the client accepted {message!r} from a server")
 
     return _feed(client.receive, case.payloads, check_latch, check)
@@ -618,7 +698,7 @@ def run_client(case: Case, check_latch: bool) -> set[str]:
 
 def run_server(case: Case, check_latch: bool) -> set[str]:
     rng = random.Random(case.seed)
-    server = ServerProtocol(features=FEATURES, agent="fuzz")
+    server = ServerProtocol(features=FEATURES | {TREE_FEATURE}, agent="fuzz")
 
     def answer(message: Message | None) -> None:
         if isinstance(message, Hello):
@@ -627,7 +707,7 @@ def run_server(case: Case, check_latch: bool) -> set[str]:
             else:
                 server.send(server.hello_reply())
             return
-        if message is not None and not isinstance(message, Get | ListDir | Put | MakeDir | Blocks):
+        if message is not None and not isinstance(message, _REQUEST_TYPES):
             raise Finding("server", f"the server accepted {message!r} from a client")
         while server.current_request is not None and rng.random() < 0.5:
             request = server.current_request
@@ -719,7 +799,8 @@ TARGETS: Final = {
         Target("framing", run_framing, lambda: [server_session(), client_session()], True),
         Target("messages", run_messages, lambda: [all_seed_payloads()], False),
         Target("client", run_client, lambda: [server_session(), server_session()[:7]], False),
-        Target("server", run_server, lambda: [client_session()], False),
+        Target("server", run_server, lambda: [client_session(), tree_client_session()], False),
+        Target("tree", run_tree_client, lambda: [tree_server_session()], False),
         Target("pipeline", run_pipeline, lambda: [server_session()], True),
         Target("proxy", run_proxy, lambda: [proxy_seeds()], False),
     )

@@ -15,6 +15,7 @@ from functools import partial
 import trio
 
 from ftx.framing import FrameDecoder, encode_frame
+from ftx.protocol import TREE_FEATURE
 from ftx.protocol.messages import (
     Data,
     Entry,
@@ -27,6 +28,8 @@ from ftx.protocol.messages import (
     ListEnd,
     ListEntries,
     Message,
+    TreeGet,
+    TreeHaveEnd,
     decode_message,
     encode_message,
 )
@@ -197,3 +200,27 @@ class TreeScript:
 def hostile_json(**members: object) -> bytes:
     """Compact JSON of ``members`` (surrogates pass through as ``\\u`` escapes)."""
     return json.dumps(members, separators=(",", ":")).encode()
+
+
+class TreeStreamScript:
+    """Offers tree streams; answers the first TREE with ``frames`` as they are (built with
+    :func:`frame` or :func:`json_frame`, so names and counts may be anything), after reading
+    the client's have-list to its end. What the client sent is kept in ``received``."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        self.received: list[Message] = []
+
+    async def __call__(self, conn: ScriptedConnection) -> None:
+        client_hello = await conn.receive()
+        assert isinstance(client_hello, Hello), client_hello
+        await conn.send(Hello((1,), frozenset({TREE_FEATURE}), 1 << 20, "scripted"))
+        request = await conn.receive()
+        assert isinstance(request, TreeGet), request
+        self.received.append(request)
+        if request.have:
+            while not isinstance(message := await conn.receive(), TreeHaveEnd | None):
+                self.received.append(message)
+        await conn.send_raw(b"".join(self.frames))
+        while await conn.receive() is not None:
+            pass  # until the client closes

@@ -244,6 +244,11 @@ class DirectoryListing:
         self._fd = fd
         self._iterator = os.scandir(fd)
 
+    @property
+    def fd(self) -> int:
+        """The directory's descriptor (owned by the listing: closed with it)."""
+        return self._fd
+
     def next_page(self, max_entries: int) -> list[FsEntry]:
         """Return up to ``max_entries`` more entries; an empty list at the end."""
         page: list[FsEntry] = []

@@ -18,7 +18,7 @@ import trio
 import ftx
 import ftx.protocol._responses
 from ftx.client._tree import Skipped, download
-from ftx.framing import encode_header
+from ftx.framing import encode_frame, encode_header
 from ftx.protocol.messages import (
     Data,
     Entry,
@@ -31,12 +31,19 @@ from ftx.protocol.messages import (
     ListDir,
     ListEnd,
     ListEntries,
+    TreeDir,
+    TreeEnd,
+    TreeFiles,
+    TreeRecord,
+    encode_message,
 )
 from hostile_peers import (
     LOOPBACK,
     ScriptedConnection,
     ScriptedServer,
     TreeScript,
+    TreeStreamScript,
+    frame,
     json_frame,
     sha256_hex,
 )
@@ -366,3 +373,145 @@ async def test_a_file_whose_local_path_is_a_directory_is_a_conflict(
     assert list((dest / "top" / "d").iterdir()) == []  # nothing saved inside it
     assert (dest / "top" / "e").read_bytes() == b"another"
     assert not isinstance(results.get("top/e"), Skipped)
+
+
+# --------------------------------------------------------------------------- tree streams
+
+
+def _tree_frames(*messages: object) -> list[bytes]:
+    return [frame(message) for message in messages]  # type: ignore[arg-type]
+
+
+def _records(*files: tuple[str, bytes]) -> TreeFiles:
+    records = tuple(TreeRecord(name, len(data), 0, 0o644, sha256_hex(data)) for name, data in files)
+    return TreeFiles(1, records, b"".join(data for _, data in files))
+
+
+async def _get_tree(port: int, dest: Path) -> list[tuple[str, object]]:
+    @asynccontextmanager
+    async def connect_sha256() -> AsyncIterator[ftx.Client]:
+        async with connect(port, digest="sha256") as client:
+            yield client
+
+    with trio.fail_after(TIMEOUT):
+        return await download(connect_sha256, ["top"], dest, recursive=True)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        json_frame(Kind.TREE_DIR, b'{"id":1,"path":"../escaped"}'),
+        json_frame(Kind.TREE_DIR, b'{"id":1,"path":"/etc"}'),
+        json_frame(Kind.TREE_DIR, b'{"id":1,"path":"a\\\\..\\\\b"}'),
+        json_frame(Kind.TREE_FILE, b'{"id":1,"name":".."}'),
+        json_frame(Kind.TREE_SAME, b'{"id":1,"names":["a/b"]}'),
+        json_frame(Kind.TREE_DIR, b'{"id":1,"path":"a//b"}'),
+        json_frame(Kind.TREE_DIR, ('{"id":1,"path":"' + "n" * 256 + '"}').encode()),
+    ],
+)
+async def test_a_tree_name_that_could_leave_dest_is_a_protocol_violation(
+    nursery: trio.Nursery, tmp_path: Path, hostile: bytes
+) -> None:
+    """Names are checked by the decoder, before anything touches the disk: nothing is written
+    anywhere, in DEST or outside it."""
+    script = TreeStreamScript([frame(TreeDir(1, "")), hostile])
+    port = await start(nursery, script)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ftx.RemoteProtocolError):
+        await _get_tree(port, dest)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dest", "top"]
+
+
+async def test_a_record_named_dot_dot_is_refused_and_nothing_is_written(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    good = _records(("ok.txt", b"fine"))
+    payload = b"".join(bytes(part) for part in encode_message(good))
+    evil = payload.replace(b'"ok.txt"', b'"..\\/x"')  # a JSON escape for the slash
+    script = TreeStreamScript([frame(TreeDir(1, "")), encode_frame(evil)])
+    port = await start(nursery, script)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ftx.RemoteProtocolError):
+        await _get_tree(port, dest)
+    assert not (tmp_path / "x").exists()
+    assert not [p for p in dest.rglob("*") if p.is_file()]
+
+
+async def test_a_symlink_where_a_directory_should_be_is_never_followed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """DEST/top/sub is a link to a directory outside DEST: the tree's files for `sub` are not
+    written through it; the rest of the tree is saved, and the refusal reported."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    (dest / "top").mkdir(parents=True)
+    (dest / "top" / "sub").symlink_to(outside)
+    frames = _tree_frames(
+        TreeDir(1, ""),
+        _records(("a.txt", b"a")),
+        TreeDir(1, "sub"),
+        _records(("evil.txt", b"evil")),
+        TreeDir(1, "sub/deeper"),
+        _records(("evil2.txt", b"evil")),
+        TreeDir(1, "z"),
+        _records(("z.txt", b"z")),
+        TreeEnd(1, 4, 0, 0),
+    )
+    port = await start(nursery, TreeStreamScript(frames))
+    results = dict(await _get_tree(port, dest))
+    assert list(outside.iterdir()) == []
+    assert (dest / "top" / "a.txt").read_bytes() == b"a"
+    assert (dest / "top" / "z" / "z.txt").read_bytes() == b"z"
+    assert isinstance(results["top/sub"], ftx.LocalFileError), results
+    assert "not a directory" in str(results["top/sub"])
+    assert "top/sub/evil.txt" not in results
+
+
+async def test_a_tree_record_with_a_wrong_digest_fails_alone(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    bad = TreeFiles(
+        1,
+        (
+            TreeRecord("good", 4, 0, 0o644, sha256_hex(b"good")),
+            TreeRecord("bad", 3, 0, 0o644, sha256_hex(b"not it")),
+        ),
+        b"goodbad",
+    )
+    frames = _tree_frames(TreeDir(1, ""), bad, TreeEnd(1, 2, 0, 0))
+    port = await start(nursery, TreeStreamScript(frames))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    results = dict(await _get_tree(port, dest))
+    assert (dest / "top" / "good").read_bytes() == b"good"
+    assert not (dest / "top" / "bad").exists()
+    assert isinstance(results["top/bad"], ftx.IntegrityError), results
+    assert not list(dest.rglob("*.part"))
+
+
+async def test_a_tree_end_with_wrong_counts_is_a_protocol_violation(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    frames = _tree_frames(TreeDir(1, ""), _records(("a", b"a")), TreeEnd(1, 5, 0, 0))
+    port = await start(nursery, TreeStreamScript(frames))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ftx.RemoteProtocolError, match="counts"):
+        await _get_tree(port, dest)
+    assert (dest / "top" / "a").read_bytes() == b"a"  # saved before the lie: it was whole
+
+
+async def test_tree_content_longer_than_its_records_is_a_protocol_violation(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    payload = b"".join(bytes(part) for part in encode_message(_records(("a", b"abc"))))
+    frames = [frame(TreeDir(1, "")), encode_frame(payload + b"extra")]
+    port = await start(nursery, TreeStreamScript(frames))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ftx.RemoteProtocolError, match="content"):
+        await _get_tree(port, dest)
+    assert not (dest / "top" / "a").exists()

@@ -22,10 +22,10 @@ from ftx.protocol import ServerProtocol
 from ftx.protocol.messages import Entry, EntryType, Hello, ListDir, ListEnd, ListEntries
 
 
-def connector(host: str, port: int):  # type: ignore[no-untyped-def]
+def connector(host: str, port: int, *, streams: bool = True):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def connect() -> AsyncIterator[ftx.Client]:
-        async with ftx.connect(host, port) as client:
+        async with ftx.connect(host, port, ftx.ClientConfig(tree_streams=streams)) as client:
             yield client
 
     return connect
@@ -88,7 +88,9 @@ async def test_many_paths_in_one_directory_list_it_once(
 
     @asynccontextmanager
     async def counting() -> AsyncIterator[ftx.Client]:
-        async with ftx.connect(host, port) as client:
+        # File by file (tree streams list nothing): tests/client/test_tree_stream.py
+        config = ftx.ClientConfig(tree_streams=False)
+        async with ftx.connect(host, port, config) as client:
             plain_list = client.list
 
             async def list_counted(path: str = "") -> list[Entry]:
@@ -138,8 +140,16 @@ async def test_a_server_that_takes_fewer_connections_than_jobs_still_gets_everyt
     host, port = await start_server(served, max_connections=1)  # type: ignore[operator]
     again = tmp_path / "again"
     again.mkdir()
+    # A tree stream needs one connection only: a server that takes one serves it all.
+    with trio.fail_after(30):
+        results = await download(connector(host, port), ["top"], again, recursive=True, jobs=3)
+    assert tree_files(again / "top") == tree_files(served / "top")
+    # File by file, the workers need connections beside the lister's: busy is the answer.
+    third = tmp_path / "third"
+    third.mkdir()
+    slow = connector(host, port, streams=False)
     with trio.fail_after(30), pytest.raises(ftx.RemoteError) as refused:
-        await download(connector(host, port), ["top"], again, recursive=True, jobs=3)
+        await download(slow, ["top"], third, recursive=True, jobs=3)
     assert refused.value.code == ftx.ErrorCode.BUSY
 
 

@@ -210,6 +210,7 @@ def test_constants() -> None:
     assert {code.value for code in ErrorCode} == {
         "not-found",
         "not-a-file",
+        "not-a-directory",
         "permission-denied",
         "outside-root",
         "bad-request",

@@ -17,7 +17,7 @@ import ftx.protocol._responses
 import ftx.server._downloads
 from conftest import serving
 from ftx.framing import encode_header
-from ftx.protocol import UPLOAD_FEATURE
+from ftx.protocol import TREE_FEATURE, UPLOAD_FEATURE
 from ftx.protocol.messages import (
     Data,
     Done,
@@ -25,6 +25,7 @@ from ftx.protocol.messages import (
     FileEnd,
     FileHeader,
     Get,
+    HaveRecord,
     Hello,
     Kind,
     ListDir,
@@ -32,6 +33,12 @@ from ftx.protocol.messages import (
     MakeDir,
     Put,
     Ready,
+    TreeDir,
+    TreeEnd,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
 )
 from hostile_peers import RawClient, hostile_json, json_frame, sha256_hex
 
@@ -313,3 +320,69 @@ async def test_a_request_cut_inside_its_frame_gets_no_error_back(root: Path) -> 
                 await client.stream.send_eof()  # still reading: an ERROR could still arrive
                 assert await client.receive_all() == []
                 await still_serves(port)
+
+
+# ------------------------------------------------------------------ tree streams (section 21)
+
+TREES = frozenset({TREE_FEATURE})
+
+
+async def test_a_tree_client_that_stalls_in_its_have_list_is_cut_off(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(root, idle_timeout=0.5) as (_, port):
+        with trio.fail_after(TIMEOUT):
+            async with await RawClient.connect(port, features=TREES) as client:
+                await client.send(TreeGet(1, "ok", have=True))
+                await client.send(TreeHave(1, "", (HaveRecord("fine.txt", 5, 0),)))
+                # ... and never TREE_HAVE_END: the server gives up after its idle timeout
+                messages = await client.receive_all()
+            assert messages[0] == TreeDir(1, "")
+            await still_serves(port)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_tree_client_that_leaves_mid_have_list_does_not_disturb_the_server(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(root) as (_, port):
+        with trio.fail_after(TIMEOUT):
+            async with await RawClient.connect(port, features=TREES) as client:
+                await client.send(TreeGet(1, "", have=True))
+                await client.send(TreeHave(1, "", ()))
+            await still_serves(port)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_request_inside_a_have_list_is_a_protocol_violation(root: Path) -> None:
+    async with serving(root) as (_, port):
+        with trio.fail_after(TIMEOUT):
+            async with await RawClient.connect(port, features=TREES) as client:
+                await client.send(TreeGet(1, "ok", have=True), Get(2, "hello.txt"))
+                messages = await client.receive_all()
+            assert isinstance(messages[-1], Error)
+            assert messages[-1].request_id is None
+            assert messages[-1].code == "bad-request"
+            await still_serves(port)
+
+
+async def test_a_tree_of_a_file_is_not_a_directory_and_the_have_list_is_still_read(
+    root: Path,
+) -> None:
+    async with serving(root) as (_, port):
+        with trio.fail_after(TIMEOUT):
+            async with await RawClient.connect(port, features=TREES) as client:
+                await client.send(
+                    TreeGet(1, "hello.txt", have=True),
+                    TreeHave(1, "", (HaveRecord("x", 1, 2),)),
+                    TreeHaveEnd(1),
+                    TreeGet(2, "ok", digest=None),
+                )
+                refusal = await client.receive()
+                assert isinstance(refusal, Error)
+                assert (refusal.request_id, refusal.code) == (1, "not-a-directory")
+                answer = [await client.receive() for _ in range(3)]
+    assert answer[0] == TreeDir(2, "")
+    assert isinstance(answer[1], TreeFiles)
+    assert [r.name for r in answer[1].records] == ["fine.txt"]
+    assert answer[2] == TreeEnd(2, 1, 0, 0)

@@ -112,11 +112,13 @@ async def get_from_sources(args: argparse.Namespace, path: str, target: Path) ->
     def source(address: Address) -> Source:
         async def connect() -> Client:
             try:
-                return await connect_client(
+                client = await connect_client(
                     argparse.Namespace(**{**vars(args), "address": address})
                 )
             except CliError as exc:  # (a source that cannot be reached is dropped, not fatal)
                 raise ConnectionLostError(str(exc)) from None
+            retrying.reached = True  # from now on, a source lost is worth another try
+            return client
 
         return Source(str(address), connect)
 
@@ -128,18 +130,23 @@ async def get_from_sources(args: argparse.Namespace, path: str, target: Path) ->
             async with await retrying.connect() as client:
                 if await _up_to_date(client, path, target, args.checksum):
                     return Skipped(path, "up to date")
-        return await download_from_sources(
-            [source(address) for address in addresses],
-            path,
-            args.output,
-            segments=args.segments,
-            progress=bar.update,
-            overwrite=args.force,
-            preserve_mode=args.preserve,
-            resume=args.resume,
-            on_dropped=dropped,
-            on_fallback=lambda message: say(args, message),
-        )
+        try:
+            return await download_from_sources(
+                [source(address) for address in addresses],
+                path,
+                args.output,
+                segments=args.segments,
+                progress=bar.update,
+                overwrite=args.force,
+                preserve_mode=args.preserve,
+                resume=args.resume,
+                on_dropped=dropped,
+                on_fallback=lambda message: say(args, message),
+            )
+        except ConnectionLostError as exc:
+            if not retrying.reached:  # no source answered at all: a mistake, as for one server
+                raise CliError(str(exc), ExitCode.NETWORK) from None
+            raise
 
     try:
         result = await retrying.run(attempt)

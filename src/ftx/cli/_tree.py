@@ -41,10 +41,10 @@ async def get_tree(args: argparse.Namespace) -> None:
     paths = [server_path(path) for path in args.paths]
     # The last result of each file, over every attempt: a later attempt finds the files an
     # earlier one saved up to date, and meets the same skips and refusals again.
-    outcomes: dict[str, Download | FtxError | Skipped] = {}
-    retrying = Retrying(
-        args, progress=lambda: sum(isinstance(r, Download) for r in outcomes.values())
-    )
+    # (A saved file is kept as its size only: a tree of 100,000 files must not hold 100,000
+    # Download objects.)
+    outcomes: dict[str, int | FtxError | Skipped] = {}
+    retrying = Retrying(args, progress=lambda: sum(isinstance(r, int) for r in outcomes.values()))
 
     @asynccontextmanager
     async def connect() -> AsyncIterator[Client]:
@@ -53,9 +53,9 @@ async def get_tree(args: argparse.Namespace) -> None:
 
     def on_done(path: str, result: Download | FtxError | Skipped) -> None:
         previous = outcomes.get(path)
-        if isinstance(previous, Download) and isinstance(result, Skipped):
+        if isinstance(previous, int) and isinstance(result, Skipped):
             return  # saved by an earlier attempt of this command
-        outcomes[path] = result
+        outcomes[path] = result.size if isinstance(result, Download) else result
         if type(previous) is type(result) and str(previous) == str(result):
             return  # said already, by an earlier attempt
         if isinstance(result, FtxError):
@@ -70,13 +70,13 @@ async def get_tree(args: argparse.Namespace) -> None:
         await retrying.run(lambda: _download_once(args, paths, connect, on_done))
         args.json_reported = True  # each outcome was printed as it came
         elapsed = time.monotonic() - started
-        saved = [result for result in outcomes.values() if isinstance(result, Download)]
+        saved = [result for result in outcomes.values() if isinstance(result, int)]
         failures = [(p, result) for p, result in outcomes.items() if isinstance(result, FtxError)]
         up_to_date = sum(
             isinstance(result, Skipped) and result.reason == "up to date"
             for result in outcomes.values()
         )
-        size = sum(result.size for result in saved)
+        size = sum(saved)
         summary = f"{len(saved)} file(s) saved ({human_size(size)} in {elapsed:.2f} s)"
         if up_to_date:
             summary += f", {up_to_date} already up to date"
@@ -144,6 +144,7 @@ async def _download_once(
                     on_done=on_done,
                     progress=totals,
                     checksum=args.checksum,
+                    keep_results=False,  # each is reported (and kept) by on_done
                 )
                 nursery.cancel_scope.cancel()
     finally:

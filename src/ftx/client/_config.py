@@ -39,6 +39,9 @@ class ClientConfig:
         rate_limit: the most bytes per second to send and to receive (each direction), or
             ``None`` for no limit. Connections made with the same :class:`~ftx.RateLimit`
             share it. A limited connection does without the zero-copy paths of plain TCP.
+        tree_streams: fetch directory trees as one stream (``get -r``) when the server offers
+            it (feature ``tree``); ``False`` fetches every file with its own GET, as with a
+            server that does not.
 
     Raises:
         ValueError: the token is shorter than 16 bytes, ``digest`` is none of these,
@@ -50,6 +53,7 @@ class ClientConfig:
     token: str | bytes | None = field(default=None, repr=False)
     digest: DigestChoice = "fast"
     rate_limit: RateLimit | None = None
+    tree_streams: bool = True
 
     def __post_init__(self) -> None:
         check_digest_choice(self.digest)

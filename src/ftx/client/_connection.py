@@ -36,6 +36,7 @@ from ftx.protocol import (
     DIGEST_FEATURES,
     LARGE_DATA_FEATURE,
     RANGES_FEATURE,
+    TREE_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
     ClientProtocol,
@@ -83,7 +84,9 @@ class ClientConnection(trio.abc.AsyncResource):
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE},
+            features=DIGEST_FEATURES
+            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE}
+            | _tree_features(config),
             max_data_frame_size=data_limit,
         )
         self._digest_choice: DigestChoice = config.digest
@@ -299,3 +302,8 @@ class ClientConnection(trio.abc.AsyncResource):
         an upload that cannot be finished)."""
         self._closed = True
         await trio.aclose_forcefully(self._channel)
+
+
+def _tree_features(config: ClientConfig) -> frozenset[str]:
+    """The feature of tree streams, unless ``config`` turns them off."""
+    return frozenset({TREE_FEATURE}) if config.tree_streams else frozenset()

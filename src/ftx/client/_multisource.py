@@ -143,8 +143,8 @@ async def download_from_sources(
             stack.push_async_callback(trio.aclose_forcefully, client)
         usable = [source for source in sources if source in clients]
         if not usable:
-            last = unreachable[sources[-1]]
-            raise ConnectionLostError(f"no source could be reached ({last})")
+            reasons = "; ".join(str(unreachable[source]) for source in sources)
+            raise ConnectionLostError(f"no source could be reached: {reasons}")
         for source, exc in unreachable.items():  # (named only when others are left)
             failures.append(exc)
             on_dropped(source.name, f"cannot connect: {exc}")

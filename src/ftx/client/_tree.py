@@ -22,7 +22,6 @@ import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -32,6 +31,8 @@ from ftx._threads import run_together
 from ftx.client._client import Client, Download
 from ftx.client._flush import sync_file_systems
 from ftx.client._streams import file_digest
+from ftx.client._tree_disk import Skipped, TreeProgress
+from ftx.client._tree_stream import stream_tree
 from ftx.errors import FtxError, LocalFileError, RemoteError, RemoteProtocolError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
@@ -40,26 +41,6 @@ __all__ = ["DEFAULT_JOBS", "Skipped", "TreeProgress", "download", "safe_name"]
 
 DEFAULT_JOBS: Final = 4
 _QUEUE_SIZE: Final = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """A remote entry that was not downloaded, and why (not an error)."""
-
-    path: str
-    reason: str
-
-
-@dataclass(slots=True)
-class TreeProgress:
-    """Totals for a progress display; updated in place while :func:`download` runs."""
-
-    files_found: int = 0
-    bytes_found: int = 0
-    files_done: int = 0
-    bytes_done: int = 0
-    listing_done: bool = False
-    in_flight: set[str] = field(default_factory=set)
 
 
 def safe_name(name: str) -> str:
@@ -119,6 +100,7 @@ async def download(
     on_done: Callable[[str, Download | FtxError | Skipped], object] | None = None,
     progress: TreeProgress | None = None,
     checksum: bool = False,
+    keep_results: bool = True,
 ) -> list[tuple[str, Download | FtxError | Skipped]]:
     """Download the files (and, with ``recursive``, the directory trees) at ``paths`` into the
     directory ``dest`` (the current directory when ``None``), over ``jobs`` connections.
@@ -135,6 +117,8 @@ async def download(
         progress: updated in place as files are found and data arrives.
         checksum: a file present with the server's size and time is up to date only if its
             digest is the server's too (one more request, and a read of the local file).
+        keep_results: with False, nothing is returned (``on_done`` sees every result): the
+            memory a run takes does not grow with the number of files.
 
     Returns:
         every ``(remote path, result)``, in the order the files finished.
@@ -156,14 +140,35 @@ async def download(
     def finish(path: str, result: Download | FtxError | Skipped, *, counted: bool = True) -> None:
         totals.in_flight.discard(path)
         totals.files_done += counted
-        results.append((path, result))
+        if keep_results:
+            results.append((path, result))
         if on_done is not None:
             on_done(path, result)
 
-    send_work, receive_work = trio.open_memory_channel[tuple[str, Path]](_QUEUE_SIZE)
     # Flushed at the end: the file systems of every directory a file went to (and of the
     # root, for files an interrupted run saved but never flushed, now skipped as up to date).
     directories = {os.fspath(root)}
+    if recursive:
+        # Directories go as one stream each, when the server offers it; the rest (files, and
+        # everything when it does not) file by file below.
+        paths = await _stream_directories(
+            connect,
+            paths,
+            root,
+            directories,
+            overwrite=overwrite,
+            verify=verify,
+            preserve_mode=preserve_mode,
+            checksum=checksum,
+            finish=lambda path, result: finish(path, result, counted=False),
+            totals=totals,
+        )
+        if not paths:
+            totals.listing_done = True
+            await trio.to_thread.run_sync(sync_file_systems, directories)
+            return results
+
+    send_work, receive_work = trio.open_memory_channel[tuple[str, Path]](_QUEUE_SIZE)
 
     # The lister connects first: a server that takes few connections must not give them all
     # to workers that would then wait for work that nobody lists.
@@ -228,6 +233,52 @@ async def download(
         await run_together(list_everything, *workers)
     await trio.to_thread.run_sync(sync_file_systems, directories)  # one flush for the batch
     return results
+
+
+async def _stream_directories(
+    connect: Callable[[], AbstractAsyncContextManager[Client]],
+    paths: Sequence[str],
+    root: Path,
+    directories: set[str],
+    *,
+    overwrite: bool,
+    verify: bool,
+    preserve_mode: bool,
+    checksum: bool,
+    finish: Callable[[str, Download | FtxError | Skipped], object],
+    totals: TreeProgress,
+) -> list[str]:
+    """Fetch each of ``paths`` that is a directory as one tree stream, on one connection;
+    return the paths left to fetch file by file (all of them if the server does not offer
+    tree streams)."""
+    rest: list[str] = []
+    async with connect() as client:
+        for path in paths:
+            remote = path.strip("/")
+            local = root / posixpath.basename(remote) if remote else root
+            try:
+                streamed = await stream_tree(
+                    client,
+                    remote,
+                    local,
+                    overwrite=overwrite,
+                    verify=verify,
+                    preserve_mode=preserve_mode,
+                    checksum=checksum,
+                    finish=finish,
+                    totals=totals,
+                    directories=directories,
+                )
+            except RemoteError as exc:
+                _raise_if_transient(exc)
+                finish(path, exc)
+                continue
+            except LocalFileError as exc:
+                finish(path, exc)
+                continue
+            if not streamed:
+                rest.append(path)
+    return rest
 
 
 class _CountingBytes:

@@ -41,6 +41,7 @@ from ftx.protocol._digests import (
     new_hasher,
 )
 from ftx.protocol._responses import MAX_LIST_ENTRIES, MAX_PENDING_REQUESTS, Request, Responses
+from ftx.protocol._tree_types import TREE_FEATURE
 from ftx.protocol.messages import (
     DATA_PREFIX,
     Auth,
@@ -57,6 +58,9 @@ from ftx.protocol.messages import (
     MakeDir,
     Message,
     Put,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
     decode_message,
     encode_message,
 )
@@ -73,6 +77,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RANGES_FEATURE",
     "SUPPORTED_VERSIONS",
+    "TREE_FEATURE",
     "UPLOAD_FEATURE",
     "XXH3_FEATURE",
     "ClientProtocol",
@@ -106,6 +111,7 @@ class ErrorCode(enum.StrEnum):
 
     NOT_FOUND = "not-found"
     NOT_A_FILE = "not-a-file"
+    NOT_A_DIRECTORY = "not-a-directory"
     PERMISSION_DENIED = "permission-denied"
     OUTSIDE_ROOT = "outside-root"
     BAD_REQUEST = "bad-request"
@@ -303,7 +309,12 @@ class ClientProtocol(_Protocol):
             self._auth.sent(message)
         elif not self._auth.done:
             raise LocalProtocolError("authenticate first: the server's AUTH_OK has not arrived")
-        elif isinstance(message, Get | ListDir | Put | MakeDir | Blocks):
+        elif isinstance(message, TreeHave | TreeHaveEnd):
+            parts = self._encode(message)
+            self._responses.check_have(message, LocalProtocolError)
+        elif isinstance(message, Get | ListDir | Put | MakeDir | Blocks | TreeGet):
+            if isinstance(message, TreeGet) and TREE_FEATURE not in self.features:
+                raise LocalProtocolError(f"the server does not offer the {TREE_FEATURE!r} feature")
             if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
                 raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
             if isinstance(message, Get) and message.length is not None:
@@ -447,10 +458,14 @@ class ServerProtocol(_Protocol):
         if isinstance(message, Data | FileEnd):
             self._requests.check_upload(message, RemoteProtocolError)
             return message
+        if isinstance(message, TreeHave | TreeHaveEnd):
+            self._requests.check_have(message, RemoteProtocolError)
+            return message
         # PUT and MKDIR are accepted even when UPLOAD_FEATURE is not in use: a server that does
         # not offer it answers them with a read-only ERROR rather than closing the connection.
         # BLOCKS too, from a client that did not list RANGES_FEATURE: this server knows it.
-        if not isinstance(message, Get | ListDir | Put | MakeDir | Blocks):
+        # So is TREE: a server without TREE_FEATURE refuses it as a bad request.
+        if not isinstance(message, Get | ListDir | Put | MakeDir | Blocks | TreeGet):
             raise RemoteProtocolError(f"a client cannot send {type(message).__name__}")
         self._requests.add(message, RemoteProtocolError)
         return message

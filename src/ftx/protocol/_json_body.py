@@ -95,6 +95,15 @@ _MEMBERS: Final[dict[Kind, frozenset[str]]] = {
     Kind.BLOCK_LIST: frozenset(
         {"id", "size", "mtime_ns", "identity", "digest", "block_size", "blocks", "file_digest"}
     ),
+    Kind.TREE: frozenset({"id", "path", "digest", "have", "checksum"}),
+    Kind.TREE_DIR: frozenset({"id", "path"}),
+    Kind.TREE_FILES: frozenset({"id", "files"}),
+    Kind.TREE_FILE: frozenset({"id", "name"}),
+    Kind.TREE_SKIP: frozenset({"id", "path", "code", "message"}),
+    Kind.TREE_END: frozenset({"id", "files", "skipped", "unchanged"}),
+    Kind.TREE_HAVE: frozenset({"id", "path", "files"}),
+    Kind.TREE_HAVE_END: frozenset({"id"}),
+    Kind.TREE_SAME: frozenset({"id", "names"}),
 }
 _ENTRY_MEMBERS: Final = frozenset({"name", "type", "size", "mtime_ns", "mode"})
 

@@ -7,6 +7,17 @@ import enum
 from dataclasses import dataclass, field
 
 from ftx.framing import Buffer
+from ftx.protocol._tree_types import (
+    TreeDir,
+    TreeEnd,
+    TreeFile,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
+    TreeSame,
+    TreeSkip,
+)
 
 __all__ = [
     "Auth",
@@ -53,6 +64,15 @@ class Kind(enum.IntEnum):
     DONE = 0x24
     ENTRIES = 0x30
     LIST_END = 0x31
+    TREE = 0x50  # tree streams (feature "tree"): ftx.protocol._tree_types
+    TREE_DIR = 0x51
+    TREE_FILES = 0x52
+    TREE_FILE = 0x53
+    TREE_SKIP = 0x54
+    TREE_END = 0x55
+    TREE_HAVE = 0x56
+    TREE_HAVE_END = 0x57
+    TREE_SAME = 0x58
     BLOCKS = 0x60
     BLOCK_LIST = 0x61
 
@@ -299,4 +319,13 @@ Message = (
     | Done
     | Blocks
     | BlockList
+    | TreeGet
+    | TreeDir
+    | TreeFiles
+    | TreeFile
+    | TreeSkip
+    | TreeEnd
+    | TreeHave
+    | TreeHaveEnd
+    | TreeSame
 )

@@ -32,6 +32,15 @@ from ftx.protocol.messages import (
     Message,
     Put,
     Ready,
+    TreeDir,
+    TreeEnd,
+    TreeFile,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
+    TreeSame,
+    TreeSkip,
 )
 
 __all__ = ["MAX_LIST_ENTRIES", "MAX_PENDING_REQUESTS", "Request", "Responses"]
@@ -50,12 +59,15 @@ class _Phase(enum.Enum):
     AWAIT_READY = enum.auto()  # a PUT was sent, no READY yet
     UPLOADING = enum.auto()  # READY received: the client's DATA bytes and END are due
     AWAIT_RESULT = enum.auto()  # the client's END (or a MKDIR) was sent: DONE is due
+    TREE = enum.auto()  # a TREE was sent: directories, files, skips until TREE_END
+    TREE_HEADER = enum.auto()  # TREE_FILE received: the FILE of a large file is due
     AWAIT_BLOCKS = enum.auto()  # a BLOCKS was sent: BLOCK_LIST is due
 
 
-Request = Get | ListDir | Put | MakeDir | Blocks
+Request = Get | ListDir | Put | MakeDir | Blocks | TreeGet
 _FIRST_PHASE: Final = {
     Blocks: _Phase.AWAIT_BLOCKS,
+    TreeGet: _Phase.TREE,
     Get: _Phase.AWAIT_HEADER,
     ListDir: _Phase.LISTING,
     Put: _Phase.AWAIT_READY,
@@ -69,6 +81,10 @@ class _Pending:
     phase: _Phase
     remaining: int = 0
     entries_seen: int = 0
+    in_tree: bool = False  # a large file of a tree stream: back to TREE after its END
+    files: int = 0  # of a tree stream, sent so far
+    skipped: int = 0
+    unchanged: int = 0
 
 
 class Responses:
@@ -82,6 +98,8 @@ class Responses:
         self._fail = fail
         self._pending: deque[_Pending] = deque()
         self._ids: set[int] = set()
+        # The TREE (with `have`) whose have-list the client is still sending.
+        self._have_id: int | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -93,8 +111,22 @@ class Responses:
             raise fail(f"more than {MAX_PENDING_REQUESTS} requests outstanding")
         if self._pending and self._pending[-1].phase in (_Phase.AWAIT_READY, _Phase.UPLOADING):
             raise fail("a request before the END of the upload in progress")
+        if self._have_id is not None:
+            raise fail("a request before the TREE_HAVE_END of the tree in progress")
         self._pending.append(_Pending(request, _FIRST_PHASE[type(request)]))
         self._ids.add(request.request_id)
+        if isinstance(request, TreeGet) and request.have:
+            self._have_id = request.request_id
+
+    def check_have(self, message: TreeHave | TreeHaveEnd, fail: type[Exception]) -> None:
+        """Check a TREE_HAVE or TREE_HAVE_END going from the client to the server: it belongs
+        to the last TREE sent with ``have``, whose have-list has not ended."""
+        if self._have_id is None or message.request_id != self._have_id:
+            raise fail(
+                f"{type(message).__name__} for request {message.request_id}, which sends none"
+            )
+        if isinstance(message, TreeHaveEnd):
+            self._have_id = None
 
     @property
     def current(self) -> Request | None:
@@ -149,8 +181,45 @@ class Responses:
             case FileEnd(), _Phase.DATA:
                 if head.remaining:
                     raise self._fail(f"the file ended with {head.remaining} bytes still due")
-                assert isinstance(head.request, Get)
+                assert isinstance(head.request, Get | TreeGet)
                 _check_end_digest(message.digest, head.request.digest, self._fail)
+                if head.in_tree:
+                    head.phase, head.in_tree = _Phase.TREE, False
+                    head.files += 1
+                else:
+                    self._finish()
+            case TreeDir(), _Phase.TREE:
+                pass
+            case TreeFiles(), _Phase.TREE:
+                assert isinstance(head.request, TreeGet)
+                for record in message.records:
+                    _check_end_digest(record.digest, head.request.digest, self._fail)
+                    if record.digest is None and head.request.digest is not None:
+                        raise self._fail(f"no digest for {record.name!r}, where one was asked for")
+                head.files += len(message.records)
+            case TreeSame(), _Phase.TREE:
+                head.unchanged += len(message.names)
+            case TreeFile(), _Phase.TREE:
+                head.phase = _Phase.TREE_HEADER
+            case FileHeader(), _Phase.TREE_HEADER:
+                assert isinstance(head.request, TreeGet)
+                if message.offset != 0 or message.digest != head.request.digest:
+                    raise self._fail("a tree's file header must have offset 0 and its digest")
+                head.phase, head.in_tree = _Phase.DATA, True
+                head.remaining = message.size
+            case TreeSkip(), (_Phase.TREE | _Phase.TREE_HEADER):
+                head.phase = _Phase.TREE
+                head.skipped += 1
+            case TreeSkip(), _Phase.DATA if head.in_tree:
+                head.phase, head.in_tree = _Phase.TREE, False  # the file ended early
+                head.skipped += 1
+            case TreeEnd(), _Phase.TREE:
+                counts = (message.files, message.skipped, message.unchanged)
+                if counts != (head.files, head.skipped, head.unchanged):
+                    raise self._fail(
+                        f"the tree ended with counts (files, skipped, unchanged) of {counts} "
+                        f"after {(head.files, head.skipped, head.unchanged)}"
+                    )
                 self._finish()
             case ListEntries(), _Phase.LISTING:
                 head.entries_seen += len(message.entries)

@@ -86,6 +86,40 @@ from ftx.protocol._message_types import (
 from ftx.protocol._message_types import (
     Ready as Ready,
 )
+from ftx.protocol._tree_codec import TREE_KINDS, decode_tree, encode_tree
+from ftx.protocol._tree_types import (
+    HaveRecord as HaveRecord,
+)
+from ftx.protocol._tree_types import (
+    TreeDir as TreeDir,
+)
+from ftx.protocol._tree_types import (
+    TreeEnd as TreeEnd,
+)
+from ftx.protocol._tree_types import (
+    TreeFile as TreeFile,
+)
+from ftx.protocol._tree_types import (
+    TreeFiles as TreeFiles,
+)
+from ftx.protocol._tree_types import (
+    TreeGet as TreeGet,
+)
+from ftx.protocol._tree_types import (
+    TreeHave as TreeHave,
+)
+from ftx.protocol._tree_types import (
+    TreeHaveEnd as TreeHaveEnd,
+)
+from ftx.protocol._tree_types import (
+    TreeRecord as TreeRecord,
+)
+from ftx.protocol._tree_types import (
+    TreeSame as TreeSame,
+)
+from ftx.protocol._tree_types import (
+    TreeSkip as TreeSkip,
+)
 
 __all__ = [
     "DATA_PREFIX",
@@ -104,6 +138,7 @@ __all__ = [
     "FileEnd",
     "FileHeader",
     "Get",
+    "HaveRecord",
     "Hello",
     "Kind",
     "ListDir",
@@ -113,6 +148,16 @@ __all__ = [
     "Message",
     "Put",
     "Ready",
+    "TreeDir",
+    "TreeEnd",
+    "TreeFile",
+    "TreeFiles",
+    "TreeGet",
+    "TreeHave",
+    "TreeHaveEnd",
+    "TreeRecord",
+    "TreeSame",
+    "TreeSkip",
     "decode_message",
     "encode_message",
 ]
@@ -126,6 +171,17 @@ _FIRST_EXTENSION_KIND: Final = 0x80
 
 
 DATA_PREFIX: Final = bytes([Kind.DATA])
+_TREE_TYPES: Final = (
+    TreeSame,
+    TreeGet,
+    TreeDir,
+    TreeFiles,
+    TreeFile,
+    TreeSkip,
+    TreeEnd,
+    TreeHave,
+    TreeHaveEnd,
+)
 
 
 def encode_message(message: Message) -> tuple[Buffer, ...]:
@@ -140,6 +196,8 @@ def encode_message(message: Message) -> tuple[Buffer, ...]:
     """
     if isinstance(message, Data):
         return (DATA_PREFIX, message.data)
+    if isinstance(message, _TREE_TYPES):
+        return encode_tree(message)
     if isinstance(message, Error):
         text = message.message.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(text) > _MAX_MESSAGE_CHARS:  # e.g. quoting a very long path: shorten, not fail
@@ -279,6 +337,8 @@ def decode_message(payload: Buffer) -> Message | None:
         if kind_byte >= _FIRST_EXTENSION_KIND:
             return None
         raise RemoteProtocolError(f"unknown message kind 0x{kind_byte:02x}") from None
+    if kind in TREE_KINDS:
+        return decode_tree(kind, view[1:])
     obj = parse_body(view[1:])
     message = _from_json(kind, obj)
     check_unread_members(kind, obj)
@@ -383,6 +443,8 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
             return _block_list(obj)
         case Kind.DATA:  # pragma: no cover - handled before JSON parsing
             raise AssertionError("DATA has no JSON body")
+        case _:  # pragma: no cover - the tree kinds, decoded by decode_tree
+            raise AssertionError(f"{kind!r} is decoded elsewhere")
 
 
 def _block_list(obj: dict[str, Any]) -> BlockList:

@@ -262,6 +262,21 @@ class DownloadHandler:
         await self._session.send_soon(header, *chunks, FileEnd(request.request_id, digest))
         record.bytes += len(body)
 
+    async def send_whole_file(
+        self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
+    ) -> bool:
+        """Send FILE, DATA and END for all of ``opened`` (a large file of a tree stream,
+        answering the request ``request`` stands for), as a GET's answer is sent. Return False
+        if the file changed while it was being sent: its END was not sent then, and the caller
+        ends it (docs/protocol.md section 21). Raises what the session's ``send`` raises."""
+        await self._session.send(self._file_header(request, record, opened.stat))
+        try:
+            digest = await self._stream_chunks(request, record, opened, chunk_size)
+        except _FileChangedError:
+            return False
+        await self._session.send(FileEnd(request.request_id, digest))
+        return True
+
     async def _stream_file(
         self, request: Get, record: AccessRecord, opened: OpenedFile, chunk_size: int
     ) -> None:

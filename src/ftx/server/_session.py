@@ -28,6 +28,7 @@ from ftx.protocol import (
     PORTABLE_IDENTITY_FEATURE,
     RANGES_FEATURE,
     SUPPORTED_VERSIONS,
+    TREE_FEATURE,
     UPLOAD_FEATURE,
     ErrorCode,
     ServerAuthenticator,
@@ -40,6 +41,7 @@ from ftx.protocol.messages import (
     ListDir,
     MakeDir,
     Put,
+    TreeGet,
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
@@ -49,6 +51,7 @@ from ftx.server._downloads import DownloadHandler
 from ftx.server._limits import WriteStalledError
 from ftx.server._readahead import MAX_BATCH
 from ftx.server._resources import ServerResources
+from ftx.server._tree import TreeHandler
 from ftx.server._uploads import UploadHandler
 
 T = TypeVar("T")
@@ -117,7 +120,10 @@ class Session:
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads | identity | {LARGE_DATA_FEATURE, RANGES_FEATURE},
+            features=DIGEST_FEATURES
+            | uploads
+            | identity
+            | {LARGE_DATA_FEATURE, RANGES_FEATURE, TREE_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
@@ -126,6 +132,9 @@ class Session:
         )
         self._uploads = UploadHandler(self, config, resources.root)
         self._blocks = BlockHandler(self, resources, portable=portable)
+        self._trees = TreeHandler(
+            self, resources.root, self._downloads, idle_timeout=config.idle_timeout
+        )
 
     def _frame(self, stream: trio.abc.Stream) -> FramedChannel:
         rate = self._config.limit_rate
@@ -435,7 +444,9 @@ class Session:
 
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""
-        if not isinstance(request, Get | ListDir | Put | MakeDir | Blocks):  # pragma: no cover
+        if not isinstance(
+            request, Get | ListDir | Put | MakeDir | Blocks | TreeGet
+        ):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
         try:
@@ -443,6 +454,9 @@ class Session:
                 await self._downloads.answer(request, record, chunk)
             elif isinstance(request, Blocks):
                 await self._blocks.answer(request, record)
+            elif isinstance(request, TreeGet):
+                peer_limit = self._protocol.peer_max_frame_size
+                await self._trees.answer(request, record, chunk, peer_limit)
             else:
                 await self._uploads.answer(request, record)
         except BaseException as exc:
@@ -518,6 +532,16 @@ class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
-def _verb(request: Get | ListDir | Put | MakeDir | Blocks) -> str:
-    verbs = {Get: "GET", ListDir: "LIST", Put: "PUT", MakeDir: "MKDIR", Blocks: "BLOCKS"}
+_Request = Get | ListDir | Put | MakeDir | Blocks | TreeGet
+
+
+def _verb(request: _Request) -> str:
+    verbs = {
+        Get: "GET",
+        ListDir: "LIST",
+        Put: "PUT",
+        MakeDir: "MKDIR",
+        Blocks: "BLOCKS",
+        TreeGet: "TREE",
+    }
     return verbs[type(request)]

@@ -1,0 +1,147 @@
+"""The messages of tree streams (feature ``tree``, docs/protocol.md section 21): one request
+answered with a whole directory tree, small files packed many to a frame.
+
+Only the dataclasses live here (they are part of :data:`ftx.protocol.messages.Message`); their
+encoding is in :mod:`ftx.protocol._tree_codec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from ftx.framing import Buffer
+
+__all__ = [
+    "MAX_NAME_BYTES",
+    "TREE_FEATURE",
+    "HaveRecord",
+    "TreeDir",
+    "TreeEnd",
+    "TreeFile",
+    "TreeFiles",
+    "TreeGet",
+    "TreeHave",
+    "TreeHaveEnd",
+    "TreeRecord",
+    "TreeSame",
+    "TreeSkip",
+]
+
+TREE_FEATURE: Final = "tree"
+"""Listed by a server that answers TREE and a client that can read the answer."""
+MAX_NAME_BYTES: Final = 255
+"""The longest name (one path component) a tree stream carries, in UTF-8 bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeGet:
+    """Ask for the whole tree under the directory ``path`` as one stream.
+
+    ``digest`` names the digest of every file (``None``: none). With ``have`` the client sends
+    what it already has (:class:`TreeHave` pages, then :class:`TreeHaveEnd`) right after this
+    request, and the server leaves out the files it has with the same size and modification
+    time (with ``checksum``: the same digest).
+    """
+
+    request_id: int
+    path: str
+    digest: str | None = "sha256"
+    have: bool = False
+    checksum: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TreeDir:
+    """A directory of the tree: ``path`` is relative to the tree's root (``""``: the root). The
+    files that follow, up to the next :class:`TreeDir`, are in it."""
+
+    request_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRecord:
+    """One small file of a :class:`TreeFiles` batch; its ``size`` bytes are in the content."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    mode: int
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFiles:
+    """Small files of the current directory, whole: ``content`` is their bytes, back to back,
+    in the order of ``records``."""
+
+    request_id: int
+    records: tuple[TreeRecord, ...]
+    content: Buffer = b""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFile:
+    """The file ``name`` of the current directory follows as FILE, DATA and END (or ends early
+    with a :class:`TreeSkip`)."""
+
+    request_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSkip:
+    """The entry at ``path`` (relative to the tree's root) was not sent, for the reason
+    ``code`` (an error code, or ``"symlink"`` / ``"not-a-file"``)."""
+
+    request_id: int
+    path: str
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSame:
+    """Files of the current directory left out because the client has them already."""
+
+    request_id: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEnd:
+    """The end of a tree: ``files`` sent, ``skipped`` entries reported, ``unchanged`` files
+    left out because the client has them (named in TREE_SAME messages)."""
+
+    request_id: int
+    files: int
+    skipped: int
+    unchanged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HaveRecord:
+    """One file the client has: its ``name`` in the directory of the page, size, modification
+    time, and digest (with ``checksum``; else ``None``)."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHave:
+    """Files the client has in the directory ``path`` (relative to the tree's root)."""
+
+    request_id: int
+    path: str
+    files: tuple[HaveRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHaveEnd:
+    """The end of what the client has."""
+
+    request_id: int
