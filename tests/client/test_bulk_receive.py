@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,38 @@ async def test_a_progress_callback_that_raises_stops_the_bulk_path_with_its_exce
                 await client.get("big.bin", tmp_path / "big.bin", progress=progress)
             assert trio.current_time() - started < 1.0
     assert (tmp_path / "big.bin.part").stat().st_size == SENT_BEFORE_STALL
+
+
+async def test_a_large_file_of_a_tree_stream_takes_the_bulk_path(
+    tmp_path: Path, start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ftx.client._receive as receive_module
+    from ftx.client._tree import download
+
+    served = tmp_path / "served" / "top"
+    served.mkdir(parents=True)
+    big = random.Random(2).randbytes(BULK_MIN_SIZE + 4321)
+    (served / "big.bin").write_bytes(big)
+    (served / "small.txt").write_bytes(b"small")
+    spans: list[int] = []
+    original = receive_module.receive_data_in_thread
+
+    async def spy(*args: object, **kwargs: object) -> object:
+        spans.append(1)
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receive_module, "receive_data_in_thread", spy)
+    host, port = await start_server(served.parent)  # type: ignore[operator]
+
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[ftx.Client]:
+        async with ftx.connect(host, port) as client:
+            yield client
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with trio.fail_after(TIMEOUT):
+        await download(connect, ["top"], dest, recursive=True)
+    assert spans == [1], "the tree's large file did not take the bulk path"
+    assert (dest / "top" / "big.bin").read_bytes() == big
+    assert (dest / "top" / "small.txt").read_bytes() == b"small"
