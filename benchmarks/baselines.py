@@ -31,7 +31,7 @@ PYTHON: Final = sys.executable
 HERE: Final = Path(__file__).resolve().parent
 PYLIMIT: Final = str(HERE / "pylimit.py")
 FTX_LIB: Final = str(HERE / "ftx_lib.py")
-EXTERNAL_TOOLS: Final = ("curl", "nginx", "rsync", "iperf3", "wrk", "fincore")
+EXTERNAL_TOOLS: Final = ("curl", "nginx", "rsync", "iperf3", "wrk", "fincore", "openssl")
 
 
 def find_tools() -> dict[str, str | None]:
@@ -79,6 +79,19 @@ def ftx_server(root: Path, *, warm_up: str | None = None) -> ServerSpec:
     )
 
 
+def ftx_tls_server(root: Path, cert: Path, key: Path) -> ServerSpec:
+    """``ftx serve ROOT --tls-cert CERT --tls-key KEY``."""
+    base = ftx_command()
+    return ServerSpec(
+        "ftx serve (TLS)",
+        lambda port: [
+            *(*base, "serve", str(root), "--host", "127.0.0.1", "--port", str(port), "-q"),
+            *("--tls-cert", str(cert), "--tls-key", str(key)),
+        ],
+        stop_signal=signal.SIGINT,
+    )
+
+
 def ftx_lib_server(root: Path, max_connections: int) -> ServerSpec:
     return ServerSpec(
         f"ftx.serve(max_connections={max_connections})",
@@ -123,21 +136,30 @@ http {{
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{ssl};
         root {root};
-    }}
+{ssl_files}    }}
 }}
 """
 
 
-def nginx_server(nginx: str, root: Path, work: Path) -> ServerSpec:
+def nginx_server(
+    nginx: str, root: Path, work: Path, *, tls: tuple[Path, Path] | None = None
+) -> ServerSpec:
+    """nginx serving ``root``; with ``tls`` (certificate, key), over https (ssl on)."""
+    ssl, ssl_files = "", ""
+    if tls is not None:
+        ssl = " ssl"
+        ssl_files = f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+
     def argv(port: int) -> list[str]:
         work.mkdir(parents=True, exist_ok=True)
         conf = work / "nginx.conf"
-        conf.write_text(_NGINX_CONF.format(work=work, port=port, root=root))
+        text = _NGINX_CONF.format(work=work, port=port, root=root, ssl=ssl, ssl_files=ssl_files)
+        conf.write_text(text)
         return [nginx, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
 
-    return ServerSpec("nginx", argv, stop_signal=signal.SIGTERM)
+    return ServerSpec("nginx" if tls is None else "nginx (ssl)", argv, stop_signal=signal.SIGTERM)
 
 
 _RSYNCD_CONF: Final = """\
@@ -179,8 +201,12 @@ def url(path: str) -> str:
     return f"http://127.0.0.1:{{port}}/{path}"
 
 
-def curl_get(curl: str, path: str, dest: str) -> list[str]:
-    return [curl, "-sS", "--fail", "-o", dest, url(path)]
+def curl_get(curl: str, path: str, dest: str, *, cafile: Path | None = None) -> list[str]:
+    """curl of one file; with ``cafile``, over https, trusting that certificate."""
+    if cafile is None:
+        return [curl, "-sS", "--fail", "-o", dest, url(path)]
+    https = f"https://127.0.0.1:{{port}}/{path}"
+    return [curl, "-sS", "--fail", "--cacert", str(cafile), "-o", dest, https]
 
 
 def curl_many(curl: str, paths: Sequence[str], config: Path) -> list[str]:

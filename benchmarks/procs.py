@@ -56,6 +56,10 @@ class ClientRun:
     stdout: str
     stderr: str
     timed_out: bool = False
+    cpu: float = 0.0
+    """User + system CPU seconds of the client (and the children it waited for), from wait4."""
+    server_cpu: float | None = None
+    """User + system CPU seconds the server's process tree used while the client ran."""
 
 
 def free_port() -> int:
@@ -149,6 +153,11 @@ class RunningServer:
     log: IO[bytes]
     rss: PeakRss
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by the server's process tree (its threads
+        included; the children it reaped too)."""
+        return sum(_cpu_seconds(pid) for pid in process_tree(self.process.pid))
+
     def stop(self) -> int:
         """Read the peak RSS one last time, stop the server by its PID; return the peak."""
         self.rss.poll()
@@ -181,8 +190,21 @@ def start_server(spec: ServerSpec, log_path: Path, *, timeout: float = 15.0) -> 
     return server
 
 
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` from /proc/PID/stat, in seconds (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / _TICKS
+
+
 def run_client(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> ClientRun:
-    """Run ``argv`` to completion; its wall time and peak RSS."""
+    """Run ``argv`` to completion; its wall time, peak RSS and CPU time."""
     expired = threading.Event()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
@@ -196,7 +218,7 @@ def run_client(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) 
         timer.start()
         rss = PeakRss(process.pid)
         try:
-            _, status = os.waitpid(process.pid, 0)
+            _, status, usage = os.wait4(process.pid, 0)
             wall = time.perf_counter() - started
         finally:
             timer.cancel()
@@ -207,7 +229,10 @@ def run_client(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) 
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    return ClientRun(argv, process.returncode, wall, peak_kib, stdout, stderr, expired.is_set())
+    cpu = usage.ru_utime + usage.ru_stime
+    return ClientRun(
+        argv, process.returncode, wall, peak_kib, stdout, stderr, expired.is_set(), cpu
+    )
 
 
 def stop_all() -> None:

@@ -15,6 +15,9 @@ class Sample:
     rate: float | None
     client_kib: int
     server_kib: int | None
+    client_cpu: float | None = None
+    server_cpu: float | None = None
+    net_rate: float | None = None  # work / (wall - the median start-up of the same command)
 
 
 @dataclass
@@ -33,6 +36,21 @@ class Outcome:
     def rate(self) -> float | None:
         rates = [sample.rate for sample in self.samples if sample.rate is not None]
         return statistics.median(rates) if rates else None
+
+    def net_rate(self) -> float | None:
+        rates = [sample.net_rate for sample in self.samples if sample.net_rate is not None]
+        return statistics.median(rates) if rates else None
+
+    def cpu_per_gib(self) -> list[float]:
+        """Client + server CPU seconds per GiB of each run (scenario a's rows, in MiB)."""
+        if self.method.unit != "MiB/s" or not self.method.work:
+            return []
+        gib = self.method.work / 1024
+        return [
+            (s.client_cpu + (s.server_cpu or 0.0)) / gib
+            for s in self.samples
+            if s.client_cpu is not None
+        ]
 
     def wall(self) -> float | None:
         return statistics.median(s.wall for s in self.samples) if self.samples else None
@@ -64,7 +82,7 @@ def _row(outcome: Outcome, reference: Outcome | None) -> list[str]:
     rate, speed = outcome.rate(), outcome.speed()
     if not outcome.samples:
         status = f"FAILED {len(outcome.failures)}/{outcome.runs}" if outcome.runs else "not run"
-        return [method.name, status, *["-"] * 5]
+        return [method.name, status, *["-"] * 7]
     rate_text = f"{rate:,.0f} {method.unit}" if rate is not None else "-"
     if outcome.failures:
         rate_text += f" ({len(outcome.failures)}/{outcome.runs} failed)"
@@ -78,9 +96,14 @@ def _row(outcome: Outcome, reference: Outcome | None) -> list[str]:
         ratio = f"{speed / ref_speed:.2f}"
     else:
         ratio = "-"
+    net = outcome.net_rate()
+    cpu = outcome.cpu_per_gib()
+    cpu_text = f"{statistics.median(cpu):.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if cpu else "-"
     return [
         method.name,
         rate_text,
+        f"{net:,.0f}" if net is not None else "-",
+        cpu_text,
         f"{statistics.median(walls):.3f}",
         f"{min(walls):.3f}-{max(walls):.3f}",
         _mib(max(s.client_kib for s in outcome.samples)),
@@ -89,8 +112,8 @@ def _row(outcome: Outcome, reference: Outcome | None) -> list[str]:
     ]
 
 
-HEADERS = ("scenario", "method", "rate (median)", "wall s", "min-max s", "client RSS",
-           "server RSS", "vs ref")  # fmt: skip
+HEADERS = ("scenario", "method", "rate (median)", "start-up out", "CPU s/GiB (min-max)",
+           "wall s", "min-max s", "client RSS", "server RSS", "vs ref")  # fmt: skip
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
@@ -104,7 +127,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
         for index, outcome in enumerate(members):
             rows.append([group if index == 0 else "", *_row(outcome, reference)])
     widths = [max(len(row[col]) for row in [list(HEADERS), *rows]) for col in range(len(HEADERS))]
-    right = {2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8, 9}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(

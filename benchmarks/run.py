@@ -16,6 +16,7 @@ import random
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--concurrency", help="scenario c's levels (default 200,1000; --quick 20,100)")
     add("--wrk-seconds", type=float, help="scenario c's wrk duration (default 5; --quick 1)")
     add("--startup-runs", type=int, help="scenario d's runs (default 10; --quick 3)")
+    add("--rss-size", type=parse_size, help="scenario a: add rows with a file this big (e.g. 4G)")
     add("--method", action="append", default=[], help="only methods whose name contains this")
     add("--tmpdir", type=Path, help="where to make data and downloads (default: the system's)")
     add("--timeout", type=float, default=900.0, help="seconds before a client is killed")
@@ -166,9 +168,12 @@ def run_once(
             log = settings.tmp / "logs" / f"{slug(method)}.log"
             server = procs.start_server(method.server, log)
         try:
+            server_cpu = server.cpu_seconds() if server is not None else None
             run = procs.run_client(
                 method.argv(server.port if server else 0, run_dir), timeout=timeout
             )
+            if server is not None and server_cpu is not None:
+                run.server_cpu = server.cpu_seconds() - server_cpu
         finally:
             server_kib = server.stop() if server is not None else None
         if run.returncode != 0:
@@ -181,7 +186,12 @@ def run_once(
         if warning:
             outcome.warnings.append(warning)
         rate = method.rate(run) if method.rate else method.work / run.wall if method.unit else None
-        outcome.samples.append(Sample(run.wall, rate, run.maxrss_kib, server_kib))
+        startup = settings.startups.get(tuple(method.startup)) if method.startup else None
+        net = run.wall - startup if startup is not None else None
+        net_rate = method.work / net if method.unit and net and net > 0 else None
+        outcome.samples.append(
+            Sample(run.wall, rate, run.maxrss_kib, server_kib, run.cpu, run.server_cpu, net_rate)
+        )
     except (OSError, RuntimeError) as exc:
         outcome.failures.append(f"{type(exc).__name__}: {exc}")
     finally:
@@ -218,6 +228,28 @@ def run_scenario(
             for outcome in outcomes:
                 for index in range(runs):
                     shutil.rmtree(run_directory(outcome.method, settings, index), True)
+
+
+def measure_startups(
+    scenarios: Sequence[sc.Scenario], settings: sc.Settings, runs: int, timeout: float
+) -> None:
+    """The median wall time of each method's start-up command (``Method.startup``), run
+    ``runs`` times, interleaved, into ``settings.startups``."""
+    commands = list(
+        dict.fromkeys(tuple(m.startup) for s in scenarios for m in s.methods if m.startup)
+    )
+    walls: dict[tuple[str, ...], list[float]] = {command: [] for command in commands}
+    for index in range(runs):
+        order = list(commands)
+        random.Random(index).shuffle(order)
+        for command in order:
+            run = procs.run_client(command, timeout=timeout)
+            if run.returncode == 0:
+                walls[command].append(run.wall)
+    for command, measured in walls.items():
+        if measured:
+            settings.startups[command] = statistics.median(measured)
+            say(f"  start-up of {' '.join(command[-2:])}: {settings.startups[command]:.3f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,12 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=tuple(int(level) for level in args.concurrency.split(",")),
             wrk_seconds=args.wrk_seconds,
             ftx_features=bl.ftx_features(),
+            rss_size=args.rss_size,
         )
         header = describe_environment(tools, tmp)
         (tmp / "logs").mkdir()
         scenarios = build(args, settings)
         for scenario in scenarios:
             notes += scenario.notes
+        measure_startups(scenarios, settings, args.startup_runs, args.timeout)
         for scenario in scenarios:
             run_scenario(scenario, settings, args.runs, args.timeout, outcomes)
     except KeyboardInterrupt:
@@ -283,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"noted; RSS = peak VmHWM of the client / the server process(es); 'vs ref' = speed "
           f"relative to the group's ref row (higher is faster)")  # fmt: skip
     print(table(outcomes))
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if settings_startups := getattr(locals().get("settings"), "startups", None):
+        ups = "; ".join(f"{' '.join(c[-2:])} {w:.3f} s" for c, w in settings_startups.items())
+        print(f"start-ups (median of {args.startup_runs}): {ups}")
     for line in notes + problems(outcomes):
         print(f"- {line}")
     return status

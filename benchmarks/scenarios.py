@@ -16,9 +16,10 @@ import re
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import baselines as bl
 from procs import ClientRun, ServerSpec
@@ -40,6 +41,9 @@ class Settings:
     concurrency: tuple[int, ...]
     wrk_seconds: float
     ftx_features: dict[str, bool]  # see baselines.ftx_features
+    # Median start-up (wall s) of each Method.startup command, measured in the same run.
+    startups: dict[tuple[str, ...], float] = field(default_factory=dict)
+    rss_size: int | None = None  # scenario a's extra size for the flat-RSS rows (--rss-size)
 
     def tool(self, name: str) -> str:
         return self.tools.get(name) or name
@@ -66,6 +70,9 @@ class Method:
     rate: Callable[[ClientRun], float | None] | None = None  # instead of work / wall time
     reference: bool = False
     out_base: Path | None = None  # where its run directories go, if not under Settings.tmp
+    # A command whose wall time is the client's start-up (``ftx --version`` for ftx): the
+    # start-up-excluded rate is work / (wall - its median in the same run). Empty: none.
+    startup: Sequence[str] = ()
 
     def argv(self, port: int, run_dir: Path) -> list[str]:
         return [
@@ -178,6 +185,8 @@ def big_file(settings: Settings) -> Scenario:
     nginx = bl.nginx_server(settings.tool("nginx"), data, settings.tmp / "nginx")
     rsync = bl.rsync_server(settings.tool("rsync"), data, settings.tmp / "rsyncd")
     curl = settings.tool("curl")
+    ftx_up, py_up = [*ftx, "--version"], [bl.PYTHON, "-c", "pass"]
+    curl_up, rsync_up = [curl, "--version"], [settings.tool("rsync"), "--version"]
     methods = [
         to_file("ftx get (CLI, digest)",
                 [*ftx, "get", "127.0.0.1:{port}", "big.bin", "-o", dest, "-q"], ftx_server),
@@ -210,6 +219,18 @@ def big_file(settings: Settings) -> Scenario:
         to_null("iperf3 -R (memory to memory)", bl.iperf3_get(settings.tool("iperf3"),
                 settings.size), bl.iperf3_server(settings.tool("iperf3")), needs=("iperf3",)),
     ]  # fmt: skip
+    # The library client's own start-up (python, import ftx, trio) is ftx_lib.py's "features".
+    lib_up = [bl.PYTHON, bl.FTX_LIB, "features"]
+    starts = {"ftx get": ftx_up, "ftx lib": lib_up, "python": py_up, "http.server": curl_up}
+    starts |= {"nginx": curl_up, "rsync": rsync_up}
+
+    def startup_of(name: str) -> list[str]:
+        return next((up for key, up in starts.items() if name.startswith(key)), [])
+
+    methods = [replace(m, startup=startup_of(m.name)) for m in methods]
+    methods += tls_methods(settings, data, to_file, to_null, ftx_up, curl_up)
+    if settings.rss_size:
+        methods += flat_rss_methods(settings, data, lib_up, py_up)
     if settings.fast == settings.tmp:  # no tmpfs: drop the rows that need one
         methods = [m for m in methods if "tmpfs" not in m.name]
     notes = [
@@ -221,8 +242,80 @@ def big_file(settings: Settings) -> Scenario:
         "other ftx rows start from a fresh server, which hashes the file as it sends it; the "
         "digest's cost is compared to /dev/null (verified, nothing written), where it weighs "
         "most and the disk's noise does not drown it",
+        "a: 'start-up out' = work / (wall - the median wall of the row's start-up command, "
+        "measured in this run: ftx --version for the CLI, ftx_lib.py features (python, import "
+        "ftx and trio) for the library client, python -c pass for the pair, curl --version "
+        "for curl, rsync --version for rsync); 'CPU s/GiB' = user + system CPU of "
+        "the client and of the server's process tree while the client ran, per GiB: the "
+        "figure to trust on a busy machine (wall times move with the load, CPU much less)",
     ]
     return Scenario("a", methods, notes)
+
+
+def tls_methods(
+    settings: Settings,
+    data: Path,
+    to_file: Callable[..., Method],
+    to_null: Callable[..., Method],
+    ftx_up: list[str],
+    curl_up: list[str],
+) -> list[Method]:
+    """Scenario a over TLS: ftx serve --tls-cert against nginx with ssl on and curl over
+    https, with a self-signed certificate for 127.0.0.1 made here (openssl)."""
+    openssl = settings.tools.get("openssl")
+    if not openssl:
+        return []
+    tls = settings.tmp / "tls"
+    tls.mkdir(exist_ok=True)
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    group = f"a-tls: 1 file, {human(settings.size)}, TLS"
+
+    def tls_file(*args: Any, **kwargs: Any) -> Method:
+        return replace(to_file(*args, **kwargs), group=group)
+
+    def tls_null(*args: Any, **kwargs: Any) -> Method:
+        return replace(to_null(*args, **kwargs), group=group)
+
+    ftx, dest = bl.ftx_command(), "{dir}/big.bin"
+    server = bl.ftx_tls_server(data, cert, key)
+    get = [*ftx, "get", "--cafile", str(cert), "127.0.0.1:{port}", "big.bin", "-q", "-o"]
+    work = settings.tmp / "nginx-tls"
+    nginx = bl.nginx_server(settings.tool("nginx"), data, work, tls=(cert, key))
+    curl = settings.tool("curl")
+    return [
+        tls_file("ftx get (CLI, digest, TLS)", [*get, dest], server, startup=ftx_up),
+        tls_null("ftx get (CLI, digest, TLS) -> /dev/null", [*get, os.devnull], server,
+                 startup=ftx_up),
+        tls_file("nginx ssl + curl https -> file", bl.curl_get(curl, "big.bin", dest, cafile=cert),
+                 nginx, needs=("nginx", "curl"), startup=curl_up),
+        tls_null("nginx ssl + curl https -> /dev/null",
+                 bl.curl_get(curl, "big.bin", os.devnull, cafile=cert), nginx,
+                 needs=("nginx", "curl"), startup=curl_up, reference=True),
+    ]  # fmt: skip
+
+
+def flat_rss_methods(
+    settings: Settings, data: Path, ftx_up: list[str], py_up: list[str]
+) -> list[Method]:
+    """A bigger file (--rss-size, e.g. 4G) to /dev/null: peak RSS must not grow with the size."""
+    assert settings.rss_size
+    name = "huge.bin"
+    make_file(data / name, settings.rss_size)
+    group = f"a-rss: 1 file, {human(settings.rss_size)}"
+    null = partial(Method, group, work=settings.rss_size / MiB, unit="MiB/s")
+    return [
+        null("ftx lib, digest -> /dev/null",
+             [bl.PYTHON, bl.FTX_LIB, "big", "{port}", name, os.devnull], bl.ftx_server(data),
+             startup=ftx_up),
+        null("python ... -> /dev/null", bl.pylimit_get(name, os.devnull), bl.pylimit_server(data),
+             reference=True, startup=py_up),
+    ]  # fmt: skip
 
 
 # --- (b) many small files ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import trio.testing
 import ftx
 import ftx.client
 from ftx._net import DEFAULT_IDLE_TIMEOUT
+from ftx.client._connection import MAX_DATA_FRAME_SIZE
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
 from ftx.protocol import MIN_FRAME_SIZE
 
@@ -81,4 +82,7 @@ async def test_the_client_announces_the_configured_frame_limit() -> None:
     config = ftx.ClientConfig(max_frame_size=MIN_FRAME_SIZE + 1)
     async with ftx.Client(client_stream, config) as client:
         assert client._protocol.local_hello.max_frame_size == MIN_FRAME_SIZE + 1
-        assert client._channel.max_frame_size == MIN_FRAME_SIZE + 1
+        # The channel takes DATA frames up to the DATA limit (large-data, docs/protocol.md
+        # section 20); the protocol holds every other frame to the configured limit.
+        assert client._protocol.local_hello.max_data_frame_size == MAX_DATA_FRAME_SIZE
+        assert client._channel.max_frame_size == MAX_DATA_FRAME_SIZE

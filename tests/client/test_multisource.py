@@ -111,7 +111,7 @@ class CorruptingProxy:
                             body[-1] ^= 0xFF
                         seen += len(body) - 1
                         frame = bytes(body)
-                    await down.send_all(encode_frame(frame))
+                    await down.send_all(encode_frame(frame, max_frame_size=1 << 24))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import trio
 
@@ -24,9 +25,16 @@ from ftx.errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from ftx.framing import Buffer, FramedChannel
+from ftx.framing import (
+    BlockingReceiver,
+    Buffer,
+    FramedChannel,
+    IdleClock,
+    SpanStalledError,
+)
 from ftx.protocol import (
     DIGEST_FEATURES,
+    LARGE_DATA_FEATURE,
     RANGES_FEATURE,
     TREE_FEATURE,
     UPLOAD_FEATURE,
@@ -37,7 +45,11 @@ from ftx.protocol import (
 )
 from ftx.protocol.messages import Data, Error, Hello, ListEntries, Message
 
-__all__ = ["PROGRESS_BYTES", "ClientConnection"]
+__all__ = ["MAX_DATA_FRAME_SIZE", "PROGRESS_BYTES", "ClientConnection"]
+
+MAX_DATA_FRAME_SIZE: Final = 2 << 20
+"""The largest DATA payload the client accepts from a server that lists ``large-data``
+(docs/protocol.md, section 20); every other frame keeps the ``max_frame_size`` limit."""
 
 PROGRESS_BYTES: Final = 65536
 """While an answer is due, the server must send this many bytes of file content, or a message
@@ -45,6 +57,8 @@ other than DATA, within the idle timeout (the time spent waiting for it, not the
 work in between); else the client gives up (docs/protocol.md, section 3)."""
 
 logger = logging.getLogger("ftx.client")
+
+T = TypeVar("T")
 
 
 class ClientConnection(trio.abc.AsyncResource):
@@ -62,13 +76,18 @@ class ClientConnection(trio.abc.AsyncResource):
     def __init__(self, stream: trio.abc.Stream, config: ClientConfig = ClientConfig()) -> None:
         set_keepalive(stream)  # a TCP connection to a server that vanished is noticed
         if config.rate_limit is not None:
-            stream = config.rate_limit.wrap(stream)
-        self._channel = FramedChannel(stream, max_frame_size=config.max_frame_size)
+            stream = config.rate_limit.wrap(stream)  # (then no thread span: not a socket)
+        # DATA frames may be larger than the frame limit, where the server agrees (large-data).
+        data_limit = max(config.max_frame_size, MAX_DATA_FRAME_SIZE)
+        self._channel = FramedChannel(stream, max_frame_size=data_limit)
         self._protocol = ClientProtocol(
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
-            features=DIGEST_FEATURES | {UPLOAD_FEATURE, RANGES_FEATURE} | _tree_features(config),
+            features=DIGEST_FEATURES
+            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE}
+            | _tree_features(config),
+            max_data_frame_size=data_limit,
         )
         self._digest_choice: DigestChoice = config.digest
         self._digest_algorithm: str | None = None  # chosen by the handshake
@@ -78,7 +97,7 @@ class ClientConnection(trio.abc.AsyncResource):
         self._stalled = 0.0
         self._data_since_progress = 0
         self._lock = trio.Lock()
-        self._receive_buffers = ReceiveBuffers(config.max_frame_size)
+        self._receive_buffers = ReceiveBuffers(data_limit)
         self._range_buffer: bytearray | None = None  # for ranged GETs, made on first use
         self._closed = False
 
@@ -225,6 +244,44 @@ class ClientConnection(trio.abc.AsyncResource):
             await self._fail()
             raise RemoteError(message.code, message.message)
         return message
+
+    @property
+    def _spans_supported(self) -> bool:
+        """Whether the connection can hand its socket to a worker thread (plain TCP)."""
+        return self._channel.spans_supported
+
+    async def _receive_span(self, work: Callable[[BlockingReceiver], T]) -> T:
+        """Run ``work(receiver)`` in a worker thread that owns the receiving side (see
+        :meth:`ftx.framing.FramedChannel.receive_span`), under the same read-progress deadline
+        as :meth:`_receive`. Any failure but a cancellation closes the connection.
+
+        Raises:
+            ConnectionLostError, RemoteProtocolError: as for :meth:`_receive`.
+            Whatever ``work`` raises.
+        """
+        clock = IdleClock(self._idle_timeout, PROGRESS_BYTES, self._stalled)
+        try:
+            result = await self._channel.receive_span(work, clock)
+        except SpanStalledError as exc:
+            await self._fail()
+            raise ConnectionLostError(
+                f"the server made no progress for {self._idle_timeout:g} seconds"
+            ) from exc
+        except trio.EndOfChannel as exc:
+            await self._fail()
+            raise ConnectionLostError("the server closed the connection") from exc
+        except IncompleteFrameError as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the server closed the connection: {exc}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._fail()
+            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
+        except RemoteProtocolError:
+            await self._fail()
+            raise
+        self._stalled = clock.spent
+        self._data_since_progress = clock.since_progress
+        return result
 
     def _note_progress(self, message: Message | None) -> None:
         """Restart the read-progress deadline if ``message`` is progress: any message but DATA,

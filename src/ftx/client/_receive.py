@@ -2,8 +2,10 @@
 verified against the whole-file digest, then published (renamed into place). Used by
 :class:`ftx.client.Client`, which passes itself as the :class:`DownloadWire`.
 
-Big files are received into two reused buffers (one filling while the other is written and
-hashed in a worker thread); small chunks are written and hashed in the event loop's thread.
+On plain TCP, the DATA of a big file is received, written and hashed by one worker thread
+that owns the socket meanwhile (:mod:`ftx.client._bulk`). Elsewhere (TLS), big files are
+received into two reused buffers (one filling while the other is written and hashed in a worker
+thread); small chunks are written and hashed in the event loop's thread.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Final, Protocol
 import trio
 
 from ftx._threads import ThreadJob
+from ftx.client._bulk import BulkWire, bulk_eligible, receive_data_in_thread
 from ftx.client._partfile import RESUMABLE_SIZE, PartFile, ResumeRecord, part_for
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
 from ftx.framing import Buffer
@@ -81,7 +84,7 @@ class GetOptions:
     into_directories: bool = True
 
 
-class DownloadWire(Protocol):
+class DownloadWire(BulkWire, Protocol):
     """What a download needs of its connection (:class:`ftx.Client` is one). The members are
     the client's private ones: only the client's own modules use them."""
 
@@ -249,6 +252,12 @@ async def _receive_file(
     done, total = header.offset, header.size
     if progress is not None:
         progress(done, total)
+    if bulk_eligible(wire, total - done):
+        buffer = wire._receive_buffers.one()
+        message, done = await receive_data_in_thread(
+            wire, part, hasher, buffer, progress, done, total
+        )
+        return _check_end(header, part, hasher, message, verify)
     # Each chunk is written, and hashed, in worker threads while the next one is received.
     jobs: list[ThreadJob[object]] = []
     buffers = wire._receive_buffers.for_size(total - done)
@@ -285,6 +294,19 @@ async def _receive_file(
     finally:
         for job in jobs:
             await job.wait_quietly()  # never close the part file under a running write
+    return _check_end(header, part, hasher, message, verify)
+
+
+def _check_end(
+    header: FileHeader, part: PartFile, hasher: Hasher | None, message: Message, verify: bool
+) -> str | None:
+    """Check the message that ended the DATA of the file ``header`` announced (END, or an
+    ERROR); return the verified digest (``None`` if verification was off).
+
+    Raises:
+        RemoteError: it is an ERROR (the part is dropped).
+        IntegrityError: the data does not match the END's digest (the part is dropped).
+    """
     if isinstance(message, Error):
         part.discard()  # e.g. the file changed mid-way: these bytes are of no use
         raise RemoteError(message.code, message.message)
@@ -315,7 +337,8 @@ async def _skip_rest(wire: DownloadWire, header: FileHeader) -> None:
 
 
 class ReceiveBuffers:
-    """A connection's two receive buffers for big files, made on first use and then reused.
+    """A connection's receive buffers for big files, made on first use and then reused: one
+    for the bulk path (:meth:`one`), two for the two-buffer path (:meth:`for_size`).
 
     Args:
         max_frame_size: the connection's frame limit (the buffers' size).
@@ -323,16 +346,23 @@ class ReceiveBuffers:
 
     def __init__(self, max_frame_size: int) -> None:
         self._max_frame_size = max_frame_size
-        self._buffers: tuple[bytearray, bytearray] | None = None
+        self._buffers: list[bytearray] = []
+
+    def _make(self, count: int) -> list[bytearray]:
+        while len(self._buffers) < count:
+            self._buffers.append(bytearray(self._max_frame_size))
+        return self._buffers
 
     def for_size(self, size: int) -> tuple[bytearray, bytearray] | None:
         """The two buffers, if a download of ``size`` bytes should use them."""
         if size < _BUFFERED_RECEIVE_SIZE:
             return None
-        if self._buffers is None:
-            frame = self._max_frame_size
-            self._buffers = (bytearray(frame), bytearray(frame))
-        return self._buffers
+        first, second = self._make(2)[:2]
+        return first, second
+
+    def one(self) -> bytearray:
+        """One buffer (the bulk path's: a thread fills, writes and hashes it in turn)."""
+        return self._make(1)[0]
 
 
 def _open_part(part: PartFile, path: str, header: FileHeader) -> None:

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar, cast
 
 import trio
 
@@ -50,6 +50,7 @@ from ftx.client._tree_disk import (
     write_batch,
 )
 from ftx.errors import IntegrityError, LocalFileError, RemoteError
+from ftx.framing import BlockingReceiver
 from ftx.protocol import TREE_FEATURE, ClientProtocol, ErrorCode
 from ftx.protocol.messages import (
     Error,
@@ -68,6 +69,9 @@ __all__ = ["stream_tree"]
 
 # How many batches of small files are written at once, each by a worker thread.
 _WRITERS: Final = 2
+
+
+_T = TypeVar("_T")
 
 
 class _TreeWire:
@@ -100,6 +104,23 @@ class _TreeWire:
 
     async def _fail(self) -> None:
         await self._client._fail()
+
+    # The bulk path (client/_bulk.py) for a large file of the tree: the same thread span as a
+    # GET's; the message that ends the span is translated as _receive translates it.
+
+    @property
+    def _spans_supported(self) -> bool:
+        return self._client._spans_supported
+
+    async def _receive_span(self, work: Callable[[BlockingReceiver], _T]) -> _T:
+        result = await self._client._receive_span(work)
+        if isinstance(result, tuple) and result and isinstance(result[0], TreeSkip):
+            skip = result[0]
+            return cast(_T, (Error(skip.request_id, skip.code, skip.message), *result[1:]))
+        return result
+
+    def _note_progress(self, message: Message | None) -> None:
+        self._client._note_progress(message)
 
 
 async def stream_tree(

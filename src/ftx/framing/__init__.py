@@ -24,7 +24,8 @@ Its errors (all from :mod:`ftx.errors`, all subclasses of :class:`FtxError`) are
 from here too. This package imports nothing of ftx but :mod:`ftx.errors`, and importing it loads
 neither the rest of ftx nor anything trio does not load already. Its private modules:
 ``_format`` and ``_decoder`` (sans-IO), ``_channel``, ``_writer``, ``_reader`` and
-``_socket_io`` (trio I/O). The distribution ftx-framing (packaging/ftx-framing) ships it alone.
+``_socket_io`` (trio I/O), ``_blocking`` (a worker thread owning the socket for a span). The
+distribution ftx-framing (packaging/ftx-framing) ships it alone.
 """
 
 from ftx.errors import (
@@ -34,6 +35,13 @@ from ftx.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+)
+from ftx.framing._blocking import (
+    BlockingReceiver,
+    BlockingSender,
+    IdleClock,
+    SpanInterruptedError,
+    SpanStalledError,
 )
 from ftx.framing._channel import FramedChannel
 from ftx.framing._decoder import FrameDecoder, encode_frame, encode_header
@@ -51,16 +59,21 @@ __all__ = [
     "FRAME_SIZE_LIMIT",
     "FTX_FORMAT",
     "HEADER_SIZE",
+    "BlockingReceiver",
+    "BlockingSender",
     "Buffer",
     "FrameDecoder",
     "FrameFormat",
     "FrameTooLargeError",
     "FramedChannel",
     "FtxError",
+    "IdleClock",
     "IncompleteFrameError",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "SpanInterruptedError",
+    "SpanStalledError",
     "encode_frame",
     "encode_header",
 ]

@@ -9,12 +9,13 @@ contract.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, TypeVar
 
 import trio
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
+from ftx.framing._blocking import BlockingReceiver, BlockingSender, IdleClock, Wakeup, run_span
 from ftx.framing._decoder import FrameDecoder
 from ftx.framing._format import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -30,6 +31,8 @@ from ftx.framing._writer import JOIN_THRESHOLD, FrameWriter, encode_frames
 __all__ = ["DEFAULT_SEND_BUFFER_SIZE", "FramedChannel"]
 
 DEFAULT_SEND_BUFFER_SIZE: Final = 64 * 1024
+
+T = TypeVar("T")
 
 
 class FramedChannel(trio.abc.Channel[bytes]):
@@ -418,6 +421,86 @@ class FramedChannel(trio.abc.Channel[bytes]):
             raise
         finally:
             self._receiving = False
+
+    # --- thread spans (plain TCP) ------------------------------------------------------------
+
+    @property
+    def spans_supported(self) -> bool:
+        """Whether :meth:`receive_span` and :meth:`send_span` work here (plain TCP only)."""
+        return isinstance(self.transport_stream, trio.SocketStream)
+
+    async def receive_span(self, work: Callable[[BlockingReceiver], T], clock: IdleClock) -> T:
+        """Run ``work(receiver)`` in a worker thread that owns the receiving side meanwhile:
+        ``receiver.receive_into`` blocks there (GIL released) through this channel's decoder,
+        so nothing buffered is lost either way. Cancelled, the thread is woken and waited for
+        (see :func:`~ftx.framing._blocking.run_span`); the channel then stays at a frame
+        boundary (a payload cut short goes back to the decoder).
+
+        Raises:
+            TypeError: not a plain TCP stream (see :attr:`spans_supported`).
+            Whatever ``work`` raises; trio.BusyResourceError, trio.BrokenResourceError,
+                trio.ClosedResourceError as for :meth:`receive`.
+        """
+        stream = self.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            raise TypeError(f"{type(stream).__name__} has no socket for a thread span")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this channel")
+        self._check_usable(receiving=True)
+        self._receiving = True
+        chunk_size = self._receive_chunk_size
+
+        def run(wakeup: Wakeup) -> T:
+            receiver = BlockingReceiver(self._decoder, stream.socket, wakeup, clock, chunk_size)
+            try:
+                return work(receiver)
+            finally:
+                receiver.close()
+
+        try:
+            return await run_span(run)
+        except RemoteProtocolError as exc:
+            self._receive_broken = exc
+            raise
+        finally:
+            self._receiving = False
+
+    async def send_span(self, work: Callable[[BlockingSender], T], clock: IdleClock) -> T:
+        """Run ``work(sender)`` in a worker thread that owns the sending side meanwhile, after
+        the frames queued here are written. A span that stops inside a frame (cancelled,
+        stalled, failed) breaks the channel.
+
+        Raises:
+            TypeError: not a plain TCP stream (see :attr:`spans_supported`).
+            Whatever ``work`` raises; trio.BusyResourceError, trio.BrokenResourceError,
+                trio.ClosedResourceError as for :meth:`send`.
+        """
+        stream = self.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            raise TypeError(f"{type(stream).__name__} has no socket for a thread span")
+        self._start_sending()
+        if self._writer.pending:
+            await self._write([], 0)
+            self._start_sending()
+        self._sending = True
+        senders: list[BlockingSender] = []
+
+        def run(wakeup: Wakeup) -> T:
+            sender = BlockingSender(stream.socket, wakeup, clock)
+            senders.append(sender)
+            try:
+                return work(sender)
+            finally:
+                sender.close()
+
+        try:
+            return await run_span(run)
+        except BaseException as exc:
+            if senders and senders[0].mid_frame and not self._closed:
+                self._broken = exc
+            raise
+        finally:
+            self._sending = False
 
     # --- closing ------------------------------------------------------------------------------
 

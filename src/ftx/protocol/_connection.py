@@ -53,6 +53,7 @@ from ftx.protocol.messages import (
     FileEnd,
     Get,
     Hello,
+    Kind,
     ListDir,
     MakeDir,
     Message,
@@ -68,6 +69,7 @@ __all__ = [
     "BLAKE3_FEATURE",
     "DIGEST_ALGORITHMS",
     "DIGEST_FEATURES",
+    "LARGE_DATA_FEATURE",
     "MAX_LIST_ENTRIES",
     "MAX_PENDING_REQUESTS",
     "MIN_FRAME_SIZE",
@@ -88,11 +90,15 @@ __all__ = [
     "new_hasher",
 ]
 
+DATA_KIND: Final = int(Kind.DATA)
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 # A peer must accept frames at least this large, so that a file chunk or a listing page fits.
 MIN_FRAME_SIZE: Final = 64 * 1024
 UPLOAD_FEATURE: Final = "upload"
+# Listed by a peer that sends DATA frames up to the other's max_data_frame_size, and accepts
+# them up to its own (docs/protocol.md, section 20); control frames keep max_frame_size.
+LARGE_DATA_FEATURE: Final = "large-data"
 # Listed by a server whose identities are portable between servers holding the same file
 # (docs/protocol.md, section 9.4): informational, nothing is sent differently.
 PORTABLE_IDENTITY_FEATURE: Final = "identity-portable"
@@ -173,32 +179,70 @@ class _Protocol:
             return MIN_FRAME_SIZE
         return self.peer_hello.max_frame_size
 
+    @property
+    def peer_max_data_frame_size(self) -> int:
+        """The largest DATA payload the peer accepts: its ``max_data_frame_size`` when
+        ``large-data`` is in use, else its frame limit."""
+        hello = self.peer_hello
+        if hello is None or hello.max_data_frame_size is None:
+            return self.peer_max_frame_size
+        if LARGE_DATA_FEATURE not in self.features:
+            return hello.max_frame_size
+        return max(hello.max_frame_size, hello.max_data_frame_size)
+
+    @property
+    def max_data_frame_size(self) -> int:
+        """The largest DATA payload this side accepts now (see :attr:`peer_max_data_frame_size`)."""
+        local = self.local_hello
+        if local.max_data_frame_size is None or LARGE_DATA_FEATURE not in self.features:
+            return local.max_frame_size
+        return max(local.max_frame_size, local.max_data_frame_size)
+
     def _encode(self, message: Message) -> tuple[Buffer, ...]:
         parts = encode_message(message)
         size = sum(memoryview(part).nbytes for part in parts)
-        if self.peer_hello is not None and size > self.peer_hello.max_frame_size:
-            raise LocalProtocolError(
-                f"a {type(message).__name__} of {size} bytes exceeds the peer's frame limit"
+        if self.peer_hello is not None:
+            limit = (
+                self.peer_max_data_frame_size
+                if isinstance(message, Data)
+                else self.peer_hello.max_frame_size
             )
+            if size > limit:
+                raise LocalProtocolError(
+                    f"a {type(message).__name__} of {size} bytes exceeds the peer's frame limit"
+                )
         return parts
 
     def _decode(self, payload: Buffer) -> Message | None:
         if self.closed:
             raise RemoteProtocolError("message after the connection was closed with an error")
+        size = memoryview(payload).nbytes
         if self.peer_hello is None:
             # Before its HELLO the peer cannot know our limit: it may send MIN_FRAME_SIZE.
-            size = memoryview(payload).nbytes
             if size > MIN_FRAME_SIZE:
                 raise RemoteProtocolError(
                     f"a frame of {size} bytes before the handshake, where at most "
                     f"{MIN_FRAME_SIZE} are allowed"
                 )
+        elif size > self.local_hello.max_frame_size and (
+            # Only DATA may exceed the frame limit, and only with large-data (section 20).
+            memoryview(payload)[0] != DATA_KIND or size > self.max_data_frame_size
+        ):
+            raise RemoteProtocolError(
+                f"a frame of {size} bytes exceeds the limit of "
+                f"{self.local_hello.max_frame_size} bytes"
+            )
         return decode_message(payload)
 
     def _check_peer_hello(self, hello: Hello) -> None:
         if hello.max_frame_size < MIN_FRAME_SIZE:
             raise RemoteProtocolError(
                 f"the peer's frame limit of {hello.max_frame_size} bytes is below the "
+                f"minimum of {MIN_FRAME_SIZE}"
+            )
+        if hello.max_data_frame_size is not None and hello.max_data_frame_size < MIN_FRAME_SIZE:
+            raise RemoteProtocolError(
+                f"the peer's DATA frame limit of {hello.max_data_frame_size} bytes is below the "
                 f"minimum of {MIN_FRAME_SIZE}"
             )
         self.peer_hello = hello
@@ -218,10 +262,12 @@ class ClientProtocol(_Protocol):
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         agent: str = "",
         auth: ClientAuthenticator | None = None,
+        max_data_frame_size: int | None = None,
     ) -> None:
         if auth is not None:
             features = features | {AUTH_FEATURE}
-        super().__init__(Hello(SUPPORTED_VERSIONS, features, max_frame_size, agent))
+        hello = Hello(SUPPORTED_VERSIONS, features, max_frame_size, agent, max_data_frame_size)
+        super().__init__(hello)
         self._auth = ClientAuthState(auth)
         self._hello_sent = False
         self._responses = Responses(RemoteProtocolError)
@@ -487,5 +533,5 @@ def _check_ranged_get(message: Get, features: frozenset[str]) -> None:
         raise LocalProtocolError("offset + length lies beyond 2^63-1")
 
 
-def _hello_fields(hello: Hello) -> tuple[frozenset[str], int, str]:
-    return hello.features, hello.max_frame_size, hello.agent
+def _hello_fields(hello: Hello) -> tuple[frozenset[str], int, str, int | None]:
+    return hello.features, hello.max_frame_size, hello.agent, hello.max_data_frame_size

@@ -92,13 +92,16 @@ class Hello:
 
     The client lists every major version it speaks in ``versions``; the server answers with the
     one it chose, alone. ``features`` names optional extensions; only those both sides list are
-    in use. ``max_frame_size`` is the largest frame payload the sender accepts.
+    in use. ``max_frame_size`` is the largest frame payload the sender accepts;
+    ``max_data_frame_size``, if given, the largest DATA payload it accepts once the feature
+    ``large-data`` is in use (docs/protocol.md, section 20).
     """
 
     versions: tuple[int, ...]
     features: frozenset[str] = frozenset()
     max_frame_size: int = 1 << 20
     agent: str = ""
+    max_data_frame_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,13 +232,16 @@ def _entry_to_json(entry: Entry) -> dict[str, Any]:
 def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
     match message:
         case Hello():
-            return Kind.HELLO, {
+            hello = {
                 "protocol": "ftx",
                 "versions": list(message.versions),
                 "features": sorted(message.features),
                 "max_frame_size": message.max_frame_size,
                 "agent": message.agent,
             }
+            if message.max_data_frame_size is not None:
+                hello["max_data_frame_size"] = message.max_data_frame_size
+            return Kind.HELLO, hello
         case Get():
             get = {
                 "id": message.request_id,
@@ -362,6 +365,11 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
                 features=frozenset(_as_str(f, "features", _MAX_SHORT_STRING) for f in features),
                 max_frame_size=_int(obj, "max_frame_size", 0, (1 << 32) - 1),
                 agent=_str(obj, "agent", _MAX_SHORT_STRING, default=""),
+                max_data_frame_size=(
+                    _int(obj, "max_data_frame_size", 0, (1 << 32) - 1)
+                    if "max_data_frame_size" in obj
+                    else None
+                ),
             )
         case Kind.GET:
             return Get(

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import trio
 
 from ftx._threads import ThreadJob
 from ftx.errors import FtxError
+from ftx.framing import BlockingSender
 from ftx.fs import FsEntry, FsError, OpenedFile, file_identity, portable_identity
 from ftx.protocol import (
     DIGEST_ALGORITHMS,
+    LARGE_DATA_FEATURE,
     MAX_LIST_ENTRIES,
     ErrorCode,
     Hasher,
@@ -39,11 +41,22 @@ from ftx.protocol.messages import (
     Message,
 )
 from ftx.server._access_log import AccessRecord
+from ftx.server._bulk import (
+    SPAN_CHUNK,
+    SPAN_HASH_BUFFER,
+    SpanEnd,
+    SpanResult,
+    bulk_eligible,
+    hash_rest,
+    send_span_work,
+)
 from ftx.server._fs_wire import error_code, wire_entry
 from ftx.server._readahead import SmallFile, read_small_files
 from ftx.server._resources import ServerResources
 
 __all__ = ["DownloadHandler", "DownloadSession"]
+
+T = TypeVar("T")
 
 # A listing entry encodes to at most ~1.6 KiB of JSON (a 255-byte name, all escaped): pages of
 # peer_max_frame_size // 2048 entries always fit in a frame.
@@ -52,6 +65,9 @@ _ENTRY_BUDGET: Final = 2048
 # A transfer cut short has its digest finished from the disk when what remains is at most this,
 # or at most what was already sent (the client paid for that much).
 _FINISH_HASH_FREE: Final = 64 << 20
+# A span's write deadline: the client must take this many bytes in every idle period
+# (docs/protocol.md, section 3).
+_WRITE_PROGRESS: Final = 65536
 
 
 class DownloadSession(Protocol):
@@ -77,6 +93,15 @@ class DownloadSession(Protocol):
 
     def check_stop(self) -> None:
         """Called at each frame boundary; raises to stop the answer there."""
+
+    @property
+    def spans_supported(self) -> bool:
+        """Whether the connection's socket can be handed to a worker thread (plain TCP)."""
+
+    async def send_span(self, work: Callable[[BlockingSender], T], unit: int) -> T:
+        """Run ``work(sender)`` in a worker thread that owns the sending side; the client
+        must take ``unit`` bytes in every idle period. Raises what :meth:`send` raises, and
+        what ``work`` raises."""
 
 
 class DownloadHandler:
@@ -281,6 +306,13 @@ class DownloadHandler:
         cache_key = f"{request.digest}:{opened.identity}"
         known = await self._resources.digests.recall(cache_key) if request.digest else None
         hasher = new_hasher(request.digest) if request.digest and known is None else None
+        # The span takes an explicit (offset, count): the whole tail, or a ranged GET's range.
+        offset = request.offset
+        count = range_end(offset, request.length, opened.size) - offset
+        if bulk_eligible(self._sendfile, self._session.spans_supported, count):
+            return await self._stream_span(
+                opened, offset, count, record, chunk_size, hasher, known, cache_key
+            )
         send_chunk = self._session.send_from_file if self._sendfile else self._send_read_chunk
         check_stop = self._session.check_stop
         buffer = await self._resources.buffers.acquire() if hasher is not None else None
@@ -334,6 +366,66 @@ class DownloadHandler:
             return digest
         finally:
             release_buffer()
+
+    async def _stream_span(
+        self,
+        opened: OpenedFile,
+        offset: int,
+        count: int,
+        record: AccessRecord,
+        chunk_size: int,
+        hasher: Hasher | None,
+        known: str | None,
+        cache_key: str,
+    ) -> str | None:
+        """Send bytes ``[offset, offset + count)`` of the file as DATA frames in one worker
+        thread span (see :mod:`ftx.server._bulk`), hashing the whole file there if ``hasher``
+        is given; return the digest (``known`` if no hasher).
+
+        Raises:
+            _FileChangedError: the file was truncated or modified while it was being sent.
+        """
+        # A buffer of the span's own, not one of the pool's: a slow client would hold that for
+        # its whole transfer. Bounded by the connection limit, and small.
+        buffer = bytearray(SPAN_HASH_BUFFER) if hasher is not None else None
+        result = SpanResult(hashed_to=0)
+        if LARGE_DATA_FEATURE in self._protocol.features:
+            # Larger DATA frames, as the client announced it accepts (docs/protocol.md, 20).
+            chunk_size = max(
+                chunk_size, min(SPAN_CHUNK, self._protocol.peer_max_data_frame_size - 1)
+            )
+        work = send_span_work(
+            opened,
+            offset,
+            count,
+            chunk_size,
+            self._protocol,
+            hasher,
+            buffer,
+            self._session.check_stop,
+            result,
+        )
+        try:
+            await self._session.send_span(work, _WRITE_PROGRESS)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if hasher is not None and buffer is not None:
+                # Finish the digest for the resume that usually follows, if cheap enough.
+                budget = max(result.hashed_to, _FINISH_HASH_FREE)
+                whole = await trio.to_thread.run_sync(
+                    hash_rest, opened, hasher, buffer, result, budget
+                )
+                if whole and not opened.changed():
+                    await self._resources.digests.remember(cache_key, hasher.hexdigest())
+            raise
+        finally:
+            record.bytes += result.sent
+        if result.end is SpanEnd.TRUNCATED or opened.changed():
+            raise _FileChangedError
+        if hasher is None:
+            return known
+        digest = hasher.hexdigest()
+        await self._resources.digests.remember(cache_key, digest)
+        return digest
 
     async def _send_read_chunk(self, opened: OpenedFile, position: int, count: int) -> int:
         """Read ``count`` bytes of the file from ``position`` and send them as one DATA message

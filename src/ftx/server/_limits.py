@@ -15,7 +15,9 @@ file and then stops reading, would otherwise hold a connection slot, a task and 
 The write deadline is per frame, not per answer: a client that takes less than a frame per idle
 period is cut off (:exc:`WriteStalledError`); a healthy large transfer never is, however long
 it takes. One deadline per frame, not per write, because on plain TCP a frame's file content
-goes to the kernel in one sendfile, which no wrapper stream sees.
+goes to the kernel in one sendfile, which no wrapper stream sees. A big file sent by a thread
+span (:mod:`ftx.server._bulk`) counts bytes instead: 65536 per idle period, which the thread
+can see (docs/protocol.md, section 3).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ cut off).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 
@@ -20,10 +20,11 @@ from ftx._rate import RateLimitedStream, TokenBucket
 from ftx._tls import accept_tls
 from ftx._version import __version__
 from ftx.errors import FtxError, IncompleteFrameError, RemoteProtocolError
-from ftx.framing import Buffer, FramedChannel
+from ftx.framing import BlockingSender, Buffer, FramedChannel, IdleClock, SpanStalledError
 from ftx.fs import OpenedFile
 from ftx.protocol import (
     DIGEST_FEATURES,
+    LARGE_DATA_FEATURE,
     PORTABLE_IDENTITY_FEATURE,
     RANGES_FEATURE,
     SUPPORTED_VERSIONS,
@@ -52,6 +53,8 @@ from ftx.server._readahead import MAX_BATCH
 from ftx.server._resources import ServerResources
 from ftx.server._tree import TreeHandler
 from ftx.server._uploads import UploadHandler
+
+T = TypeVar("T")
 
 __all__ = ["AUTH_FAILURE_DELAY", "FAREWELL_SECONDS", "Session"]
 
@@ -117,7 +120,10 @@ class Session:
             max_frame_size=config.max_frame_size,
             agent=f"ftx/{__version__}",
             auth=None if config.token is None else ServerAuthenticator(config.token),
-            features=DIGEST_FEATURES | uploads | identity | {RANGES_FEATURE, TREE_FEATURE},
+            features=DIGEST_FEATURES
+            | uploads
+            | identity
+            | {LARGE_DATA_FEATURE, RANGES_FEATURE, TREE_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
@@ -247,6 +253,27 @@ class Session:
         with trio.move_on_after(self._config.idle_timeout):
             return await self._channel.send_file(prefix, opened.fd, offset, count)
         raise self._stalled()  # reached only when the deadline cancelled the send
+
+    @property
+    def spans_supported(self) -> bool:
+        """Whether the connection's socket can be handed to a worker thread (plain TCP)."""
+        return self._channel.spans_supported
+
+    async def send_span(self, work: Callable[[BlockingSender], T], unit: int) -> T:
+        """Run ``work(sender)`` in a worker thread that owns the sending side, after what the
+        outbox holds; the client must take ``unit`` bytes (a frame) in every idle period.
+
+        Raises:
+            WriteStalledError: the client took too little within the idle period.
+            Whatever ``work`` raises; what :meth:`send` raises.
+        """
+        if self._outbox:
+            await self._flush()
+        clock = IdleClock(self._config.idle_timeout, unit)
+        try:
+            return await self._channel.send_span(work, clock)
+        except SpanStalledError:
+            raise self._stalled() from None
 
     def _stalled(self) -> WriteStalledError:
         timeout = self._config.idle_timeout
