@@ -17,6 +17,7 @@ import trio
 import ftx
 from cli_helpers import OK, ftx_run, in_terminal
 from conftest import SAMPLE_FILES, ServerStarter
+from ftx.cli._progress import ProgressBar
 
 BAR = re.compile(r"(\d+)%")
 IEC_RATE = re.compile(r"\d+\.\d (B|KiB|MiB|GiB)/s")
@@ -113,3 +114,37 @@ def test_a_resumed_download_says_so(
     result = ftx_run("get", "--json", server.address, "r.bin", cwd=out)
     assert result.returncode == OK, result.stderr
     assert json.loads(result.stdout)["offset"] >= 5 << 20
+
+
+@pytest.mark.parametrize("quiet", [["-q"], []])
+def test_no_bar_means_no_progress_reports(
+    tmp_path: Path,
+    start_ftx_server: ServerStarter,
+    monkeypatch: pytest.MonkeyPatch,
+    quiet: list[str],
+) -> None:
+    """Without a bar (``-q``, or stderr not a terminal, as under pytest) ``ftx get`` gives the
+    download no progress callback at all: on the bulk path each report wakes the event loop
+    from the receiving thread, ~1,000 wake-ups per GiB for nothing (issue 13)."""
+    from ftx.cli import main
+
+    server = start_ftx_server(SAMPLE_FILES)
+    given: list[object] = []
+    real_get = ftx.Client.get
+
+    async def get(self: ftx.Client, *args: object, **kwargs: object) -> ftx.Download:
+        given.append(kwargs.get("progress", "missing"))
+        return await real_get(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ftx.Client, "get", get)
+    dest = tmp_path / "copy.bin"
+    assert main(["get", server.address, "random-3MiB.bin", "-o", str(dest), *quiet]) == OK
+    assert given == [None]
+    assert dest.read_bytes() == (SAMPLE_FILES / "random-3MiB.bin").read_bytes()
+
+
+def test_a_shown_bar_is_the_progress_callback() -> None:
+    """A bar that is shown is what the download reports to; one that is not, nothing."""
+    shown = ProgressBar(enabled=True, label="x")
+    assert shown.callback == shown.update
+    assert ProgressBar(enabled=False, label="x").callback is None

@@ -72,7 +72,7 @@ async def get_command(args: argparse.Namespace) -> None:
             return await client.get(
                 path,
                 args.output,
-                progress=bar.update,
+                progress=bar.callback,
                 overwrite=args.force,
                 preserve_mode=args.preserve,
                 resume=args.resume,
@@ -136,7 +136,7 @@ async def get_from_sources(args: argparse.Namespace, path: str, target: Path) ->
                 path,
                 args.output,
                 segments=args.segments,
-                progress=bar.update,
+                progress=bar.callback,
                 overwrite=args.force,
                 preserve_mode=args.preserve,
                 resume=args.resume,
