@@ -6,7 +6,9 @@ ls``, ``ftx get`` of several or ``-r``, ``ftx put``, ``ftx serve``); and what th
 ``_connect`` (connection options, connecting), ``_address`` (``HOST[:PORT]``), ``_errors``
 (``CliError``, exit codes, one-line reports), ``_options`` (common options), ``_output``
 (what is printed), ``_progress`` (the progress bar) and ``_retry`` (when to try again). Only
-``_main`` imports the commands; they never import it.
+``_main`` imports the commands; they never import it. It imports a command's modules only
+when that command runs (or its options are shown): ``ftx --version`` loads no command, ``ftx
+get`` not the server.
 """
 
 from ftx.cli._main import build_parser, main

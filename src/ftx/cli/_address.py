@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
-from ftx.server import DEFAULT_PORT
+from ftx._port import DEFAULT_PORT
 
 ADDRESS_HELP: Final = (
     "the server, e.g. 192.168.1.7, example.org:4000 or [::1]:4000 (default port: FTX_PORT "

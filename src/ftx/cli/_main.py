@@ -10,37 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final
 
-import trio
-
 import ftx
-from ftx.cli._address import ADDRESS_HELP, parse_address, parse_port
-from ftx.cli._connect import add_connection_options
-from ftx.cli._errors import CliError, ExitCode, describe, error_name, unwrap
-from ftx.cli._get import get_command, ls_command
-from ftx.cli._help import add_help_parsers, completion_command, help_command
-from ftx.cli._options import (
-    add_checksum_option,
-    add_digest_option,
-    add_limit_rate,
-    add_source_options,
-    add_timeout,
-    add_verbosity,
-    parse_positive_count,
-    resolve_sources,
-)
-from ftx.cli._output import TerminalLogHandler, say
-from ftx.cli._put import add_put_parser, put_command
-from ftx.cli._retry import add_retry_options
-from ftx.cli._serve import add_serve_options, serve_command
-from ftx.cli._tree import get_tree
-from ftx.client import DEFAULT_JOBS
-from ftx.server import DEFAULT_PORT
 
 _SERVE_EXAMPLES: Final = """examples:
   ftx serve .                                  this directory, read-only, on port 3890
@@ -63,15 +38,35 @@ _LS_EXAMPLES: Final = """examples:
 """
 
 
+# The commands in the order of 'ftx --help', with the line it shows for each. Only the command
+# being run is built in full (its module is imported then): 'ftx --version' and 'ftx --help'
+# import no command, 'ftx get' not the server. tests/cli/test_startup.py checks that these lines
+# are those of the full parser.
+_SUMMARIES: Final = {
+    "serve": "serve the files under a directory (read-only unless --writable)",
+    "get": "download a file",
+    "ls": "list a directory on the server",
+    "put": "upload files to a writable server",
+    "help": "explain a topic: exit-codes, paths, retries, environment, completion",
+    "completion": "print the shell code for tab completion (see 'ftx help completion')",
+}
+
+
 def _command(commands: Any, name: str, examples: str, **kwargs: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
-        name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples, **kwargs
+        name,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples,
+        help=_SUMMARIES[name],
+        **kwargs,
     )
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``ftx`` command line and its subcommands."""
+def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the ``ftx`` command line and its subcommands: every command with all its
+    options, or only those named in ``full`` (the others are there by name and summary, enough
+    for ``ftx --help``; their modules are not imported)."""
     parser = argparse.ArgumentParser(
         prog="ftx",
         description="Fast, verified file transfer. Serve a directory with 'ftx serve DIR'; "
@@ -82,12 +77,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ftx {ftx.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    builders: dict[str, Callable[[Any], None]] = {
+        "serve": _add_serve,
+        "get": _add_get,
+        "ls": _add_ls,
+        "put": _add_put,
+        "help": _add_help,  # adds 'help' and 'completion' together
+    }
+    for name, build in builders.items():
+        group = ("help", "completion") if name == "help" else (name,)
+        if full is None or not set(group).isdisjoint(full):
+            build(commands)
+        else:
+            for each in group:
+                commands.add_parser(each, help=_SUMMARIES[each])
+    return parser
+
+
+def _add_serve(commands: Any) -> None:
+    """Add ``ftx serve`` with its options."""
+    from ftx._port import DEFAULT_PORT
+    from ftx.cli._address import parse_port
+    from ftx.cli._options import add_verbosity
+    from ftx.cli._serve import add_serve_options
 
     serve = _command(
         commands,
         "serve",
         _SERVE_EXAMPLES,
-        help="serve the files under a directory (read-only unless --writable)",
         description="Serve the regular files under DIR, read-only unless --writable, until "
         "interrupted (Ctrl-C). "
         "Nothing outside DIR is ever served: symbolic links that lead out are refused.",
@@ -107,11 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_options(serve)
     add_verbosity(serve)
 
+
+def _add_get(commands: Any) -> None:
+    """Add ``ftx get`` with its options."""
+    from ftx.cli._address import ADDRESS_HELP
+    from ftx.cli._connect import add_connection_options
+    from ftx.cli._options import (
+        add_checksum_option,
+        add_digest_option,
+        add_limit_rate,
+        add_source_options,
+        add_timeout,
+        add_verbosity,
+        parse_positive_count,
+    )
+    from ftx.cli._retry import add_retry_options
+    from ftx.client import DEFAULT_JOBS
+
     get = _command(
         commands,
         "get",
         _GET_EXAMPLES,
-        help="download a file",
         description="Download the file at PATH from the ftx server at HOST. It is written to "
         "DEST.part, verified against the server's digest of the whole file, and only then "
         "renamed to DEST.",
@@ -176,11 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_options(get)
     add_verbosity(get)
 
+
+def _add_ls(commands: Any) -> None:
+    """Add ``ftx ls`` with its options."""
+    from ftx.cli._address import ADDRESS_HELP, parse_address
+    from ftx.cli._connect import add_connection_options
+    from ftx.cli._options import add_timeout, add_verbosity
+    from ftx.cli._retry import add_retry_options
+
     ls = _command(
         commands,
         "ls",
         _LS_EXAMPLES,
-        help="list a directory on the server",
         description="List the entries of the directory at PATH on the server (default: the "
         "served directory itself).",
     )
@@ -203,30 +243,52 @@ def build_parser() -> argparse.ArgumentParser:
     add_timeout(ls)
     add_connection_options(ls)
     add_verbosity(ls)
+
+
+def _add_put(commands: Any) -> None:
+    """Add ``ftx put`` with its options."""
+    from ftx.cli._put import add_put_parser
+
     add_put_parser(commands)
+
+
+def _add_help(commands: Any) -> None:
+    """Add ``ftx help`` and ``ftx completion``."""
+    from ftx.cli._help import add_help_parsers
+
     add_help_parsers(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ftx`` command line; return the exit code."""
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first word that is not an option ('ftx' itself takes no values).
+    command = next((word for word in words if not word.startswith("-")), None)
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (see 'ftx help completion')
         import argcomplete
 
+        parser = build_parser()
         argcomplete.autocomplete(parser)
-    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    else:
+        parser = build_parser({command} if command in _SUMMARIES else ())
+    args = _parse(parser, words)
     if args.command in ("help", "completion"):
+        from ftx.cli._help import completion_command, help_command
+
         return (help_command if args.command == "help" else completion_command)(args, parser)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; return the exit code. Its module is imported only now."""
+    import trio
+
+    from ftx.cli._errors import ExitCode, describe, error_name, unwrap
+    from ftx.cli._output import say
+
     _configure_logging(args)
-    commands: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
-        "serve": serve_command,
-        "get": _get,
-        "ls": ls_command,
-        "put": put_command,
-    }
     try:
-        trio.run(commands[args.command], args)
+        trio.run(_runner(args.command), args)
     except BaseException as exc:
         if isinstance(unwrap(exc), BrokenPipeError):
             # The reader went away (`ftx ls ... | head`): stop quietly, as other tools do.
@@ -253,6 +315,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return ExitCode.OK
 
 
+def _runner(command: str) -> Callable[[argparse.Namespace], Awaitable[None]]:
+    """The function that runs ``command`` (not ``help`` or ``completion``)."""
+    if command == "serve":
+        from ftx.cli._serve import serve_command
+
+        return serve_command
+    if command == "ls":
+        from ftx.cli._get import ls_command
+
+        return ls_command
+    if command == "put":
+        from ftx.cli._put import put_command
+
+        return put_command
+    return _get
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """The options, with a command's paths allowed after its options too (``ftx get HOST a -o
     DIR b``, as cp and scp take them); a mistake is reported with that command's usage."""
@@ -265,6 +344,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         rest = argv[argv.index(args.command) + 1 :]
         args = command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
     if args.command == "get":
+        from ftx.cli._options import resolve_sources
+
         resolve_sources(args, command.error)
     return args
 
@@ -272,6 +353,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def _configure_logging(args: argparse.Namespace) -> None:
     """Log on stderr (above any progress bar): ``-v`` shows ftx's diagnostics, ``-q`` only
     warnings and errors; ``ftx serve`` also logs each request (its access log) by default."""
+    import logging
+
+    from ftx.cli._output import TerminalLogHandler
+
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = TerminalLogHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -288,11 +373,17 @@ def _interrupted(exc: BaseException) -> bool:
 
 async def _get(args: argparse.Namespace) -> None:
     """``ftx get``: one file, or several (or ``-r``) as a batch."""
+    from ftx.cli._errors import CliError, ExitCode
+
     if args.recursive or len(args.paths) > 1:
         if args.output == "-":
             raise CliError(
                 "-o - takes one file: several files (or -r) need a directory", ExitCode.USAGE
             )
+        from ftx.cli._tree import get_tree
+
         await get_tree(args)
         return
+    from ftx.cli._get import get_command
+
     await get_command(args)

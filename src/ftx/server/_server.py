@@ -24,6 +24,7 @@ from typing import Final
 import trio
 
 from ftx._net import transport_of
+from ftx._port import DEFAULT_PORT
 from ftx.errors import IncompleteFrameError, RemoteProtocolError
 from ftx.fs import ServedRoot
 from ftx.protocol import ErrorCode
@@ -41,7 +42,6 @@ from ftx.server._session import Session
 
 __all__ = ["DEFAULT_PORT", "Server", "serve"]
 
-DEFAULT_PORT: Final = 3890
 # Connections being refused (``busy``) at once; beyond this, further ones are just closed.
 # Each holds a descriptor for at most REFUSAL_HELLO_SECONDS (plus a TLS handshake): a burst of
 # real clients beyond the connection limit is told "busy" rather than cut off.
