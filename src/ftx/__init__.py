@@ -27,7 +27,6 @@ from ftx.errors import RemoteProtocolError as RemoteProtocolError
 
 if TYPE_CHECKING:
     # `from x import y as y` marks re-exports for type checkers (trio does the same).
-    from ftx._port import DEFAULT_PORT as DEFAULT_PORT
     from ftx.client import Client as Client
     from ftx.client import ClientConfig as ClientConfig
     from ftx.client import Download as Download
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from ftx.protocol import ErrorCode as ErrorCode
     from ftx.protocol.messages import Entry as Entry
     from ftx.protocol.messages import EntryType as EntryType
+    from ftx.server import DEFAULT_PORT as DEFAULT_PORT
     from ftx.server import Server as Server
     from ftx.server import ServerConfig as ServerConfig
     from ftx.server import serve as serve
@@ -58,7 +58,7 @@ _LAZY = {
     "Entry": "ftx.protocol.messages",
     "EntryType": "ftx.protocol.messages",
     "RateLimit": "ftx.client",
-    "DEFAULT_PORT": "ftx._port",
+    "DEFAULT_PORT": "ftx.server",
     "Server": "ftx.server",
     "ServerConfig": "ftx.server",
     "serve": "ftx.server",
