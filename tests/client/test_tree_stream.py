@@ -132,9 +132,13 @@ async def test_a_re_run_fetches_only_the_files_missing_inside_a_directory(
 ) -> None:
     # The server leaves out the files the client has from its listing alone (no worker thread)
     # up to the first it lacks, then walks on: three files missing in the middle of a
-    # directory of 300 move; the other 297 there do not.
+    # directory of 300 move; the other 297 there do not. The last directory walked holds
+    # files (the names left out there are sent before the end too).
     served = tmp_path / "served"
     make_tree(served / "top")
+    (served / "top" / "zz").mkdir()
+    for name in ("1", "2", "3"):
+        (served / "top" / "zz" / name).write_bytes(name.encode())
     host, port = await start_server(served)  # type: ignore[operator]
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -149,7 +153,8 @@ async def test_a_re_run_fetches_only_the_files_missing_inside_a_directory(
     saved = sorted(path for path, r in again.items() if isinstance(r, ftx.Download))
     assert saved == ["top/a/b/c/f100", "top/a/b/c/f200", "top/a/b/c/f250"]
     reasons = [r.reason for r in again.values() if isinstance(r, Skipped)]
-    assert reasons.count("up to date") == 303
+    assert reasons.count("up to date") == 306
+    assert not [r for r in again.values() if isinstance(r, ftx.FtxError)]
     assert tree_files(dest / "top") == tree_files(served / "top")
     (record,) = [r for r in caplog.records if r.name == "ftx.access"]
     sizes = sum((c / name).stat().st_size for name in ("f100", "f200", "f250"))

@@ -216,6 +216,7 @@ class _Stream:
                 elif isinstance(item, LargeItem):
                     await self._send_large(item.name, item.opened)
             await self._flush()
+        await self._flush()  # what take_unchanged left out of the last directory
         record.entries = self.files
         end = TreeEnd(request_id, self.files, self.skipped, walker.unchanged)
         await self._session.send(end)
