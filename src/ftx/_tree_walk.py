@@ -145,7 +145,9 @@ class TreeWalker:
         self._file_digest = file_digest
         self._checksum = checksum
         self._stack: list[_Frame] = []
-        self._files: Iterator[tuple[str, os.stat_result]] = iter(())
+        # The current directory's files, and the index of the next one.
+        self._files: list[tuple[str, os.stat_result]] = []
+        self._next_file = 0
         self._directory = ""
         self._directory_fd = -1
         self._started = False
@@ -172,7 +174,11 @@ class TreeWalker:
         items: list[WalkItem] = []
         files = size = 0
         while files < max_files and size < max_bytes:
-            entry = next(self._files, None)
+            if self._next_file < len(self._files):
+                entry: tuple[str, os.stat_result] | None = self._files[self._next_file]
+                self._next_file += 1
+            else:
+                entry = None
             if entry is None:
                 found = self._next_directory(items)
                 if not found:
@@ -190,6 +196,32 @@ class TreeWalker:
                 files += 1
                 size += len(item.content) + 64 if isinstance(item, SmallItem) else 64
         return items
+
+    def take_unchanged(self, max_files: int) -> list[SameItem]:
+        """The next files of the current directory, at most ``max_files``, that the client has
+        already with the same size and modification time (:attr:`have`): left out, as
+        :meth:`next_batch` would leave them out, but decided from the listing alone (no
+        system call, so the caller need not use a thread). Stops at the first other file; with
+        ``checksum`` (digests to compare) it takes none."""
+        taken: list[SameItem] = []
+        if self._checksum or not self.have:
+            return taken
+        have, files, index = self.have, self._files, self._next_file
+        end = min(len(files), index + max_files)
+        while index < end:
+            name, listed = files[index]
+            known = have.get(name)
+            if (
+                known is None
+                or not stat.S_ISREG(listed.st_mode)
+                or known[:2] != (listed.st_size, listed.st_mtime_ns)
+            ):
+                break
+            taken.append(SameItem(name))
+            index += 1
+        self._next_file = index
+        self.unchanged += len(taken)
+        return taken
 
     def _next_directory(self, items: list[WalkItem]) -> bool:
         """Enter the next directory, appending its :class:`DirItem` (and skips) to ``items``;
@@ -246,7 +278,7 @@ class TreeWalker:
         subdirectories.sort(key=sort_key)
         self._stack.append(_Frame(path, fd, iter(subdirectories), depth))
         self._directory, self._directory_fd = path, fd
-        self._files = iter(files)
+        self._files, self._next_file = files, 0
         self.have = {}
         items.append(DirItem(path))
         return True
@@ -273,32 +305,23 @@ class TreeWalker:
             if exc.errno == errno.ENOENT:
                 return None  # removed since it was listed
             return _skip_for(path, exc)
-        opened = OpenedFile(fd, os.fstat(fd))
-        st = opened.stat
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
-            listed.st_dev,
-            listed.st_ino,
-        ):
-            opened.close()
-            return SkipItem(path, "not-found", "changed while being opened")
-        if st.st_size >= self._small_size:
-            if (
-                known is not None
-                and self._checksum
-                and self._file_digest is not None
-                and known[0] == st.st_size
-                and known[2] == self._file_digest(opened)
-            ):
-                opened.close()
-                self.unchanged += 1
-                return SameItem(name)
-            return LargeItem(name, opened)
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
+                listed.st_dev,
+                listed.st_ino,
+            ):
+                return SkipItem(path, "not-found", "changed while being opened")
+            if st.st_size >= self._small_size:
+                opened = OpenedFile(fd, st)
+                fd = -1  # (the opened file's now)
+                return self._large(name, opened, known)
             content = _read_whole(fd, st.st_size)
         except OSError as exc:
             return _skip_for(path, exc)
         finally:
-            opened.close()
+            if fd >= 0:
+                os.close(fd)
         if content is None:
             return SkipItem(path, "changed", "changed while being read")
         digest = self._digest(content) if self._digest is not None else None
@@ -306,6 +329,26 @@ class TreeWalker:
             self.unchanged += 1
             return SameItem(name)
         return SmallItem(name, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest, content)
+
+    def _large(
+        self, name: str, opened: OpenedFile, known: tuple[int, int, str | None] | None
+    ) -> WalkItem:
+        """The item for a large file, open (closed here if it is left out)."""
+        try:
+            if (
+                known is not None
+                and self._checksum
+                and self._file_digest is not None
+                and known[0] == opened.stat.st_size
+                and known[2] == self._file_digest(opened)
+            ):
+                opened.close()
+                self.unchanged += 1
+                return SameItem(name)
+        except BaseException:
+            opened.close()
+            raise
+        return LargeItem(name, opened)
 
 
 def _read_whole(fd: int, size: int) -> bytes | None:

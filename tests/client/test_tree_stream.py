@@ -127,6 +127,54 @@ async def test_a_re_run_moves_no_content(
     assert (dest / "top" / "x.txt").read_bytes() == b"y"
 
 
+async def test_a_re_run_fetches_only_the_files_missing_inside_a_directory(
+    tmp_path: Path, start_server: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server leaves out the files the client has from its listing alone (no worker thread)
+    # up to the first it lacks, then walks on: three files missing in the middle of a
+    # directory of 300 move; the other 297 there do not. The last directory walked holds
+    # files (the names left out there are sent before the end too).
+    served = tmp_path / "served"
+    make_tree(served / "top")
+    (served / "top" / "zz").mkdir()
+    for name in ("1", "2", "3"):
+        (served / "top" / "zz" / name).write_bytes(name.encode())
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with trio.fail_after(60):
+        await download(connector(host, port), ["top"], dest, recursive=True)
+    c = served / "top" / "a" / "b" / "c"
+    for name in ("f100", "f200", "f250"):
+        (dest / "top" / "a" / "b" / "c" / name).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ftx.access"), trio.fail_after(60):
+        again = dict(await download(connector(host, port), ["top"], dest, recursive=True))
+    saved = sorted(path for path, r in again.items() if isinstance(r, ftx.Download))
+    assert saved == ["top/a/b/c/f100", "top/a/b/c/f200", "top/a/b/c/f250"]
+    reasons = [r.reason for r in again.values() if isinstance(r, Skipped)]
+    assert reasons.count("up to date") == 306
+    assert not [r for r in again.values() if isinstance(r, ftx.FtxError)]
+    assert tree_files(dest / "top") == tree_files(served / "top")
+    (record,) = [r for r in caplog.records if r.name == "ftx.access"]
+    sizes = sum((c / name).stat().st_size for name in ("f100", "f200", "f250"))
+    assert record.access["bytes"] == sizes  # type: ignore[attr-defined]
+
+
+def test_the_have_list_is_listed_several_pages_at_a_time() -> None:
+    from ftx.client._tree_stream import _take_pages
+    from ftx.protocol.messages import HaveRecord, TreeHave
+
+    def page(path: str, count: int) -> TreeHave:
+        return TreeHave(1, path, tuple(HaveRecord(f"f{i}", 1, 1, None) for i in range(count)))
+
+    pages = iter([page("a", 10), page("b", 10), page("c", 1000), page("d", 3000), page("e", 5)])
+    assert [p.path for p in _take_pages(pages, 1)] == ["a"]
+    assert [p.path for p in _take_pages(pages, 32)] == ["b", "c", "d"]  # 4,010 records: enough
+    assert [p.path for p in _take_pages(pages, 32)] == ["e"]
+    assert _take_pages(pages, 32) == []
+
+
 async def test_checksum_catches_a_change_with_the_same_size_and_time(
     tmp_path: Path, start_server: object
 ) -> None:

@@ -71,11 +71,14 @@ class TreeProgress:
 
 
 def _usable(name: str) -> bool:
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return False
-    return 0 < size <= _MAX_NAME_BYTES and not any(c in name for c in "/\\\0")
+    if name.isascii():  # (most names: one byte a character, no surrogates)
+        size = len(name)
+    else:
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            return False
+    return 0 < size <= _MAX_NAME_BYTES and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def safe_name(name: str) -> str:
@@ -173,11 +176,13 @@ def write_batch(
     view = memoryview(batch.content)
     offset = 0
     started = time.monotonic()
+    directory, directory_fd = batch.directory, batch.directory_fd
+    prefix = f"{batch.remote}/" if batch.remote else ""
     for record in batch.records:
-        data = view[offset : offset + record.size]
-        offset += record.size
-        remote = f"{batch.remote}/{record.name}" if batch.remote else record.name
-        where = (batch.directory / record.name, remote)
+        size = record.size
+        data = view[offset : offset + size]
+        offset += size
+        remote = prefix + record.name
         try:
             name = safe_name(record.name)
             if algorithm is not None:
@@ -185,18 +190,17 @@ def write_batch(
                 hasher.update(data)
                 if hasher.hexdigest() != record.digest:
                     raise IntegrityError(
-                        f"{record.size}-byte download does not match the server's {algorithm}; "
+                        f"{size}-byte download does not match the server's {algorithm}; "
                         "nothing was saved"
                     )
-            _save(batch.directory_fd, name, data, record, overwrite, preserve_mode, where)
+            _save(directory_fd, name, data, record, overwrite, preserve_mode, directory, remote)
         except FtxError as exc:
             results.append((remote, exc))
             continue
-        dest = batch.directory / name
         download = Download(
             remote,
-            dest,
-            record.size,
+            directory / name,
+            size,
             record.mtime_ns,
             record.digest if algorithm else None,
             algorithm,
@@ -213,12 +217,12 @@ def _save(
     record: TreeRecord,
     overwrite: bool,
     preserve_mode: bool,
-    where: tuple[Path, str],
+    local: Path,
+    remote: str,
 ) -> None:
     """Write ``data`` to a part file created exclusively in ``directory``, give it the
-    record's time (and mode), and rename it to ``name``. ``where`` is the local path and the
-    remote one, for messages. Raises LocalFileError."""
-    dest, remote = where
+    record's time (and mode), and rename it to ``name``. ``local`` is the directory's path and
+    ``remote`` the file's remote one, for messages. Raises LocalFileError."""
     part = part_file_name(name)
     try:
         try:
@@ -244,6 +248,7 @@ def _save(
             os.link(part, name, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
             os.unlink(part, dir_fd=directory)
     except (FileExistsError, IsADirectoryError) as exc:
+        dest = local / name
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=directory)
         with contextlib.suppress(OSError):
@@ -255,4 +260,4 @@ def _save(
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=directory)
-        raise LocalFileError(f"cannot save {dest}: {exc.strerror}") from exc
+        raise LocalFileError(f"cannot save {local / name}: {exc.strerror}") from exc

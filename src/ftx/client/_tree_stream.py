@@ -22,7 +22,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar, cast
 
@@ -60,6 +60,7 @@ from ftx.protocol.messages import (
     TreeFile,
     TreeFiles,
     TreeGet,
+    TreeHave,
     TreeHaveEnd,
     TreeSame,
     TreeSkip,
@@ -71,7 +72,23 @@ __all__ = ["stream_tree"]
 _WRITERS: Final = 2
 
 
+# How many pages of the have-list one worker-thread call lists at most (each holds at most
+# 1,000 records, usually one directory's).
+_HAVE_BATCH: Final = 32
+
 _T = TypeVar("_T")
+
+
+def _take_pages(pages: Iterator[TreeHave], wanted: int) -> list[TreeHave]:
+    """The next pages of ``pages``: at most ``wanted``, and at most about 4,000 records."""
+    batch: list[TreeHave] = []
+    records = 0
+    for page in pages:
+        batch.append(page)
+        records += len(page.files)
+        if len(batch) >= wanted or records >= 4000:
+            break
+    return batch
 
 
 class _TreeWire:
@@ -162,8 +179,12 @@ async def stream_tree(
 
     async def send_have() -> None:
         pages = have_pages(local, algorithm if request.checksum else None, request.request_id)
-        while page := await trio.to_thread.run_sync(next, pages, None):
-            await client._send(page)
+        # One worker-thread call lists several directories (the first call one page, so the
+        # server can start at once; then more each time, up to _HAVE_BATCH).
+        wanted = 1
+        while batch := await trio.to_thread.run_sync(_take_pages, pages, wanted):
+            await client._send(*batch)
+            wanted = min(wanted * 2, _HAVE_BATCH)
         await client._send(TreeHaveEnd(request.request_id))
 
     try:

@@ -164,6 +164,24 @@ def _plain_digest(value: object) -> bool:
     return value is None or (type(value) is str and len(value) <= _MAX_SHORT and value.isascii())
 
 
+def _plain_record(raw: list[Any]) -> bool:
+    """Whether the five values of a record pass the decoder's checks (its common case)."""
+    name, size, mtime_ns, mode, digest = raw
+    return (
+        type(name) is str
+        and name.isascii()
+        and 0 < len(name) <= MAX_NAME_BYTES
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and _plain_int(size, 0, _MAX_INT)
+        and _plain_int(mtime_ns, -_MAX_INT, _MAX_INT)
+        and _plain_int(mode, 0, 0o7777)
+        and _plain_digest(digest)
+    )
+
+
 def _record(raw: object) -> TreeRecord:
     if type(raw) is list and len(raw) == 5:  # the common case, checked at once
         name, size, mtime_ns, mode, digest = raw
@@ -337,10 +355,14 @@ def encode_tree(message: TreeMessage) -> tuple[Buffer, ...]:
     """
     try:
         if isinstance(message, TreeFiles):
-            records = [list(_record_fields(record)) for record in message.records]
+            records = [
+                [record.name, record.size, record.mtime_ns, record.mode, record.digest]
+                for record in message.records
+            ]
             header = {"id": message.request_id, "files": records}
             for raw in records:
-                _record(raw)
+                if not _plain_record(raw):
+                    _record(raw)  # raises, saying what is wrong
             _int(message.request_id, "id", 0, _MAX_ID)
             if sum(r.size for r in message.records) != memoryview(message.content).nbytes:
                 raise RemoteProtocolError("the content does not match the records' sizes")
@@ -353,7 +375,3 @@ def encode_tree(message: TreeMessage) -> tuple[Buffer, ...]:
     except (RemoteProtocolError, ValueError, UnicodeEncodeError) as exc:
         name = type(message).__name__
         raise LocalProtocolError(f"refusing to send an invalid {name}: {exc}") from None
-
-
-def _record_fields(record: TreeRecord) -> tuple[object, ...]:
-    return (record.name, record.size, record.mtime_ns, record.mode, record.digest)

@@ -183,9 +183,14 @@ class _Stream:
         request_id = self._request.request_id
         record = self._record
         record.entries = 0
-        while batch := await trio.to_thread.run_sync(
-            walker.next_batch, _MAX_RECORDS, _MAX_BATCH_BYTES, have is not None
-        ):
+        while True:
+            if have is not None:
+                await self._take_unchanged(walker)
+            batch = await trio.to_thread.run_sync(
+                walker.next_batch, _MAX_RECORDS, _MAX_BATCH_BYTES, have is not None
+            )
+            if not batch:
+                break
             self._session.check_stop()
             for item in batch:
                 if isinstance(item, SmallItem):
@@ -211,9 +216,18 @@ class _Stream:
                 elif isinstance(item, LargeItem):
                     await self._send_large(item.name, item.opened)
             await self._flush()
+        await self._flush()  # what take_unchanged left out of the last directory
         record.entries = self.files
         end = TreeEnd(request_id, self.files, self.skipped, walker.unchanged)
         await self._session.send(end)
+
+    async def _take_unchanged(self, walker: TreeWalker) -> None:
+        """Leave out the files the client has, decided from the listing in this thread (a
+        re-run of an unchanged tree then takes one worker-thread call per directory, not two)."""
+        while taken := walker.take_unchanged(_MAX_RECORDS - len(self._same)):
+            self._same.extend(item.name for item in taken)
+            if len(self._same) >= _MAX_RECORDS:
+                await self._flush()
 
     async def _add_small(self, item: SmallItem) -> None:
         size = len(item.content)
