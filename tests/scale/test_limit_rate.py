@@ -204,3 +204,23 @@ async def test_a_shared_client_limit_is_shared_by_its_connections_and_uploads(
         assert (root / source.name).read_bytes() == source.read_bytes()
     # 1.2 MB in all through one limit of 1 MB/s (less one burst).
     assert elapsed >= (SIZE - 20_000) / RATE
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_a_limit_holds_a_file_big_enough_for_the_bulk_path(
+    side: str, tmp_path: Path, start_server: StartServer
+) -> None:
+    # Past the bulk path's threshold (8 MiB), a worker thread would own the socket: a limited
+    # connection must not take that path, or the limit would not hold.
+    size, rate = 9 << 20, 8 << 20
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(size))
+    host, port = await start_server(root, **({"limit_rate": rate} if side == "server" else {}))
+    limit = ftx.RateLimit(rate) if side == "client" else None
+    started = trio.current_time()
+    async with ftx.connect(host, port, ftx.ClientConfig(rate_limit=limit)) as client:
+        await client.get("big.bin", tmp_path / "copy.bin")
+    elapsed = trio.current_time() - started
+    assert (tmp_path / "copy.bin").read_bytes() == (root / "big.bin").read_bytes()
+    assert elapsed >= (size - (256 << 10)) / rate
