@@ -28,6 +28,7 @@ from pathlib import Path
 
 import netlab
 from netlab import FTX, PORT, Lab, Proc, server_address
+from procs import free_port
 
 MIB = 1 << 20
 GOALS = ("s1", "s2", "s3", "s4", "s5", "s6")
@@ -126,8 +127,8 @@ class Bench:
         self.servers: list[Proc | None] = [None, None]
         for i in (1, 2):
             self.restart(i)
-        self.front_two = self.lab.start_haproxy((1, 2), _free_port())
-        self.front_one = self.lab.start_haproxy((1,), _free_port())
+        self.front_two = self.lab.start_haproxy((1, 2), free_port())
+        self.front_one = self.lab.start_haproxy((1,), free_port())
 
     def restart(self, i: int) -> Proc:
         old = self.servers[i - 1]
@@ -427,12 +428,6 @@ def _same(a: Path, b: Path) -> bool:
     if not a.exists() or a.stat().st_size != b.stat().st_size:
         return False
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def report(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
