@@ -221,4 +221,8 @@ async def accept_tls(
         return prefixed, False
     tls = trio.SSLStream(prefixed, ssl_context, server_side=True)
     await tls.do_handshake()
+    if not prefixed._prefix:
+        # The byte put back was read by the handshake: the TLS stream runs straight over the
+        # TCP stream from now on, which a thread span can drive (ftx.framing).
+        tls.transport_stream = stream
     return tls, True

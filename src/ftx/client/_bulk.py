@@ -1,5 +1,6 @@
-"""The bulk path of a download: once the FILE header is in, the DATA of a big file on plain TCP
-is received by one worker thread that owns the socket for that span (frames read through the
+"""The bulk path of a download: once the FILE header is in, the DATA of a big file (on plain TCP,
+or over TLS: the thread then drives the connection's TLS session) is received by one worker
+thread that owns the socket for that span (frames read through the
 connection's own decoder, payloads ``recv_into`` one reused buffer, written and hashed there:
 all of which release the GIL), while the event loop only waits for it. The frame checks are
 the connection's :class:`~ftx.protocol.ClientProtocol` (called from the thread: the trio side
@@ -39,7 +40,7 @@ class BulkWire(Protocol):
 
     @property
     def _spans_supported(self) -> bool:
-        """Whether the connection can hand its socket to a thread (plain TCP)."""
+        """Whether the connection can be handed to a thread now (plain TCP, TLS)."""
 
     async def _receive_span(self, work: Callable[[BlockingReceiver], T]) -> T:
         """Run ``work`` in a thread that owns the receiving side, with the connection's
@@ -53,8 +54,8 @@ class BulkWire(Protocol):
 
 
 def bulk_eligible(wire: BulkWire, remaining: int) -> bool:
-    """Whether the ``remaining`` bytes of DATA of a file go by the bulk path: on plain TCP,
-    for a big enough file; never under ``--limit-rate`` (the connection's stream is then the
+    """Whether the ``remaining`` bytes of DATA of a file go by the bulk path: on plain TCP or
+    TLS over TCP (when the connection can be handed over now), for a big enough file; never under ``--limit-rate`` (the connection's stream is then the
     rate limiter's, not a socket, so ``_spans_supported`` is false). The one place for such
     rules."""
     return remaining >= BULK_MIN_SIZE and wire._spans_supported
