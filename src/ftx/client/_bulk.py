@@ -55,9 +55,9 @@ class BulkWire(Protocol):
 
 def bulk_eligible(wire: BulkWire, remaining: int) -> bool:
     """Whether the ``remaining`` bytes of DATA of a file go by the bulk path: on plain TCP or
-    TLS over TCP (when the connection can be handed over now), for a big enough file; never under ``--limit-rate`` (the connection's stream is then the
-    rate limiter's, not a socket, so ``_spans_supported`` is false). The one place for such
-    rules."""
+    TLS over TCP (when the connection can be handed over now), for a big enough file; never
+    under ``--limit-rate`` (the connection's stream is then the rate limiter's, so
+    ``_spans_supported`` is false). The one place for such rules."""
     return remaining >= BULK_MIN_SIZE and wire._spans_supported
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import select
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import trio
 
@@ -199,7 +200,8 @@ class TlsSpanReceiver(BlockingReceiver):
         tls = self._tls
         while True:
             try:
-                count = tls.ssl.read(view.nbytes, view)
+                # (with a buffer, read returns how many bytes it put there)
+                count = cast(int, tls.ssl.read(view.nbytes, view))
             except ssl.SSLWantReadError:
                 tls.flush(self)  # (a post-handshake message may have asked for an answer)
                 tls.fill(self)
@@ -222,7 +224,7 @@ class TlsSpanSender(BlockingSender):
         super().__init__(state.socket, wakeup, clock)
         self._tls = _TlsIo(state)
 
-    def send(self, parts: list[Buffer] | tuple[Buffer, ...], *, more: bool = False) -> None:
+    def send(self, parts: Sequence[Buffer], *, more: bool = False) -> None:
         """Encrypt and write ``parts`` (whole frames, or the start of one if ``more``).
 
         Raises:

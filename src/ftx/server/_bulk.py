@@ -202,9 +202,10 @@ def _send_read_span(
                 result.end = SpanEnd.TRUNCATED
                 return result
         position += size
-    if hasher is not None and end != opened.size:
-        if not _hash_range(opened, hasher, body, end, opened.size, sender, result):
-            result.end = SpanEnd.TRUNCATED
+    if hasher is None or end == opened.size:
+        return result
+    if not _hash_range(opened, hasher, body, end, opened.size, sender, result):
+        result.end = SpanEnd.TRUNCATED
     return result
 
 
