@@ -126,6 +126,7 @@ class _TlsIo:
         self.ssl = state.ssl_object
         self.incoming = state.incoming
         self.outgoing = state.outgoing
+        self._buffer = memoryview(bytearray(TLS_RECEIVE_SIZE))
 
     def fill(self, receiver_or_sender: BlockingReceiver | BlockingSender) -> None:
         """Read what ciphertext the socket has (waiting for some) into the incoming BIO; its
@@ -136,16 +137,17 @@ class _TlsIo:
         """
         span = receiver_or_sender._span
         span.watch(select.POLLIN)
+        buffer = self._buffer
         while True:
             try:
-                data = span.sock.recv(TLS_RECEIVE_SIZE)
+                count = span.sock.recv_into(buffer)
             except BlockingIOError:
                 span.wait()
                 continue
             except OSError as exc:
                 raise _stream_error(exc) from exc
-            if data:
-                self.incoming.write(data)
+            if count:
+                self.incoming.write(buffer[:count])
             else:
                 self.incoming.write_eof()
             return
@@ -197,20 +199,31 @@ class TlsSpanReceiver(BlockingReceiver):
         return bytes(buffer[: self._read_into(memoryview(buffer))])
 
     def _read_into(self, view: memoryview) -> int:
+        """Decrypt into ``view`` what the incoming BIO holds (records of up to 16 KiB each),
+        reading ciphertext off the socket first if it holds none; return how many bytes (0 at
+        a clean TLS end)."""
         tls = self._tls
-        while True:
+        read = tls.ssl.read
+        size = view.nbytes
+        filled = 0
+        while filled < size:
             try:
                 # (with a buffer, read returns how many bytes it put there)
-                count = cast(int, tls.ssl.read(view.nbytes, view))
+                count = cast(int, read(size - filled, view[filled:]))
             except ssl.SSLWantReadError:
+                if filled:
+                    break  # what was decrypted goes first (it counts as progress)
                 tls.flush(self)  # (a post-handshake message may have asked for an answer)
                 tls.fill(self)
                 continue
             except ssl.SSLError as exc:
                 raise _tls_error(exc) from exc
-            if tls.outgoing.pending:
-                tls.flush(self)
-            return count
+            if not count:
+                break  # close_notify
+            filled += count
+        if tls.outgoing.pending:
+            tls.flush(self)
+        return filled
 
 
 class TlsSpanSender(BlockingSender):
