@@ -53,7 +53,7 @@ CHECKED_TRIO_VERSIONS: Final = ((0, 35),)
 checked against (by the tests in tests/framing/test_tls_span.py). Any other version keeps the
 event-loop path until checked and added here."""
 
-TLS_RECEIVE_SIZE: Final = 256 * 1024
+TLS_RECEIVE_SIZE: Final = 512 * 1024
 """The most ciphertext a receiving span reads from the socket at once."""
 
 _WANTED: Final = {

@@ -49,7 +49,7 @@ SPAN_CHUNK: Final = 1 << 20
 """The DATA chunk of a span when the client accepts larger DATA frames (``large-data``)."""
 
 
-TLS_PIECE: Final = 256 * 1024
+TLS_PIECE: Final = 512 * 1024
 """Over TLS, the most of a file a span reads, hashes and encrypts at once (the span's own
 buffer; a frame of ``chunk_size`` bytes goes in several pieces)."""
 _HEADROOM: Final = 64
