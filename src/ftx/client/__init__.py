@@ -5,8 +5,8 @@
 operations), ``_connection`` (one connection: the handshake, checked messages), ``_config`` (its
 settings), ``_receive`` (one GET and its answer into a part file), ``_pipeline`` (many GETs in
 flight), ``_upload`` (sending files), ``_tree`` (``get -r`` over several connections),
-``_destination`` (where a download may go), ``_partfile`` (``DEST.part`` and resume records) and ``_flush`` (syncing file systems once at
-the end).
+``_destination`` (where a download may go), ``_partfile`` (``DEST.part`` and resume records)
+and ``_flush`` (syncing file systems once at the end).
 """
 
 from ftx._rate import RateLimit
