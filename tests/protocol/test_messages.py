@@ -348,6 +348,7 @@ def test_kind_values_are_the_documented_ones() -> None:
         "TREE_SAME": 0x58,
         "BLOCKS": 0x60,
         "BLOCK_LIST": 0x61,
+        "BLOCK_PROGRESS": 0x62,
     }
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "Auth",
     "AuthOk",
     "BlockList",
+    "BlockProgress",
     "Blocks",
     "Challenge",
     "Data",
@@ -75,6 +76,7 @@ class Kind(enum.IntEnum):
     TREE_SAME = 0x58
     BLOCKS = 0x60
     BLOCK_LIST = 0x61
+    BLOCK_PROGRESS = 0x62
 
 
 class EntryType(enum.StrEnum):
@@ -300,6 +302,18 @@ class BlockList:
     file_digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class BlockProgress:
+    """Part of the answer to :class:`Blocks` (feature ``block-progress``), before its
+    :class:`BlockList`: the server has read and hashed ``hashed`` bytes of the file of ``size``
+    bytes. Sent while a file not seen before is read, so that the client's progress deadline
+    does not run out on a large one."""
+
+    request_id: int
+    size: int
+    hashed: int
+
+
 Message = (
     Hello
     | Get
@@ -319,6 +333,7 @@ Message = (
     | Done
     | Blocks
     | BlockList
+    | BlockProgress
     | TreeGet
     | TreeDir
     | TreeFiles
