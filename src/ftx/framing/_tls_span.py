@@ -24,8 +24,7 @@ from __future__ import annotations
 import select
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 import trio
 
@@ -76,8 +75,7 @@ def _trio_checked() -> bool:
 _TRIO_CHECKED: Final = _trio_checked()
 
 
-@dataclass(frozen=True, slots=True)
-class TlsSpanState:
+class TlsSpanState(NamedTuple):
     """What a TLS span drives: the TLS object, its two memory BIOs, and the raw socket."""
 
     ssl_object: ssl.SSLObject
