@@ -29,6 +29,7 @@ from ftx.fs import file_identity
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import FileHeader, Get, Hello, Message, decode_message, encode_message
 from ftx.server._bulk import BULK_MIN_SIZE
+from ftx.server._session import FAREWELL_SECONDS
 
 LOOPBACK = "127.0.0.1"
 SIZE = 3 * BULK_MIN_SIZE + 4321
@@ -205,3 +206,41 @@ async def test_a_tls_client_that_stops_reading_mid_data_is_cut_off_within_a_seco
         while threading.active_count() > threads + 1:  # noqa: ASYNC110 - bounded
             await trio.sleep(0.01)
     await trio.aclose_forcefully(stream)
+
+
+async def test_stopping_the_server_now_interrupts_a_tls_span(
+    nursery: trio.Nursery, root: Path, server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext, spans: list[str],
+) -> None:  # fmt: skip
+    server, port = await serve(nursery, root, server_context)
+    tcp = await trio.open_tcp_stream(LOOPBACK, port)
+    tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    stream = trio.SSLStream(tcp, client_context, server_hostname=LOOPBACK)
+    await stream.send_all(
+        frame(Hello((1,), frozenset(), 1 << 20, "test")) + frame(Get(1, "big.bin"))
+    )
+    with trio.fail_after(10):
+        await stream.receive_some(4096)  # the answer has begun; then read nothing more
+        while not spans:  # noqa: ASYNC110 - bounded
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)  # the span's thread waits on the full socket now
+        started = trio.current_time()
+        await server.shutdown(0.0)
+    assert server.connections == 0
+    assert spans == ["send"]
+    # Stopping waits up to FAREWELL_SECONDS for a frame boundary, then cancels the span.
+    assert trio.current_time() - started < FAREWELL_SECONDS + 1.0
+    await trio.aclose_forcefully(stream)
+
+
+async def test_a_rate_limited_tls_server_keeps_the_event_loop_path(
+    nursery: trio.Nursery, root: Path, tmp_path: Path, server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext, spans: list[str],
+) -> None:  # fmt: skip
+    _, port = await serve(nursery, root, server_context, limit_rate=64 << 20)
+    dest = tmp_path / "out.bin"
+    with trio.fail_after(30):
+        async with ftx.connect(LOOPBACK, port, ssl_context=client_context) as client:
+            await client.get("big.bin", dest)
+    assert spans == ["receive"]  # the client's span; the server's stream is the rate limiter's
+    assert dest.read_bytes() == (root / "big.bin").read_bytes()
