@@ -110,6 +110,12 @@ async def receive_data_in_thread(
             raised.append(exc)
             if receivers:
                 receivers[0].wake()
+            return
+        # Chunks that arrived while this report was pending queued none of their own: report
+        # them too, or the last of them would go unreported while the thread waits for more.
+        if held[0] > position and not report_pending[0] and receivers:
+            report_pending[0] = True
+            token.run_sync_soon(report, held[0])
 
     def work(receiver: BlockingReceiver) -> tuple[Message, int]:
         receivers.append(receiver)
