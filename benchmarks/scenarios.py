@@ -294,6 +294,12 @@ def tls_methods(
                  startup=ftx_up),
         tls_file("nginx ssl + curl https -> file", bl.curl_get(curl, "big.bin", dest, cafile=cert),
                  nginx, needs=("nginx", "curl"), startup=curl_up),
+        # Like for like with ftx, which flushes the file before it is published: sync FILE
+        # (coreutils) fsyncs it once curl is done.
+        tls_file("nginx ssl + curl https -> file+sync",
+                 ["sh", "-c", f'"$0" "$@" && sync "{dest}"',
+                  *bl.curl_get(curl, "big.bin", dest, cafile=cert)],
+                 nginx, needs=("nginx", "curl"), startup=curl_up),
         tls_null("nginx ssl + curl https -> /dev/null",
                  bl.curl_get(curl, "big.bin", os.devnull, cafile=cert), nginx,
                  needs=("nginx", "curl"), startup=curl_up, reference=True),

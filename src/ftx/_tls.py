@@ -219,6 +219,10 @@ async def accept_tls(
     prefixed = PrefixedStream(stream, bytes(first))
     if first[0] != _TLS_HANDSHAKE_RECORD:
         return prefixed, False
-    tls = trio.SSLStream(prefixed, ssl_context, server_side=True)
+    tls: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(prefixed, ssl_context, server_side=True)
     await tls.do_handshake()
+    if not prefixed._prefix:
+        # The byte put back was read by the handshake: the TLS stream runs straight over the
+        # TCP stream from now on, which a thread span can drive (ftx.framing).
+        tls.transport_stream = stream
     return tls, True

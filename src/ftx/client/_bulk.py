@@ -1,5 +1,6 @@
-"""The bulk path of a download: once the FILE header is in, the DATA of a big file on plain TCP
-is received by one worker thread that owns the socket for that span (frames read through the
+"""The bulk path of a download: once the FILE header is in, the DATA of a big file (on plain TCP,
+or over TLS: the thread then drives the connection's TLS session) is received by one worker
+thread that owns the socket for that span (frames read through the
 connection's own decoder, payloads ``recv_into`` one reused buffer, written and hashed there:
 all of which release the GIL), while the event loop only waits for it. The frame checks are
 the connection's :class:`~ftx.protocol.ClientProtocol` (called from the thread: the trio side
@@ -39,7 +40,7 @@ class BulkWire(Protocol):
 
     @property
     def _spans_supported(self) -> bool:
-        """Whether the connection can hand its socket to a thread (plain TCP)."""
+        """Whether the connection can be handed to a thread now (plain TCP, TLS)."""
 
     async def _receive_span(self, work: Callable[[BlockingReceiver], T]) -> T:
         """Run ``work`` in a thread that owns the receiving side, with the connection's
@@ -53,10 +54,10 @@ class BulkWire(Protocol):
 
 
 def bulk_eligible(wire: BulkWire, remaining: int) -> bool:
-    """Whether the ``remaining`` bytes of DATA of a file go by the bulk path: on plain TCP,
-    for a big enough file; never under ``--limit-rate`` (the connection's stream is then the
-    rate limiter's, not a socket, so ``_spans_supported`` is false). The one place for such
-    rules."""
+    """Whether the ``remaining`` bytes of DATA of a file go by the bulk path: on plain TCP or
+    TLS over TCP (when the connection can be handed over now), for a big enough file; never
+    under ``--limit-rate`` (the connection's stream is then the rate limiter's, so
+    ``_spans_supported`` is false). The one place for such rules."""
     return remaining >= BULK_MIN_SIZE and wire._spans_supported
 
 
@@ -109,6 +110,12 @@ async def receive_data_in_thread(
             raised.append(exc)
             if receivers:
                 receivers[0].wake()
+            return
+        # Chunks that arrived while this report was pending queued none of their own: report
+        # them too, or the last of them would go unreported while the thread waits for more.
+        if held[0] > position and not report_pending[0] and receivers:
+            report_pending[0] = True
+            token.run_sync_soon(report, held[0])
 
     def work(receiver: BlockingReceiver) -> tuple[Message, int]:
         receivers.append(receiver)

@@ -24,7 +24,8 @@ Its errors (all from :mod:`ftx.errors`, all subclasses of :class:`FtxError`) are
 from here too. This package imports nothing of ftx but :mod:`ftx.errors`, and importing it loads
 neither the rest of ftx nor anything trio does not load already. Its private modules:
 ``_format`` and ``_decoder`` (sans-IO), ``_channel``, ``_writer``, ``_reader`` and
-``_socket_io`` (trio I/O), ``_blocking`` (a worker thread owning the socket for a span). The
+``_socket_io`` (trio I/O), ``_blocking`` (a worker thread owning the socket for a span),
+``_tls_span`` (such a thread driving the TLS session of a :class:`trio.SSLStream`). The
 distribution ftx-framing (packaging/ftx-framing) ships it alone.
 """
 

@@ -156,6 +156,10 @@ class _Span:
             if ready:
                 return  # readiness, or an error the next call reports
 
+    def watch(self, events: int) -> None:
+        """Wait for ``events`` on the socket from now on (see :meth:`wait`)."""
+        self._poller.modify(self.fd, events | _POLL_ERRORS)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -232,13 +236,7 @@ class BlockingReceiver:
         filled = decoder._take_payload_into(view[:size])
         try:
             while filled < size:
-                try:
-                    count = span.sock.recv_into(view[filled:size])
-                except BlockingIOError:
-                    span.wait()
-                    continue
-                except OSError as exc:
-                    raise _stream_error(exc) from exc
+                count = self._read_into(view[filled:size])
                 if count == 0:
                     raise decoder._end_of_stream_in_payload()
                 decoder._payload_read(count)
@@ -251,10 +249,22 @@ class BlockingReceiver:
         return size
 
     def _read(self, size: int) -> bytes:
+        """At most ``size`` bytes from the stream, once some are in (``b""`` at its end)."""
         span = self._span
         while True:
             try:
                 return span.sock.recv(size)
+            except BlockingIOError:
+                span.wait()
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+
+    def _read_into(self, view: memoryview) -> int:
+        """Read into ``view`` once some bytes are in; return how many (0 at the end)."""
+        span = self._span
+        while True:
+            try:
+                return span.sock.recv_into(view)
             except BlockingIOError:
                 span.wait()
             except OSError as exc:
@@ -275,6 +285,10 @@ class BlockingSender:
         self._span = _Span(duplicate(sock), wakeup, clock, select.POLLOUT | _POLL_ERRORS)
         self.clock = clock
         self.mid_frame = False
+
+    can_sendfile = True
+    """Whether :meth:`sendfile` hands file pages to the socket (False where every byte must be
+    encrypted first: use :meth:`send`)."""
 
     def close(self) -> None:
         self._span.close()
@@ -341,16 +355,19 @@ class BlockingSender:
         return done
 
 
-async def run_span(work: Callable[[Wakeup], T]) -> T:
+async def run_span(work: Callable[[Wakeup], T], wakeup: Wakeup | None = None) -> T:
     """Run ``work(wakeup)`` in a worker thread and wait for it. Cancelled (or interrupted by
     Ctrl-C), it signals ``wakeup`` and still waits for the thread (which returns within
     milliseconds, raising :exc:`SpanInterruptedError`), then raises the cancellation: no thread
     outlives the call, and nothing it uses is closed under it.
 
+    ``wakeup`` (made here if not given) is closed once the thread has ended.
+
     Raises:
         Whatever ``work`` raises; trio.Cancelled as above.
     """
-    wakeup = Wakeup()
+    if wakeup is None:
+        wakeup = Wakeup()
     done = trio.Event()
     result: list[outcome.Outcome[T]] = []
     token = trio.lowlevel.current_trio_token()

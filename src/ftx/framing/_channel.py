@@ -26,6 +26,7 @@ from ftx.framing._format import (
 )
 from ftx.framing._reader import MAX_RECEIVE_SIZE, read_frame, receive_into
 from ftx.framing._socket_io import write_some
+from ftx.framing._tls_span import TlsSpanReceiver, TlsSpanSender, TlsSpanState, tls_span_state
 from ftx.framing._writer import JOIN_THRESHOLD, FrameWriter, encode_frames
 
 __all__ = ["DEFAULT_SEND_BUFFER_SIZE", "FramedChannel"]
@@ -97,6 +98,15 @@ class FramedChannel(trio.abc.Channel[bytes]):
         # receiver can still tell its peer what went wrong before closing (as h11 allows).
         self._broken: BaseException | None = None
         self._receive_broken: BaseException | None = None
+        # While a thread span drives the TLS session (both directions: see _tls_span), the
+        # other direction's calls wait for this event, and aclose wakes the thread first.
+        self._tls_span_done: trio.Event | None = None
+        self._tls_span_wakeup: Wakeup | None = None
+
+    async def _wait_for_tls_span(self) -> None:
+        """Wait until no TLS span owns the stream (a checkpoint only if one does)."""
+        while (done := self._tls_span_done) is not None:
+            await done.wait()
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -207,6 +217,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 self._sending = False
             await self._write((frame,), len(frame), written=written, checked=True)
             return
+        if self._tls_span_done is not None:
+            await self._wait_for_tls_span()
         self._start_sending()
         try:
             data, size = self._frame(value)
@@ -240,6 +252,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
             trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError: as for
                 :meth:`send`.
         """
+        if self._tls_span_done is not None:
+            await self._wait_for_tls_span()
         self._start_sending()
         await self._write([], 0)
 
@@ -266,6 +280,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
         writes as possible: small frames sent together cost one system call, and reach the
         peer together. Raises as :meth:`send` does; if one frame is too large, none is sent.
         """
+        if self._tls_span_done is not None:
+            await self._wait_for_tls_span()
         self._start_sending()
         try:
             writes, size = encode_frames(self.frame_format, self.max_frame_size, frames)
@@ -293,6 +309,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 trio.ClosedResourceError: as for :meth:`send` (``LocalProtocolError`` also for
                 a negative ``offset`` or ``count``, or a format with a prefix).
         """
+        if self._tls_span_done is not None:
+            await self._wait_for_tls_span()
         self._start_sending()
         size = memoryview(prefix).nbytes + count
         fmt = self.frame_format
@@ -334,6 +352,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
             trio.BrokenResourceError: the channel or its transport is broken.
             trio.ClosedResourceError: the channel was closed.
         """
+        if self._tls_span_done is not None and not self._receiving:
+            await self._wait_for_tls_span()
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this channel")
         self._check_usable(receiving=True)
@@ -408,6 +428,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 f"a buffer of {view.nbytes} bytes cannot hold a frame of up to "
                 f"{self.max_frame_size} bytes"
             )
+        if self._tls_span_done is not None and not self._receiving:
+            await self._wait_for_tls_span()
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this channel")
         self._check_usable(receiving=True)
@@ -422,43 +444,83 @@ class FramedChannel(trio.abc.Channel[bytes]):
         finally:
             self._receiving = False
 
-    # --- thread spans (plain TCP) ------------------------------------------------------------
+    # --- thread spans (plain TCP, TLS) ------------------------------------------------------
 
     @property
     def spans_supported(self) -> bool:
-        """Whether :meth:`receive_span` and :meth:`send_span` work here (plain TCP only)."""
-        return isinstance(self.transport_stream, trio.SocketStream)
+        """Whether :meth:`receive_span` and :meth:`send_span` work here now: on plain TCP
+        always; over a :class:`trio.SSLStream` on TCP when its internals are the ones checked
+        and it is idle (no other task sending or receiving; see ``_tls_span``). A caller that
+        checks this and calls a span without a checkpoint in between gets the span."""
+        if isinstance(self.transport_stream, trio.SocketStream):
+            return True
+        return self._tls_state() is not None
+
+    def _tls_state(self) -> TlsSpanState | None:
+        if self._sending or self._receiving or self._tls_span_done is not None or self._closed:
+            return None
+        return tls_span_state(self.transport_stream)
+
+    def _span_tls_state(self) -> TlsSpanState | None:
+        """``None`` for plain TCP, the TLS state for a TLS span.
+
+        Raises:
+            TypeError: neither (see :attr:`spans_supported`).
+        """
+        stream = self.transport_stream
+        if isinstance(stream, trio.SocketStream):
+            return None
+        state = self._tls_state()
+        if state is None:
+            raise TypeError(f"{type(stream).__name__} cannot be handed to a thread span now")
+        return state
+
+    async def _run_tls_span(self, work: Callable[[Wakeup], T]) -> T:
+        """Run a TLS span: the other direction's calls wait until it ends."""
+        self._tls_span_done = done = trio.Event()
+        self._tls_span_wakeup = wakeup = Wakeup()
+        try:
+            return await run_span(work, wakeup)
+        finally:
+            self._tls_span_wakeup = None  # (closed by run_span)
+            self._tls_span_done = None
+            done.set()
 
     async def receive_span(self, work: Callable[[BlockingReceiver], T], clock: IdleClock) -> T:
         """Run ``work(receiver)`` in a worker thread that owns the receiving side meanwhile:
         ``receiver.receive_into`` blocks there (GIL released) through this channel's decoder,
         so nothing buffered is lost either way. Cancelled, the thread is woken and waited for
         (see :func:`~ftx.framing._blocking.run_span`); the channel then stays at a frame
-        boundary (a payload cut short goes back to the decoder).
+        boundary (a payload cut short goes back to the decoder). Over TLS the thread owns
+        the TLS session (a :class:`~ftx.framing._tls_span.TlsSpanReceiver`), and sends on this
+        channel wait until the span ends.
 
         Raises:
-            TypeError: not a plain TCP stream (see :attr:`spans_supported`).
+            TypeError: no span here now (see :attr:`spans_supported`).
             Whatever ``work`` raises; trio.BusyResourceError, trio.BrokenResourceError,
                 trio.ClosedResourceError as for :meth:`receive`.
         """
-        stream = self.transport_stream
-        if not isinstance(stream, trio.SocketStream):
-            raise TypeError(f"{type(stream).__name__} has no socket for a thread span")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this channel")
         self._check_usable(receiving=True)
+        tls = self._span_tls_state()
+        stream = self.transport_stream
         self._receiving = True
         chunk_size = self._receive_chunk_size
 
         def run(wakeup: Wakeup) -> T:
-            receiver = BlockingReceiver(self._decoder, stream.socket, wakeup, clock, chunk_size)
+            receiver = (
+                BlockingReceiver(self._decoder, stream.socket, wakeup, clock, chunk_size)
+                if tls is None and isinstance(stream, trio.SocketStream)
+                else TlsSpanReceiver(self._decoder, _present(tls), wakeup, clock, chunk_size)
+            )
             try:
                 return work(receiver)
             finally:
                 receiver.close()
 
         try:
-            return await run_span(run)
+            return await (run_span(run) if tls is None else self._run_tls_span(run))
         except RemoteProtocolError as exc:
             self._receive_broken = exc
             raise
@@ -468,25 +530,32 @@ class FramedChannel(trio.abc.Channel[bytes]):
     async def send_span(self, work: Callable[[BlockingSender], T], clock: IdleClock) -> T:
         """Run ``work(sender)`` in a worker thread that owns the sending side meanwhile, after
         the frames queued here are written. A span that stops inside a frame (cancelled,
-        stalled, failed) breaks the channel.
+        stalled, failed) breaks the channel. Over TLS the thread owns the TLS session (a
+        :class:`~ftx.framing._tls_span.TlsSpanSender`: no ``sendfile``), and receives on this
+        channel wait until the span ends.
 
         Raises:
-            TypeError: not a plain TCP stream (see :attr:`spans_supported`).
+            TypeError: no span here now (see :attr:`spans_supported`).
             Whatever ``work`` raises; trio.BusyResourceError, trio.BrokenResourceError,
                 trio.ClosedResourceError as for :meth:`send`.
         """
-        stream = self.transport_stream
-        if not isinstance(stream, trio.SocketStream):
-            raise TypeError(f"{type(stream).__name__} has no socket for a thread span")
+        if self._tls_span_done is not None:
+            await self._wait_for_tls_span()
         self._start_sending()
         if self._writer.pending:
             await self._write([], 0)
             self._start_sending()
+        tls = self._span_tls_state()
+        stream = self.transport_stream
         self._sending = True
         senders: list[BlockingSender] = []
 
         def run(wakeup: Wakeup) -> T:
-            sender = BlockingSender(stream.socket, wakeup, clock)
+            sender = (
+                BlockingSender(stream.socket, wakeup, clock)
+                if tls is None and isinstance(stream, trio.SocketStream)
+                else TlsSpanSender(_present(tls), wakeup, clock)
+            )
             senders.append(sender)
             try:
                 return work(sender)
@@ -494,7 +563,7 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 sender.close()
 
         try:
-            return await run_span(run)
+            return await (run_span(run) if tls is None else self._run_tls_span(run))
         except BaseException as exc:
             if senders and senders[0].mid_frame and not self._closed:
                 self._broken = exc
@@ -516,6 +585,8 @@ class FramedChannel(trio.abc.Channel[bytes]):
         """
         if not isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
             raise TypeError(f"{type(self.transport_stream).__name__} cannot half-close")
+        if self._tls_span_done is not None:
+            await self._wait_for_tls_span()
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this channel")
         self._check_usable()
@@ -543,4 +614,16 @@ class FramedChannel(trio.abc.Channel[bytes]):
             self._closed = True
             self._fast_send = False
             self._writer.flush_nowait()
+        if self._tls_span_wakeup is not None:
+            # A thread drives the TLS session: stop it (it returns within milliseconds) before
+            # the stream is closed under it.
+            self._tls_span_wakeup.set()
+        if self._tls_span_done is not None:
+            with trio.CancelScope(shield=True):
+                await self._wait_for_tls_span()
         await self.transport_stream.aclose()
+
+
+def _present(state: TlsSpanState | None) -> TlsSpanState:
+    assert state is not None
+    return state

@@ -7,7 +7,9 @@ re-reading the whole file). Reading a chunk once and sending what was read costs
 that (1 GiB: 0.51-0.71 s against 0.36 s of server CPU): ``sendfile`` hands the page-cache
 pages to TCP without a copy, ``send`` copies the buffer. Hashing an ``mmap`` of the page cache
 would save the read's copy too, but a file truncated while mapped kills the process with
-SIGBUS, and a server must survive a file changed under it. docs/performance.md has more.
+SIGBUS, and a server must survive a file changed under it. Over TLS (a sender without
+``sendfile``) each chunk is read once, in pieces, hashed and encrypted with its frame's head in
+front (one TLS write, no record of its own for the head). docs/performance.md has more.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "BULK_MIN_SIZE",
     "SPAN_CHUNK",
     "SPAN_HASH_BUFFER",
+    "TLS_PIECE",
     "SpanEnd",
     "SpanResult",
     "bulk_eligible",
@@ -46,12 +49,19 @@ SPAN_CHUNK: Final = 1 << 20
 """The DATA chunk of a span when the client accepts larger DATA frames (``large-data``)."""
 
 
-def bulk_eligible(sendfile: bool, spans_supported: bool, count: int) -> bool:
-    """Whether ``count`` bytes of a file go out by the bulk path: on plain TCP (``sendfile``
-    allowed and the connection's socket can be handed to a thread), for a big enough span;
-    never under ``--limit-rate`` (the session's stream is then the rate limiter's, not a
-    socket, so ``spans_supported`` is false). The one place for such rules."""
-    return sendfile and spans_supported and count >= BULK_MIN_SIZE
+TLS_PIECE: Final = 512 * 1024
+"""Over TLS, the most of a file a span reads, hashes and encrypts at once (the span's own
+buffer; a frame of ``chunk_size`` bytes goes in several pieces)."""
+_HEADROOM: Final = 64
+"""Room before a piece for its frame's head (length and DATA prefix)."""
+
+
+def bulk_eligible(spans_supported: bool, count: int) -> bool:
+    """Whether ``count`` bytes of a file go out by the bulk path: where the connection can be
+    handed to a thread (plain TCP; TLS over TCP, see :class:`ftx.framing.FramedChannel`), for a
+    big enough span; never under ``--limit-rate`` (the session's stream is then the rate
+    limiter's, so ``spans_supported`` is false). The one place for such rules."""
+    return spans_supported and count >= BULK_MIN_SIZE
 
 
 class SpanEnd(enum.Enum):
@@ -91,6 +101,10 @@ def send_span_work(
     """
 
     def work(sender: BlockingSender) -> SpanResult:
+        if not sender.can_sendfile:
+            return _send_read_span(
+                opened, offset, count, chunk_size, protocol, hasher, check_stop, result, sender
+            )
         view = memoryview(buffer) if buffer is not None else None
         if hasher is not None:
             assert view is not None
@@ -139,6 +153,60 @@ def send_span_work(
         return result
 
     return work
+
+
+def _send_read_span(
+    opened: OpenedFile,
+    offset: int,
+    count: int,
+    chunk_size: int,
+    protocol: ServerProtocol,
+    hasher: Hasher | None,
+    check_stop: Callable[[], None],
+    result: SpanResult,
+    sender: BlockingSender,
+) -> SpanResult:
+    """:func:`send_span_work`'s work for a sender without ``sendfile`` (TLS): each chunk read
+    once in pieces of :data:`TLS_PIECE`, hashed, and sent with its frame's head in front."""
+    buffer = bytearray(_HEADROOM + TLS_PIECE)
+    view = memoryview(buffer)
+    body = view[_HEADROOM:]
+    if hasher is not None and not _hash_range(opened, hasher, body, 0, offset, sender, result):
+        result.end = SpanEnd.TRUNCATED
+        return result
+    position, end = offset, offset + count
+    while position < end:
+        check_stop()
+        sender.check_awake()
+        size = min(chunk_size, end - position)
+        prefix = protocol.send_data_prefix(size)
+        head = FTX_FORMAT.encode_length(len(prefix) + size) + prefix
+        start = _HEADROOM - len(head)
+        view[start:_HEADROOM] = head
+        done = 0
+        while done < size:
+            piece = min(TLS_PIECE, size - done)
+            got = _read_fully(opened, body[:piece], position + done)
+            if hasher is not None and got:
+                hasher.update(body[:got])
+                result.hashed_to = position + done + got
+            if got < piece:
+                body[got:piece] = bytes(piece - got)  # the frame completed with zeros
+            done += piece
+            sender.send([view[start : _HEADROOM + piece]], more=done < size)
+            start = _HEADROOM
+            result.sent += got
+            if got < piece:
+                if done < size:
+                    sender.send([bytes(size - done)])
+                result.end = SpanEnd.TRUNCATED
+                return result
+        position += size
+    if hasher is None or end == opened.size:
+        return result
+    if not _hash_range(opened, hasher, body, end, opened.size, sender, result):
+        result.end = SpanEnd.TRUNCATED
+    return result
 
 
 def hash_rest(

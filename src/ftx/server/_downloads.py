@@ -96,7 +96,8 @@ class DownloadSession(Protocol):
 
     @property
     def spans_supported(self) -> bool:
-        """Whether the connection's socket can be handed to a worker thread (plain TCP)."""
+        """Whether the connection can be handed to a worker thread now (plain TCP, or TLS
+        over TCP: see :attr:`ftx.framing.FramedChannel.spans_supported`)."""
 
     async def send_span(self, work: Callable[[BlockingSender], T], unit: int) -> T:
         """Run ``work(sender)`` in a worker thread that owns the sending side; the client
@@ -309,7 +310,7 @@ class DownloadHandler:
         # The span takes an explicit (offset, count): the whole tail, or a ranged GET's range.
         offset = request.offset
         count = range_end(offset, request.length, opened.size) - offset
-        if bulk_eligible(self._sendfile, self._session.spans_supported, count):
+        if bulk_eligible(self._session.spans_supported, count):
             return await self._stream_span(
                 opened, offset, count, record, chunk_size, hasher, known, cache_key
             )

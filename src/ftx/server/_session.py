@@ -257,7 +257,7 @@ class Session:
 
     @property
     def spans_supported(self) -> bool:
-        """Whether the connection's socket can be handed to a worker thread (plain TCP)."""
+        """Whether the connection can be handed to a worker thread now (plain TCP, TLS)."""
         return self._channel.spans_supported
 
     async def send_span(self, work: Callable[[BlockingSender], T], unit: int) -> T:
