@@ -120,6 +120,18 @@ from ftx.protocol._tree_types import (
 from ftx.protocol._tree_types import (
     TreeSkip as TreeSkip,
 )
+from ftx.protocol._tree_types import (
+    TreeAsk as TreeAsk,
+)
+from ftx.protocol._tree_types import (
+    TreePut as TreePut,
+)
+from ftx.protocol._tree_types import (
+    TreePutEnd as TreePutEnd,
+)
+from ftx.protocol._tree_types import (
+    TreeStored as TreeStored,
+)
 
 __all__ = [
     "DATA_PREFIX",
@@ -158,6 +170,10 @@ __all__ = [
     "TreeRecord",
     "TreeSame",
     "TreeSkip",
+    "TreeAsk",
+    "TreePut",
+    "TreePutEnd",
+    "TreeStored",
     "decode_message",
     "encode_message",
 ]
@@ -181,6 +197,10 @@ _TREE_TYPES: Final = (
     TreeEnd,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreeAsk,
+    TreePutEnd,
+    TreeStored,
 )
 
 
