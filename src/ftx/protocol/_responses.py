@@ -16,6 +16,7 @@ from typing import Final
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.protocol._blocks import block_count, block_size_for, range_end
 from ftx.protocol._digests import is_hex_digest
+from ftx.protocol._tree_types import TreeAsk, TreePutEnd, TreeStored
 from ftx.protocol.messages import (
     BlockList,
     Blocks,
@@ -43,7 +44,6 @@ from ftx.protocol.messages import (
     TreeSame,
     TreeSkip,
 )
-from ftx.protocol._tree_types import TreeAsk, TreePutEnd, TreeStored
 
 __all__ = [
     "MAX_LIST_ENTRIES",
@@ -166,7 +166,8 @@ class Responses:
         if streaming is None or message.request_id != streaming.request.request_id:
             raise fail(f"{name} for request {message.request_id}, which streams no tree")
         request = streaming.request
-        assert isinstance(request, TreePut) and streaming.asks is not None
+        assert isinstance(request, TreePut)
+        assert streaming.asks is not None
         match message:
             case TreeAsk():
                 if len(streaming.asks) >= MAX_TREE_ASKS:

@@ -17,6 +17,7 @@ __all__ = [
     "TREE_FEATURE",
     "TREE_PUT_FEATURE",
     "HaveRecord",
+    "TreeAsk",
     "TreeDir",
     "TreeEnd",
     "TreeFile",
@@ -25,12 +26,11 @@ __all__ = [
     "TreeHave",
     "TreeHaveEnd",
     "TreePut",
-    "TreeAsk",
     "TreePutEnd",
-    "TreeStored",
     "TreeRecord",
     "TreeSame",
     "TreeSkip",
+    "TreeStored",
 ]
 
 TREE_FEATURE: Final = "tree"

@@ -91,6 +91,9 @@ from ftx.protocol._tree_types import (
     HaveRecord as HaveRecord,
 )
 from ftx.protocol._tree_types import (
+    TreeAsk as TreeAsk,
+)
+from ftx.protocol._tree_types import (
     TreeDir as TreeDir,
 )
 from ftx.protocol._tree_types import (
@@ -112,6 +115,12 @@ from ftx.protocol._tree_types import (
     TreeHaveEnd as TreeHaveEnd,
 )
 from ftx.protocol._tree_types import (
+    TreePut as TreePut,
+)
+from ftx.protocol._tree_types import (
+    TreePutEnd as TreePutEnd,
+)
+from ftx.protocol._tree_types import (
     TreeRecord as TreeRecord,
 )
 from ftx.protocol._tree_types import (
@@ -119,15 +128,6 @@ from ftx.protocol._tree_types import (
 )
 from ftx.protocol._tree_types import (
     TreeSkip as TreeSkip,
-)
-from ftx.protocol._tree_types import (
-    TreeAsk as TreeAsk,
-)
-from ftx.protocol._tree_types import (
-    TreePut as TreePut,
-)
-from ftx.protocol._tree_types import (
-    TreePutEnd as TreePutEnd,
 )
 from ftx.protocol._tree_types import (
     TreeStored as TreeStored,
@@ -160,6 +160,7 @@ __all__ = [
     "Message",
     "Put",
     "Ready",
+    "TreeAsk",
     "TreeDir",
     "TreeEnd",
     "TreeFile",
@@ -167,12 +168,11 @@ __all__ = [
     "TreeGet",
     "TreeHave",
     "TreeHaveEnd",
+    "TreePut",
+    "TreePutEnd",
     "TreeRecord",
     "TreeSame",
     "TreeSkip",
-    "TreeAsk",
-    "TreePut",
-    "TreePutEnd",
     "TreeStored",
     "decode_message",
     "encode_message",

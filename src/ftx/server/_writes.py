@@ -33,7 +33,15 @@ from ftx.framing import Buffer
 from ftx.fs import UPLOAD_PART_SUFFIX, FsError, FsReason, ServedRoot
 from ftx.protocol import Hasher
 
-__all__ = ["PART_SUFFIX", "RECORD_SUFFIX", "UploadTarget", "make_directory"]
+__all__ = [
+    "PART_SUFFIX",
+    "RECORD_SUFFIX",
+    "PartStamp",
+    "UploadTarget",
+    "check_upload_name",
+    "make_directory",
+    "write_error",
+]
 
 PART_SUFFIX: Final = UPLOAD_PART_SUFFIX
 RECORD_SUFFIX: Final = PART_SUFFIX + ".resume"
@@ -43,6 +51,8 @@ _HASH_BLOCK: Final = 1 << 20
 # O_NONBLOCK: a FIFO planted at the name must not block the open (it fails with ENXIO instead).
 _PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+PartStamp = tuple[int, int, int, int]
+"""A closed part file's device, inode, size and change time (``st_ctime_ns``)."""
 _NO_HARD_LINKS: Final = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
 
 
@@ -65,7 +75,8 @@ def write_error(exc: OSError, path: str) -> FsError:
     return FsError(FsReason.UNEXPECTED, f"cannot write {path!r}: {os.strerror(exc.errno or 0)}")
 
 
-def _check_name(name: str, path: str) -> None:
+def check_upload_name(name: str, path: str) -> None:
+    """Refuse (``INVALID_PATH``) a ``name`` reserved for the part files of uploads."""
     if name.endswith((PART_SUFFIX, RECORD_SUFFIX)):
         message = f"{path!r}: names ending in {PART_SUFFIX} are reserved"
         raise FsError(FsReason.INVALID_PATH, message)
@@ -97,7 +108,7 @@ class UploadTarget:
         """
         dir_fd, name = root.open_parent(path)
         try:
-            _check_name(name, path)
+            check_upload_name(name, path)
         except BaseException:
             os.close(dir_fd)
             raise
@@ -246,11 +257,52 @@ class UploadTarget:
         except OSError as exc:
             raise write_error(exc, self.path) from None
 
-    def publish(self, *, overwrite: bool, mtime_ns: int | None) -> bool:
+    def finish_part(self, mtime_ns: int) -> PartStamp:
+        """Give the written part its modification time, and close it (releasing its lock);
+        return its stamp, for :meth:`reopen_part` (a tree upload publishes many parts at once,
+        after one flush, and cannot keep them all open). Raises FsError."""
+        fd = self._part_fd()
+        try:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
+        os.close(fd)
+        self._fd = None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+
+    def reopen_part(self, stamp: PartStamp) -> None:
+        """Open and lock the part that :meth:`finish_part` closed, for :meth:`publish`: only if
+        it is still the very file it was, untouched since (same inode, size and change time:
+        any write, truncation or new link changes the change time).
+
+        Raises:
+            FsError: ``IN_USE`` (it changed, vanished, or another upload holds it).
+        """
+        try:
+            fd = os.open(self._part, _READ_FLAGS, dir_fd=self._dir_fd)
+        except OSError:
+            raise FsError(FsReason.IN_USE, f"the part of {self.path!r} vanished") from None
+        self._fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.fstat(fd)
+        except OSError:
+            self.close()
+            raise FsError(
+                FsReason.IN_USE, f"another upload to {self.path!r} is in progress"
+            ) from None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) != stamp or st.st_nlink != 1:
+            self.close()
+            raise FsError(FsReason.IN_USE, f"the part of {self.path!r} changed meanwhile")
+
+    def publish(self, *, overwrite: bool, mtime_ns: int | None, durable: bool = True) -> bool:
         """Flush the part to disk and give it the final name; return whether the name was new.
 
         Without ``overwrite`` nothing at the final name is ever replaced (``linkat``); with it,
-        a file or symbolic link there is replaced atomically (``renameat``).
+        a file or symbolic link there is replaced atomically (``renameat``). With
+        ``durable=False`` neither the part nor the directory is flushed: the caller flushed the
+        part's data before, and flushes the directory after (a group commit).
 
         Raises:
             FsError: ``EXISTS`` (something is at the final name and ``overwrite`` is false),
@@ -258,7 +310,8 @@ class UploadTarget:
         """
         fd, dir_fd = self._part_fd(), self._dir_fd
         try:
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             # Only the inode we wrote may be published: not something swapped in at its name.
@@ -274,7 +327,8 @@ class UploadTarget:
                 created = True
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._record, dir_fd=dir_fd)
-            os.fsync(dir_fd)
+            if durable:
+                os.fsync(dir_fd)
         except FileExistsError:
             raise FsError(FsReason.EXISTS, f"{self.path!r} already exists") from None
         except (IsADirectoryError, NotADirectoryError):
@@ -344,7 +398,7 @@ def make_directory(root: ServedRoot, path: str) -> bool:
     """
     dir_fd, name = root.open_parent(path)
     try:
-        _check_name(name, path)
+        check_upload_name(name, path)
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
         except FileExistsError:
