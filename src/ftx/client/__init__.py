@@ -17,6 +17,7 @@ from ftx.client._partfile import is_null_device
 from ftx.client._streams import file_digest
 from ftx.client._tree import DEFAULT_JOBS, Skipped, TreeProgress
 from ftx.client._tree import download as download_tree
+from ftx.client._tree_put import TreePutReport
 from ftx.client._upload import Planned, Upload, plan_uploads
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Skipped",
     "Source",
     "TreeProgress",
+    "TreePutReport",
     "Upload",
     "connect",
     "download_from_sources",

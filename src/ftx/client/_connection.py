@@ -37,6 +37,7 @@ from ftx.protocol import (
     LARGE_DATA_FEATURE,
     RANGES_FEATURE,
     TREE_FEATURE,
+    TREE_PUT_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
     ClientProtocol,
@@ -85,7 +86,7 @@ class ClientConnection(trio.abc.AsyncResource):
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
             features=DIGEST_FEATURES
-            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE}
+            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE, TREE_PUT_FEATURE}
             | _tree_features(config),
             max_data_frame_size=data_limit,
         )
