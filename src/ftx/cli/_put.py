@@ -100,6 +100,12 @@ def add_put_parser(commands: Any) -> None:
         f"a server that refuses some as busy gets fewer) (default: {DEFAULT_JOBS})",
     )
     put.add_argument(
+        "--per-file",
+        action="store_true",
+        help="with -r: send each file with a request of its own, as to a server without tree "
+        "uploads, instead of each directory as one stream",
+    )
+    put.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object per file on standard output (sent, skipped or failed)",
@@ -214,6 +220,8 @@ async def _put_trees(
     server does not offer them. A directory done is taken off the list: after a lost
     connection, the next attempt sends the rest, and a tree re-sent moves only what the server
     lacks."""
+    if args.per_file:
+        return False
     if run.tree_report is None:
         run.tree_report = _tree_report(args, run, skip)
     while run.trees:

@@ -86,7 +86,7 @@ class ClientConnection(trio.abc.AsyncResource):
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
             features=DIGEST_FEATURES
-            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE, TREE_PUT_FEATURE}
+            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE}
             | _tree_features(config),
             max_data_frame_size=data_limit,
         )
@@ -306,5 +306,5 @@ class ClientConnection(trio.abc.AsyncResource):
 
 
 def _tree_features(config: ClientConfig) -> frozenset[str]:
-    """The feature of tree streams, unless ``config`` turns them off."""
-    return frozenset({TREE_FEATURE}) if config.tree_streams else frozenset()
+    """The features of tree streams, both ways, unless ``config`` turns them off."""
+    return frozenset({TREE_FEATURE, TREE_PUT_FEATURE}) if config.tree_streams else frozenset()
