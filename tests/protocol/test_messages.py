@@ -346,6 +346,10 @@ def test_kind_values_are_the_documented_ones() -> None:
         "TREE_HAVE": 0x56,
         "TREE_HAVE_END": 0x57,
         "TREE_SAME": 0x58,
+        "TREE_PUT": 0x59,
+        "TREE_ASK": 0x5A,
+        "TREE_PUT_END": 0x5B,
+        "TREE_STORED": 0x5C,
         "BLOCKS": 0x60,
         "BLOCK_LIST": 0x61,
     }
