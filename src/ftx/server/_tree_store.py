@@ -113,6 +113,7 @@ class TreeStore:
         self._max_size = max_size
         self._top = _open_top(root, path)
         self._current: _Dir | None = None  # None: the current directory failed
+        self._current_path = ""
         self._open: list[_Dir] = []  # directories with parts waiting, the current one last
         self._failed: list[str] = []
         self._pending: list[_Written] = []
@@ -141,6 +142,7 @@ class TreeStore:
         if self._open and self._open[-1] is self._current and not self._has_pending(self._current):
             os.close(self._open.pop().fd)
         self._current = None
+        self._current_path = path
         if any(path == failed or path.startswith(failed + "/") for failed in self._failed):
             return None
         fd = os.dup(self._top)
@@ -166,7 +168,7 @@ class TreeStore:
         if self._current is not None:
             return None
         for failed in self._failed:
-            if path.startswith(failed + "/") or (failed == "" and path):
+            if path.startswith(failed + "/"):
                 return Failure(path, ErrorCode.NOT_A_DIRECTORY, f"its directory {failed!r} failed")
         return Failure(path, ErrorCode.NOT_A_DIRECTORY, "its directory failed")
 
@@ -177,7 +179,7 @@ class TreeStore:
         view = memoryview(content).cast("B")
         offset = 0
         directory = self._current
-        prefix = "" if directory is None else directory.path
+        prefix = self._current_path
         room = self._free_space(directory, sum(record.size for record in records))
         for record in records:
             data = view[offset : offset + record.size]
