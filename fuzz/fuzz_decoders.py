@@ -108,9 +108,9 @@ from ftx.protocol.messages import (
     TreePut,
     TreePutEnd,
     TreeRecord,
-    TreeStored,
     TreeSame,
     TreeSkip,
+    TreeStored,
     decode_message,
     encode_message,
 )

@@ -4,6 +4,7 @@ client and server state machines accept them in."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import pytest
@@ -76,10 +77,8 @@ def test_every_tree_upload_message_round_trips(message: Message) -> None:
 def test_tree_upload_kinds_on_arbitrary_bytes_raise_only_remote_protocol_errors(
     kind: int, body: bytes
 ) -> None:
-    try:
+    with contextlib.suppress(RemoteProtocolError):
         decode_message(bytes([kind]) + body)
-    except RemoteProtocolError:
-        pass
 
 
 @FUZZ
@@ -97,10 +96,8 @@ def test_tree_upload_kinds_on_arbitrary_json_raise_only_remote_protocol_errors(
 ) -> None:
     import json
 
-    try:
+    with contextlib.suppress(RemoteProtocolError):
         decode_message(bytes([kind]) + json.dumps(body).encode())
-    except RemoteProtocolError:
-        pass
 
 
 @pytest.mark.parametrize("path", ["/a", "a//b", "a/../b", "..", "a\\b", "a/\0"])
@@ -109,10 +106,7 @@ def test_unsafe_ask_and_stored_paths_are_protocol_violations(path: str) -> None:
         with pytest.raises(LocalProtocolError):
             encode(message)
     with pytest.raises(RemoteProtocolError):
-        decode_message(
-            b"\x5a"
-            + f'{{"id":1,"path":"{path}"}}'.replace("\\", "\\\\").replace("\0", "\\u0000").encode()
-        )
+        decode_message(b"\x5a" + json.dumps({"id": 1, "path": path}).encode())
 
 
 # --------------------------------------------------------------------------- state machines
@@ -130,6 +124,16 @@ def server() -> ServerProtocol:
     protocol.receive(encode(Hello((1,), FEATURES, 1 << 20)))
     protocol.send(protocol.hello_reply())
     return protocol
+
+
+def send_all(protocol: ClientProtocol, messages: list[Message]) -> None:
+    for message in messages:
+        protocol.send(message)
+
+
+def receive_all(protocol: ClientProtocol | ServerProtocol, messages: list[Message]) -> None:
+    for message in messages:
+        protocol.receive(encode(message))
 
 
 def record(name: str = "a") -> TreeRecord:
@@ -187,11 +191,9 @@ def test_the_client_may_not_send_a_tree_upload_without_the_feature() -> None:
 def test_a_bad_stream_is_refused_by_both_sides(stream: list[Message]) -> None:
     c, s = client(), server()
     with pytest.raises(LocalProtocolError):
-        for message in stream:
-            c.send(message)
+        send_all(c, stream)
     with pytest.raises(RemoteProtocolError):
-        for message in stream:
-            s.receive(encode(message))
+        receive_all(s, stream)
 
 
 @pytest.mark.parametrize(
@@ -208,8 +210,7 @@ def test_the_client_refuses_answers_out_of_order(answers: list[Message]) -> None
     for message in (TreePut(1, "up"), TreeAsk(1, "d")):
         c.send(message)
     with pytest.raises(RemoteProtocolError):
-        for message in answers:
-            c.receive(encode(message))
+        receive_all(c, answers)
 
 
 @pytest.mark.parametrize(
@@ -225,8 +226,7 @@ def test_tree_end_counts_must_match(answers: list[Message]) -> None:
     for message in (TreePut(1, "up"), TreeDir(1, ""), TreePutEnd(1, 1, 0)):
         c.send(message)
     with pytest.raises(RemoteProtocolError):
-        for message in answers:
-            c.receive(encode(message))
+        receive_all(c, answers)
 
 
 def test_an_error_after_the_end_refuses_the_tree_and_frees_the_connection() -> None:

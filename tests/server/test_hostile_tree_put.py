@@ -218,8 +218,9 @@ async def test_a_read_only_server_reads_the_stream_and_refuses_it(root: Path) ->
                 await client.send(TreePutEnd(1, 1, 1), ListDir(2, "ok"))
                 refusal = await client.receive()
                 listing = await client.receive()
-    assert isinstance(refusal, Error) and (refusal.request_id, refusal.code) == (1, "read-only")
-    assert listing is not None and getattr(listing, "request_id", None) == 2
+    assert isinstance(refusal, Error)
+    assert (refusal.request_id, refusal.code) == (1, "read-only")
+    assert getattr(listing, "request_id", None) == 2
     assert not (root / "up").exists()
 
 
@@ -229,7 +230,8 @@ async def test_a_client_silent_mid_stream_is_cut_off(root: Path) -> None:
             async with await RawClient.connect(port, features=FEATURES) as client:
                 await client.send(TreePut(1, "up"), TreeDir(1, ""), files(("a", b"a")))
                 messages = await client.receive_all()
-            assert isinstance(messages[-1], Error) and messages[-1].code == "timeout"
+            assert isinstance(messages[-1], Error)
+            assert messages[-1].code == "timeout"
             await still_serves(port)
     # What was written but not committed is no file under its name.
     assert not (root / "up" / "a").exists()
