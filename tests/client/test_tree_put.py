@@ -182,3 +182,26 @@ async def test_a_missing_parent_refuses_the_whole_tree(
         with pytest.raises(FtxError, match=r"not-found|no such"):
             await client.put_tree(local, "missing/up")
         assert await client.list("") == []  # the connection is still usable
+
+
+async def test_parts_left_by_uploads_cut_short_are_taken_over(
+    tmp_path: Path, start_server: object
+) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "a").write_bytes(b"new a")
+    (local / "b").write_bytes(b"new b")
+    served = tmp_path / "served"
+    (served / "up").mkdir(parents=True)
+    # A PUT cut short left a part and its resume record; a publish cut short between its link
+    # and its unlink left a part that is the very file at the name.
+    (served / "up" / "a.ftx-upload-part").write_bytes(b"half of an old a")
+    (served / "up" / "a.ftx-upload-part.resume").write_text('{"version":1,"source":"x","size":9}')
+    (served / "up" / "b").write_bytes(b"old b")
+    os.link(served / "up" / "b", served / "up" / "b.ftx-upload-part")
+    host, port = await start_server(served, writable=True, allow_overwrite=True)  # type: ignore[operator]
+    report, _ = await put(host, port, local, "up", overwrite=True)
+    assert (report.files, report.failures) == (2, 0)
+    assert (served / "up" / "a").read_bytes() == b"new a"
+    assert (served / "up" / "b").read_bytes() == b"new b"
+    assert sorted(p.name for p in (served / "up").iterdir()) == ["a", "b"]

@@ -19,19 +19,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Final
 
+from ftx._names import sibling_name
 from ftx._syncfs import syncfs
 from ftx.framing import Buffer
 from ftx.fs import FsEntry, FsError, FsReason, ServedRoot, is_upload_in_progress
 from ftx.protocol import ErrorCode, new_hasher
 from ftx.protocol.messages import HaveRecord, TreeRecord
 from ftx.server._fs_wire import error_code
-from ftx.server._writes import PartStamp, UploadTarget, check_upload_name, write_error
+from ftx.server._writes import (
+    PART_SUFFIX,
+    PartStamp,
+    UploadTarget,
+    check_upload_name,
+    write_error,
+)
 
 __all__ = ["COMMIT_BYTES", "COMMIT_FILES", "Failure", "Stored", "TreeStore"]
 
@@ -40,6 +48,9 @@ COMMIT_FILES: Final = 2048
 COMMIT_BYTES: Final = 32 << 20
 """... or this many bytes."""
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REOPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NO_HARD_LINKS: Final = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MAX_NAME_BYTES: Final = 255
 _HASH_BLOCK: Final = 1 << 20
@@ -221,32 +232,34 @@ class TreeStore:
             raise _Refusal(ErrorCode.DIGEST_MISMATCH, message)
         if not room:
             raise FsError(FsReason.NO_SPACE, f"not enough space on the server for {path!r}")
+        part = sibling_name(record.name, PART_SUFFIX)
         try:
-            existing = os.stat(record.name, dir_fd=directory.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            existing = None
+            fd = os.open(part, _CREATE_FLAGS, 0o644, dir_fd=directory.fd)
+        except FileExistsError:  # left by an upload cut short: taken over as PUT would
+            stamp = self._write_taken_over(directory, record, data, path)
         except OSError as exc:
             raise write_error(exc, path) from None
-        target = UploadTarget(os.dup(directory.fd), record.name, path)
-        with target:
-            if existing is not None:
-                if stat.S_ISDIR(existing.st_mode):
-                    raise FsError(FsReason.NOT_A_FILE, f"{path!r} is a directory")
-                if not (stat.S_ISREG(existing.st_mode) or stat.S_ISLNK(existing.st_mode)):
-                    raise FsError(FsReason.NOT_A_FILE, f"{path!r} is not a regular file")
-                if existing.st_nlink > 1:
-                    target.forget_published_part(existing)
-                if not self._overwrite:
-                    raise FsError(FsReason.EXISTS, f"{path!r} already exists")
+        else:
+            stamp = _write_new(fd, directory.fd, part, record.mtime_ns, data, path)
+        self._pending.append(_Written(directory, record.name, stamp))
+        self.pending_bytes += record.size
+
+    def _write_taken_over(
+        self, directory: _Dir, record: TreeRecord, data: memoryview, path: str
+    ) -> PartStamp:
+        """Write through the part an earlier upload left (or one in progress: ``busy``),
+        with every check of :meth:`~ftx.server._writes.UploadTarget.open_part`."""
+        with UploadTarget(os.dup(directory.fd), record.name, path) as target:
+            existing = target.existing()
+            if existing is not None and existing.st_nlink > 1:
+                target.forget_published_part(existing)  # (a publish cut short)
             target.open_part(source=None, size=record.size)
             try:
                 target.write(data, 0)
-                stamp = target.finish_part(record.mtime_ns)
+                return target.finish_part(record.mtime_ns)
             except BaseException:
                 target.discard()
                 raise
-        self._pending.append(_Written(directory, record.name, stamp))
-        self.pending_bytes += record.size
 
     def commit(self) -> tuple[list[Stored], list[Failure]]:
         """Publish every part written since the last commit (see the module's docstring);
@@ -261,22 +274,11 @@ class TreeStore:
         for written in pending:
             directory = written.directory
             path = _join(directory.path, written.name)
-            target = UploadTarget(os.dup(directory.fd), written.name, path)
             try:
-                target.reopen_part(written.stamp)
-                if not grouped:
-                    os.fsync(target_fd(target))
-                target.publish(overwrite=self._overwrite, mtime_ns=None, durable=False)
+                _publish(directory.fd, written, path, overwrite=self._overwrite, flush=not grouped)
             except FsError as exc:
-                target.discard()
                 failures.append(_fail(path, exc))
                 continue
-            except OSError as exc:
-                target.discard()
-                failures.append(_fail(path, write_error(exc, path)))
-                continue
-            finally:
-                target.close()
             if not stored or stored[-1].path != directory.path:
                 stored.append(Stored(directory.path))
                 touched.append(directory)
@@ -365,9 +367,89 @@ class _Refusal(Exception):
         self.message = message
 
 
-def target_fd(target: UploadTarget) -> int:
-    """The open part's descriptor (for a flush where ``syncfs`` is missing)."""
-    return target._part_fd()
+def _write_new(
+    fd: int, dir_fd: int, part: str, mtime_ns: int, data: memoryview, path: str
+) -> PartStamp:
+    """Lock, write and close the part just created (``O_EXCL``: new, regular, ours); return
+    its stamp. Raises FsError (the part deleted, unless another upload took it first)."""
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FsError(FsReason.IN_USE, f"another upload to {path!r} is in progress") from None
+        try:
+            view = data
+            position = 0
+            while position < view.nbytes:
+                position += os.pwrite(fd, view[position:], position)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            st = os.fstat(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(part, dir_fd=dir_fd)
+            raise write_error(exc, path) from None
+    finally:
+        os.close(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+
+
+def _publish(dir_fd: int, written: _Written, path: str, *, overwrite: bool, flush: bool) -> None:
+    """Give the part of ``written`` its name: reopened and locked, only if untouched since it
+    was written (its stamp), linked without replacing anything (or, with ``overwrite``,
+    renamed over a file or link; never over a directory). ``flush``: ``fsync`` it first (where
+    ``syncfs`` is missing). Raises FsError (the part deleted, unless it is not ours now)."""
+    part = sibling_name(written.name, PART_SUFFIX)
+    try:
+        fd = os.open(part, _REOPEN_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        raise FsError(FsReason.IN_USE, f"the part of {path!r} vanished meanwhile") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FsError(FsReason.IN_USE, f"another upload to {path!r} is in progress") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) != written.stamp or st.st_nlink != 1:
+            raise FsError(FsReason.IN_USE, f"the part of {path!r} changed meanwhile")
+        try:
+            if flush:
+                os.fsync(fd)
+            _link(dir_fd, part, written.name, overwrite)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(part, dir_fd=dir_fd)
+            raise _publish_error(exc, dir_fd, written.name, path) from None
+    finally:
+        os.close(fd)
+
+
+def _link(dir_fd: int, part: str, name: str, overwrite: bool) -> None:
+    if overwrite:
+        os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    try:
+        os.link(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        # No hard links on this file system: check, then rename (a narrow race, there only).
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        raise FileExistsError(errno.EEXIST, "exists") from None
+    else:
+        os.unlink(part, dir_fd=dir_fd)
+
+
+def _publish_error(exc: OSError, dir_fd: int, name: str, path: str) -> FsError:
+    if isinstance(exc, FileExistsError | IsADirectoryError):
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return FsError(FsReason.NOT_A_FILE, f"{path!r} is a directory")
+        return FsError(FsReason.EXISTS, f"{path!r} already exists")
+    return write_error(exc, path)
 
 
 def _flush_all(top: int, pending: list[_Written], failures: list[Failure]) -> bool:

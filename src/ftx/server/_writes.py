@@ -259,8 +259,9 @@ class UploadTarget:
 
     def finish_part(self, mtime_ns: int) -> PartStamp:
         """Give the written part its modification time, and close it (releasing its lock);
-        return its stamp, for :meth:`reopen_part` (a tree upload publishes many parts at once,
-        after one flush, and cannot keep them all open). Raises FsError."""
+        return its stamp (a tree upload publishes many parts at once, after one flush, and
+        cannot keep them all open: it reopens each, and publishes it only if the stamp is
+        unchanged). Raises FsError."""
         fd = self._part_fd()
         try:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
@@ -271,38 +272,11 @@ class UploadTarget:
         self._fd = None
         return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
 
-    def reopen_part(self, stamp: PartStamp) -> None:
-        """Open and lock the part that :meth:`finish_part` closed, for :meth:`publish`: only if
-        it is still the very file it was, untouched since (same inode, size and change time:
-        any write, truncation or new link changes the change time).
-
-        Raises:
-            FsError: ``IN_USE`` (it changed, vanished, or another upload holds it).
-        """
-        try:
-            fd = os.open(self._part, _READ_FLAGS, dir_fd=self._dir_fd)
-        except OSError:
-            raise FsError(FsReason.IN_USE, f"the part of {self.path!r} vanished") from None
-        self._fd = fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            st = os.fstat(fd)
-        except OSError:
-            self.close()
-            raise FsError(
-                FsReason.IN_USE, f"another upload to {self.path!r} is in progress"
-            ) from None
-        if (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) != stamp or st.st_nlink != 1:
-            self.close()
-            raise FsError(FsReason.IN_USE, f"the part of {self.path!r} changed meanwhile")
-
-    def publish(self, *, overwrite: bool, mtime_ns: int | None, durable: bool = True) -> bool:
+    def publish(self, *, overwrite: bool, mtime_ns: int | None) -> bool:
         """Flush the part to disk and give it the final name; return whether the name was new.
 
         Without ``overwrite`` nothing at the final name is ever replaced (``linkat``); with it,
-        a file or symbolic link there is replaced atomically (``renameat``). With
-        ``durable=False`` neither the part nor the directory is flushed: the caller flushed the
-        part's data before, and flushes the directory after (a group commit).
+        a file or symbolic link there is replaced atomically (``renameat``).
 
         Raises:
             FsError: ``EXISTS`` (something is at the final name and ``overwrite`` is false),
@@ -310,8 +284,7 @@ class UploadTarget:
         """
         fd, dir_fd = self._part_fd(), self._dir_fd
         try:
-            if durable:
-                os.fsync(fd)
+            os.fsync(fd)
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             # Only the inode we wrote may be published: not something swapped in at its name.
@@ -327,8 +300,7 @@ class UploadTarget:
                 created = True
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._record, dir_fd=dir_fd)
-            if durable:
-                os.fsync(dir_fd)
+            os.fsync(dir_fd)
         except FileExistsError:
             raise FsError(FsReason.EXISTS, f"{self.path!r} already exists") from None
         except (IsADirectoryError, NotADirectoryError):
