@@ -53,7 +53,7 @@ from ftx.protocol.messages import (
 from ftx.server._access_log import AccessRecord
 from ftx.server._config import ServerConfig
 from ftx.server._fs_wire import error_code
-from ftx.server._tree_store import COMMIT_BYTES, COMMIT_FILES, Failure, Stored, TreeStore
+from ftx.server._tree_store import COMMIT_BYTES, COMMIT_FILES, Failure, Part, Stored, TreeStore
 from ftx.server._uploads import UploadSession, UploadStalledError
 
 __all__ = ["TreePutHandler"]
@@ -65,6 +65,8 @@ _HAVE_PAGE: Final = 1000
 _MAX_PAGE_BYTES: Final = 512 << 10
 
 _Result = tuple[list[Stored], list[Failure]]
+# A job of the writing thread: its failures, and the parts to publish now (if it is time).
+_Written = tuple[list[Failure], list[Part] | None]
 
 
 class TreePutHandler:
@@ -160,7 +162,8 @@ class _Stream:
         self._record = record
         self._store = store
         self._budget = min(peer_max_frame_size // 2, _MAX_PAGE_BYTES)
-        self._job: ThreadJob[_Result] | None = None
+        self._job: ThreadJob[_Written] | None = None  # writing: one frame at a time
+        self._publishing: ThreadJob[_Result] | None = None  # a commit, beside the writing
         self.stored = 0
         self.skipped = 0
 
@@ -184,20 +187,36 @@ class _Stream:
                 assert isinstance(message, TreePutEnd)  # the protocol lets nothing else through
                 break
         if store is not None:
-            await self._start(partial(_commit, store))
             await self.settle()
+            await self._settle_publishing()
+            await self._answer(*await trio.to_thread.run_sync(store.commit))
 
-    async def _start(self, work: partial[_Result]) -> None:
+    async def _start(self, work: partial[_Written]) -> None:
         """Wait for the job in progress, answer for it, and start ``work`` in a thread."""
         await self.settle()
         self._job = ThreadJob(work)
 
     async def settle(self) -> None:
-        """Wait for the job in progress (if any) and send what it stored and what failed."""
+        """Wait for the writing job in progress (if any) and send what failed; if it took
+        parts to publish, publish them in a thread of their own (after the last commit)."""
         job, self._job = self._job, None
         if job is None:
             return
-        stored, failures = await job.result()
+        failures, batch = await job.result()
+        await self._answer([], failures)
+        if batch is not None:
+            store = self._store
+            assert store is not None
+            await self._settle_publishing()
+            self._publishing = ThreadJob(partial(store.publish, batch))
+
+    async def _settle_publishing(self) -> None:
+        job, self._publishing = self._publishing, None
+        if job is not None:
+            await self._answer(*await job.result())
+
+    async def _answer(self, stored: list[Stored], failures: list[Failure]) -> None:
+        """Send what was stored and what failed."""
         request_id = self._request.request_id
         messages: list[Message] = []
         for entry in stored:
@@ -210,10 +229,11 @@ class _Stream:
             await self._session.send(*messages)
 
     async def abandon(self) -> None:
-        """Wait for the job in progress, if any, without answering (the stream failed)."""
-        job, self._job = self._job, None
-        if job is not None:
-            await job.wait_quietly()
+        """Wait for the jobs in progress, if any, without answering (the stream failed)."""
+        for job in (self._job, self._publishing):
+            if job is not None:
+                await job.wait_quietly()
+        self._job = self._publishing = None
 
     async def _answer_ask(self, path: str) -> None:
         request_id = self._request.request_id
@@ -245,18 +265,13 @@ def _stored_frames(request_id: int, entry: Stored, budget: int) -> list[TreeStor
     return frames
 
 
-def _enter(store: TreeStore, path: str) -> _Result:
+def _enter(store: TreeStore, path: str) -> _Written:
     failure = store.enter(path)
-    return [], [] if failure is None else [failure]
+    return [] if failure is None else [failure], None
 
 
-def _write(store: TreeStore, message: TreeFiles) -> _Result:
+def _write(store: TreeStore, message: TreeFiles) -> _Written:
     failures = store.write(message.records, message.content)
     if store.pending_files >= COMMIT_FILES or store.pending_bytes >= COMMIT_BYTES:
-        stored, more = store.commit()
-        return stored, failures + more
-    return [], failures
-
-
-def _commit(store: TreeStore) -> _Result:
-    return store.commit()
+        return failures, store.take()
+    return failures, None

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Final
@@ -41,7 +42,7 @@ from ftx.server._writes import (
     write_error,
 )
 
-__all__ = ["COMMIT_BYTES", "COMMIT_FILES", "Failure", "Stored", "TreeStore"]
+__all__ = ["COMMIT_BYTES", "COMMIT_FILES", "Failure", "Part", "Stored", "TreeStore"]
 
 COMMIT_FILES: Final = 2048
 """A commit is due once this many files wait to be published..."""
@@ -73,14 +74,17 @@ class Stored:
     names: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Dir:
     path: str
     fd: int
+    users: int = 1  # its use as the current directory, and each part waiting in it
 
 
 @dataclass(frozen=True, slots=True)
-class _Written:
+class Part:
+    """A part written and closed, waiting to be published as `name` in `directory`."""
+
     directory: _Dir
     name: str
     stamp: PartStamp
@@ -125,9 +129,12 @@ class TreeStore:
         self._top = _open_top(root, path)
         self._current: _Dir | None = None  # None: the current directory failed
         self._current_path = ""
-        self._open: list[_Dir] = []  # directories with parts waiting, the current one last
+        # Directories open: the current one, and those parts wait in. A commit may run in
+        # another thread than the writes: each directory counts its users under this lock.
+        self._lock = threading.Lock()
+        self._open: set[_Dir] = set()
         self._failed: list[str] = []
-        self._pending: list[_Written] = []
+        self._pending: list[Part] = []
         self.pending_bytes = 0
 
     @property
@@ -136,7 +143,8 @@ class TreeStore:
         return len(self._pending)
 
     def close(self) -> None:
-        """Close every descriptor (the parts not committed stay, as after a lost upload)."""
+        """Close every descriptor (the parts not committed stay, as after a lost upload). Call
+        it once no write or commit runs."""
         for directory in self._open:
             with contextlib.suppress(OSError):
                 os.close(directory.fd)
@@ -150,8 +158,8 @@ class TreeStore:
         """Make ``path`` (names checked by the decoder, joined by ``/``) the current directory,
         creating what is missing; return the failure of that directory, if it is reported now
         (not for a directory below one that failed already)."""
-        if self._open and self._open[-1] is self._current and not self._has_pending(self._current):
-            os.close(self._open.pop().fd)
+        if self._current is not None:
+            self._release(self._current, 1)
         self._current = None
         self._current_path = path
         if any(path == failed or path.startswith(failed + "/") for failed in self._failed):
@@ -167,11 +175,18 @@ class TreeStore:
             self._failed.append(path)
             return _fail(path, exc)
         self._current = _Dir(path, fd)
-        self._open.append(self._current)
+        with self._lock:
+            self._open.add(self._current)
         return None
 
-    def _has_pending(self, directory: _Dir | None) -> bool:
-        return any(written.directory is directory for written in self._pending[-1:])
+    def _release(self, directory: _Dir, uses: int) -> None:
+        """``directory`` has ``uses`` fewer users: closed once it has none."""
+        with self._lock:
+            directory.users -= uses
+            if directory.users:
+                return
+            self._open.discard(directory)
+        os.close(directory.fd)
 
     def failure_of(self, path: str) -> Failure | None:
         """The failure a file at ``path`` (in the current directory) inherits from its
@@ -241,7 +256,9 @@ class TreeStore:
             raise write_error(exc, path) from None
         else:
             stamp = _write_new(fd, directory.fd, part, record.mtime_ns, data, path)
-        self._pending.append(_Written(directory, record.name, stamp))
+        with self._lock:
+            directory.users += 1
+        self._pending.append(Part(directory, record.name, stamp))
         self.pending_bytes += record.size
 
     def _write_taken_over(
@@ -261,17 +278,36 @@ class TreeStore:
                 target.discard()
                 raise
 
-    def commit(self) -> tuple[list[Stored], list[Failure]]:
-        """Publish every part written since the last commit (see the module's docstring);
-        return the files stored, by directory, and the failures."""
+    def take(self) -> list[Part]:
+        """The parts written since the last :meth:`take`: to :meth:`publish`, in this thread
+        or another one, while more are written."""
         pending, self._pending, self.pending_bytes = self._pending, [], 0
+        return pending
+
+    def commit(self) -> tuple[list[Stored], list[Failure]]:
+        """:meth:`publish` every part written since the last commit."""
+        return self.publish(self.take())
+
+    def publish(self, pending: list[Part]) -> tuple[list[Stored], list[Failure]]:
+        """Publish the parts ``pending`` (see the module's docstring); return the files stored,
+        by directory, and the failures."""
+        try:
+            return self._publish_all(pending)
+        finally:
+            uses: dict[_Dir, int] = {}
+            for written in pending:
+                uses[written.directory] = uses.get(written.directory, 0) + 1
+            for directory, count in uses.items():
+                self._release(directory, count)
+
+    def _publish_all(self, pending: list[Part]) -> tuple[list[Stored], list[Failure]]:
         stored: list[Stored] = []
         failures: list[Failure] = []
         if not pending:
             return stored, failures
-        grouped = self._top >= 0 and _flush_all(self._top, pending, failures)
+        grouped = _flush_all(self._top, pending, failures)
         touched: list[_Dir] = []
-        for written in pending:
+        for written in [] if failures else pending:
             directory = written.directory
             path = _join(directory.path, written.name)
             try:
@@ -295,17 +331,7 @@ class TreeStore:
                     Failure(_join(entry.path, n), "internal", message) for n in entry.names
                 ]
             stored = []
-        self._close_done()
         return stored, failures
-
-    def _close_done(self) -> None:
-        """Close the directories no part waits in, but the current one."""
-        keep = [d for d in self._open if d is self._current]
-        for directory in self._open:
-            if directory is not self._current:
-                with contextlib.suppress(OSError):
-                    os.close(directory.fd)
-        self._open = keep
 
     def have_pages(
         self, path: str, checksum: bool, max_records: int, max_bytes: int
@@ -393,7 +419,7 @@ def _write_new(
     return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
 
 
-def _publish(dir_fd: int, written: _Written, path: str, *, overwrite: bool, flush: bool) -> None:
+def _publish(dir_fd: int, written: Part, path: str, *, overwrite: bool, flush: bool) -> None:
     """Give the part of ``written`` its name: reopened and locked, only if untouched since it
     was written (its stamp), linked without replacing anything (or, with ``overwrite``,
     renamed over a file or link; never over a directory). ``flush``: ``fsync`` it first (where
@@ -452,15 +478,14 @@ def _publish_error(exc: OSError, dir_fd: int, name: str, path: str) -> FsError:
     return write_error(exc, path)
 
 
-def _flush_all(top: int, pending: list[_Written], failures: list[Failure]) -> bool:
+def _flush_all(top: int, pending: list[Part], failures: list[Failure]) -> bool:
     """One ``syncfs`` for the data of every part; False where it is missing (each part is
-    then flushed on its own)."""
+    then flushed on its own). If it fails, every part fails (and stays, unpublished)."""
     try:
         return syncfs(top)
     except OSError as exc:
         message = f"cannot flush to disk: {os.strerror(exc.errno or 0)}"
         failures += [Failure(_join(w.directory.path, w.name), "internal", message) for w in pending]
-        pending.clear()
         return True
 
 
