@@ -14,7 +14,7 @@ import trio
 
 import ftx
 from ftx.client import TreePutReport
-from ftx.errors import FtxError
+from ftx.errors import FtxError, LocalFileError
 
 
 def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -205,3 +205,18 @@ async def test_parts_left_by_uploads_cut_short_are_taken_over(
     assert (served / "up" / "a").read_bytes() == b"new a"
     assert (served / "up" / "b").read_bytes() == b"new b"
     assert sorted(p.name for p in (served / "up").iterdir()) == ["a", "b"]
+
+
+async def test_a_local_root_that_cannot_be_read_sends_nothing(
+    tmp_path: Path, start_server: object
+) -> None:
+    (tmp_path / "file").write_bytes(b"not a directory")
+    served = tmp_path / "served"
+    served.mkdir()
+    host, port = await start_server(served, writable=True)  # type: ignore[operator]
+    async with ftx.connect(host, port) as client:
+        with pytest.raises(LocalFileError):
+            await client.put_tree(tmp_path / "file", "up")
+        with pytest.raises(LocalFileError):
+            await client.put_tree(tmp_path / "missing", "up")
+        assert await client.list("") == []  # nothing was sent; the connection is usable

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -120,9 +120,15 @@ async def put_tree(
     request = TreePut(
         client._protocol.new_request_id(), remote, algorithm, overwrite=overwrite, checksum=checksum
     )
-    sender = _Sender(client, request, local, report)
+    walk = walk_tree(local)
+    first = await trio.to_thread.run_sync(next, walk)  # (raises LocalFileError: nothing sent)
+    sender = _Sender(client, request, report, walk, first)
     await client._send(request)
-    await run_together(sender.send, sender.receive)
+    try:
+        await run_together(sender.send, sender.receive)
+    except BaseException:
+        await client._fail()  # a stream cut short cannot be abandoned: close the connection
+        raise
     for file_local, file_remote in sender.large:
         await _put_large(client, file_local, file_remote, overwrite, report)
     return True
@@ -156,12 +162,18 @@ class _Sender:
     """One tree upload in progress: the sending side and the reading side."""
 
     def __init__(
-        self, client: UploadWire, request: TreePut, local: Path, report: TreePutReport
+        self,
+        client: UploadWire,
+        request: TreePut,
+        report: TreePutReport,
+        walk: Iterator[LocalDir],
+        first: LocalDir,
     ) -> None:
         self._client = client
         self._request = request
-        self._local = local
         self._report = report
+        self._walk = walk
+        self._first: LocalDir | None = first
         self._asks: deque[_Ask] = deque()  # sent, their answer not yet complete
         limit = client._protocol.peer_max_frame_size
         self._small = min(_SMALL_FILE_SIZE, limit // 4)
@@ -207,12 +219,14 @@ class _Sender:
 
     async def send(self) -> None:
         """Walk the tree and send it (asks ahead, directories, frames of small files)."""
-        walk = walk_tree(self._local)
+        walk = self._walk
         ahead: deque[tuple[LocalDir, _Ask | None]] = deque()
         ended = False
         while True:
             while not ended and len(ahead) < _ASK_AHEAD:
-                found = await trio.to_thread.run_sync(next, walk, None)
+                found, self._first = self._first, None
+                if found is None:
+                    found = await trio.to_thread.run_sync(next, walk, None)
                 if found is None:
                     ended = True
                     break
