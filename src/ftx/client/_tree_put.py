@@ -127,7 +127,8 @@ async def put_tree(
     try:
         await run_together(sender.send, sender.receive)
     except BaseException:
-        await client._fail()  # a stream cut short cannot be abandoned: close the connection
+        if not sender.answered:  # a stream cut short cannot be abandoned: close the connection
+            await client._fail()
         raise
     for file_local, file_remote in sender.large:
         await _put_large(client, file_local, file_remote, overwrite, report)
@@ -179,6 +180,7 @@ class _Sender:
         self._small = min(_SMALL_FILE_SIZE, limit // 4)
         self._budget = min(limit, _MAX_FRAME) - _FRAME_RESERVE
         self.large: list[tuple[Path, str]] = []
+        self.answered = False
         self._dirs = 0
         self._files = 0
 
@@ -212,6 +214,7 @@ class _Sender:
                 else:
                     report.note_failed(path, error)
             elif isinstance(message, Error):
+                self.answered = True  # (the answer is over: the connection is usable)
                 raise RemoteError(message.code, message.message)
             else:
                 assert isinstance(message, TreeEnd)  # the protocol lets nothing else through
