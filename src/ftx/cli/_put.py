@@ -40,9 +40,10 @@ from ftx.client import (
     Skipped,
     TreePutReport,
     Upload,
+    local_name,
     plan_uploads,
+    remote_join,
 )
-from ftx.client._upload import local_name, remote_join
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType

@@ -12,16 +12,16 @@ time), linked to its name (never replacing anything unless the upload may overwr
 more ``syncfs`` makes the names durable. Only then are the files reported stored. Where
 ``syncfs`` is missing, each part and each directory is flushed on its own.
 
-Everything here blocks: the handler calls it from worker threads, one call at a time.
+A part itself (written, published) is :mod:`ftx.server._tree_parts`; the answer to an ask is
+:mod:`ftx.server._tree_have`. Everything here blocks: the handler calls it from worker threads,
+one write at a time, and at most one commit beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
-import stat
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -30,10 +30,12 @@ from typing import Final
 from ftx._names import sibling_name
 from ftx._syncfs import syncfs
 from ftx.framing import Buffer
-from ftx.fs import FsEntry, FsError, FsReason, ServedRoot, is_upload_in_progress
+from ftx.fs import FsEntry, FsError, FsReason, ServedRoot
 from ftx.protocol import ErrorCode, new_hasher
 from ftx.protocol.messages import HaveRecord, TreeRecord
 from ftx.server._fs_wire import error_code
+from ftx.server._tree_have import have_pages
+from ftx.server._tree_parts import CREATE_FLAGS, publish_part, write_new_part
 from ftx.server._writes import (
     PART_SUFFIX,
     PartStamp,
@@ -49,12 +51,6 @@ COMMIT_FILES: Final = 2048
 COMMIT_BYTES: Final = 32 << 20
 """... or this many bytes."""
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CREATE_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_REOPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_NO_HARD_LINKS: Final = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
-_FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_MAX_NAME_BYTES: Final = 255
-_HASH_BLOCK: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +245,13 @@ class TreeStore:
             raise FsError(FsReason.NO_SPACE, f"not enough space on the server for {path!r}")
         part = sibling_name(record.name, PART_SUFFIX)
         try:
-            fd = os.open(part, _CREATE_FLAGS, 0o644, dir_fd=directory.fd)
+            fd = os.open(part, CREATE_FLAGS, 0o644, dir_fd=directory.fd)
         except FileExistsError:  # left by an upload cut short: taken over as PUT would
             stamp = self._write_taken_over(directory, record, data, path)
         except OSError as exc:
             raise write_error(exc, path) from None
         else:
-            stamp = _write_new(fd, directory.fd, part, record.mtime_ns, data, path)
+            stamp = write_new_part(fd, directory.fd, part, record.mtime_ns, data, path)
         with self._lock:
             directory.users += 1
         self._pending.append(Part(directory, record.name, stamp))
@@ -311,7 +307,14 @@ class TreeStore:
             directory = written.directory
             path = _join(directory.path, written.name)
             try:
-                _publish(directory.fd, written, path, overwrite=self._overwrite, flush=not grouped)
+                publish_part(
+                    directory.fd,
+                    written.name,
+                    written.stamp,
+                    path,
+                    overwrite=self._overwrite,
+                    flush=not grouped,
+                )
             except FsError as exc:
                 failures.append(_fail(path, exc))
                 continue
@@ -336,54 +339,10 @@ class TreeStore:
     def have_pages(
         self, path: str, checksum: bool, max_records: int, max_bytes: int
     ) -> Generator[list[HaveRecord], None, None]:
-        """What the server has in the directory ``path`` of the tree, in pages: its regular
-        files (not following links; names a tree stream cannot carry, and part files, left
-        out), with their digests if ``checksum``. Nothing if the directory is missing or is
-        not one."""
-        fd = os.dup(self._top)
-        try:
-            for name in path.split("/") if path else ():
-                inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = inner
-        except OSError:
-            os.close(fd)
-            return
-        try:
-            page: list[HaveRecord] = []
-            size = 0
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    record = self._have(fd, entry, checksum)
-                    if record is None:
-                        continue
-                    weight = 6 * len(record.name.encode()) + 200
-                    if page and (len(page) >= max_records or size + weight > max_bytes):
-                        yield page
-                        page, size = [], 0
-                    page.append(record)
-                    size += weight
-            if page:
-                yield page
-        finally:
-            os.close(fd)
-
-    def _have(self, fd: int, entry: os.DirEntry[str], checksum: bool) -> HaveRecord | None:
-        name = entry.name
-        try:
-            size = len(name.encode("utf-8"))
-        except UnicodeEncodeError:
-            return None
-        if size > _MAX_NAME_BYTES or "\\" in name or is_upload_in_progress(name):
-            return None
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        digest = _file_digest(fd, name, self._algorithm) if checksum else None
-        return HaveRecord(name, st.st_size, st.st_mtime_ns, digest)
+        """What the server has in the directory ``path`` of the tree (see
+        :func:`~ftx.server._tree_have.have_pages`)."""
+        algorithm = self._algorithm if checksum else None
+        return have_pages(self._top, path, algorithm, max_records, max_bytes)
 
 
 class _Refusal(Exception):
@@ -391,91 +350,6 @@ class _Refusal(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def _write_new(
-    fd: int, dir_fd: int, part: str, mtime_ns: int, data: memoryview, path: str
-) -> PartStamp:
-    """Lock, write and close the part just created (``O_EXCL``: new, regular, ours); return
-    its stamp. Raises FsError (the part deleted, unless another upload took it first)."""
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FsError(FsReason.IN_USE, f"another upload to {path!r} is in progress") from None
-        try:
-            view = data
-            position = 0
-            while position < view.nbytes:
-                position += os.pwrite(fd, view[position:], position)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-            st = os.fstat(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(part, dir_fd=dir_fd)
-            raise write_error(exc, path) from None
-    finally:
-        os.close(fd)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
-
-
-def _publish(dir_fd: int, written: Part, path: str, *, overwrite: bool, flush: bool) -> None:
-    """Give the part of ``written`` its name: reopened and locked, only if untouched since it
-    was written (its stamp), linked without replacing anything (or, with ``overwrite``,
-    renamed over a file or link; never over a directory). ``flush``: ``fsync`` it first (where
-    ``syncfs`` is missing). Raises FsError (the part deleted, unless it is not ours now)."""
-    part = sibling_name(written.name, PART_SUFFIX)
-    try:
-        fd = os.open(part, _REOPEN_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        raise FsError(FsReason.IN_USE, f"the part of {path!r} vanished meanwhile") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FsError(FsReason.IN_USE, f"another upload to {path!r} is in progress") from None
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) != written.stamp or st.st_nlink != 1:
-            raise FsError(FsReason.IN_USE, f"the part of {path!r} changed meanwhile")
-        try:
-            if flush:
-                os.fsync(fd)
-            _link(dir_fd, part, written.name, overwrite)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(part, dir_fd=dir_fd)
-            raise _publish_error(exc, dir_fd, written.name, path) from None
-    finally:
-        os.close(fd)
-
-
-def _link(dir_fd: int, part: str, name: str, overwrite: bool) -> None:
-    if overwrite:
-        os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        return
-    try:
-        os.link(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-    except OSError as exc:
-        # No hard links on this file system: check, then rename (a narrow race, there only).
-        if exc.errno not in _NO_HARD_LINKS:
-            raise
-        try:
-            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            return
-        raise FileExistsError(errno.EEXIST, "exists") from None
-    else:
-        os.unlink(part, dir_fd=dir_fd)
-
-
-def _publish_error(exc: OSError, dir_fd: int, name: str, path: str) -> FsError:
-    if isinstance(exc, FileExistsError | IsADirectoryError):
-        with contextlib.suppress(OSError):
-            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                return FsError(FsReason.NOT_A_FILE, f"{path!r} is a directory")
-        return FsError(FsReason.EXISTS, f"{path!r} already exists")
-    return write_error(exc, path)
 
 
 def _flush_all(top: int, pending: list[Part], failures: list[Failure]) -> bool:
@@ -487,24 +361,6 @@ def _flush_all(top: int, pending: list[Part], failures: list[Failure]) -> bool:
         message = f"cannot flush to disk: {os.strerror(exc.errno or 0)}"
         failures += [Failure(_join(w.directory.path, w.name), "internal", message) for w in pending]
         return True
-
-
-def _file_digest(dir_fd: int, name: str, algorithm: str) -> str | None:
-    try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        hasher = new_hasher(algorithm)
-        position = 0
-        while block := os.pread(fd, _HASH_BLOCK, position):
-            hasher.update(block)
-            position += len(block)
-        return hasher.hexdigest()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _make_directory(parent: int, name: str, path: str) -> int:
