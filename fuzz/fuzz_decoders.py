@@ -72,6 +72,7 @@ from ftx.framing import FRAME_SIZE_LIMIT, FTX_FORMAT, HEADER_SIZE, FrameDecoder,
 from ftx.protocol import (
     BASE_BLOCK_SIZE,
     BLAKE3_FEATURE,
+    BLOCK_PROGRESS_FEATURE,
     RANGES_FEATURE,
     TREE_FEATURE,
     TREE_PUT_FEATURE,
@@ -81,6 +82,7 @@ from ftx.protocol import (
 )
 from ftx.protocol.messages import (
     BlockList,
+    BlockProgress,
     Blocks,
     Data,
     Entry,
@@ -118,7 +120,7 @@ from ftx.server import _proxy_header as proxy_header
 
 Payloads = list[bytes]
 
-FEATURES: Final = frozenset({BLAKE3_FEATURE, RANGES_FEATURE})
+FEATURES: Final = frozenset({BLAKE3_FEATURE, RANGES_FEATURE, BLOCK_PROGRESS_FEATURE})
 IDENTITY: Final = "0123456789abcdef0123456789abcdef"
 CONTENT: Final = b"hello"
 SHA256: Final = hashlib.sha256(CONTENT).hexdigest()
@@ -194,6 +196,8 @@ def server_session() -> Payloads:
         payload(Data(b"llo")),
         payload(FileEnd(4, None)),
         payload(ListEnd(5, 0)),
+        payload(BlockProgress(6, 5, 0)),
+        payload(BlockProgress(6, 5, 3)),
         payload(BlockList(6, 5, MTIME, IDENTITY, "sha256", BASE_BLOCK_SIZE, (SHA256,), SHA256)),
         payload(FileHeader(7, 5, MTIME, IDENTITY, offset=1, mode=0o600, digest=None)),
         payload(Data(b"el")),

@@ -241,3 +241,18 @@ def test_man_page_is_made_from_the_parser() -> None:
     assert result.stdout.startswith(".TH FTX")
     for said in ("COMMAND \\fI\\,'ftx get'", "retry\\-delay", "ftx completion"):
         assert said in result.stdout, said
+
+
+@pytest.mark.parametrize(("command", "expected"), [("ls", 1), ("get", 8), ("put", 8)])
+def test_too_large_is_the_listing_not_a_local_file_for_ls(command: str, expected: int) -> None:
+    """``too-large`` answers ``ls`` of a directory over 1,000,000 entries (exit 1: nothing local
+    is at fault) and a ``put`` over ``--max-upload-size`` (exit 8, with the other refusals of
+    what lands on the server)."""
+    import argparse
+
+    from ftx.cli._errors import describe
+    from ftx.errors import RemoteError
+
+    refusal = RemoteError("too-large", "more than 1000000 entries")
+    line, code = describe(refusal, argparse.Namespace(command=command, address="h:1"))
+    assert (line, code) == ("more than 1000000 entries [too-large]", expected)

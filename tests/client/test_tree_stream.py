@@ -331,3 +331,40 @@ def test_ctrl_c_mid_tree_then_a_re_run_finishes_it(
     assert statuses.count("skipped") >= 300  # up to date: not sent again
     assert tree_files(dest / "top") == expected
     assert not list(dest.rglob("*.part*"))
+
+
+async def test_a_directory_swapped_for_a_link_mid_file_does_not_redirect_it(
+    tmp_path: Path, start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file of a tree is written and published relative to its directory's descriptor:
+    another process that swaps that directory for a symbolic link (to somewhere else) while the
+    file is on its way does not make ftx write there."""
+    from ftx.client import _partfile
+
+    served = tmp_path / "served"
+    (served / "top" / "sub").mkdir(parents=True)
+    content = random.Random(7).randbytes(1 << 20)  # large: FILE / DATA / END in the stream
+    (served / "top" / "sub" / "big.bin").write_bytes(content)
+    host, port = await start_server(served)  # type: ignore[operator]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    swapped = []
+    real_open = _partfile.PartFile.open
+
+    def open_then_swap(self: _partfile.PartFile, *, keep: int = 0) -> None:
+        real_open(self, keep=keep)
+        if self.dest.name == "big.bin" and not swapped:  # the attacker's move, mid-file
+            os.rename(dest / "top" / "sub", dest / "top" / "moved")
+            os.symlink(elsewhere, dest / "top" / "sub")
+            swapped.append(True)
+
+    monkeypatch.setattr(_partfile.PartFile, "open", open_then_swap)
+    with trio.fail_after(60):
+        results = await download(connector(host, port), ["top"], dest, recursive=True)
+    assert swapped
+    assert [type(r) for _, r in results] == [ftx.Download]
+    assert list(elsewhere.iterdir()) == []  # nothing went through the link
+    assert (dest / "top" / "moved" / "big.bin").read_bytes() == content
+    assert not list(dest.rglob("*.part*"))

@@ -482,6 +482,30 @@ async def test_data_that_does_not_match_the_digest_is_never_published(
     assert leftovers(root) == []
 
 
+async def test_an_end_digest_in_upper_case_is_a_mismatch_not_a_violation(
+    start_server: StartServer, root: Path
+) -> None:
+    """Section 18.3: a digest not in lowercase hexadecimal never equals the server's."""
+    port = await writable(start_server, root)
+    raw = await RawClient.connect(port)
+    good = b"right bytes, wrong spelling of their digest"
+    await raw.send(Put(1, "x.txt", len(good), "sha256", source="raw"))
+    assert await raw.receive() == Ready(1, 0)
+    await raw.send(Data(good))
+    await raw.send(FileEnd(1, hashlib.sha256(good).hexdigest().upper()))
+    answer = await raw.receive()
+    assert isinstance(answer, Error)
+    assert (answer.request_id, answer.code) == (1, "digest-mismatch")
+    await raw.send(Put(2, "x.txt", len(good), "sha256"))  # the connection goes on
+    assert await raw.receive() == Ready(2, 0)
+    await raw.send(Data(good))
+    await raw.send(FileEnd(2, hashlib.sha256(good).hexdigest()))
+    assert await raw.receive() == Done(2, True)
+    await raw.aclose()
+    assert (root / "x.txt").read_bytes() == good
+    assert leftovers(root) == []
+
+
 async def test_a_client_that_stops_sending_is_cut_off_and_its_part_kept(root: Path) -> None:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(

@@ -35,13 +35,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ftx.client._partfile
-from ftx.client._partfile import (
-    DiscardingPart,
-    PartFile,
-    check_destination,
-    local_destination,
-    part_for,
-)
+from ftx.client._destination import check_destination, local_destination
+from ftx.client._partfile import DiscardingPart, PartFile, part_for
 from ftx.errors import LocalFileError
 from ftx.fs import (
     MAX_SYMLINKS,

@@ -42,6 +42,7 @@ from ftx.protocol.messages import (
     Message,
     Put,
     Ready,
+    TreeAsk,
     TreeDir,
     TreeEnd,
     TreeFile,
@@ -49,13 +50,20 @@ from ftx.protocol.messages import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreePutEnd,
     TreeSame,
     TreeSkip,
+    TreeStored,
     decode_message,
     encode_message,
 )
 
 MESSAGE_TYPES = (
+    TreePut,
+    TreeAsk,
+    TreePutEnd,
+    TreeStored,
     TreeGet,
     TreeDir,
     TreeFiles,
@@ -352,6 +360,7 @@ def test_kind_values_are_the_documented_ones() -> None:
         "TREE_STORED": 0x5C,
         "BLOCKS": 0x60,
         "BLOCK_LIST": 0x61,
+        "BLOCK_PROGRESS": 0x62,
     }
 
 

@@ -14,6 +14,7 @@ from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
 from ftx.protocol import (
     BASE_BLOCK_SIZE,
+    BLOCK_PROGRESS_FEATURE,
     MAX_BLOCKS,
     MIN_FRAME_SIZE,
     RANGES_FEATURE,
@@ -24,6 +25,7 @@ from ftx.protocol import (
 )
 from ftx.protocol.messages import (
     BlockList,
+    BlockProgress,
     Blocks,
     Data,
     FileEnd,
@@ -238,3 +240,77 @@ def test_server_accepts_blocks_and_checks_its_own_answer() -> None:
         server.send(BlockList(1, 10, 0, "i", "xxh3-128", BASE_BLOCK_SIZE, ("0" * 32,), "1" * 32))
     server.send(BlockList(1, 10, 0, "i", "sha256", BASE_BLOCK_SIZE, ("0" * 64,), "1" * 64))
     assert server.current_request is None
+
+
+# --------------------------------------------------------------------------- BLOCK_PROGRESS
+
+PROGRESSING = frozenset({RANGES_FEATURE, BLOCK_PROGRESS_FEATURE})
+LIST_OF_20 = BlockList(1, 20, 0, "i", "xxh3-128", BASE_BLOCK_SIZE, ("0" * 32,), "1" * 32)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, MAX_INT), st.integers(0, MAX_INT))
+def test_block_progress_round_trip(request_id: int, size: int, hashed: int) -> None:
+    message = BlockProgress(request_id, size, hashed)
+    assert decode_message(join(encode_message(message))) == message
+
+
+@pytest.mark.parametrize(
+    ("member", "value"), [("size", -1), ("hashed", -1), ("hashed", 1.5), ("size", None)]
+)
+def test_block_progress_bad_members_are_rejected(member: str, value: object) -> None:
+    body: dict[str, Any] = {"id": 1, "size": 10, "hashed": 5, member: value}
+    with pytest.raises(RemoteProtocolError):
+        decode_message(payload(Kind.BLOCK_PROGRESS, body))
+
+
+def test_client_accepts_growing_progress_then_the_list() -> None:
+    client = connected(PROGRESSING, PROGRESSING)
+    client.send(Blocks(1, "a", "xxh3-128"))
+    for hashed in (0, 4, 19):
+        client.receive(join(encode_message(BlockProgress(1, 20, hashed))))
+    assert client.pending_requests == 1
+    assert client.receive(join(encode_message(LIST_OF_20))) == LIST_OF_20
+    assert client.pending_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("progress", "error"),
+    [
+        ([(20, 5), (20, 5)], "must grow"),  # no growth
+        ([(20, 5), (20, 4)], "must grow"),  # going back
+        ([(20, 20)], "below the size"),  # the last byte comes with the list
+        ([(0, 0)], "below the size"),  # an empty file has nothing to report
+        ([(20, 5), (30, 6)], "size of 30 after 20"),
+        ([(30, 5), None], "BLOCK_LIST gives a size of 20 after BLOCK_PROGRESS gave 30"),
+    ],
+)
+def test_client_refuses_progress_that_does_not_progress(
+    progress: list[tuple[int, int] | None], error: str
+) -> None:
+    """Every frame but the last is accepted; the last (``None``: the BLOCK_LIST) is refused."""
+    client = connected(PROGRESSING, PROGRESSING)
+    client.send(Blocks(1, "a", "xxh3-128"))
+    frames = [
+        join(encode_message(LIST_OF_20 if p is None else BlockProgress(1, *p))) for p in progress
+    ]
+    for frame in frames[:-1]:
+        client.receive(frame)
+    with pytest.raises(RemoteProtocolError, match=error):
+        client.receive(frames[-1])
+
+
+def test_progress_needs_the_feature_and_a_blocks_request() -> None:
+    without = connected(frozenset({RANGES_FEATURE}), PROGRESSING)  # the client does not list it
+    without.send(Blocks(1, "a", "xxh3-128"))
+    with pytest.raises(RemoteProtocolError, match="block-progress"):
+        without.receive(join(encode_message(BlockProgress(1, 20, 1))))
+    client = connected(PROGRESSING, PROGRESSING)
+    client.send(Get(1, "a", 0, digest=None, length=4))
+    with pytest.raises(RemoteProtocolError, match="unexpected BlockProgress"):
+        client.receive(join(encode_message(BlockProgress(1, 20, 1))))
+    server = ServerProtocol(features=frozenset({RANGES_FEATURE}))  # the server does not list it
+    server.receive(join(encode_message(Hello((1,), PROGRESSING))))
+    server.send(server.hello_reply())
+    server.receive(join(encode_message(Blocks(1, "a", "xxh3-128"))))
+    with pytest.raises(LocalProtocolError, match="block-progress"):
+        server.send(BlockProgress(1, 20, 1))

@@ -83,6 +83,8 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, ExitCo
             return str(exc), exc.code
         case RemoteError():
             code = _REMOTE_EXIT_CODES.get(exc.code, ExitCode.FAILURE)
+            if exc.code == ErrorCode.TOO_LARGE and getattr(args, "command", None) == "ls":
+                code = ExitCode.FAILURE  # a listing over its limit: nothing local is at fault
             return f"{exc.message}{_hint(exc)} [{exc.code}]", code
         case IntegrityError():
             return printable(str(exc)), ExitCode.INTEGRITY

@@ -148,6 +148,9 @@ def _add_get(commands: Any) -> None:
         description="Download the file at PATH from the ftx server at HOST. It is written to "
         "DEST.part, verified against the server's digest of the whole file, and only then "
         "renamed to DEST.",
+        # (argparse would show "HOST[:PORT] [PATH ...]": PATH is optional to it, see below.)
+        usage="%(prog)s [options] HOST[:PORT] PATH [PATH ...]\n"
+        "       %(prog)s [options] --from HOST[:PORT],HOST[:PORT],... PATH",
     )
     # (Parsed by resolve_sources: with --from, this first argument is a PATH.)
     get.add_argument("address", metavar="HOST[:PORT]", help=ADDRESS_HELP)

@@ -30,8 +30,8 @@ import trio
 from ftx._tls import open_tls_stream
 from ftx.client._config import ClientConfig
 from ftx.client._connection import ClientConnection
+from ftx.client._destination import check_destination, local_destination
 from ftx.client._flush import sync_file_systems
-from ftx.client._partfile import check_destination, local_destination
 from ftx.client._pipeline import fetch_files
 from ftx.client._ranges import fetch_range, request_blocks
 from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request

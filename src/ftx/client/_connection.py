@@ -33,6 +33,7 @@ from ftx.framing import (
     SpanStalledError,
 )
 from ftx.protocol import (
+    BLOCK_PROGRESS_FEATURE,
     DIGEST_FEATURES,
     LARGE_DATA_FEATURE,
     RANGES_FEATURE,
@@ -86,7 +87,7 @@ class ClientConnection(trio.abc.AsyncResource):
             agent=f"ftx/{__version__}",
             auth=ClientAuthenticator(config.token) if config.token is not None else None,
             features=DIGEST_FEATURES
-            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE}
+            | {UPLOAD_FEATURE, LARGE_DATA_FEATURE, RANGES_FEATURE, BLOCK_PROGRESS_FEATURE}
             | _tree_features(config),
             max_data_frame_size=data_limit,
         )

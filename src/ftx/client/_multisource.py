@@ -31,6 +31,7 @@ from typing import Final
 import trio
 
 from ftx.client._client import Client
+from ftx.client._destination import check_destination, local_destination
 from ftx.client._multisource_plan import (
     Plan,
     WholeDigest,
@@ -40,13 +41,7 @@ from ftx.client._multisource_plan import (
     safe_mode,
     save_record,
 )
-from ftx.client._partfile import (
-    DiscardingPart,
-    PartFile,
-    check_destination,
-    local_destination,
-    part_for,
-)
+from ftx.client._partfile import DiscardingPart, PartFile, part_for
 from ftx.client._ranges import BlockRecord
 from ftx.client._receive import Download, ProgressCallback
 from ftx.errors import (

@@ -17,13 +17,12 @@ import errno
 import fcntl
 import json
 import os
-import posixpath
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
 from ftx._names import sibling_name
+from ftx.client._destination import check_replaceable, is_null_device
 from ftx.errors import LocalFileError
 from ftx.framing import Buffer
 from ftx.protocol import Hasher
@@ -33,10 +32,6 @@ __all__ = [
     "DiscardingPart",
     "PartFile",
     "ResumeRecord",
-    "check_destination",
-    "check_not_a_directory",
-    "is_null_device",
-    "local_destination",
     "part_file_name",
     "part_for",
 ]
@@ -54,112 +49,6 @@ than the record."""
 def part_file_name(name: str) -> str:
     """The name of the part file a download to the file named ``name`` goes through."""
     return sibling_name(name, ".part")
-
-
-def local_destination(remote_path: str, dest: str | os.PathLike[str] | None) -> Path:
-    """Where a download of ``remote_path`` goes: ``dest``, or inside it if it is a directory,
-    or the remote file's name in the current directory when ``dest`` is ``None``.
-
-    The name is taken from the path the user asked for, never from anything a server says.
-
-    Raises:
-        LocalFileError: the remote path names no file (``""``, ``"."``, ``"dir/.."``), or
-            ``dest`` ends with a slash but is no directory.
-    """
-    name = posixpath.basename(posixpath.normpath(remote_path.rstrip("/") or "."))
-    if dest is not None and not os.path.isdir(dest):
-        if os.fspath(dest).endswith(os.sep):  # "-o new/" means a directory, as for cp
-            raise LocalFileError(f"cannot save to {os.fspath(dest)}: no such directory")
-        return dest if isinstance(dest, Path) else Path(dest)
-    if name in ("", ".", "..", "/"):
-        raise LocalFileError(f"{remote_path!r} names no file: give a destination with -o")
-    return Path(dest if dest is not None else ".") / name
-
-
-def check_destination(
-    target: Path, *, overwrite: bool, known_directories: set[str] | None = None
-) -> None:
-    """Refuse early a download that could not be saved at ``target`` (checked again, without a
-    race, when the part file is renamed into place).
-
-    ``known_directories``, if given, holds the directories found to exist by earlier calls (and
-    gets this one's): for many files into few directories.
-
-    The null device (``-o /dev/null``) is accepted as it is: a download there is verified and
-    its data dropped (see :func:`part_for`).
-
-    Raises:
-        LocalFileError: ``target`` exists (and ``overwrite`` is false), is not a regular file
-            or a symbolic link to one (a device, a pipe, a socket, a directory, or a link to one
-            of those: never replaced, never written through, ``overwrite`` or not), or its
-            directory does not exist.
-    """
-    if is_null_device(target):
-        return
-    _check_replaceable(target)  # never a device, a pipe, a socket, or a link to one
-    if not overwrite and os.path.lexists(target):
-        raise LocalFileError(f"{target} already exists (use --force to replace)")
-    parent = os.path.dirname(target) or "."
-    if known_directories is not None and parent in known_directories:
-        return
-    if not os.path.isdir(parent):
-        raise LocalFileError(f"cannot save to {target}: {parent} is not a directory")
-    if known_directories is not None:
-        known_directories.add(parent)
-
-
-def check_not_a_directory(target: Path, remote_path: str) -> None:
-    """Refuse to save the file at ``remote_path`` to ``target`` when a directory is there: it
-    is neither saved inside it nor replaces it (a symbolic link there is not followed).
-
-    Raises:
-        LocalFileError: ``target`` is a directory.
-    """
-    try:
-        mode = os.lstat(target).st_mode
-    except OSError:
-        return  # nothing there, or nothing we can tell: check_destination says the rest
-    if stat.S_ISDIR(mode):
-        raise LocalFileError(
-            f"{target} is a directory: the server's file {remote_path!r} is not saved there"
-        )
-
-
-def is_null_device(target: str | os.PathLike[str]) -> bool:
-    """Whether ``target`` is the null device, named as such (``/dev/null``)."""
-    name = os.fspath(target)
-    if not name.endswith("null") or os.path.normpath(name) != os.devnull:
-        return False  # (no system call, nor much else, for every other file)
-    try:
-        return stat.S_ISCHR(os.stat(target).st_mode)
-    except OSError:
-        return False
-
-
-def _check_replaceable(target: str | os.PathLike[str]) -> None:
-    """Refuse to replace anything but a file, a symbolic link to a file or a dangling link (as
-    root, a device node; or a link to standard output, which would then be written through)."""
-    try:
-        mode = os.lstat(target).st_mode
-        if stat.S_ISLNK(mode):
-            mode = os.stat(target).st_mode  # what the link leads to
-    except (FileNotFoundError, NotADirectoryError):
-        return  # nothing there, or a dangling link (the caller checks the directory)
-    except OSError as exc:
-        raise LocalFileError(f"cannot save to {target}: {exc.strerror}") from exc
-    if not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else f"not a regular file ({_kind(mode)})"
-        raise LocalFileError(f"{target} is {kind}: ftx writes only files (-o - for stdout)")
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
 
 
 def part_for(target: Path) -> PartFile:
@@ -191,18 +80,26 @@ class PartFile:
     destination cannot interleave. :meth:`publish` flushes the data to disk, then renames it into
     place atomically (without replacing an existing ``DEST`` unless asked to). Until then
     ``DEST`` is untouched. All methods raise :class:`~ftx.errors.LocalFileError` on failure.
+
+    With ``dir_fd`` (a descriptor of ``DEST``'s directory, opened without following links,
+    which the caller keeps open while the download lasts), every name is used relative to it:
+    a directory on the way to ``DEST`` swapped for a symbolic link meanwhile cannot send the
+    file elsewhere. ``dest`` is then only shown in messages.
     """
 
-    def __init__(self, dest: str | os.PathLike[str]) -> None:
+    def __init__(self, dest: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
         self.dest: Final = dest if isinstance(dest, Path) else Path(dest)
         # Kept as strings: a tree of small files pays for every pathlib object made per file.
-        self._dest = os.fspath(self.dest)
-        self._directory, name = os.path.split(self._dest)
-        self._part = os.path.join(self._directory, part_file_name(name))
-        self._record = os.path.join(self._directory, sibling_name(name, ".part.resume"))
-        self._record_temporary = os.path.join(
-            self._directory, sibling_name(name, ".part.resume.tmp")
-        )
+        self._dest_shown = os.fspath(self.dest)
+        self._directory, name = os.path.split(self._dest_shown)
+        self._dir_fd = dir_fd
+        # The names the system calls use: relative to dir_fd if there is one, else paths.
+        where = "" if dir_fd is not None else self._directory
+        self._dest = os.path.join(where, name)
+        self._part = os.path.join(where, part_file_name(name))
+        self._record = os.path.join(where, sibling_name(name, ".part.resume"))
+        self._record_temporary = os.path.join(where, sibling_name(name, ".part.resume.tmp"))
+        self._part_shown = os.path.join(self._directory, part_file_name(name))
         self._fd: int | None = None
         self._record_may_exist = False  # ours, or an earlier download's: publish removes it
         self._written = 0  # the file's size, as far as our writes go
@@ -212,12 +109,16 @@ class PartFile:
     def part_path(self) -> Path:
         """The part file: ``DEST.part`` (for a name of over 250 bytes, a shortened one: see
         :func:`ftx._names.sibling_name`)."""
-        return Path(self._part)
+        return Path(self._part_shown)
 
     @property
     def record_path(self) -> Path:
         """The resume record: ``DEST.part.resume``."""
-        return Path(self._record)
+        return Path(self._directory, os.path.basename(self._record))
+
+    def _open(self, name: str, flags: int) -> int:
+        """``os.open`` of one of our names (relative to the directory's descriptor, if any)."""
+        return os.open(name, flags | os.O_CLOEXEC, 0o644, dir_fd=self._dir_fd)
 
     def open(self, *, keep: int = 0) -> None:
         """Create (or take over) the part file, lock it, and cut it to its first ``keep`` bytes
@@ -227,13 +128,13 @@ class PartFile:
             LocalFileError: the part file cannot be written, is locked by another download, or
                 holds fewer than ``keep`` bytes.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
         try:
             if keep == 0:
                 try:
                     # Usually there is no part yet: a new, empty file needs none of the checks
                     # below (each a metadata operation, which a tree of small files pays).
-                    fd = os.open(self._part, flags | os.O_EXCL, 0o644)
+                    fd = self._open(self._part, flags | os.O_EXCL)
                 except FileExistsError:
                     pass
                 else:
@@ -241,26 +142,26 @@ class PartFile:
                     self._fd = fd
                     self._written = self._flushing_from = 0
                     return
-            fd = os.open(self._part, flags, 0o644)
+            fd = self._open(self._part, flags)
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._part_shown}: {exc.strerror}") from exc
         self._lock(fd)
         self._record_may_exist = True  # an earlier download's may lie beside its part
         # A download that finished meanwhile renamed (or linked) this inode into place: it is
         # DEST now, and must not be written again. Only the inode still at the part's name is
         # ours to take over.
         try:
-            current = os.stat(self._part, follow_symlinks=False)
+            current = os.stat(self._part, dir_fd=self._dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             current = None
         opened = os.fstat(fd)
         if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
             os.close(fd)
-            raise LocalFileError(f"another download to {self._dest} just finished; try again")
+            raise LocalFileError(f"another download to {self._dest_shown} just finished; try again")
         # Truncate only once the lock is ours, never under another download's feet.
         if opened.st_size < keep:
             os.close(fd)
-            raise LocalFileError(f"{self._part} is shorter than expected: cannot resume")
+            raise LocalFileError(f"{self._part_shown} is shorter than expected: cannot resume")
         os.ftruncate(fd, keep)
         os.lseek(fd, keep, os.SEEK_SET)
         self._fd = fd
@@ -271,7 +172,7 @@ class PartFile:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LocalFileError(f"another download to {self._dest} is in progress") from None
+            raise LocalFileError(f"another download to {self._dest_shown} is in progress") from None
 
     def resumable(self, path: str) -> tuple[int, str] | None:
         """Where an earlier download of remote ``path`` to the same place can resume:
@@ -280,10 +181,10 @@ class PartFile:
         Whatever digest the earlier download used, or none: a verified download hashes the bytes
         kept again (:meth:`hash_prefix`), since its digest covers the whole file."""
         try:
-            with open(self._record, "rb") as file:
+            with os.fdopen(self._open(self._record, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
                 raw = file.read(_MAX_RECORD_BYTES)
             record = _parse_record(json.loads(raw))
-            held = os.stat(self._part).st_size
+            held = os.stat(self._part, dir_fd=self._dir_fd, follow_symlinks=False).st_size
         except (OSError, ValueError, TypeError, KeyError):
             return None  # no record, or one we cannot trust: start from zero
         if record is None or record.path != path or held == 0:
@@ -293,13 +194,14 @@ class PartFile:
     def hash_prefix(self, end: int, hasher: Hasher) -> None:
         """Feed the first ``end`` bytes of the part file to ``hasher`` (for a resumed download,
         whose digest covers the whole file)."""
-        with open(self._part, "rb", buffering=0) as file:
+        flags = os.O_RDONLY | os.O_NOFOLLOW
+        with os.fdopen(self._open(self._part, flags), "rb", buffering=0) as file:
             buffer = memoryview(bytearray(min(_HASH_BLOCK, max(end, 1))))
             position = 0
             while position < end:
                 count = file.readinto(buffer[: end - position])
                 if not count:
-                    raise LocalFileError(f"{self._part} shrank while resuming")
+                    raise LocalFileError(f"{self._part_shown} shrank while resuming")
                 hasher.update(buffer[:count])
                 position += count
 
@@ -307,13 +209,19 @@ class PartFile:
         """Say what the part file holds, for a later resume."""
         data = json.dumps({"version": _RECORD_VERSION, **asdict(record)}).encode()
         self._record_may_exist = True
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
         try:
-            with open(self._record_temporary, "wb") as file:
+            with os.fdopen(self._open(self._record_temporary, flags), "wb") as file:
                 file.write(data)
-            os.replace(self._record_temporary, self._record)
+            os.replace(
+                self._record_temporary,
+                self._record,
+                src_dir_fd=self._dir_fd,
+                dst_dir_fd=self._dir_fd,
+            )
         except OSError as exc:
-            _try_unlink(self._record_temporary)
-            raise LocalFileError(f"cannot write {self._record}: {exc.strerror}") from exc
+            _try_unlink(self._record_temporary, self._dir_fd)
+            raise LocalFileError(f"cannot write {self.record_path}: {exc.strerror}") from exc
 
     def write(self, data: Buffer) -> None:
         """Append ``data`` to the part file."""
@@ -328,7 +236,7 @@ class PartFile:
             if self._written - self._flushing_from >= _WRITE_BACK_STEP:
                 self._start_write_back()
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._part_shown}: {exc.strerror}") from exc
 
     def write_at(self, data: Buffer, position: int) -> None:
         """Write ``data`` at ``position`` (a download filled block by block, in any order)."""
@@ -341,7 +249,7 @@ class PartFile:
                 view = view[written:]
                 position += written
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._part_shown}: {exc.strerror}") from exc
 
     def resize(self, size: int) -> None:
         """Make the part file ``size`` bytes long (a hole where nothing was written yet)."""
@@ -350,7 +258,7 @@ class PartFile:
         try:
             os.ftruncate(self._fd, size)
         except OSError as exc:
-            raise LocalFileError(f"cannot write {self._part}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot write {self._part_shown}: {exc.strerror}") from exc
 
     def _start_write_back(self) -> None:
         """Ask the kernel to start writing what we wrote since the last call to disk now, so
@@ -394,26 +302,30 @@ class PartFile:
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             if overwrite:
-                _check_replaceable(self._dest)
-                os.replace(self._part, self._dest)
+                check_replaceable(self._dest, self._dir_fd, self._dest_shown)
+                os.replace(self._part, self._dest, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             else:
-                _link_without_replacing(self._part, self._dest)
+                _link_without_replacing(self._part, self._dest, self._dir_fd)
             if self._record_may_exist:
-                _try_unlink(self._record)
+                _try_unlink(self._record, self._dir_fd)
             if durable:
-                _fsync_directory(self._directory or ".")
+                if self._dir_fd is not None:
+                    os.fsync(self._dir_fd)
+                else:
+                    _fsync_directory(self._directory or ".")
         except FileExistsError as exc:
-            raise LocalFileError(f"{self._dest} already exists (use --force to replace)") from exc
+            message = f"{self._dest_shown} already exists (use --force to replace)"
+            raise LocalFileError(message) from exc
         except OSError as exc:
-            raise LocalFileError(f"cannot save {self._dest}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot save {self._dest_shown}: {exc.strerror}") from exc
         finally:
             self.close()
 
     def discard(self) -> None:
         """Close and delete the part file and its record (the content is worthless)."""
         self.close()
-        _try_unlink(self._record)
-        _try_unlink(self._part)
+        _try_unlink(self._record, self._dir_fd)
+        _try_unlink(self._part, self._dir_fd)
 
     def close(self) -> None:
         """Close the part file and release the lock, keeping what was written."""
@@ -422,27 +334,34 @@ class PartFile:
             self._fd = None
 
 
-def _try_unlink(path: str) -> None:
-    """Remove ``path`` if possible: for clean-up, which must not hide the error it follows
-    (a part or record that cannot be removed is harmless: a later download replaces it)."""
+def _try_unlink(path: str, dir_fd: int | None = None) -> None:
+    """Remove ``path`` (relative to ``dir_fd``, if given) if possible: for clean-up, which must
+    not hide the error it follows (a part or record that cannot be removed is harmless: a later
+    download replaces it)."""
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
 
 
-def _link_without_replacing(source: str, dest: str) -> None:
+def _link_without_replacing(source: str, dest: str, dir_fd: int | None = None) -> None:
+    """Give the file ``source`` the name ``dest`` too (both relative to ``dir_fd``, if given),
+    never replacing what is there, then drop the name ``source``."""
     try:
-        os.link(source, dest)
+        os.link(source, dest, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
         raise
     except OSError as exc:
         # No hard links on this file system (FAT, some FUSE): check, then rename.
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
-        if os.path.exists(dest):
+        try:
+            os.stat(dest, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
             raise FileExistsError(errno.EEXIST, "exists", dest) from None
-        os.replace(source, dest)
+        os.replace(source, dest, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     else:
-        os.unlink(source)
+        os.unlink(source, dir_fd=dir_fd)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -17,14 +17,12 @@ from typing import Final, Protocol
 import trio
 
 from ftx._threads import run_together
-from ftx.client._partfile import (
-    PartFile,
+from ftx.client._destination import (
     check_destination,
     check_not_a_directory,
     local_destination,
-    part_file_name,
-    part_for,
 )
+from ftx.client._partfile import PartFile, part_file_name, part_for
 from ftx.client._receive import (
     Download,
     DownloadWire,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,21 @@ from ftx._names import sibling_name
 from ftx.errors import LocalFileError, RemoteError, RemoteProtocolError
 from ftx.framing import Buffer
 from ftx.protocol import ClientProtocol, ErrorCode
-from ftx.protocol.messages import BlockList, Blocks, Data, Error, FileEnd, FileHeader, Get, Message
+from ftx.protocol.messages import (
+    BlockList,
+    BlockProgress,
+    Blocks,
+    Data,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    Message,
+)
 
 __all__ = ["BlockRecord", "RangeWire", "fetch_range", "request_blocks"]
+
+logger = logging.getLogger("ftx.client")
 
 _RECORD_VERSION: Final = 1
 _MAX_RECORD_BYTES: Final = 64 * 1024
@@ -45,7 +58,9 @@ class RangeWire(Protocol):
 async def request_blocks(
     wire: RangeWire, path: str, algorithm: str, identity: str | None = None
 ) -> BlockList:
-    """The server's BLOCK_LIST for the file at ``path``, with ``algorithm``.
+    """The server's BLOCK_LIST for the file at ``path``, with ``algorithm``. The
+    BLOCK_PROGRESS messages a server sends while it reads a file for the first time are passed
+    over (each one restarts the connection's progress deadline).
 
     Raises:
         RemoteError: the server refused (``not-found``, ``changed``, ...).
@@ -54,6 +69,9 @@ async def request_blocks(
     """
     await wire._send(Blocks(wire._protocol.new_request_id(), path, algorithm, identity))
     answer = await wire._receive()
+    while isinstance(answer, BlockProgress):
+        logger.debug("the server has hashed %d of %d bytes of %r", answer.hashed, answer.size, path)
+        answer = await wire._receive()
     if isinstance(answer, Error):
         raise RemoteError(answer.code, answer.message)
     if not isinstance(answer, BlockList):  # pragma: no cover - the protocol checks it

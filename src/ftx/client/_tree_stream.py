@@ -30,7 +30,7 @@ import trio
 
 from ftx._threads import ThreadJob, leaf_exceptions
 from ftx.client._client import Client
-from ftx.client._partfile import DiscardingPart, PartFile, part_for
+from ftx.client._partfile import DiscardingPart, PartFile
 from ftx.client._receive import (
     Download,
     GetOptions,
@@ -384,12 +384,11 @@ class _Receiver:
 
         local = self._local / self._directory if self._directory else self._local
         part: PartFile = DiscardingPart(Path(os.devnull))  # read and dropped, unless saved
-        refusal: LocalFileError | None = None
         if self._fd is not None:  # (else its directory failed, and was reported)
-            try:
-                part = part_for(local / safe_name(name))
-            except LocalFileError as exc:
-                refusal = exc
+            # Every name relative to the directory's descriptor (opened without following
+            # links, as for the small files): a directory swapped for a link meanwhile changes
+            # nothing.
+            part = PartFile(local / safe_name(name), dir_fd=self._fd)
         self._totals.files_found += self._fd is not None
         try:
             download = await receive_answer(wire, remote, part, progress, options, time.monotonic())
@@ -398,9 +397,7 @@ class _Receiver:
             self._report(remote, exc)
             return
         self._totals.bytes_done -= counted
-        if refusal is not None:
-            self._report(remote, refusal)
-        elif self._fd is not None:
+        if self._fd is not None:
             self._report(remote, download)
 
     def _same(self, message: TreeSame) -> None:

@@ -8,6 +8,7 @@ Nothing here does I/O: the client and the server do it around these objects.
 from ftx.protocol._auth import ClientAuthenticator, ServerAuthenticator, check_token, load_token
 from ftx.protocol._blocks import (
     BASE_BLOCK_SIZE,
+    BLOCK_PROGRESS_FEATURE,
     MAX_BLOCKS,
     block_count,
     block_size_for,
@@ -44,6 +45,7 @@ from ftx.protocol._connection import (
 __all__ = [
     "BASE_BLOCK_SIZE",
     "BLAKE3_FEATURE",
+    "BLOCK_PROGRESS_FEATURE",
     "DIGEST_ALGORITHMS",
     "DIGEST_FEATURES",
     "LARGE_DATA_FEATURE",

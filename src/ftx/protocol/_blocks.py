@@ -14,6 +14,7 @@ from typing import Final
 
 __all__ = [
     "BASE_BLOCK_SIZE",
+    "BLOCK_PROGRESS_FEATURE",
     "MAX_BLOCKS",
     "RANGES_FEATURE",
     "block_count",
@@ -24,6 +25,10 @@ __all__ = [
 
 RANGES_FEATURE: Final = "ranges"
 """Listed by a peer that speaks ranged GETs (``length``) and BLOCKS / BLOCK_LIST (§22)."""
+BLOCK_PROGRESS_FEATURE: Final = "block-progress"
+"""Listed by a server that may answer BLOCKS with BLOCK_PROGRESS messages before its
+BLOCK_LIST, and by a client that accepts them (§22.2): with both, a file read for the first
+time keeps the client's progress deadline from running out, however large it is."""
 BASE_BLOCK_SIZE: Final = 8 << 20
 """The smallest block: 8 MiB. A bad replica costs at most this much fetched again, and one
 request per block is a negligible overhead (a few hundred bytes per 8 MiB)."""

@@ -28,7 +28,7 @@ from ftx.protocol._auth import (
     ServerAuthenticator,
     ServerAuthState,
 )
-from ftx.protocol._blocks import RANGES_FEATURE, overflows
+from ftx.protocol._blocks import BLOCK_PROGRESS_FEATURE, RANGES_FEATURE, overflows
 from ftx.protocol._digests import (
     BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
@@ -52,6 +52,7 @@ from ftx.protocol.messages import (
     DATA_PREFIX,
     Auth,
     AuthOk,
+    BlockProgress,
     Blocks,
     Challenge,
     Data,
@@ -388,6 +389,10 @@ class ClientProtocol(_Protocol):
         if isinstance(message, Challenge | AuthOk):
             self._auth.receive(message)
             return message
+        if isinstance(message, BlockProgress) and BLOCK_PROGRESS_FEATURE not in self.features:
+            raise RemoteProtocolError(
+                f"BLOCK_PROGRESS without the {BLOCK_PROGRESS_FEATURE!r} feature"
+            )
         self._responses.check(message)
         if isinstance(message, Error) and message.request_id is None:
             self.closed = True
@@ -525,6 +530,10 @@ class ServerProtocol(_Protocol):
             self._auth.sent(message)
         elif not self._auth.done:
             raise LocalProtocolError("the client has not proved it knows the token")
+        elif isinstance(message, BlockProgress) and BLOCK_PROGRESS_FEATURE not in self.features:
+            raise LocalProtocolError(
+                f"BLOCK_PROGRESS without the {BLOCK_PROGRESS_FEATURE!r} feature"
+            )
         else:
             self._requests.check(message)
         return parts

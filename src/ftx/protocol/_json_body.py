@@ -95,6 +95,7 @@ _MEMBERS: Final[dict[Kind, frozenset[str]]] = {
     Kind.BLOCK_LIST: frozenset(
         {"id", "size", "mtime_ns", "identity", "digest", "block_size", "blocks", "file_digest"}
     ),
+    Kind.BLOCK_PROGRESS: frozenset({"id", "size", "hashed"}),
     Kind.TREE: frozenset({"id", "path", "digest", "have", "checksum"}),
     Kind.TREE_DIR: frozenset({"id", "path"}),
     Kind.TREE_FILES: frozenset({"id", "files"}),

@@ -27,6 +27,7 @@ __all__ = [
     "Auth",
     "AuthOk",
     "BlockList",
+    "BlockProgress",
     "Blocks",
     "Challenge",
     "Data",
@@ -83,6 +84,7 @@ class Kind(enum.IntEnum):
     TREE_STORED = 0x5C
     BLOCKS = 0x60
     BLOCK_LIST = 0x61
+    BLOCK_PROGRESS = 0x62
 
 
 class EntryType(enum.StrEnum):
@@ -308,6 +310,18 @@ class BlockList:
     file_digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class BlockProgress:
+    """Part of the answer to :class:`Blocks` (feature ``block-progress``), before its
+    :class:`BlockList`: the server has read and hashed ``hashed`` bytes of the file of ``size``
+    bytes. Sent while a file not seen before is read, so that the client's progress deadline
+    does not run out on a large one."""
+
+    request_id: int
+    size: int
+    hashed: int
+
+
 Message = (
     Hello
     | Get
@@ -327,6 +341,7 @@ Message = (
     | Done
     | Blocks
     | BlockList
+    | BlockProgress
     | TreeGet
     | TreeDir
     | TreeFiles

@@ -19,6 +19,7 @@ from ftx.protocol._digests import is_hex_digest
 from ftx.protocol._tree_types import TreeAsk, TreePutEnd, TreeStored
 from ftx.protocol.messages import (
     BlockList,
+    BlockProgress,
     Blocks,
     Data,
     Done,
@@ -100,6 +101,8 @@ class _Pending:
     files: int = 0  # of a tree stream, sent so far
     skipped: int = 0
     unchanged: int = 0
+    hashed: int = -1  # of a BLOCKS answer: the last BLOCK_PROGRESS's `hashed`
+    size: int = -1  # and its `size`
     # Of a tree upload: the paths asked for, oldest first, whose answer has not ended; the
     # directories and records the client sent; whether a TREE_DIR came yet.
     asks: deque[str] | None = None
@@ -314,9 +317,17 @@ class Responses:
                 head.remaining = head.request.size - message.offset
             case Done(), _Phase.AWAIT_RESULT:
                 self._finish()
+            case BlockProgress(), _Phase.AWAIT_BLOCKS:
+                _check_block_progress(message, head, self._fail)
+                head.hashed, head.size = message.hashed, message.size
             case BlockList(), _Phase.AWAIT_BLOCKS:
                 assert isinstance(head.request, Blocks)
                 _check_block_list(message, head.request, self._fail)
+                if head.size >= 0 and message.size != head.size:
+                    raise self._fail(
+                        f"BLOCK_LIST gives a size of {message.size} after BLOCK_PROGRESS gave "
+                        f"{head.size}"
+                    )
                 self._finish()
             case _:
                 raise self._fail(f"unexpected {type(message).__name__}")
@@ -374,6 +385,23 @@ class Responses:
         if message.digest is None:
             raise fail("the END of an upload carries no digest")
         head.phase = _Phase.AWAIT_RESULT
+
+
+def _check_block_progress(
+    message: BlockProgress,
+    head: _Pending,
+    fail: type[LocalProtocolError] | type[RemoteProtocolError],
+) -> None:
+    """Each BLOCK_PROGRESS of one answer gives the same ``size``, and a ``hashed`` that grows
+    and stays below it (the last bytes are announced by BLOCK_LIST itself): so a server can
+    send at most ``size`` of them, and cannot hold a client with them forever."""
+    if head.size >= 0 and message.size != head.size:
+        raise fail(f"BLOCK_PROGRESS gives a size of {message.size} after {head.size}")
+    if message.hashed <= head.hashed or message.hashed >= message.size:
+        raise fail(
+            f"BLOCK_PROGRESS gives {message.hashed} bytes hashed of {message.size}, after "
+            f"{max(head.hashed, 0)}: it must grow, and stay below the size"
+        )
 
 
 def _check_block_list(

@@ -30,6 +30,9 @@ from ftx.protocol._message_types import (
     BlockList as BlockList,
 )
 from ftx.protocol._message_types import (
+    BlockProgress as BlockProgress,
+)
+from ftx.protocol._message_types import (
     Blocks as Blocks,
 )
 from ftx.protocol._message_types import (
@@ -140,6 +143,7 @@ __all__ = [
     "Auth",
     "AuthOk",
     "BlockList",
+    "BlockProgress",
     "Blocks",
     "Challenge",
     "Data",
@@ -335,6 +339,12 @@ def _to_json(message: Message) -> tuple[Kind, dict[str, Any]]:
                 "blocks": list(message.blocks),
                 "file_digest": message.file_digest,
             }
+        case BlockProgress():
+            return Kind.BLOCK_PROGRESS, {
+                "id": message.request_id,
+                "size": message.size,
+                "hashed": message.hashed,
+            }
     raise TypeError(f"not an ftx message: {message!r}")
 
 
@@ -461,6 +471,12 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
             )
         case Kind.BLOCK_LIST:
             return _block_list(obj)
+        case Kind.BLOCK_PROGRESS:
+            return BlockProgress(
+                request_id=_request_id(obj),
+                size=_int(obj, "size", 0, _MAX_INT),
+                hashed=_int(obj, "hashed", 0, _MAX_INT),
+            )
         case Kind.DATA:  # pragma: no cover - handled before JSON parsing
             raise AssertionError("DATA has no JSON body")
         case _:  # pragma: no cover - the tree kinds, decoded by decode_tree

@@ -23,6 +23,7 @@ from ftx.errors import FtxError, IncompleteFrameError, RemoteProtocolError
 from ftx.framing import BlockingSender, Buffer, FramedChannel, IdleClock, SpanStalledError
 from ftx.fs import OpenedFile
 from ftx.protocol import (
+    BLOCK_PROGRESS_FEATURE,
     DIGEST_FEATURES,
     LARGE_DATA_FEATURE,
     PORTABLE_IDENTITY_FEATURE,
@@ -126,7 +127,7 @@ class Session:
             features=DIGEST_FEATURES
             | uploads
             | identity
-            | {LARGE_DATA_FEATURE, RANGES_FEATURE, TREE_FEATURE},
+            | {LARGE_DATA_FEATURE, RANGES_FEATURE, BLOCK_PROGRESS_FEATURE, TREE_FEATURE},
         )
         # Under TLS the file's bytes must pass through Python anyway: no sendfile.
         sendfile = config.ssl_context is None
