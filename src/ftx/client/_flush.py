@@ -12,7 +12,7 @@ import ctypes
 import os
 from collections.abc import Iterable
 
-from ftx._syncfs import syncfs_function
+from ftx._syncfs import syncfs_function as _syncfs
 from ftx.errors import LocalFileError
 
 __all__ = ["sync_file_systems"]
@@ -27,7 +27,7 @@ def sync_file_systems(directories: Iterable[str | os.PathLike[str]]) -> None:
             error, a full disk), so files already renamed into place may not survive a power
             cut.
     """
-    syncfs = syncfs_function()
+    syncfs = _syncfs()
     if syncfs is None:
         os.sync()
         return

@@ -29,6 +29,7 @@ from typing import Final
 
 from ftx._names import sibling_name
 from ftx._syncfs import syncfs
+from ftx.errors import FtxError
 from ftx.framing import Buffer
 from ftx.fs import FsEntry, FsError, FsReason, ServedRoot
 from ftx.protocol import ErrorCode, new_hasher
@@ -345,7 +346,7 @@ class TreeStore:
         return have_pages(self._top, path, algorithm, max_records, max_bytes)
 
 
-class _Refusal(Exception):
+class _Refusal(FtxError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
