@@ -497,23 +497,67 @@ def small_files(settings: Settings) -> Scenario:
     ftx_put = " ".join([*bl.ftx_command(), "put", "-r", "-q", "127.0.0.1:{port}", str(data)])
     rsync_push = f"{rsync_tool} -a {data}/ rsync://127.0.0.1:{{port}}/data/$R/"
 
-    def count_pushed(run_dir: Path, run: ClientRun) -> str | None:
-        got = sum(len(names) for _, _, names in os.walk(run_dir))
-        return None if got == settings.files else f"stored {got} files, not {settings.files}"
+    def count_pushed(expected: int) -> Check:
+        def check(run_dir: Path, run: ClientRun) -> str | None:
+            got = sum(len(names) for _, _, names in os.walk(run_dir))
+            return None if got == expected else f"stored {got} files, not {expected}"
+
+        return check
+
+    def pushed_before(into: str) -> Callable[[Path], None]:
+        """b4 re-runs: the destination holds the tree already, with the same times."""
+
+        def prepare(run_dir: Path) -> None:
+            (run_dir / into).mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-a", f"{data}/.", str(run_dir / into)], check=True)
+            os.sync()
+
+        return prepare
 
     b4 = partial(
         Method,
         f"b4: put -r, {settings.files} x 4 KiB",
         work=settings.files,
         unit="files/s",
-        check=count_pushed,
+        check=count_pushed(settings.files),
+        out_base=pushed,
+        prepare=lambda run_dir: os.sync(),
+    )
+    b4_again = partial(
+        Method,
+        f"b4: put -r re-run, {settings.files} files up to date",
+        work=settings.files,
+        unit="files/s",
+        check=count_pushed(settings.files),
+        out_base=pushed,
+    )
+    ftx_push = _relative_to(pushed, ftx_put + ' --to "$R"')
+    ftx_push_per_file = _relative_to(pushed, ftx_put + ' --to "$R" --per-file')
+    rsync_pushing = _relative_to(pushed, rsync_push)
+    many_put = " ".join([*bl.ftx_command(), "put", "-r", "-q", "127.0.0.1:{port}", str(many)])
+    memory_put = partial(
+        Method,
+        f"b memory: put -r, {many_files} x 16 B in {settings.dirs * 10} dirs",
+        work=many_files,
+        unit="files/s",
+        check=count_pushed(many_files),
         out_base=pushed,
         prepare=lambda run_dir: os.sync(),
     )
     methods += [
-        b4("ftx put -r (CLI)", _relative_to(pushed, ftx_put + ' --to "$R"'), ftx_writable),
-        b4("rsync push to a daemon", _relative_to(pushed, rsync_push), rsync_writable,
+        b4("ftx put -r (CLI, one tree stream)", ftx_push, ftx_writable),
+        b4("ftx put -r --per-file (CLI, PUT per file)", ftx_push_per_file, ftx_writable),
+        b4("rsync push to a daemon", rsync_pushing, rsync_writable,
            needs=("rsync",), reference=True),
+        b4_again("ftx put -r (CLI), nothing to move", ftx_push, ftx_writable,
+                 prepare=pushed_before(data.name)),
+        b4_again("rsync push, nothing to move", rsync_pushing, rsync_writable,
+                 needs=("rsync",), reference=True, prepare=pushed_before("")),
+        memory_put("ftx put -r (CLI, one tree stream)",
+                   _relative_to(pushed, many_put + ' --to "$R"'), ftx_writable),
+        memory_put("rsync push to a daemon",
+                   _relative_to(pushed, f"{rsync_tool} -a {many}/ rsync://127.0.0.1:{{port}}/data/$R/"),
+                   rsync_writable, needs=("rsync",), reference=True),
     ]  # fmt: skip
     methods += [
         b2("ftx get -r (CLI, one tree stream)", cli_tree, mixed_server, prepare=make_tree_dir),
@@ -534,8 +578,10 @@ def small_files(settings: Settings) -> Scenario:
         "b3: the destination is a copy of the data made (cp -a, untimed) before each run",
         "b2: sizes log-normal (median 4 KiB, sigma 2) in 100 B-8 MiB, layout from seed "
         f"{MIXED_SEED}",
-        "b4: ftx put -r stores every file durably before the command returns (fsync per file "
-        "on the server); the rsync daemon flushes nothing (no --fsync)",
+        "b4: ftx put -r stores every file durably before the command returns (the stream: "
+        "a group commit, two syncfs per 2048 files; --per-file: two fsyncs per file); the "
+        "rsync daemon flushes nothing (no --fsync)",
+        "b4 re-run: the destination is a copy of the data made (cp -a, untimed) before each run",
     ]
     return Scenario("b", methods, notes, keep_outputs=True)
 

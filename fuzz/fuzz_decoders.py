@@ -20,7 +20,10 @@ Targets (``--target``, all by default):
   client reads a socket;
 - ``proxy``: starts of streams into the PROXY header parser of ``ftx.server._proxy_header``;
 - ``tree``: payload sequences into a ``ClientProtocol`` with TREE requests outstanding (tree
-  streams, docs/protocol.md section 21); the ``server`` target gets TREE and have-lists too.
+  streams, docs/protocol.md section 21); the ``server`` target gets TREE and have-lists too;
+- ``tree-put``: payload sequences into a ``ClientProtocol`` that sent a TREE_PUT and its
+  stream (tree uploads, section 23); the ``server`` target gets TREE_PUT streams too, and
+  answers their asks and ends as the real server does.
 
 Inputs start from valid sessions and are mutated at the frame, payload, JSON and byte level; an
 input that makes a target say something new (a new error message, a new message accepted) is
@@ -72,6 +75,8 @@ from ftx.protocol import (
     BLOCK_PROGRESS_FEATURE,
     RANGES_FEATURE,
     TREE_FEATURE,
+    TREE_PUT_FEATURE,
+    UPLOAD_FEATURE,
     ClientProtocol,
     ServerProtocol,
 )
@@ -94,6 +99,7 @@ from ftx.protocol.messages import (
     MakeDir,
     Message,
     Put,
+    TreeAsk,
     TreeDir,
     TreeEnd,
     TreeFile,
@@ -101,9 +107,12 @@ from ftx.protocol.messages import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreePutEnd,
     TreeRecord,
     TreeSame,
     TreeSkip,
+    TreeStored,
     decode_message,
     encode_message,
 )
@@ -256,8 +265,64 @@ def tree_client_session() -> Payloads:
     ]
 
 
+PUT_FEATURES: Final = FEATURES | {TREE_PUT_FEATURE, UPLOAD_FEATURE}
+PUT_RECORDS: Final = (
+    TreeRecord("a.txt", 5, MTIME, 0o644, SHA256),
+    TreeRecord("empty", 0, MTIME, 0o600, hashlib.sha256(b"").hexdigest()),
+)
+
+
+def tree_put_client_session() -> Payloads:
+    """What a client sends the server target: a TREE_PUT and its stream."""
+    return [
+        payload(Hello((1,), PUT_FEATURES, 1 << 20, "ftx/0.4.0")),
+        payload(TreePut(1, "up", "sha256", overwrite=True, checksum=True)),
+        payload(TreeAsk(1, "")),
+        payload(TreeDir(1, "")),
+        payload(TreeFiles(1, PUT_RECORDS, CONTENT)),
+        payload(TreeAsk(1, "sub/deeper")),
+        payload(TreeDir(1, "sub/deeper")),
+        payload(TreeFiles(1, PUT_RECORDS[1:], b"")),
+        payload(TreePutEnd(1, 2, 3)),
+        payload(Get(2, "hello.txt")),
+    ]
+
+
+def tree_put_server_session() -> Payloads:
+    """What a server sends the tree-put client target: its HELLO, then the answer to
+    TREE_PUT_STREAM."""
+    return [
+        payload(Hello((1,), PUT_FEATURES, 1 << 20, "ftx/0.4.0")),
+        payload(TreeHave(1, "", (HaveRecord("a.txt", 5, MTIME, SHA256),))),
+        payload(TreeHaveEnd(1)),
+        payload(TreeStored(1, "", ("a.txt",))),
+        payload(TreeHaveEnd(1)),
+        payload(TreeSkip(1, "sub/x", "exists", "already there")),
+        payload(TreeStored(1, "sub", ("b", "c"))),
+        payload(TreeEnd(1, 3, 1, 0)),
+    ]
+
+
+TREE_PUT_STREAM: Final = (
+    TreePut(1, "up", "sha256"),
+    TreeAsk(1, ""),
+    TreeAsk(1, "sub"),
+    TreeDir(1, ""),
+    TreeFiles(1, PUT_RECORDS, CONTENT),
+    TreeDir(1, "sub"),
+    TreePutEnd(1, 2, 2),
+)
+
+
 def all_seed_payloads() -> Payloads:
-    return [*server_session(), *client_session(), *tree_server_session(), *tree_client_session()]
+    return [
+        *server_session(),
+        *client_session(),
+        *tree_server_session(),
+        *tree_client_session(),
+        *tree_put_client_session(),
+        *tree_put_server_session(),
+    ]
 
 
 # ------------------------------------------------------------------------------- mutation
@@ -670,7 +735,35 @@ def new_client() -> ClientProtocol:
     return client
 
 
-_REQUEST_TYPES: Final = (Get, ListDir, Put, MakeDir, Blocks, TreeGet, TreeHave, TreeHaveEnd)
+_REQUEST_TYPES: Final = (
+    Get,
+    ListDir,
+    Put,
+    MakeDir,
+    Blocks,
+    TreeGet,
+    TreePut,
+    TreeAsk,
+    TreePutEnd,
+)
+# What a server may accept from a client besides: have-lists, and a tree upload's stream.
+_CLIENT_STREAM_TYPES: Final = (TreeHave, TreeHaveEnd, TreeDir, TreeFiles)
+
+
+def run_tree_put_client(case: Case, check_latch: bool) -> set[str]:
+    """The client having sent a TREE_PUT and its whole stream (once the server's HELLO is in)."""
+    client = ClientProtocol(features=PUT_FEATURES, agent="fuzz")
+    client.send(client.local_hello)
+
+    def check(message: Message | None) -> None:
+        hello = isinstance(message, Hello) and client.peer_hello is message
+        if isinstance(message, (Hello, *_REQUEST_TYPES, TreeDir, TreeFiles)) and not hello:
+            raise Finding("tree-put client", f"the client accepted {message!r} from a server")
+        if hello and TREE_PUT_FEATURE in client.features:
+            for request in TREE_PUT_STREAM:
+                client.send(request)
+
+    return _feed(client.receive, case.payloads, check_latch, check)
 
 
 def run_tree_client(case: Case, check_latch: bool) -> set[str]:
@@ -680,7 +773,7 @@ def run_tree_client(case: Case, check_latch: bool) -> set[str]:
 
     def check(message: Message | None) -> None:
         hello = isinstance(message, Hello) and client.peer_hello is message
-        if isinstance(message, (Hello, *_REQUEST_TYPES)) and not hello:
+        if isinstance(message, (Hello, *_REQUEST_TYPES, TreeHave, TreeHaveEnd)) and not hello:
             raise Finding("tree client", f"the client accepted {message!r} from a server")
         if hello and TREE_FEATURE in client.features:
             for request in TREE_REQUESTS:
@@ -694,7 +787,7 @@ def run_client(case: Case, check_latch: bool) -> set[str]:
 
     def check(message: Message | None) -> None:
         hello = isinstance(message, Hello) and client.peer_hello is message
-        if isinstance(message, (Hello, *_REQUEST_TYPES)) and not hello:
+        if isinstance(message, (Hello, *_REQUEST_TYPES, TreeHave, TreeHaveEnd)) and not hello:
             raise Finding("client", f"the client accepted {message!r} from a server")
 
     return _feed(client.receive, case.payloads, check_latch, check)
@@ -702,7 +795,8 @@ def run_client(case: Case, check_latch: bool) -> set[str]:
 
 def run_server(case: Case, check_latch: bool) -> set[str]:
     rng = random.Random(case.seed)
-    server = ServerProtocol(features=FEATURES | {TREE_FEATURE}, agent="fuzz")
+    server = ServerProtocol(features=PUT_FEATURES | {TREE_FEATURE}, agent="fuzz")
+    ended: set[int] = set()  # tree uploads whose TREE_PUT_END came
 
     def answer(message: Message | None) -> None:
         if isinstance(message, Hello):
@@ -711,10 +805,26 @@ def run_server(case: Case, check_latch: bool) -> set[str]:
             else:
                 server.send(server.hello_reply())
             return
-        if message is not None and not isinstance(message, _REQUEST_TYPES):
+        if message is not None and not isinstance(message, _REQUEST_TYPES + _CLIENT_STREAM_TYPES):
             raise Finding("server", f"the server accepted {message!r} from a client")
+        if isinstance(message, TreeAsk):  # answered at once, as the real server does, once
+            # the requests before its TREE_PUT are (answers come in order)
+            while (request := server.current_request) is not None and not isinstance(
+                request, TreePut
+            ):
+                server.send(Error(request.request_id, "not-found", "no"))
+            server.send(TreeHaveEnd(message.request_id))
+            return
+        if isinstance(message, TreePutEnd):
+            ended.add(message.request_id)
         while server.current_request is not None and rng.random() < 0.5:
             request = server.current_request
+            if isinstance(request, TreePut):
+                if request.request_id not in ended:
+                    break  # its answer comes after its stream
+                ended.discard(request.request_id)
+                server.send(TreeEnd(request.request_id, 0, 0, 0))  # must never raise
+                continue
             server.send(Error(request.request_id, "not-found", "no"))  # must never raise
 
     return _feed(server.receive, case.payloads, check_latch, answer)
@@ -803,8 +913,14 @@ TARGETS: Final = {
         Target("framing", run_framing, lambda: [server_session(), client_session()], True),
         Target("messages", run_messages, lambda: [all_seed_payloads()], False),
         Target("client", run_client, lambda: [server_session(), server_session()[:7]], False),
-        Target("server", run_server, lambda: [client_session(), tree_client_session()], False),
+        Target(
+            "server",
+            run_server,
+            lambda: [client_session(), tree_client_session(), tree_put_client_session()],
+            False,
+        ),
         Target("tree", run_tree_client, lambda: [tree_server_session()], False),
+        Target("tree-put", run_tree_put_client, lambda: [tree_put_server_session()], False),
         Target("pipeline", run_pipeline, lambda: [server_session()], True),
         Target("proxy", run_proxy, lambda: [proxy_seeds()], False),
     )

@@ -687,7 +687,10 @@ def serve_cli(start_ftx_server: ServerStarter) -> ServeCli:
     return lambda directory, *options: start_ftx_server(directory, *options).address
 
 
-def test_ftx_put_r_sends_a_tree(serve_cli: ServeCli, root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [[], ["--per-file"]], ids=["tree-stream", "per-file"])
+def test_ftx_put_r_sends_a_tree(
+    serve_cli: ServeCli, root: Path, tmp_path: Path, how: list[str]
+) -> None:
     tree = tmp_path / "tree"
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "top.txt").write_bytes(b"top\n")
@@ -696,7 +699,7 @@ def test_ftx_put_r_sends_a_tree(serve_cli: ServeCli, root: Path, tmp_path: Path)
     (tree / "a" / "empty").mkdir()
     (tree / "a" / "link").symlink_to("mid.bin")
     address = serve_cli(root, "--writable")
-    result = ftx_cli("put", address, str(tree), "-r", "--to", "sub")
+    result = ftx_cli("put", address, str(tree), "-r", "--to", "sub", *how)
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr
     assert "symbolic link" in result.stderr
@@ -705,13 +708,13 @@ def test_ftx_put_r_sends_a_tree(serve_cli: ServeCli, root: Path, tmp_path: Path)
     assert snapshot(copied) == expected
     # Again, unchanged (as after an interrupted run): the files already there, with the same
     # size and modification time, are skipped as up to date, as `ftx get -r` does.
-    again = ftx_cli("put", address, str(tree), "-r", "--to", "sub")
+    again = ftx_cli("put", address, str(tree), "-r", "--to", "sub", *how)
     assert again.returncode == 0, again.stderr
     assert "0 file(s) sent (0 B in" in again.stderr
     assert ", 3 already up to date" in again.stderr
     # A file changed here is not replaced there without --force; the others are up to date.
     (tree / "a" / "b" / "leaf.txt").write_bytes(b"leaf, longer\n")
-    changed = ftx_cli("put", address, str(tree), "-r", "--to", "sub")
+    changed = ftx_cli("put", address, str(tree), "-r", "--to", "sub", *how)
     line = changed.stderr.strip().splitlines()[-1]
     assert changed.returncode == 8, changed.stderr
     assert ", 2 already up to date, 1 failed" in changed.stderr
@@ -750,7 +753,7 @@ def test_ftx_put_r_sends_files_over_jobs_connections(
 ) -> None:
     tree = small_tree(tmp_path, 3, 20)
     server = start_ftx_server(root, "--writable")
-    result = ftx_cli("put", server.address, str(tree), "-r", "-j", str(jobs))
+    result = ftx_cli("put", server.address, str(tree), "-r", "-j", str(jobs), "--per-file")
     assert result.returncode == 0, result.stderr
     assert "60 file(s) sent" in result.stderr
     assert snapshot(root / "tree") == snapshot(tree)
@@ -771,7 +774,7 @@ def test_ftx_put_j_with_a_server_that_takes_one_connection(
     # The connections the server refuses as busy leave their files to the one it took.
     tree = small_tree(tmp_path, 2, 10)
     server = start_ftx_server(root, "--writable", "--max-connections", "1")
-    result = ftx_cli("put", server.address, str(tree), "-r", "-j", "4")
+    result = ftx_cli("put", server.address, str(tree), "-r", "-j", "4", "--per-file")
     assert result.returncode == 0, result.stderr
     assert "20 file(s) sent" in result.stderr
     assert "busy" not in result.stderr
@@ -792,7 +795,18 @@ def test_ftx_put_j_survives_a_killed_server(
             (tree / f"d{d}" / f"f{f}.bin").write_bytes(content(512 * 1024, seed=d * 100 + f))
     first = start_ftx_server(root, "--writable")
     code, _, stderr = kill_mid_run(
-        [*PYTHON_M_FTX, "put", first.address, str(tree), "-r", "-j", "4", "--retries", "5"],
+        [
+            *PYTHON_M_FTX,
+            "put",
+            first.address,
+            str(tree),
+            "-r",
+            "-j",
+            "4",
+            "--retries",
+            "5",
+            "--per-file",
+        ],
         first,
         lambda: len(list(root.rglob("f*.bin"))) >= 10,
         lambda: start_ftx_server(root, "--writable", "--port", str(first.port)),

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import posixpath
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -31,7 +33,17 @@ from ftx.cli._output import as_json, human_size, printable, say, timing
 from ftx.cli._paths import server_path
 from ftx.cli._progress import ProgressBar
 from ftx.cli._retry import Retrying, add_retry_options
-from ftx.client import DEFAULT_JOBS, Client, Planned, Skipped, Upload, plan_uploads
+from ftx.client import (
+    DEFAULT_JOBS,
+    Client,
+    Planned,
+    Skipped,
+    TreePutReport,
+    Upload,
+    local_name,
+    plan_uploads,
+    remote_join,
+)
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 from ftx.protocol.messages import Entry, EntryType
@@ -89,6 +101,12 @@ def add_put_parser(commands: Any) -> None:
         f"a server that refuses some as busy gets fewer) (default: {DEFAULT_JOBS})",
     )
     put.add_argument(
+        "--per-file",
+        action="store_true",
+        help="with -r: send each file with a request of its own, as to a server without tree "
+        "uploads, instead of each directory as one stream",
+    )
+    put.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object per file on standard output (sent, skipped or failed)",
@@ -124,6 +142,10 @@ class _Run:
     # What each server directory holds, listed once: files already there with the same size
     # and modification time are skipped, as `ftx get -r` skips them locally.
     listings: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    # Directories to send as tree streams (feature tree-put): (local, remote), and the tree
+    # streams' totals.
+    trees: list[tuple[Path, str]] = field(default_factory=list)
+    tree_report: TreePutReport | None = None
 
     def take(self, *, files: bool) -> int | None:
         """The index of the next item to send (a file only if ``files``), or ``None``."""
@@ -158,20 +180,107 @@ async def put_command(args: argparse.Namespace) -> None:
 
     args.to = server_path(args.to)
     args.path = args.sources[0] if len(args.sources) == 1 else None  # (for --json)
-    plan = list(plan_uploads(args.sources, args.to, recursive=args.recursive, on_skip=skip))
+    directories, others = _split_sources(args.sources, recursive=args.recursive)
+    plan = list(plan_uploads(others, args.to, recursive=args.recursive, on_skip=skip))
     # Every directory is made before any file is sent: files then go over several connections
     # in any order.
     run = _Run(sorted(plan, key=lambda item: item.kind != "dir"))
+    run.trees = [(Path(d), remote_join(args.to, local_name(Path(d)))) for d in directories]
     started = trio.current_time()
-    retrying = Retrying(args, progress=lambda: run.done)
+    retrying = Retrying(args, progress=lambda: run.done + _tree_progress(run))
     args.retrying = retrying
 
     async def attempt() -> None:
         async with await retrying.connect() as client:
+            if run.trees and not await _put_trees(client, run, args, skip):
+                # The server takes no tree streams: its files one by one, as before.
+                trees, run.trees = run.trees, []
+                more = plan_uploads([t[0] for t in trees], args.to, recursive=True, on_skip=skip)
+                run.plan = sorted([*run.plan, *more], key=lambda item: item.kind != "dir")
             await _put_all(client, run, args)
 
     await retrying.run(attempt)
     _summarize(args, run, trio.current_time() - started)
+
+
+def _split_sources(sources: list[str], *, recursive: bool) -> tuple[list[str], list[str]]:
+    """The directories to send as trees (with ``recursive``), and the rest."""
+    directories = [s for s in sources if recursive and os.path.isdir(s)]
+    return directories, [s for s in sources if s not in directories]
+
+
+def _tree_progress(run: _Run) -> int:
+    report = run.tree_report
+    return 0 if report is None else report.files + report.up_to_date
+
+
+async def _put_trees(
+    client: Client, run: _Run, args: argparse.Namespace, skip: Callable[[Path, str], None]
+) -> bool:
+    """Send each directory of ``run.trees`` as one tree stream; False (nothing sent) if the
+    server does not offer them. A directory done is taken off the list: after a lost
+    connection, the next attempt sends the rest, and a tree re-sent moves only what the server
+    lacks."""
+    if args.per_file:
+        return False
+    if run.tree_report is None:
+        run.tree_report = _tree_report(args, run, skip)
+    while run.trees:
+        local, remote = run.trees[0]
+        try:
+            answered = await client.put_tree(
+                local, remote, overwrite=args.force, checksum=args.checksum, report=run.tree_report
+            )
+            sent = answered is not None
+        except RemoteError as exc:
+            if exc.code in _FATAL:
+                raise CliError(
+                    f"{args.address} does not accept uploads: it must run with "
+                    "'ftx serve --writable' [read-only]",
+                    ExitCode.PERMISSION,
+                    exc.code,
+                ) from None
+            if exc.code in _TRANSIENT:
+                raise
+            run.failures.append(exc)
+            _report_tree_failure(args, str(local), exc)
+            sent = True
+        except LocalFileError as exc:
+            run.failures.append(exc)
+            _report_tree_failure(args, str(local), exc)
+            sent = True
+        if not sent:
+            return False
+        run.trees.pop(0)
+    return True
+
+
+def _report_tree_failure(args: argparse.Namespace, path: str, error: FtxError) -> None:
+    if args.json:
+        print(json.dumps(as_json(path, error)), flush=True)
+    else:
+        say(args, f"{printable(path)}: {describe(error, args)[0]}")
+
+
+def _tree_report(
+    args: argparse.Namespace, run: _Run, skip: Callable[[Path, str], None]
+) -> TreePutReport:
+    """Reports each file of the tree streams as it is answered: failures at once (one line
+    each), with ``--json`` every file."""
+
+    def stored(path: str, size: int) -> None:
+        if args.json:
+            print(json.dumps({"path": path, "status": "sent", "size": size}), flush=True)
+
+    def failed(path: str, error: FtxError) -> None:
+        run.failures.append(error)
+        _report_tree_failure(args, path, error)
+
+    def unchanged(path: str) -> None:
+        if args.json:
+            print(json.dumps(as_json(path, Skipped(path, "up to date"))), flush=True)
+
+    return TreePutReport(stored=stored, failed=failed, skipped=skip, unchanged=unchanged)
 
 
 async def _put_all(client: Client, run: _Run, args: argparse.Namespace) -> None:
@@ -344,11 +453,14 @@ async def _put_file(
 
 def _summarize(args: argparse.Namespace, run: _Run, elapsed: float) -> None:
     args.json_reported = True  # every outcome was printed as it came
-    if len(run.plan) > 1:
-        size = sum(upload.size for upload in run.sent)
-        summary = f"{len(run.sent)} file(s) sent ({human_size(size)} in {elapsed:.2f} s)"
-        if run.up_to_date:
-            summary += f", {run.up_to_date} already up to date"
+    report = run.tree_report
+    if len(run.plan) > 1 or report is not None:
+        size = sum(upload.size for upload in run.sent) + (report.bytes if report else 0)
+        sent = len(run.sent) + (report.files if report else 0)
+        up_to_date = run.up_to_date + (report.up_to_date if report else 0)
+        summary = f"{sent} file(s) sent ({human_size(size)} in {elapsed:.2f} s)"
+        if up_to_date:
+            summary += f", {up_to_date} already up to date"
         if run.failures:
             summary += f", {len(run.failures)} failed"
         say(args, summary)
@@ -356,4 +468,5 @@ def _summarize(args: argparse.Namespace, run: _Run, elapsed: float) -> None:
         message, code = describe(run.failures[0], args)
         if len(run.failures) > 1:
             message = f"{len(run.failures)} not sent; the first: {message}"
+            code = ExitCode.FAILURE if code != ExitCode.NETWORK else code
         raise CliError(message, code)

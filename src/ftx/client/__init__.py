@@ -17,7 +17,8 @@ from ftx.client._multisource import Source, download_from_sources
 from ftx.client._streams import file_digest
 from ftx.client._tree import DEFAULT_JOBS, Skipped, TreeProgress
 from ftx.client._tree import download as download_tree
-from ftx.client._upload import Planned, Upload, plan_uploads
+from ftx.client._tree_put import TreePutReport
+from ftx.client._upload import Planned, Upload, local_name, plan_uploads, remote_join
 
 __all__ = [
     "DEFAULT_JOBS",
@@ -30,6 +31,7 @@ __all__ = [
     "Skipped",
     "Source",
     "TreeProgress",
+    "TreePutReport",
     "Upload",
     "connect",
     "download_from_sources",
@@ -37,5 +39,7 @@ __all__ = [
     "file_digest",
     "is_null_device",
     "local_destination",
+    "local_name",
     "plan_uploads",
+    "remote_join",
 ]

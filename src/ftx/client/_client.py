@@ -36,6 +36,7 @@ from ftx.client._pipeline import fetch_files
 from ftx.client._ranges import fetch_range, request_blocks
 from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request
 from ftx.client._streams import StreamPart
+from ftx.client._tree_put import TreePutReport, put_tree
 from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import FtxError, RemoteError, RemoteProtocolError
 from ftx.framing import Buffer
@@ -400,6 +401,39 @@ class Client(ClientConnection):
                 resume=resume,
                 preserve_mtime=preserve_mtime,
             )
+
+    async def put_tree(
+        self,
+        source: str | os.PathLike[str],
+        path: str,
+        *,
+        overwrite: bool = False,
+        checksum: bool = False,
+        report: TreePutReport | None = None,
+    ) -> TreePutReport | None:
+        """Upload the local directory ``source`` with everything under it to the directory
+        ``path`` on the server (created if missing; its parent must exist) as one tree stream
+        (feature ``tree-put``, see :mod:`ftx.client._tree_put`). Files the server has with
+        the same size and time (``checksum``: the same digest) are not sent; with
+        ``overwrite`` every file is, replacing what is there if the server allows it.
+
+        Returns ``report`` (a new one if ``None``) with the totals, after each file was
+        reported through it; ``None``, having sent nothing, if the server does not offer tree
+        uploads (send the files with :meth:`put` then).
+
+        Raises:
+            RemoteError: the server refused the tree as a whole.
+            LocalFileError: ``source`` cannot be read as a directory.
+            ConnectionLostError, RemoteProtocolError: as for :meth:`get`; what was reported
+                stored is stored, and a re-run sends only the rest.
+        """
+        report = TreePutReport() if report is None else report
+        async with self._lock:
+            await self._check_open()
+            sent = await put_tree(
+                self, Path(source), path, overwrite=overwrite, checksum=checksum, report=report
+            )
+        return report if sent else None
 
     async def mkdir(self, path: str) -> bool:
         """Create the directory ``path`` on the server (its parent must exist); return whether

@@ -39,9 +39,10 @@ class ClientConfig:
         rate_limit: the most bytes per second to send and to receive (each direction), or
             ``None`` for no limit. Connections made with the same :class:`~ftx.RateLimit`
             share it. A limited connection does without the zero-copy paths of plain TCP.
-        tree_streams: fetch directory trees as one stream (``get -r``) when the server offers
-            it (feature ``tree``); ``False`` fetches every file with its own GET, as with a
-            server that does not.
+        tree_streams: fetch and send directory trees as one stream (``get -r``, features
+            ``tree`` and ``tree-put``) when the server offers it; ``False`` fetches every file
+            with its own GET (and :meth:`~ftx.Client.put_tree` sends nothing), as with a server
+            that does not.
 
     Raises:
         ValueError: the token is shorter than 16 bytes, ``digest`` is none of these,

@@ -38,6 +38,7 @@ from ftx.protocol import (
     LARGE_DATA_FEATURE,
     RANGES_FEATURE,
     TREE_FEATURE,
+    TREE_PUT_FEATURE,
     UPLOAD_FEATURE,
     ClientAuthenticator,
     ClientProtocol,
@@ -306,5 +307,5 @@ class ClientConnection(trio.abc.AsyncResource):
 
 
 def _tree_features(config: ClientConfig) -> frozenset[str]:
-    """The feature of tree streams, unless ``config`` turns them off."""
-    return frozenset({TREE_FEATURE}) if config.tree_streams else frozenset()
+    """The features of tree streams, both ways, unless ``config`` turns them off."""
+    return frozenset({TREE_FEATURE, TREE_PUT_FEATURE}) if config.tree_streams else frozenset()

@@ -9,10 +9,10 @@ offer it, so it is called through ctypes where the C library has it.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+from ftx._syncfs import syncfs_function as _syncfs
 from ftx.errors import LocalFileError
 
 __all__ = ["sync_file_systems"]
@@ -48,17 +48,3 @@ def sync_file_systems(directories: Iterable[str | os.PathLike[str]]) -> None:
                 raise LocalFileError(message)
         finally:
             os.close(fd)
-
-
-@functools.cache
-def _syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover - no C library to load (not on any POSIX system)
-        return None
-    function = getattr(libc, "syncfs", None)
-    if function is None:
-        return None  # e.g. macOS
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]

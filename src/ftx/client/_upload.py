@@ -46,6 +46,7 @@ __all__ = [
     "local_name",
     "make_directory",
     "plan_uploads",
+    "remote_join",
     "send_file",
 ]
 

@@ -40,8 +40,14 @@ from ftx.protocol._digests import (
     choose_digest,
     new_hasher,
 )
-from ftx.protocol._responses import MAX_LIST_ENTRIES, MAX_PENDING_REQUESTS, Request, Responses
-from ftx.protocol._tree_types import TREE_FEATURE
+from ftx.protocol._responses import (
+    MAX_LIST_ENTRIES,
+    MAX_PENDING_REQUESTS,
+    MAX_TREE_ASKS,
+    Request,
+    Responses,
+)
+from ftx.protocol._tree_types import TREE_FEATURE, TREE_PUT_FEATURE
 from ftx.protocol.messages import (
     DATA_PREFIX,
     Auth,
@@ -59,9 +65,14 @@ from ftx.protocol.messages import (
     MakeDir,
     Message,
     Put,
+    TreeAsk,
+    TreeDir,
+    TreeFiles,
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreePutEnd,
     decode_message,
     encode_message,
 )
@@ -73,12 +84,14 @@ __all__ = [
     "LARGE_DATA_FEATURE",
     "MAX_LIST_ENTRIES",
     "MAX_PENDING_REQUESTS",
+    "MAX_TREE_ASKS",
     "MIN_FRAME_SIZE",
     "PORTABLE_IDENTITY_FEATURE",
     "PROTOCOL_VERSION",
     "RANGES_FEATURE",
     "SUPPORTED_VERSIONS",
     "TREE_FEATURE",
+    "TREE_PUT_FEATURE",
     "UPLOAD_FEATURE",
     "XXH3_FEATURE",
     "ClientProtocol",
@@ -313,9 +326,19 @@ class ClientProtocol(_Protocol):
         elif isinstance(message, TreeHave | TreeHaveEnd):
             parts = self._encode(message)
             self._responses.check_have(message, LocalProtocolError)
-        elif isinstance(message, Get | ListDir | Put | MakeDir | Blocks | TreeGet):
+        elif isinstance(message, TreeDir | TreeFiles | TreeAsk | TreePutEnd):
+            parts = self._encode(message)
+            self._responses.check_tree_upload(message, LocalProtocolError)
+        elif isinstance(message, Get | ListDir | Put | MakeDir | Blocks | TreeGet | TreePut):
             if isinstance(message, TreeGet) and TREE_FEATURE not in self.features:
                 raise LocalProtocolError(f"the server does not offer the {TREE_FEATURE!r} feature")
+            if isinstance(message, TreePut):
+                if TREE_PUT_FEATURE not in self.features:
+                    raise LocalProtocolError(
+                        f"the server does not offer the {TREE_PUT_FEATURE!r} feature"
+                    )
+                if message.digest not in DIGEST_ALGORITHMS:
+                    raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
             if isinstance(message, Get) and message.digest not in DIGEST_ALGORITHMS | {None}:
                 raise LocalProtocolError(f"unknown digest algorithm {message.digest!r}")
             if isinstance(message, Get) and message.length is not None:
@@ -466,11 +489,16 @@ class ServerProtocol(_Protocol):
         if isinstance(message, TreeHave | TreeHaveEnd):
             self._requests.check_have(message, RemoteProtocolError)
             return message
+        if isinstance(message, TreeDir | TreeFiles | TreeAsk | TreePutEnd):
+            self._requests.check_tree_upload(message, RemoteProtocolError)
+            return message
         # PUT and MKDIR are accepted even when UPLOAD_FEATURE is not in use: a server that does
         # not offer it answers them with a read-only ERROR rather than closing the connection.
         # BLOCKS too, from a client that did not list RANGES_FEATURE: this server knows it.
         # So is TREE: a server without TREE_FEATURE refuses it as a bad request.
-        if not isinstance(message, Get | ListDir | Put | MakeDir | Blocks | TreeGet):
+        # TREE_PUT too: without TREE_PUT_FEATURE in use the server reads the stream and
+        # refuses it after its end (read-only).
+        if not isinstance(message, Get | ListDir | Put | MakeDir | Blocks | TreeGet | TreePut):
             raise RemoteProtocolError(f"a client cannot send {type(message).__name__}")
         self._requests.add(message, RemoteProtocolError)
         return message

@@ -105,6 +105,10 @@ _MEMBERS: Final[dict[Kind, frozenset[str]]] = {
     Kind.TREE_HAVE: frozenset({"id", "path", "files"}),
     Kind.TREE_HAVE_END: frozenset({"id"}),
     Kind.TREE_SAME: frozenset({"id", "names"}),
+    Kind.TREE_PUT: frozenset({"id", "path", "digest", "overwrite", "checksum"}),
+    Kind.TREE_ASK: frozenset({"id", "path"}),
+    Kind.TREE_PUT_END: frozenset({"id", "dirs", "files"}),
+    Kind.TREE_STORED: frozenset({"id", "path", "names"}),
 }
 _ENTRY_MEMBERS: Final = frozenset({"name", "type", "size", "mtime_ns", "mode"})
 

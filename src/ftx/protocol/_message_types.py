@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ftx.framing import Buffer
 from ftx.protocol._tree_types import (
+    TreeAsk,
     TreeDir,
     TreeEnd,
     TreeFile,
@@ -15,8 +16,11 @@ from ftx.protocol._tree_types import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreePutEnd,
     TreeSame,
     TreeSkip,
+    TreeStored,
 )
 
 __all__ = [
@@ -74,6 +78,10 @@ class Kind(enum.IntEnum):
     TREE_HAVE = 0x56
     TREE_HAVE_END = 0x57
     TREE_SAME = 0x58
+    TREE_PUT = 0x59  # tree uploads (feature "tree-put"): ftx.protocol._tree_types
+    TREE_ASK = 0x5A
+    TREE_PUT_END = 0x5B
+    TREE_STORED = 0x5C
     BLOCKS = 0x60
     BLOCK_LIST = 0x61
     BLOCK_PROGRESS = 0x62
@@ -343,4 +351,8 @@ Message = (
     | TreeHave
     | TreeHaveEnd
     | TreeSame
+    | TreePut
+    | TreeAsk
+    | TreePutEnd
+    | TreeStored
 )

@@ -16,6 +16,7 @@ from typing import Final
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.protocol._blocks import block_count, block_size_for, range_end
 from ftx.protocol._digests import is_hex_digest
+from ftx.protocol._tree_types import TreeAsk, TreePutEnd, TreeStored
 from ftx.protocol.messages import (
     BlockList,
     BlockProgress,
@@ -40,17 +41,27 @@ from ftx.protocol.messages import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
     TreeSame,
     TreeSkip,
 )
 
-__all__ = ["MAX_LIST_ENTRIES", "MAX_PENDING_REQUESTS", "Request", "Responses"]
+__all__ = [
+    "MAX_LIST_ENTRIES",
+    "MAX_PENDING_REQUESTS",
+    "MAX_TREE_ASKS",
+    "Request",
+    "Responses",
+    "TreeUpload",
+]
 
 # How many requests a client may have outstanding (pipelined) at once.
 MAX_PENDING_REQUESTS: Final = 1024
 # How many entries one LIST answer may hold, in all its pages (a larger directory is answered
 # with this many, then ERROR too-large): what a client keeps of a listing stays bounded.
 MAX_LIST_ENTRIES: Final = 1_000_000
+# How many TREE_ASKs of a tree upload may wait for their answer at once (docs/protocol.md 23).
+MAX_TREE_ASKS: Final = 64
 
 
 class _Phase(enum.Enum):
@@ -63,10 +74,14 @@ class _Phase(enum.Enum):
     TREE = enum.auto()  # a TREE was sent: directories, files, skips until TREE_END
     TREE_HEADER = enum.auto()  # TREE_FILE received: the FILE of a large file is due
     AWAIT_BLOCKS = enum.auto()  # a BLOCKS was sent: BLOCK_LIST is due
+    PUT_SENDING = enum.auto()  # a TREE_PUT was sent: the client streams until TREE_PUT_END
+    PUT_RESULT = enum.auto()  # TREE_PUT_END was sent: the rest of the answer, TREE_END
 
 
-Request = Get | ListDir | Put | MakeDir | Blocks | TreeGet
+Request = Get | ListDir | Put | MakeDir | Blocks | TreeGet | TreePut
+TreeUpload = TreeDir | TreeFiles | TreeAsk | TreePutEnd
 _FIRST_PHASE: Final = {
+    TreePut: _Phase.PUT_SENDING,
     Blocks: _Phase.AWAIT_BLOCKS,
     TreeGet: _Phase.TREE,
     Get: _Phase.AWAIT_HEADER,
@@ -88,6 +103,11 @@ class _Pending:
     unchanged: int = 0
     hashed: int = -1  # of a BLOCKS answer: the last BLOCK_PROGRESS's `hashed`
     size: int = -1  # and its `size`
+    # Of a tree upload: the paths asked for, oldest first, whose answer has not ended; the
+    # directories and records the client sent; whether a TREE_DIR came yet.
+    asks: deque[str] | None = None
+    dirs: int = 0
+    in_directory: bool = False
 
 
 class Responses:
@@ -103,6 +123,8 @@ class Responses:
         self._ids: set[int] = set()
         # The TREE (with `have`) whose have-list the client is still sending.
         self._have_id: int | None = None
+        # The tree upload whose stream the client is still sending.
+        self._streaming: _Pending | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -116,8 +138,14 @@ class Responses:
             raise fail("a request before the END of the upload in progress")
         if self._have_id is not None:
             raise fail("a request before the TREE_HAVE_END of the tree in progress")
-        self._pending.append(_Pending(request, _FIRST_PHASE[type(request)]))
+        if self._streaming is not None:
+            raise fail("a request before the TREE_PUT_END of the tree upload in progress")
+        pending = _Pending(request, _FIRST_PHASE[type(request)])
+        self._pending.append(pending)
         self._ids.add(request.request_id)
+        if isinstance(request, TreePut):
+            pending.asks = deque()
+            self._streaming = pending
         if isinstance(request, TreeGet) and request.have:
             self._have_id = request.request_id
 
@@ -130,6 +158,46 @@ class Responses:
             )
         if isinstance(message, TreeHaveEnd):
             self._have_id = None
+
+    def check_tree_upload(self, message: TreeUpload, fail: type[Exception]) -> None:
+        """Check a message of a tree upload's stream going from the client to the server: it
+        belongs to the last TREE_PUT sent, whose TREE_PUT_END has not been sent; files come
+        after a directory, each with a digest of the TREE_PUT's algorithm; at most
+        :data:`MAX_TREE_ASKS` asks wait for their answer; the end's counts are right."""
+        streaming = self._streaming
+        name = type(message).__name__
+        if streaming is None or message.request_id != streaming.request.request_id:
+            raise fail(f"{name} for request {message.request_id}, which streams no tree")
+        request = streaming.request
+        assert isinstance(request, TreePut)
+        assert streaming.asks is not None
+        match message:
+            case TreeAsk():
+                if len(streaming.asks) >= MAX_TREE_ASKS:
+                    raise fail(f"more than {MAX_TREE_ASKS} TREE_ASKs waiting for their answer")
+                streaming.asks.append(message.path)
+            case TreeDir():
+                streaming.dirs += 1
+                streaming.in_directory = True
+            case TreeFiles():
+                if not streaming.in_directory:
+                    raise fail("TREE_FILES before the first TREE_DIR of the tree")
+                for record in message.records:
+                    if record.digest is None or not is_hex_digest(record.digest, request.digest):
+                        raise fail(
+                            f"the record of {record.name!r} has no {request.digest} digest "
+                            "in lowercase hexadecimal"
+                        )
+                streaming.files += len(message.records)
+            case TreePutEnd():
+                counts = (message.dirs, message.files)
+                if counts != (streaming.dirs, streaming.files):
+                    raise fail(
+                        f"TREE_PUT_END counts (dirs, files) of {counts} after "
+                        f"{(streaming.dirs, streaming.files)}"
+                    )
+                streaming.phase = _Phase.PUT_RESULT
+                self._streaming = None
 
     @property
     def current(self) -> Request | None:
@@ -164,6 +232,9 @@ class Responses:
                 f"{type(message).__name__} for request {request_id} while request "
                 f"{head.request.request_id} is being answered"
             )
+        if head.phase in (_Phase.PUT_SENDING, _Phase.PUT_RESULT):
+            self._check_tree_put(head, message)
+            return
         match message, head.phase:
             case Error(), _Phase.UPLOADING:
                 raise self._fail("an answer to an upload before the upload's END")
@@ -260,6 +331,37 @@ class Responses:
                 self._finish()
             case _:
                 raise self._fail(f"unexpected {type(message).__name__}")
+
+    def _check_tree_put(self, head: _Pending, message: Message) -> None:
+        """An answer to a tree upload (section 23): asks answered in order, ERROR and TREE_END
+        only after the client's TREE_PUT_END and the answers to all its asks."""
+        asks = head.asks
+        assert asks is not None
+        done = head.phase is _Phase.PUT_RESULT and not asks
+        match message:
+            case TreeHave():
+                if not asks or message.path != asks[0]:
+                    raise self._fail(f"TREE_HAVE for {message.path!r}, which was not asked next")
+            case TreeHaveEnd():
+                if not asks:
+                    raise self._fail("TREE_HAVE_END without a TREE_ASK to answer")
+                asks.popleft()
+            case TreeStored():
+                head.entries_seen += len(message.names)  # (files stored, so far)
+            case TreeSkip():
+                head.skipped += 1
+            case Error() if done:
+                self._finish()
+            case TreeEnd() if done:
+                counts = (message.files, message.skipped, message.unchanged)
+                if counts != (head.entries_seen, head.skipped, 0):
+                    raise self._fail(
+                        f"the tree upload ended with counts (files, skipped, unchanged) of "
+                        f"{counts} after {(head.entries_seen, head.skipped, 0)}"
+                    )
+                self._finish()
+            case _:
+                raise self._fail(f"unexpected {type(message).__name__} answering a TREE_PUT")
 
     def check_upload(self, message: Data | FileEnd, fail: type[Exception]) -> None:
         """Check a DATA or END going from the client to the server: they belong to the oldest

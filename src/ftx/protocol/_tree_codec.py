@@ -22,6 +22,7 @@ from ftx.protocol._message_types import Kind
 from ftx.protocol._tree_types import (
     MAX_NAME_BYTES,
     HaveRecord,
+    TreeAsk,
     TreeDir,
     TreeEnd,
     TreeFile,
@@ -29,9 +30,12 @@ from ftx.protocol._tree_types import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreePutEnd,
     TreeRecord,
     TreeSame,
     TreeSkip,
+    TreeStored,
 )
 
 __all__ = [
@@ -53,6 +57,10 @@ TreeMessage = (
     | TreeHave
     | TreeHaveEnd
     | TreeSame
+    | TreePut
+    | TreeAsk
+    | TreePutEnd
+    | TreeStored
 )
 TREE_KINDS: Final = frozenset(
     {
@@ -65,6 +73,10 @@ TREE_KINDS: Final = frozenset(
         Kind.TREE_HAVE,
         Kind.TREE_HAVE_END,
         Kind.TREE_SAME,
+        Kind.TREE_PUT,
+        Kind.TREE_ASK,
+        Kind.TREE_PUT_END,
+        Kind.TREE_STORED,
     }
 )
 _MAX_INT: Final = (1 << 63) - 1
@@ -264,6 +276,28 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> TreeMessage:
             if not isinstance(names, list):
                 raise RemoteProtocolError("'names' must be a list")
             return TreeSame(_id(obj), tuple(map(check_name, names)))
+        case Kind.TREE_PUT:
+            return TreePut(
+                request_id=_id(obj),
+                path=_str(_get(obj, "path"), "path", _MAX_PATH_BYTES),
+                digest=_str(_get(obj, "digest", "sha256"), "digest", _MAX_SHORT),
+                overwrite=_bool(_get(obj, "overwrite", False), "overwrite"),
+                checksum=_bool(_get(obj, "checksum", False), "checksum"),
+            )
+        case Kind.TREE_ASK:
+            return TreeAsk(_id(obj), check_tree_path(_get(obj, "path")))
+        case Kind.TREE_PUT_END:
+            return TreePutEnd(
+                _id(obj),
+                _int(_get(obj, "dirs"), "dirs", 0, _MAX_INT),
+                _int(_get(obj, "files"), "files", 0, _MAX_INT),
+            )
+        case Kind.TREE_STORED:
+            names = _get(obj, "names")
+            if not isinstance(names, list):
+                raise RemoteProtocolError("'names' must be a list")
+            path = check_tree_path(_get(obj, "path"))
+            return TreeStored(_id(obj), path, tuple(map(check_name, names)))
     raise RemoteProtocolError(f"unknown message kind 0x{kind:02x}")  # pragma: no cover
 
 
@@ -341,6 +375,28 @@ def _to_json(message: TreeMessage) -> tuple[Kind, dict[str, Any]]:
             return Kind.TREE_HAVE_END, {"id": message.request_id}
         case TreeSame():
             return Kind.TREE_SAME, {"id": message.request_id, "names": list(message.names)}
+        case TreePut():
+            return Kind.TREE_PUT, {
+                "id": message.request_id,
+                "path": message.path,
+                "digest": message.digest,
+                "overwrite": message.overwrite,
+                "checksum": message.checksum,
+            }
+        case TreeAsk():
+            return Kind.TREE_ASK, {"id": message.request_id, "path": message.path}
+        case TreePutEnd():
+            return Kind.TREE_PUT_END, {
+                "id": message.request_id,
+                "dirs": message.dirs,
+                "files": message.files,
+            }
+        case TreeStored():
+            return Kind.TREE_STORED, {
+                "id": message.request_id,
+                "path": message.path,
+                "names": list(message.names),
+            }
         case TreeFiles():  # pragma: no cover - encoded by encode_tree itself
             pass
     raise TypeError(f"not a tree message: {message!r}")

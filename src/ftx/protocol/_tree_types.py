@@ -15,7 +15,9 @@ from ftx.framing import Buffer
 __all__ = [
     "MAX_NAME_BYTES",
     "TREE_FEATURE",
+    "TREE_PUT_FEATURE",
     "HaveRecord",
+    "TreeAsk",
     "TreeDir",
     "TreeEnd",
     "TreeFile",
@@ -23,9 +25,12 @@ __all__ = [
     "TreeGet",
     "TreeHave",
     "TreeHaveEnd",
+    "TreePut",
+    "TreePutEnd",
     "TreeRecord",
     "TreeSame",
     "TreeSkip",
+    "TreeStored",
 ]
 
 TREE_FEATURE: Final = "tree"
@@ -145,3 +150,55 @@ class TreeHaveEnd:
     """The end of what the client has."""
 
     request_id: int
+
+
+# Tree uploads (feature ``tree-put``, docs/protocol.md section 23): the client sends TREE_PUT,
+# then TREE_DIR and TREE_FILES (the messages above, the other way) and TREE_ASK, and ends with
+# TREE_PUT_END; the server answers asks with TREE_HAVE pages and TREE_HAVE_END, batches with
+# TREE_STORED and TREE_SKIP, and the whole with TREE_END.
+
+TREE_PUT_FEATURE: Final = "tree-put"
+"""Listed by a server that accepts tree uploads and a client that can send them."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreePut:
+    """Store a tree under the directory ``path`` (created if missing; its parent must exist).
+
+    Every file's record carries its ``digest`` (an algorithm name: every file is verified).
+    ``overwrite`` asks to replace files that exist; with ``checksum`` the server's have pages
+    carry each file's digest.
+    """
+
+    request_id: int
+    path: str
+    digest: str = "sha256"
+    overwrite: bool = False
+    checksum: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TreeAsk:
+    """What does the server have in the directory ``path`` of the tree? Answered with
+    :class:`TreeHave` pages and a :class:`TreeHaveEnd`."""
+
+    request_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class TreePutEnd:
+    """The end of a tree upload: ``dirs`` TREE_DIRs and ``files`` records were sent."""
+
+    request_id: int
+    dirs: int
+    files: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeStored:
+    """Files of the directory ``path`` (of the tree) stored: verified, published and flushed."""
+
+    request_id: int
+    path: str
+    names: tuple[str, ...]

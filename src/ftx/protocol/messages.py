@@ -94,6 +94,9 @@ from ftx.protocol._tree_types import (
     HaveRecord as HaveRecord,
 )
 from ftx.protocol._tree_types import (
+    TreeAsk as TreeAsk,
+)
+from ftx.protocol._tree_types import (
     TreeDir as TreeDir,
 )
 from ftx.protocol._tree_types import (
@@ -115,6 +118,12 @@ from ftx.protocol._tree_types import (
     TreeHaveEnd as TreeHaveEnd,
 )
 from ftx.protocol._tree_types import (
+    TreePut as TreePut,
+)
+from ftx.protocol._tree_types import (
+    TreePutEnd as TreePutEnd,
+)
+from ftx.protocol._tree_types import (
     TreeRecord as TreeRecord,
 )
 from ftx.protocol._tree_types import (
@@ -122,6 +131,9 @@ from ftx.protocol._tree_types import (
 )
 from ftx.protocol._tree_types import (
     TreeSkip as TreeSkip,
+)
+from ftx.protocol._tree_types import (
+    TreeStored as TreeStored,
 )
 
 __all__ = [
@@ -152,6 +164,7 @@ __all__ = [
     "Message",
     "Put",
     "Ready",
+    "TreeAsk",
     "TreeDir",
     "TreeEnd",
     "TreeFile",
@@ -159,9 +172,12 @@ __all__ = [
     "TreeGet",
     "TreeHave",
     "TreeHaveEnd",
+    "TreePut",
+    "TreePutEnd",
     "TreeRecord",
     "TreeSame",
     "TreeSkip",
+    "TreeStored",
     "decode_message",
     "encode_message",
 ]
@@ -185,6 +201,10 @@ _TREE_TYPES: Final = (
     TreeEnd,
     TreeHave,
     TreeHaveEnd,
+    TreePut,
+    TreeAsk,
+    TreePutEnd,
+    TreeStored,
 )
 
 

@@ -30,6 +30,7 @@ from ftx.protocol import (
     RANGES_FEATURE,
     SUPPORTED_VERSIONS,
     TREE_FEATURE,
+    TREE_PUT_FEATURE,
     UPLOAD_FEATURE,
     ErrorCode,
     ServerAuthenticator,
@@ -43,6 +44,7 @@ from ftx.protocol.messages import (
     MakeDir,
     Put,
     TreeGet,
+    TreePut,
 )
 from ftx.protocol.messages import Message as _Message
 from ftx.server._access_log import AccessRecord
@@ -53,6 +55,7 @@ from ftx.server._limits import WriteStalledError
 from ftx.server._readahead import MAX_BATCH
 from ftx.server._resources import ServerResources
 from ftx.server._tree import TreeHandler
+from ftx.server._tree_put import TreePutHandler
 from ftx.server._uploads import UploadHandler
 
 T = TypeVar("T")
@@ -115,7 +118,7 @@ class Session:
         self._outbox_bytes = 0
         self._unlogged: list[AccessRecord] = []
         portable = config.identity == "portable"
-        uploads = frozenset({UPLOAD_FEATURE}) if config.writable else frozenset()
+        uploads = frozenset({UPLOAD_FEATURE, TREE_PUT_FEATURE}) if config.writable else frozenset()
         identity = frozenset({PORTABLE_IDENTITY_FEATURE}) if portable else frozenset()
         self._protocol = ServerProtocol(
             max_frame_size=config.max_frame_size,
@@ -132,6 +135,7 @@ class Session:
             self, resources, self._protocol, sendfile=sendfile, portable=portable
         )
         self._uploads = UploadHandler(self, config, resources.root)
+        self._tree_puts = TreePutHandler(self, config, resources.root)
         self._blocks = BlockHandler(self, resources, portable=portable)
         self._trees = TreeHandler(
             self, resources.root, self._downloads, idle_timeout=config.idle_timeout
@@ -446,7 +450,7 @@ class Session:
     async def _answer(self, request: _Message, chunk: int) -> None:
         """Answer one request, and log it in the access log however the answer ends."""
         if not isinstance(
-            request, Get | ListDir | Put | MakeDir | Blocks | TreeGet
+            request, Get | ListDir | Put | MakeDir | Blocks | TreeGet | TreePut
         ):  # pragma: no cover
             return
         record = AccessRecord(self._peer, _verb(request), request.path, trio.current_time())
@@ -458,6 +462,9 @@ class Session:
             elif isinstance(request, TreeGet):
                 peer_limit = self._protocol.peer_max_frame_size
                 await self._trees.answer(request, record, chunk, peer_limit)
+            elif isinstance(request, TreePut):
+                peer_limit = self._protocol.peer_max_frame_size
+                await self._tree_puts.answer(request, record, peer_limit)
             else:
                 await self._uploads.answer(request, record)
         except BaseException as exc:
@@ -533,7 +540,7 @@ class _StoppedError(FtxError):
     """The session was stopped in the middle of an answer, at a frame boundary."""
 
 
-_Request = Get | ListDir | Put | MakeDir | Blocks | TreeGet
+_Request = Get | ListDir | Put | MakeDir | Blocks | TreeGet | TreePut
 
 
 def _verb(request: _Request) -> str:
@@ -544,5 +551,6 @@ def _verb(request: _Request) -> str:
         MakeDir: "MKDIR",
         Blocks: "BLOCKS",
         TreeGet: "TREE",
+        TreePut: "TREE_PUT",
     }
     return verbs[type(request)]

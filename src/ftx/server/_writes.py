@@ -33,7 +33,15 @@ from ftx.framing import Buffer
 from ftx.fs import UPLOAD_PART_SUFFIX, FsError, FsReason, ServedRoot
 from ftx.protocol import Hasher
 
-__all__ = ["PART_SUFFIX", "RECORD_SUFFIX", "UploadTarget", "make_directory"]
+__all__ = [
+    "PART_SUFFIX",
+    "RECORD_SUFFIX",
+    "PartStamp",
+    "UploadTarget",
+    "check_upload_name",
+    "make_directory",
+    "write_error",
+]
 
 PART_SUFFIX: Final = UPLOAD_PART_SUFFIX
 RECORD_SUFFIX: Final = PART_SUFFIX + ".resume"
@@ -43,6 +51,8 @@ _HASH_BLOCK: Final = 1 << 20
 # O_NONBLOCK: a FIFO planted at the name must not block the open (it fails with ENXIO instead).
 _PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+PartStamp = tuple[int, int, int, int]
+"""A closed part file's device, inode, size and change time (``st_ctime_ns``)."""
 _NO_HARD_LINKS: Final = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
 
 
@@ -65,7 +75,8 @@ def write_error(exc: OSError, path: str) -> FsError:
     return FsError(FsReason.UNEXPECTED, f"cannot write {path!r}: {os.strerror(exc.errno or 0)}")
 
 
-def _check_name(name: str, path: str) -> None:
+def check_upload_name(name: str, path: str) -> None:
+    """Refuse (``INVALID_PATH``) a ``name`` reserved for the part files of uploads."""
     if name.endswith((PART_SUFFIX, RECORD_SUFFIX)):
         message = f"{path!r}: names ending in {PART_SUFFIX} are reserved"
         raise FsError(FsReason.INVALID_PATH, message)
@@ -97,7 +108,7 @@ class UploadTarget:
         """
         dir_fd, name = root.open_parent(path)
         try:
-            _check_name(name, path)
+            check_upload_name(name, path)
         except BaseException:
             os.close(dir_fd)
             raise
@@ -246,6 +257,21 @@ class UploadTarget:
         except OSError as exc:
             raise write_error(exc, self.path) from None
 
+    def finish_part(self, mtime_ns: int) -> PartStamp:
+        """Give the written part its modification time, and close it (releasing its lock);
+        return its stamp (a tree upload publishes many parts at once, after one flush, and
+        cannot keep them all open: it reopens each, and publishes it only if the stamp is
+        unchanged). Raises FsError."""
+        fd = self._part_fd()
+        try:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
+        os.close(fd)
+        self._fd = None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+
     def publish(self, *, overwrite: bool, mtime_ns: int | None) -> bool:
         """Flush the part to disk and give it the final name; return whether the name was new.
 
@@ -344,7 +370,7 @@ def make_directory(root: ServedRoot, path: str) -> bool:
     """
     dir_fd, name = root.open_parent(path)
     try:
-        _check_name(name, path)
+        check_upload_name(name, path)
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
         except FileExistsError:
