@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
+from ftx.protocol._fields import as_bool, as_int, as_str, member
 from ftx.protocol._json_body import check_unread_members, parse_body
 from ftx.protocol._message_types import Kind
 from ftx.protocol._tree_types import (
@@ -128,44 +129,12 @@ def check_tree_path(path: object, what: str = "path") -> str:
     return path
 
 
-def _int(value: object, name: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise RemoteProtocolError(f"'{name}' must be an integer from {low} to {high}")
-    return value
-
-
-def _str(value: object, name: str, limit: int) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise RemoteProtocolError(f"'{name}' must be a string of at most {limit} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RemoteProtocolError(f"'{name}' is not valid Unicode text") from None
-    return value
-
-
 def _optional_str(value: object, name: str) -> str | None:
-    return None if value is None else _str(value, name, _MAX_SHORT)
-
-
-def _bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise RemoteProtocolError(f"'{name}' must be true or false")
-    return value
-
-
-_MISSING: Final = object()
-
-
-def _get(obj: dict[str, Any], name: str, default: object = _MISSING) -> Any:
-    value = obj.get(name, default)
-    if value is _MISSING:
-        raise RemoteProtocolError(f"'{name}' is missing")
-    return value
+    return None if value is None else as_str(value, name, _MAX_SHORT)
 
 
 def _id(obj: dict[str, Any]) -> int:
-    return _int(_get(obj, "id"), "id", 0, _MAX_ID)
+    return as_int(member(obj, "id"), "id", 0, _MAX_ID)
 
 
 def _plain_int(value: object, low: int, high: int) -> bool:
@@ -209,9 +178,9 @@ def _record(raw: object) -> TreeRecord:
     name, size, mtime_ns, mode, digest = raw
     return TreeRecord(
         check_name(name),
-        _int(size, "size", 0, _MAX_INT),
-        _int(mtime_ns, "mtime_ns", -_MAX_INT, _MAX_INT),
-        _int(mode, "mode", 0, 0o7777),
+        as_int(size, "size", 0, _MAX_INT),
+        as_int(mtime_ns, "mtime_ns", -_MAX_INT, _MAX_INT),
+        as_int(mode, "mode", 0, 0o7777),
         _optional_str(digest, "digest"),
     )
 
@@ -230,8 +199,8 @@ def _have(raw: object) -> HaveRecord:
     name, size, mtime_ns, digest = raw
     return HaveRecord(
         check_name(name),
-        _int(size, "size", 0, _MAX_INT),
-        _int(mtime_ns, "mtime_ns", -_MAX_INT, _MAX_INT),
+        as_int(size, "size", 0, _MAX_INT),
+        as_int(mtime_ns, "mtime_ns", -_MAX_INT, _MAX_INT),
         _optional_str(digest, "digest"),
     )
 
@@ -241,62 +210,63 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> TreeMessage:
         case Kind.TREE:
             return TreeGet(
                 request_id=_id(obj),
-                path=_str(_get(obj, "path"), "path", _MAX_PATH_BYTES),
-                digest=_optional_str(_get(obj, "digest", "sha256"), "digest"),
-                have=_bool(_get(obj, "have", False), "have"),
-                checksum=_bool(_get(obj, "checksum", False), "checksum"),
+                path=as_str(member(obj, "path"), "path", _MAX_PATH_BYTES),
+                digest=_optional_str(member(obj, "digest", "sha256"), "digest"),
+                have=as_bool(member(obj, "have", False), "have"),
+                checksum=as_bool(member(obj, "checksum", False), "checksum"),
             )
         case Kind.TREE_DIR:
-            return TreeDir(_id(obj), check_tree_path(_get(obj, "path")))
+            return TreeDir(_id(obj), check_tree_path(member(obj, "path")))
         case Kind.TREE_FILE:
-            return TreeFile(_id(obj), check_name(_get(obj, "name")))
+            return TreeFile(_id(obj), check_name(member(obj, "name")))
         case Kind.TREE_SKIP:
             return TreeSkip(
                 _id(obj),
-                check_tree_path(_get(obj, "path")),
-                _str(_get(obj, "code"), "code", _MAX_SHORT),
-                _str(_get(obj, "message", ""), "message", _MAX_MESSAGE),
+                check_tree_path(member(obj, "path")),
+                as_str(member(obj, "code"), "code", _MAX_SHORT),
+                as_str(member(obj, "message", ""), "message", _MAX_MESSAGE),
             )
         case Kind.TREE_END:
             return TreeEnd(
                 _id(obj),
-                _int(_get(obj, "files"), "files", 0, _MAX_INT),
-                _int(_get(obj, "skipped"), "skipped", 0, _MAX_INT),
-                _int(_get(obj, "unchanged", 0), "unchanged", 0, _MAX_INT),
+                as_int(member(obj, "files"), "files", 0, _MAX_INT),
+                as_int(member(obj, "skipped"), "skipped", 0, _MAX_INT),
+                as_int(member(obj, "unchanged", 0), "unchanged", 0, _MAX_INT),
             )
         case Kind.TREE_HAVE:
-            files = _get(obj, "files")
+            files = member(obj, "files")
             if not isinstance(files, list):
                 raise RemoteProtocolError("'files' must be a list")
-            return TreeHave(_id(obj), check_tree_path(_get(obj, "path")), tuple(map(_have, files)))
+            path = check_tree_path(member(obj, "path"))
+            return TreeHave(_id(obj), path, tuple(map(_have, files)))
         case Kind.TREE_HAVE_END:
             return TreeHaveEnd(_id(obj))
         case Kind.TREE_SAME:
-            names = _get(obj, "names")
+            names = member(obj, "names")
             if not isinstance(names, list):
                 raise RemoteProtocolError("'names' must be a list")
             return TreeSame(_id(obj), tuple(map(check_name, names)))
         case Kind.TREE_PUT:
             return TreePut(
                 request_id=_id(obj),
-                path=_str(_get(obj, "path"), "path", _MAX_PATH_BYTES),
-                digest=_str(_get(obj, "digest", "sha256"), "digest", _MAX_SHORT),
-                overwrite=_bool(_get(obj, "overwrite", False), "overwrite"),
-                checksum=_bool(_get(obj, "checksum", False), "checksum"),
+                path=as_str(member(obj, "path"), "path", _MAX_PATH_BYTES),
+                digest=as_str(member(obj, "digest", "sha256"), "digest", _MAX_SHORT),
+                overwrite=as_bool(member(obj, "overwrite", False), "overwrite"),
+                checksum=as_bool(member(obj, "checksum", False), "checksum"),
             )
         case Kind.TREE_ASK:
-            return TreeAsk(_id(obj), check_tree_path(_get(obj, "path")))
+            return TreeAsk(_id(obj), check_tree_path(member(obj, "path")))
         case Kind.TREE_PUT_END:
             return TreePutEnd(
                 _id(obj),
-                _int(_get(obj, "dirs"), "dirs", 0, _MAX_INT),
-                _int(_get(obj, "files"), "files", 0, _MAX_INT),
+                as_int(member(obj, "dirs"), "dirs", 0, _MAX_INT),
+                as_int(member(obj, "files"), "files", 0, _MAX_INT),
             )
         case Kind.TREE_STORED:
-            names = _get(obj, "names")
+            names = member(obj, "names")
             if not isinstance(names, list):
                 raise RemoteProtocolError("'names' must be a list")
-            path = check_tree_path(_get(obj, "path"))
+            path = check_tree_path(member(obj, "path"))
             return TreeStored(_id(obj), path, tuple(map(check_name, names)))
     raise RemoteProtocolError(f"unknown message kind 0x{kind:02x}")  # pragma: no cover
 
@@ -309,7 +279,7 @@ def _files_from(view: memoryview) -> TreeFiles:
     if length > view.nbytes - _HEADER_LENGTH:
         raise RemoteProtocolError("TREE_FILES's header runs past the end of the frame")
     obj = parse_body(view[_HEADER_LENGTH : _HEADER_LENGTH + length])
-    files = _get(obj, "files")
+    files = member(obj, "files")
     if not isinstance(files, list):
         raise RemoteProtocolError("'files' must be a list")
     records = tuple(map(_record, files))
@@ -419,7 +389,7 @@ def encode_tree(message: TreeMessage) -> tuple[Buffer, ...]:
             for raw in records:
                 if not _plain_record(raw):
                     _record(raw)  # raises, saying what is wrong
-            _int(message.request_id, "id", 0, _MAX_ID)
+            as_int(message.request_id, "id", 0, _MAX_ID)
             if sum(r.size for r in message.records) != memoryview(message.content).nbytes:
                 raise RemoteProtocolError("the content does not match the records' sizes")
             encoded = _ENCODER.encode(header).encode("utf-8")

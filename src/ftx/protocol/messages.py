@@ -19,121 +19,50 @@ from ftx.errors import LocalProtocolError, RemoteProtocolError
 from ftx.framing import Buffer
 from ftx.protocol._blocks import MAX_BLOCKS
 from ftx.protocol._digests import DIGEST_HEX_DIGITS, is_hex_digest
+from ftx.protocol._fields import MISSING, as_bool, as_int, as_str, member
 from ftx.protocol._json_body import MAX_JSON_DEPTH, check_unread_members, parse_body
 from ftx.protocol._message_types import (
-    Auth as Auth,
-)
-from ftx.protocol._message_types import (
-    AuthOk as AuthOk,
-)
-from ftx.protocol._message_types import (
-    BlockList as BlockList,
-)
-from ftx.protocol._message_types import (
-    BlockProgress as BlockProgress,
-)
-from ftx.protocol._message_types import (
-    Blocks as Blocks,
-)
-from ftx.protocol._message_types import (
-    Challenge as Challenge,
-)
-from ftx.protocol._message_types import (
-    Data as Data,
-)
-from ftx.protocol._message_types import (
-    Done as Done,
-)
-from ftx.protocol._message_types import (
-    Entry as Entry,
-)
-from ftx.protocol._message_types import (
-    EntryType as EntryType,
-)
-from ftx.protocol._message_types import (
-    Error as Error,
-)
-from ftx.protocol._message_types import (
-    FileEnd as FileEnd,
-)
-from ftx.protocol._message_types import (
-    FileHeader as FileHeader,
-)
-from ftx.protocol._message_types import (
-    Get as Get,
-)
-from ftx.protocol._message_types import (
-    Hello as Hello,
-)
-from ftx.protocol._message_types import (
-    Kind as Kind,
-)
-from ftx.protocol._message_types import (
-    ListDir as ListDir,
-)
-from ftx.protocol._message_types import (
-    ListEnd as ListEnd,
-)
-from ftx.protocol._message_types import (
-    ListEntries as ListEntries,
-)
-from ftx.protocol._message_types import (
-    MakeDir as MakeDir,
-)
-from ftx.protocol._message_types import (
-    Message as Message,
-)
-from ftx.protocol._message_types import (
-    Put as Put,
-)
-from ftx.protocol._message_types import (
-    Ready as Ready,
+    Auth,
+    AuthOk,
+    BlockList,
+    BlockProgress,
+    Blocks,
+    Challenge,
+    Data,
+    Done,
+    Entry,
+    EntryType,
+    Error,
+    FileEnd,
+    FileHeader,
+    Get,
+    Hello,
+    Kind,
+    ListDir,
+    ListEnd,
+    ListEntries,
+    MakeDir,
+    Message,
+    Put,
+    Ready,
 )
 from ftx.protocol._tree_codec import TREE_KINDS, decode_tree, encode_tree
 from ftx.protocol._tree_types import (
-    HaveRecord as HaveRecord,
-)
-from ftx.protocol._tree_types import (
-    TreeAsk as TreeAsk,
-)
-from ftx.protocol._tree_types import (
-    TreeDir as TreeDir,
-)
-from ftx.protocol._tree_types import (
-    TreeEnd as TreeEnd,
-)
-from ftx.protocol._tree_types import (
-    TreeFile as TreeFile,
-)
-from ftx.protocol._tree_types import (
-    TreeFiles as TreeFiles,
-)
-from ftx.protocol._tree_types import (
-    TreeGet as TreeGet,
-)
-from ftx.protocol._tree_types import (
-    TreeHave as TreeHave,
-)
-from ftx.protocol._tree_types import (
-    TreeHaveEnd as TreeHaveEnd,
-)
-from ftx.protocol._tree_types import (
-    TreePut as TreePut,
-)
-from ftx.protocol._tree_types import (
-    TreePutEnd as TreePutEnd,
-)
-from ftx.protocol._tree_types import (
-    TreeRecord as TreeRecord,
-)
-from ftx.protocol._tree_types import (
-    TreeSame as TreeSame,
-)
-from ftx.protocol._tree_types import (
-    TreeSkip as TreeSkip,
-)
-from ftx.protocol._tree_types import (
-    TreeStored as TreeStored,
+    HaveRecord,
+    TreeAsk,
+    TreeDir,
+    TreeEnd,
+    TreeFile,
+    TreeFiles,
+    TreeGet,
+    TreeHave,
+    TreeHaveEnd,
+    TreePut,
+    TreePutEnd,
+    TreeRecord,
+    TreeSame,
+    TreeSkip,
+    TreeStored,
 )
 
 __all__ = [
@@ -391,8 +320,8 @@ def _from_json(kind: Kind, obj: dict[str, Any]) -> Message:
             if not isinstance(features, list) or len(features) > _MAX_FEATURES:
                 raise RemoteProtocolError("'features' must be a list")
             return Hello(
-                versions=tuple(_as_int(v, "versions", 0, 1 << 16) for v in versions),
-                features=frozenset(_as_str(f, "features", _MAX_SHORT_STRING) for f in features),
+                versions=tuple(as_int(v, "versions", 0, 1 << 16) for v in versions),
+                features=frozenset(as_str(f, "features", _MAX_SHORT_STRING) for f in features),
                 max_frame_size=_int(obj, "max_frame_size", 0, (1 << 32) - 1),
                 agent=_str(obj, "agent", _MAX_SHORT_STRING, default=""),
                 max_data_frame_size=(
@@ -493,7 +422,7 @@ def _block_list(obj: dict[str, Any]) -> BlockList:
     raw_blocks = obj.get("blocks")
     if not isinstance(raw_blocks, list) or len(raw_blocks) > MAX_BLOCKS:
         raise RemoteProtocolError(f"'blocks' must be a list of at most {MAX_BLOCKS} digests")
-    blocks = tuple(_as_str(raw, "blocks", _MAX_SHORT_STRING) for raw in raw_blocks)
+    blocks = tuple(as_str(raw, "blocks", _MAX_SHORT_STRING) for raw in raw_blocks)
     file_digest = _str(obj, "file_digest", _MAX_SHORT_STRING)
     if not all(is_hex_digest(block, algorithm) for block in (*blocks, file_digest)):
         raise RemoteProtocolError(f"a block digest is not a {algorithm} digest in lowercase hex")
@@ -526,51 +455,21 @@ def _entry(raw: object) -> Entry:
     )
 
 
-_MISSING: Final = object()
+def _int(obj: dict[str, Any], name: str, low: int, high: int, default: object = MISSING) -> int:
+    return as_int(member(obj, name, default), name, low, high)
 
 
-def _as_int(value: object, name: str, low: int, high: int) -> int:
-    # bool is an int subclass in Python, but JSON true is not a number.
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise RemoteProtocolError(f"'{name}' must be an integer from {low} to {high}")
-    return value
-
-
-def _int(obj: dict[str, Any], name: str, low: int, high: int, default: object = _MISSING) -> int:
-    value = obj.get(name, default)
-    if value is _MISSING:
-        raise RemoteProtocolError(f"'{name}' is missing")
-    return _as_int(value, name, low, high)
-
-
-def _as_str(value: object, name: str, max_chars: int) -> str:
-    if not isinstance(value, str) or len(value) > max_chars:
-        raise RemoteProtocolError(f"'{name}' must be a string of at most {max_chars} characters")
-    try:
-        # JSON escapes can smuggle lone surrogates into a str; they are not text.
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RemoteProtocolError(f"'{name}' is not valid Unicode text") from None
-    return value
-
-
-def _str(obj: dict[str, Any], name: str, max_chars: int, default: object = _MISSING) -> str:
-    value = obj.get(name, default)
-    if value is _MISSING:
-        raise RemoteProtocolError(f"'{name}' is missing")
-    return _as_str(value, name, max_chars)
+def _str(obj: dict[str, Any], name: str, max_chars: int, default: object = MISSING) -> str:
+    return as_str(member(obj, name, default), name, max_chars)
 
 
 def _optional_str(obj: dict[str, Any], name: str, default: str | None = None) -> str | None:
     value = obj.get(name, default)
-    return None if value is None else _as_str(value, name, _MAX_SHORT_STRING)
+    return None if value is None else as_str(value, name, _MAX_SHORT_STRING)
 
 
 def _bool(obj: dict[str, Any], name: str, default: bool) -> bool:
-    value = obj.get(name, default)
-    if not isinstance(value, bool):
-        raise RemoteProtocolError(f"'{name}' must be true or false")
-    return value
+    return as_bool(obj.get(name, default), name)
 
 
 def _hex256(obj: dict[str, Any], name: str) -> str:
