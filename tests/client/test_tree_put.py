@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -15,28 +14,12 @@ import trio
 import ftx
 from ftx.client import TreePutReport
 from ftx.errors import FtxError, LocalFileError
-
-
-def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        str(path.relative_to(root)): (path.read_bytes(), path.stat().st_mtime_ns)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.is_symlink()
-    }
+from tree_helpers import make_tree as make_shared_tree
+from tree_helpers import tree_files
 
 
 def make_tree(top: Path) -> None:
-    rng = random.Random(23)
-    (top / "a" / "b" / "c").mkdir(parents=True)
-    (top / "empty-dir").mkdir()
-    (top / "empty.bin").write_bytes(b"")
-    (top / "x.txt").write_bytes(b"x")
-    (top / "a" / "caf\u00e9 \u2014 menu.txt").write_bytes("\u00e9t\u00e9".encode())
-    (top / "a" / "b" / "big.bin").write_bytes(rng.randbytes(3 * 1024 * 1024 + 7))
-    (top / "a" / "b" / "medium.bin").write_bytes(rng.randbytes(300 * 1024))
-    for i in range(300):
-        (top / "a" / "b" / "c" / f"f{i:03}").write_bytes(rng.randbytes(rng.randrange(0, 9000)))
-    (top / "link").symlink_to("x.txt")
+    make_shared_tree(top, seed=23)
 
 
 class Recorder(TreePutReport):

@@ -24,6 +24,8 @@ import ftx._tree_walk
 import ftx.server._session
 from conftest import PYTHON_M_FTX, ServerStarter
 from ftx.client._tree import Skipped, TreeProgress, download
+from tree_helpers import make_tree as make_shared_tree
+from tree_helpers import tree_files
 
 
 def connector(host: str, port: int, **config: object):  # type: ignore[no-untyped-def]
@@ -39,26 +41,8 @@ def connector(host: str, port: int, **config: object):  # type: ignore[no-untype
     return connect
 
 
-def tree_files(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        str(path.relative_to(root)): (path.read_bytes(), path.stat().st_mtime_ns)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.is_symlink()
-    }
-
-
 def make_tree(top: Path) -> None:
-    rng = random.Random(14)
-    (top / "a" / "b" / "c").mkdir(parents=True)
-    (top / "empty-dir").mkdir()
-    (top / "empty.bin").write_bytes(b"")
-    (top / "x.txt").write_bytes(b"x")
-    (top / "a" / "caf\u00e9 \u2014 menu.txt").write_bytes("\u00e9t\u00e9".encode())
-    (top / "a" / "b" / "big.bin").write_bytes(rng.randbytes(3 * 1024 * 1024 + 7))
-    (top / "a" / "b" / "medium.bin").write_bytes(rng.randbytes(300 * 1024))
-    for i in range(300):
-        (top / "a" / "b" / "c" / f"f{i:03}").write_bytes(rng.randbytes(rng.randrange(0, 9000)))
-    (top / "link").symlink_to("x.txt")
+    make_shared_tree(top, seed=14)
     (top / "a" / "run.sh").write_bytes(b"#!/bin/sh\n")
     (top / "a" / "run.sh").chmod(0o750)
 

@@ -8,19 +8,7 @@ from dataclasses import dataclass, field
 
 from ftx.framing import Buffer
 from ftx.protocol._tree_types import (
-    TreeAsk,
-    TreeDir,
-    TreeEnd,
-    TreeFile,
-    TreeFiles,
-    TreeGet,
-    TreeHave,
-    TreeHaveEnd,
-    TreePut,
-    TreePutEnd,
-    TreeSame,
-    TreeSkip,
-    TreeStored,
+    TreeMessage,
 )
 
 __all__ = [
@@ -342,17 +330,5 @@ Message = (
     | Blocks
     | BlockList
     | BlockProgress
-    | TreeGet
-    | TreeDir
-    | TreeFiles
-    | TreeFile
-    | TreeSkip
-    | TreeEnd
-    | TreeHave
-    | TreeHaveEnd
-    | TreeSame
-    | TreePut
-    | TreeAsk
-    | TreePutEnd
-    | TreeStored
+    | TreeMessage
 )

@@ -31,6 +31,7 @@ from ftx.protocol._tree_types import (
     TreeGet,
     TreeHave,
     TreeHaveEnd,
+    TreeMessage,
     TreePut,
     TreePutEnd,
     TreeRecord,
@@ -41,28 +42,12 @@ from ftx.protocol._tree_types import (
 
 __all__ = [
     "TREE_KINDS",
-    "TreeMessage",
     "check_name",
     "check_tree_path",
     "decode_tree",
     "encode_tree",
 ]
 
-TreeMessage = (
-    TreeGet
-    | TreeDir
-    | TreeFiles
-    | TreeFile
-    | TreeSkip
-    | TreeEnd
-    | TreeHave
-    | TreeHaveEnd
-    | TreeSame
-    | TreePut
-    | TreeAsk
-    | TreePutEnd
-    | TreeStored
-)
 TREE_KINDS: Final = frozenset(
     {
         Kind.TREE,

@@ -25,6 +25,7 @@ __all__ = [
     "TreeGet",
     "TreeHave",
     "TreeHaveEnd",
+    "TreeMessage",
     "TreePut",
     "TreePutEnd",
     "TreeRecord",
@@ -202,3 +203,20 @@ class TreeStored:
     request_id: int
     path: str
     names: tuple[str, ...]
+
+
+TreeMessage = (  # every message of the tree streams (both directions)
+    TreeGet
+    | TreeDir
+    | TreeFiles
+    | TreeFile
+    | TreeSkip
+    | TreeEnd
+    | TreeHave
+    | TreeHaveEnd
+    | TreeSame
+    | TreePut
+    | TreeAsk
+    | TreePutEnd
+    | TreeStored
+)
