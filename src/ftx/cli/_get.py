@@ -26,8 +26,6 @@ from ftx.client import (
     Client,
     Download,
     Skipped,
-    Source,
-    download_from_sources,
     is_null_device,
     local_destination,
 )
@@ -103,6 +101,8 @@ async def get_from_sources(args: argparse.Namespace, path: str, target: Path) ->
     servers, or several connections, at once (:func:`ftx.client.download_from_sources`). A
     source dropped (failed, or sent bytes not matching the digests) is named on stderr in one
     line, even with ``-q``."""
+    from ftx.client import Source, download_from_sources
+
     addresses: list[Address] = args.sources or [args.address]
     retrying = Retrying(args)
     bar = ProgressBar(

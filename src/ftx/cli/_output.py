@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ftx.client import Download, Skipped, Upload
+from ftx.client import Download, Skipped
 from ftx.errors import FtxError, RemoteError
+
+if TYPE_CHECKING:
+    from ftx.client import Upload
 
 
 def printable(text: str) -> str:
@@ -76,6 +79,8 @@ def timing(size: int, offset: int, seconds: float) -> str:
 
 def as_json(path: str, result: Download | Upload | FtxError | Skipped) -> dict[str, Any]:
     """What ``--json`` prints about the file at ``path``: saved (or sent), skipped, failed."""
+    from ftx.client import Upload  # (not loaded by the commands that download)
+
     if isinstance(result, Download):
         return {
             "path": path,
