@@ -8,11 +8,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ftx.client import Download, Skipped
 from ftx.errors import FtxError, RemoteError
 
 if TYPE_CHECKING:
-    from ftx.client import Upload
+    from ftx.client import Download, Skipped, Upload
 
 
 def printable(text: str) -> str:
@@ -79,7 +78,7 @@ def timing(size: int, offset: int, seconds: float) -> str:
 
 def as_json(path: str, result: Download | Upload | FtxError | Skipped) -> dict[str, Any]:
     """What ``--json`` prints about the file at ``path``: saved (or sent), skipped, failed."""
-    from ftx.client import Upload  # (not loaded by the commands that download)
+    from ftx.client import Download, Skipped, Upload  # (not loaded by 'ftx serve')
 
     if isinstance(result, Download):
         return {

@@ -10,10 +10,12 @@ where it resumes, and its rate counts only the bytes that cross the network.
 from __future__ import annotations
 
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ftx.cli._output import human_size, printable
-from ftx.client import ProgressCallback, TreeProgress
+
+if TYPE_CHECKING:
+    from ftx.client import ProgressCallback, TreeProgress
 
 __all__ = ["ProgressBar", "TreeBar", "layout"]
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ftx._rate import RateLimit as RateLimit
     from ftx.client._client import Client as Client
     from ftx.client._client import connect as connect
+    from ftx.client._config import DEFAULT_JOBS as DEFAULT_JOBS
     from ftx.client._config import ClientConfig as ClientConfig
     from ftx.client._destination import is_null_device as is_null_device
     from ftx.client._destination import local_destination as local_destination
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from ftx.client._receive import Download as Download
     from ftx.client._receive import ProgressCallback as ProgressCallback
     from ftx.client._streams import file_digest as file_digest
-    from ftx.client._tree import DEFAULT_JOBS as DEFAULT_JOBS
     from ftx.client._tree import download as download_tree
     from ftx.client._tree_disk import Skipped as Skipped
     from ftx.client._tree_disk import TreeProgress as TreeProgress
@@ -54,7 +54,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Source": ("ftx.client._multisource", "Source"),
     "download_from_sources": ("ftx.client._multisource", "download_from_sources"),
     "file_digest": ("ftx.client._streams", "file_digest"),
-    "DEFAULT_JOBS": ("ftx.client._tree", "DEFAULT_JOBS"),
+    "DEFAULT_JOBS": ("ftx.client._config", "DEFAULT_JOBS"),
     "Skipped": ("ftx.client._tree_disk", "Skipped"),
     "TreeProgress": ("ftx.client._tree_disk", "TreeProgress"),
     "download_tree": ("ftx.client._tree", "download"),
