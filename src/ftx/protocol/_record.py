@@ -101,6 +101,7 @@ def record(cls: _C) -> _C:
         elif defaults:
             raise TypeError(f"{cls.__qualname__}: non-default field {name!r} follows a default")
     init = _make_init(names, tuple(defaults))
+    init.__annotations__ = {**annotations, "return": None}  # (as a dataclass's: for typing)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     namespace = {k: v for k, v in cls.__dict__.items() if k not in names}
     namespace.pop("__dict__", None)
