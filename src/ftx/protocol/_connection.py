@@ -398,6 +398,25 @@ class ClientProtocol(_Protocol):
             self.closed = True
         return message
 
+    def receive_data_frame(self, size: int) -> None:
+        """Check the start of a DATA frame of ``size`` payload bytes (kind byte included) whose
+        content the caller takes as it arrives, without a :class:`Data` (a big file's bulk
+        path): everything :meth:`receive` checks of a DATA message that long.
+
+        Raises:
+            RemoteProtocolError: DATA is out of place, or the frame is over the DATA limit.
+        """
+        if self.closed:
+            raise RemoteProtocolError("message after the connection was closed with an error")
+        if self.peer_hello is None:
+            raise RemoteProtocolError("expected HELLO, got Data")
+        if size > self.local_hello.max_frame_size and size > self.max_data_frame_size:
+            raise RemoteProtocolError(
+                f"a frame of {size} bytes exceeds the limit of "
+                f"{self.local_hello.max_frame_size} bytes"
+            )
+        self._responses.check_data(size - 1)
+
     def auth_answer(self) -> Auth:
         """The AUTH to send once the server's CHALLENGE has arrived (see
         :mod:`ftx.protocol._auth`)."""
