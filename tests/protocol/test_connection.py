@@ -277,7 +277,7 @@ def test_server_picks_the_highest_common_version() -> None:
 def test_server_picks_the_highest_of_several_common_versions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ftx.protocol._connection.SUPPORTED_VERSIONS", (1, 2, 3))
+    monkeypatch.setattr("ftx.protocol._server_side.SUPPORTED_VERSIONS", (1, 2, 3))
     server = ServerProtocol()
     server.receive(client_hello((2, 7, 3, 1)))
     assert server.version == 3
@@ -1178,6 +1178,7 @@ def test_a_data_frame_taken_in_pieces_is_checked_as_a_data_message_would_be() ->
     client, server = handshake()
     with pytest.raises(RemoteProtocolError, match="without a request"):
         client.receive_data_frame(11)
+    client, server = handshake()
     request(client, server, Get(1, "hello"))
     with pytest.raises(RemoteProtocolError, match="outside of a file"):
         client.receive_data_frame(11)
@@ -1195,3 +1196,10 @@ def test_a_data_frame_taken_in_pieces_is_checked_as_a_data_message_would_be() ->
         client.receive_data_frame(too_big)
     with pytest.raises(RemoteProtocolError, match="HELLO"):
         ClientProtocol().receive_data_frame(10)
+
+    # After a violation nothing the server sends is trusted, a DATA frame's start included.
+    client, _server = handshake()
+    with pytest.raises(RemoteProtocolError):
+        client.receive(b"\x21x")  # DATA without a request
+    with pytest.raises(RemoteProtocolError, match="already broke the protocol"):
+        client.receive_data_frame(10)
