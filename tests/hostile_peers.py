@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -143,10 +144,20 @@ class ScriptedConnection:
 
 
 class ScriptedServer:
-    """A TCP server in the test's nursery that runs ``script`` on every connection."""
+    """A TCP server in the test's nursery that runs ``script`` on every connection; over TLS
+    with ``ssl_context``, where ``close_notify=False`` cuts the TCP connection at the end of the
+    script without a TLS close."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(
+        self,
+        script: Script,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        close_notify: bool = True,
+    ) -> None:
         self.script = script
+        self.ssl_context = ssl_context
+        self.close_notify = close_notify
         self.port = 0
         self.connections = 0
 
@@ -156,12 +167,19 @@ class ScriptedServer:
         self.port = listeners[0].socket.getsockname()[1]
         return self
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream) -> None:
         self.connections += 1
+        stream: trio.abc.Stream = tcp
+        if self.ssl_context is not None:
+            stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
         # The client may go away at any point: what the test checks is on its side.
-        async with stream:
+        try:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.script(ScriptedConnection(stream))
+                if self.close_notify:
+                    await stream.aclose()
+        finally:
+            await trio.aclose_forcefully(tcp)
 
 
 class TreeScript:

@@ -17,7 +17,7 @@ import trio
 if TYPE_CHECKING:
     import outcome  # trio's own dependency: only its type is used here
 
-__all__ = ["ThreadJob", "leaf_exceptions", "run_together"]
+__all__ = ["ThreadJob", "leaf_exceptions", "run_together", "with_background"]
 
 T = TypeVar("T")
 
@@ -73,6 +73,29 @@ async def run_together(*functions: Callable[[], Awaitable[None]]) -> None:
         leaves = leaf_exceptions(group)
         failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
         raise (failures or leaves)[0] from None
+
+
+async def with_background(
+    background: Callable[[], Awaitable[None]], main: Callable[[], Awaitable[T]]
+) -> T:
+    """Run ``main()`` while ``background()`` runs beside it (a progress display, say: it is
+    cancelled once ``main`` returns); return what ``main`` returns. A failure of either is
+    raised itself, not wrapped in an exception group."""
+    result: list[T] = []
+
+    async def run_main(cancel_scope: trio.CancelScope) -> None:
+        result.append(await main())
+        cancel_scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(background)
+            nursery.start_soon(run_main, nursery.cancel_scope)
+    except BaseExceptionGroup as group:
+        leaves = leaf_exceptions(group)
+        failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+        raise (failures or leaves)[0] from None
+    return result[0]  # (the nursery ends early only by raising)
 
 
 def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -148,3 +148,50 @@ def test_a_shown_bar_is_the_progress_callback() -> None:
     shown = ProgressBar(enabled=True, label="x")
     assert shown.callback == shown.update
     assert ProgressBar(enabled=False, label="x").callback is None
+
+
+@pytest.mark.parametrize("columns", [100, 40])
+def test_a_tree_upload_has_one_bar(
+    tmp_path: Path, start_ftx_server: ServerStarter, columns: int
+) -> None:
+    # put -r sends small files in its stream and large ones (here 3 MiB) by PUT after it: one
+    # bar counts both, redrawn in place, and its last frame shows the totals.
+    source = tmp_path / "tree"
+    shutil.copytree(SAMPLE_FILES / "nested", source)
+    shutil.copy(SAMPLE_FILES / "random-3MiB.bin", source)
+    served = tmp_path / "served"
+    served.mkdir()
+    server = start_ftx_server(served, "--writable")
+    code, screen = in_terminal(["put", "-r", server.address, "tree"], columns=columns, cwd=tmp_path)
+    assert code == OK, screen
+    files = sum(len(names) for _, _, names in os.walk(source))
+    bars = _bar_lines(screen)
+    assert len(bars) == 1, screen
+    bar = bars[0]
+    assert bar.startswith(f"{files}/{files} files 100%"), bar
+    assert IEC_RATE.search(bar), bar
+    assert len(bar) < columns
+    assert (served / "tree" / "random-3MiB.bin").read_bytes() == (
+        SAMPLE_FILES / "random-3MiB.bin"
+    ).read_bytes()
+
+
+def test_a_tree_upload_shows_no_bar_when_quiet_or_not_on_a_terminal(
+    tmp_path: Path, start_ftx_server: ServerStarter
+) -> None:
+    source = tmp_path / "tree"
+    shutil.copytree(SAMPLE_FILES / "nested", source)
+    served = tmp_path / "served"
+    served.mkdir()
+    server = start_ftx_server(served, "--writable")
+    code, screen = in_terminal(
+        ["put", "-r", "-q", server.address, "tree"], columns=100, cwd=tmp_path
+    )
+    assert code == OK, screen
+    assert not _bar_lines(screen), screen
+    other = tmp_path / "other"
+    shutil.copytree(SAMPLE_FILES / "nested", other)
+    done = ftx_run("put", "-r", server.address, str(other))
+    assert done.returncode == OK, done.stderr
+    assert "%" not in done.stderr, done.stderr  # stderr is not a terminal: no bar
+    assert (served / "other").is_dir()

@@ -61,6 +61,15 @@ async def test_a_tree_lands_whole_and_a_rerun_moves_nothing(
     assert (served / "up" / "empty-dir").is_dir()
     assert not (served / "up" / "link").exists()
     assert (report.files, report.failures) == (len(tree_files(local)), 0)
+    # The totals a progress bar draws: every file found is done, large ones (PUT after the
+    # stream) included, and nothing is left queued or in flight.
+    size = sum(len(content) for content, _ in tree_files(local).values())
+    assert (report.files_found, report.files_done) == (report.files, report.files)
+    assert (report.bytes_found, report.bytes_done) == (size, size)
+    assert (report.queued, report.queued_bytes, report.sending) == (0, 0, 0)
+    assert report.listing_done
+    assert not report.in_flight
+    assert not report.sizes
     assert [reason for _, reason in seen["skipped"]] == ["a symbolic link (not followed)"]
     assert not [p for p in served.rglob("*") if "ftx-upload-part" in p.name]
     # The re-run sends no content: every file is up to date, the server received no bytes.

@@ -277,7 +277,7 @@ def test_server_picks_the_highest_common_version() -> None:
 def test_server_picks_the_highest_of_several_common_versions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ftx.protocol._connection.SUPPORTED_VERSIONS", (1, 2, 3))
+    monkeypatch.setattr("ftx.protocol._server_side.SUPPORTED_VERSIONS", (1, 2, 3))
     server = ServerProtocol()
     server.receive(client_hello((2, 7, 3, 1)))
     assert server.version == 3
@@ -1170,3 +1170,36 @@ def test_overlong_error_message_is_shortened() -> None:
     assert isinstance(received, Error)
     assert len(received.message) == 4096
     assert received.message.endswith("\u2026")
+
+
+def test_a_data_frame_taken_in_pieces_is_checked_as_a_data_message_would_be() -> None:
+    # receive_data_frame(size) is the bulk path's check of a DATA frame whose content it takes
+    # as it arrives: the same rules as receive() of a Data of that size (kind byte included).
+    client, server = handshake()
+    with pytest.raises(RemoteProtocolError, match="without a request"):
+        client.receive_data_frame(11)
+    client, server = handshake()
+    request(client, server, Get(1, "hello"))
+    with pytest.raises(RemoteProtocolError, match="outside of a file"):
+        client.receive_data_frame(11)
+
+    client, server = handshake()
+    request(client, server, Get(1, "hello"))
+    answer(server, client, header(1, size=10))
+    client.receive_data_frame(5)  # 4 bytes of content
+    with pytest.raises(RemoteProtocolError, match="7 bytes of data where 6 remained"):
+        client.receive_data_frame(8)
+
+    client, _server = handshake()
+    too_big = max(client.local_hello.max_frame_size, client.max_data_frame_size) + 1
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        client.receive_data_frame(too_big)
+    with pytest.raises(RemoteProtocolError, match="HELLO"):
+        ClientProtocol().receive_data_frame(10)
+
+    # After a violation nothing the server sends is trusted, a DATA frame's start included.
+    client, _server = handshake()
+    with pytest.raises(RemoteProtocolError):
+        client.receive(b"\x21x")  # DATA without a request
+    with pytest.raises(RemoteProtocolError, match="already broke the protocol"):
+        client.receive_data_frame(10)

@@ -10,14 +10,36 @@ where it resumes, and its rate counts only the bytes that cross the network.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ftx.cli._output import human_size, printable
 
 if TYPE_CHECKING:
-    from ftx.client import ProgressCallback, TreeProgress
+    from ftx.client import ProgressCallback
 
-__all__ = ["ProgressBar", "TreeBar", "layout"]
+__all__ = ["ProgressBar", "TreeBar", "TreeTotals", "layout"]
+
+_REFRESH_SECONDS: Final = 0.2
+
+
+class TreeTotals(Protocol):
+    """What a :class:`TreeBar` draws: :class:`ftx.client.TreeProgress` for a download,
+    :class:`ftx.client.TreePutReport` for an upload."""
+
+    @property
+    def files_found(self) -> int: ...
+    @property
+    def bytes_found(self) -> int: ...
+    @property
+    def files_done(self) -> int: ...
+    @property
+    def bytes_done(self) -> int: ...
+    @property
+    def listing_done(self) -> bool: ...
+    @property
+    def in_flight(self) -> Collection[str]: ...
+
 
 _MIN_BAR: Final = 10
 _MIN_LABEL: Final = 8
@@ -168,7 +190,15 @@ class TreeBar:
         self._enabled = enabled
         self._bar: Any = None
 
-    def refresh(self, totals: TreeProgress) -> None:
+    async def keep_drawn(self, totals: TreeTotals) -> None:
+        """Draw ``totals`` five times a second until cancelled."""
+        import trio  # (loaded already wherever a tree moves: not at start-up for --help)
+
+        while True:
+            self.refresh(totals)
+            await trio.sleep(_REFRESH_SECONDS)
+
+    def refresh(self, totals: TreeTotals) -> None:
         """Draw the totals as they are now."""
         if not self._enabled:
             return
@@ -182,7 +212,7 @@ class TreeBar:
         bar.extra = ", ".join(printable(name) for name in sorted(totals.in_flight)[:3])
         bar.refresh()
 
-    def close(self, totals: TreeProgress) -> None:
+    def close(self, totals: TreeTotals) -> None:
         """Draw the final totals and leave them on the screen."""
         if self._bar is not None or (self._enabled and totals.files_found):
             self.refresh(totals)

@@ -11,12 +11,13 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 import trio
 
-from ftx._threads import run_together
+from ftx._threads import run_together, with_background
 from ftx.cli._address import ADDRESS_HELP, parse_address
 from ftx.cli._checksum import same_digest
 from ftx.cli._connect import add_connection_options
@@ -31,7 +32,7 @@ from ftx.cli._options import (
 )
 from ftx.cli._output import as_json, human_size, printable, say, timing
 from ftx.cli._paths import server_path
-from ftx.cli._progress import ProgressBar
+from ftx.cli._progress import ProgressBar, TreeBar
 from ftx.cli._retry import Retrying, add_retry_options
 from ftx.client import (
     DEFAULT_JOBS,
@@ -225,11 +226,25 @@ async def _put_trees(
         return False
     if run.tree_report is None:
         run.tree_report = _tree_report(args, run, skip)
+    report = run.tree_report
+    bar = TreeBar(enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        return await with_background(
+            partial(bar.keep_drawn, report), partial(_put_each_tree, client, run, args, report)
+        )
+    finally:
+        bar.close(report)
+
+
+async def _put_each_tree(
+    client: Client, run: _Run, args: argparse.Namespace, report: TreePutReport
+) -> bool:
     while run.trees:
         local, remote = run.trees[0]
+        report.listing_done = False  # (put_tree sets it once the tree is walked)
         try:
             answered = await client.put_tree(
-                local, remote, overwrite=args.force, checksum=args.checksum, report=run.tree_report
+                local, remote, overwrite=args.force, checksum=args.checksum, report=report
             )
             sent = answered is not None
         except RemoteError as exc:

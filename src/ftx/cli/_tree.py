@@ -12,12 +12,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Final
 
-import trio
-
-from ftx._threads import leaf_exceptions
+from ftx._threads import with_background
 from ftx.cli._errors import CliError, ExitCode, describe
 from ftx.cli._output import as_json, human_size, printable, say
 from ftx.cli._paths import server_path
@@ -25,8 +23,6 @@ from ftx.cli._progress import TreeBar
 from ftx.cli._retry import Retrying
 from ftx.client import Client, Download, Skipped, TreeProgress, download_tree
 from ftx.errors import FtxError
-
-_REFRESH_SECONDS: Final = 0.2
 
 logger = logging.getLogger("ftx.cli")
 
@@ -124,44 +120,24 @@ async def _download_once(
     totals = TreeProgress()
     bar = TreeBar(enabled=not args.quiet and not args.json and sys.stderr.isatty())
 
-    async def draw() -> None:
-        while True:
-            bar.refresh(totals)
-            await trio.sleep(_REFRESH_SECONDS)
-
+    download = partial(
+        download_tree,
+        connect,
+        paths,
+        Path(args.output) if args.output is not None else None,
+        recursive=args.recursive,
+        jobs=args.jobs,
+        overwrite=args.force,
+        preserve_mode=args.preserve,
+        on_done=on_done,
+        progress=totals,
+        checksum=args.checksum,
+        keep_results=False,  # each is reported (and kept) by on_done
+    )
     try:
-        with _unwrapped_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(draw)
-                await download_tree(
-                    connect,
-                    paths,
-                    Path(args.output) if args.output is not None else None,
-                    recursive=args.recursive,
-                    jobs=args.jobs,
-                    overwrite=args.force,
-                    preserve_mode=args.preserve,
-                    on_done=on_done,
-                    progress=totals,
-                    checksum=args.checksum,
-                    keep_results=False,  # each is reported (and kept) by on_done
-                )
-                nursery.cancel_scope.cancel()
+        await with_background(partial(bar.keep_drawn, totals), download)
     finally:
         bar.close(totals)
-
-
-@contextmanager
-def _unwrapped_errors() -> Iterator[None]:
-    """Raise a nursery's lone failure as itself (the bar's task never fails), so that callers
-    can catch it by type."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = [exc for exc in leaf_exceptions(group) if not isinstance(exc, trio.Cancelled)]
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
 
 
 def _report(args: argparse.Namespace, message: str) -> None:

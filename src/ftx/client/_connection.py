@@ -62,6 +62,24 @@ logger = logging.getLogger("ftx.client")
 
 T = TypeVar("T")
 
+# What the channel raises when the connection is gone (docs/protocol.md, section 4): each is a
+# ConnectionLostError to the caller (see _connection_lost).
+_LOST: Final = (
+    trio.EndOfChannel,
+    IncompleteFrameError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+def _connection_lost(exc: BaseException) -> ConnectionLostError:
+    """The ConnectionLostError for one of the channel's :data:`_LOST` exceptions."""
+    if isinstance(exc, trio.EndOfChannel):
+        return ConnectionLostError("the server closed the connection")
+    if isinstance(exc, IncompleteFrameError):
+        return ConnectionLostError(f"the server closed the connection: {exc}")
+    return ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}")
+
 
 class ClientConnection(trio.abc.AsyncResource):
     """A connection to an ftx server over any :class:`trio.abc.Stream`, as far as the handshake
@@ -230,15 +248,9 @@ class ClientConnection(trio.abc.AsyncResource):
                 self._note_progress(message)
                 if message is not None:
                     break
-        except trio.EndOfChannel as exc:
+        except _LOST as exc:
             await self._fail()
-            raise ConnectionLostError("the server closed the connection") from exc
-        except IncompleteFrameError as exc:  # a broken connection (docs/protocol.md, section 4)
-            await self._fail()
-            raise ConnectionLostError(f"the server closed the connection: {exc}") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
+            raise _connection_lost(exc) from exc
         except RemoteProtocolError:
             await self._fail()
             raise
@@ -269,15 +281,9 @@ class ClientConnection(trio.abc.AsyncResource):
             raise ConnectionLostError(
                 f"the server made no progress for {self._idle_timeout:g} seconds"
             ) from exc
-        except trio.EndOfChannel as exc:
+        except _LOST as exc:
             await self._fail()
-            raise ConnectionLostError("the server closed the connection") from exc
-        except IncompleteFrameError as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the server closed the connection: {exc}") from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._fail()
-            raise ConnectionLostError(f"the connection broke: {exc.__cause__ or exc}") from exc
+            raise _connection_lost(exc) from exc
         except RemoteProtocolError:
             await self._fail()
             raise

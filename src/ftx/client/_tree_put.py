@@ -70,6 +70,31 @@ class TreePutReport:
     failures: int = 0
     up_to_date: int = 0
     sizes: dict[str, int] = field(default_factory=dict)  # sent, not yet answered
+    queued: int = 0  # large files put aside for a PUT after the stream
+    queued_bytes: int = 0
+    sending: int = 0  # bytes of the large file being sent, sent so far
+    listing_done: bool = False  # the whole tree was walked (and its stream sent)
+    in_flight: set[str] = field(default_factory=set)  # the large file being sent
+
+    @property
+    def files_found(self) -> int:
+        """The files seen so far: answered, in flight and queued (for a progress display)."""
+        return self.files_done + len(self.sizes) + self.queued
+
+    @property
+    def files_done(self) -> int:
+        """The files answered so far: stored, failed or up to date."""
+        return self.files + self.failures + self.up_to_date
+
+    @property
+    def bytes_found(self) -> int:
+        """The bytes of the files stored, in flight and queued."""
+        return self.bytes + sum(self.sizes.values()) + self.queued_bytes
+
+    @property
+    def bytes_done(self) -> int:
+        """The bytes stored so far, and those of the large file being sent."""
+        return self.bytes + self.sending
 
     def note_stored(self, path: str) -> None:
         size = self.sizes.pop(path, 0)
@@ -120,6 +145,10 @@ async def put_tree(
     request = TreePut(
         client._protocol.new_request_id(), remote, algorithm, overwrite=overwrite, checksum=checksum
     )
+    # What an earlier attempt left in flight is sent again (or found up to date) by this one.
+    report.sizes.clear()
+    report.queued = report.queued_bytes = report.sending = 0
+    report.in_flight.clear()
     walk = walk_tree(local)
     first = await trio.to_thread.run_sync(next, walk)  # (raises LocalFileError: nothing sent)
     sender = _Sender(client, request, report, walk, first)
@@ -130,20 +159,34 @@ async def put_tree(
         if not sender.answered:  # a stream cut short cannot be abandoned: close the connection
             await client._fail()
         raise
-    for file_local, file_remote in sender.large:
-        await _put_large(client, file_local, file_remote, overwrite, report)
+    report.listing_done = True  # every file of the tree is counted now
+    for file_local, file_remote, size in sender.large:
+        report.queued -= 1
+        report.queued_bytes -= size
+        await _put_large(client, file_local, file_remote, size, overwrite, report)
     return True
 
 
 async def _put_large(
-    client: UploadWire, local: Path, remote: str, overwrite: bool, report: TreePutReport
+    client: UploadWire,
+    local: Path,
+    remote: str,
+    size: int,
+    overwrite: bool,
+    report: TreePutReport,
 ) -> None:
+    report.sizes[remote] = size  # in flight (as the walk saw it)
+    report.in_flight.add(remote)
+
+    def progress(done: int, total: int) -> None:
+        report.sending = done
+
     try:
         upload: Upload = await send_file(
             client,
             local,
             remote,
-            progress=None,
+            progress=progress,
             overwrite=overwrite,
             resume=True,
             preserve_mtime=True,
@@ -157,6 +200,9 @@ async def _put_large(
     else:
         report.sizes[remote] = upload.size
         report.note_stored(remote)
+    finally:
+        report.sending = 0
+        report.in_flight.discard(remote)
 
 
 class _Sender:
@@ -179,7 +225,7 @@ class _Sender:
         limit = client._protocol.peer_max_frame_size
         self._small = min(_SMALL_FILE_SIZE, limit // 4)
         self._budget = min(limit, _MAX_FRAME) - _FRAME_RESERVE
-        self.large: list[tuple[Path, str]] = []
+        self.large: list[tuple[Path, str, int]] = []  # (local, remote, size)
         self.answered = False
         self._dirs = 0
         self._files = 0
@@ -277,12 +323,12 @@ class _Sender:
                     continue
                 digest = known[2]  # the same content is up to date, another refused
             if file.size >= self._small:
-                await self._large(directory.local / file.name, path, digest)
+                await self._large(directory.local / file.name, path, file.size, digest)
             else:
                 small.append((file, digest))
         await self._send_small(directory, remote, small)
 
-    async def _large(self, local: Path, remote: str, digest: str | None) -> None:
+    async def _large(self, local: Path, remote: str, size: int, digest: str | None) -> None:
         if digest is not None:
             algorithm = self._request.digest
             try:
@@ -296,7 +342,13 @@ class _Sender:
                 message = f"{remote!r} already exists on the server (use --force to replace it)"
                 self._report.note_failed(remote, RemoteError(ErrorCode.EXISTS, message))
             return
-        self.large.append((local, remote))
+        self._queue_large(local, remote, size)
+
+    def _queue_large(self, local: Path, remote: str, size: int) -> None:
+        """Put a large file aside for a PUT after the stream (so that it can resume)."""
+        self.large.append((local, remote, size))
+        self._report.queued += 1
+        self._report.queued_bytes += size
 
     async def _send_small(
         self, directory: LocalDir, remote: str, files: list[tuple[LocalFile, str | None]]
@@ -339,7 +391,7 @@ class _Sender:
         for name in batch.same:
             report.note_unchanged(posixpath.join(remote, name))
         for file in batch.grown:
-            self.large.append((local / file.name, posixpath.join(remote, file.name)))
+            self._queue_large(local / file.name, posixpath.join(remote, file.name), file.size)
         request_id = self._request.request_id
         for records, content in batch.frames:
             for record in records:

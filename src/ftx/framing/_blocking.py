@@ -198,6 +198,9 @@ class BlockingReceiver:
         self._span = _Span(duplicate(sock), wakeup, clock, select.POLLIN | _POLL_ERRORS)
         self._chunk_size = chunk_size
         self.clock = clock
+        self.mid_frame = False
+        """True while part of a frame's payload has been handed out by :meth:`read_payload_into`
+        and the rest has not: a span that ends so leaves the channel unusable."""
 
     def close(self) -> None:
         self._span.close()
@@ -247,6 +250,59 @@ class BlockingReceiver:
                 decoder._unread_payload(bytes(view[:filled]))
             raise
         return size
+
+    def begin_frame(self) -> tuple[int, int | None]:
+        """Block until the next frame's header, and its first payload byte if it has one, are
+        in; return the payload size and that byte (``None`` for an empty frame). Nothing of the
+        payload is taken: :meth:`receive_into` then returns the whole frame, or
+        :meth:`read_payload_into` hands it out piece by piece.
+
+        Raises:
+            As :meth:`receive_into`.
+        """
+        decoder = self._decoder
+        while True:
+            size = decoder._start_frame()
+            if size is not None and (size == 0 or decoder._buffered > 0):
+                return size, (decoder._peek(1)[0] if size else None)
+            if decoder.eof:
+                raise trio.EndOfChannel
+            if size is None:
+                want = min(max(decoder.bytes_needed, self._chunk_size), MAX_RECEIVE_SIZE)
+            else:  # only the first payload byte is wanted here: read no more than a header would
+                want = self._chunk_size
+            data = self._read(want)
+            if not data and size is not None:
+                raise decoder._end_of_stream_in_payload()
+            decoder.receive_data(data)
+            if data:
+                self._span.clock.moved(len(data))
+
+    def read_payload_into(self, view: memoryview) -> int:
+        """Put the next bytes of the frame in progress (begun by :meth:`begin_frame`) at the
+        start of ``view``: at most ``view.nbytes``, never past the frame's end, once some are
+        in. Return how many (0 once the frame is complete). Bytes handed out do not go back:
+        until the frame's last byte is read, :attr:`mid_frame` is true, and a span that ends so
+        breaks the channel (its caller closes the connection).
+
+        Raises:
+            As :meth:`receive_into` (IncompleteFrameError if the stream ends in the payload).
+        """
+        decoder = self._decoder
+        size = decoder._payload_size
+        if size is None:
+            return 0
+        left = size - decoder._payload_taken
+        view = view[:left]
+        count = decoder._take_payload_into(view)  # what the decoder holds already
+        if not count and left:
+            count = self._read_into(view)
+            if count == 0:
+                raise decoder._end_of_stream_in_payload()
+            decoder._payload_read(count)
+            self._span.clock.moved(count)
+        self.mid_frame = decoder._payload_size is not None
+        return count
 
     def _read(self, size: int) -> bytes:
         """At most ``size`` bytes from the stream, once some are in (``b""`` at its end)."""

@@ -495,7 +495,9 @@ class FramedChannel(trio.abc.Channel[bytes]):
         ``receiver.receive_into`` blocks there (GIL released) through this channel's decoder,
         so nothing buffered is lost either way. Cancelled, the thread is woken and waited for
         (see :func:`~ftx.framing._blocking.run_span`); the channel then stays at a frame
-        boundary (a payload cut short goes back to the decoder). Over TLS the thread owns
+        boundary (a payload cut short goes back to the decoder), unless ``work`` had taken
+        part of a frame with ``receiver.read_payload_into``: then receiving here is broken.
+        Over TLS the thread owns
         the TLS session (a :class:`~ftx.framing._tls_span.TlsSpanReceiver`), and sends on this
         channel wait until the span ends.
 
@@ -522,7 +524,10 @@ class FramedChannel(trio.abc.Channel[bytes]):
                 return work(receiver)
             finally:
                 receiver.close()
+                if receiver.mid_frame:  # the rest of a frame handed out in part is unreadable
+                    stopped.append(receiver)
 
+        stopped: list[BlockingReceiver] = []
         try:
             return await (run_span(run) if tls is None else self._run_tls_span(run))
         except RemoteProtocolError as exc:
@@ -530,6 +535,10 @@ class FramedChannel(trio.abc.Channel[bytes]):
             raise
         finally:
             self._receiving = False
+            if stopped and self._receive_broken is None:
+                self._receive_broken = trio.BrokenResourceError(
+                    "a receive span stopped inside a frame"
+                )
 
     async def send_span(self, work: Callable[[BlockingSender], T], clock: IdleClock) -> T:
         """Run ``work(sender)`` in a worker thread that owns the sending side meanwhile, after

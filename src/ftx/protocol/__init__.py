@@ -15,6 +15,7 @@ from ftx.protocol._blocks import (
     overflows,
     range_end,
 )
+from ftx.protocol._client_side import ClientProtocol
 from ftx.protocol._connection import (
     BLAKE3_FEATURE,
     DIGEST_ALGORITHMS,
@@ -32,15 +33,14 @@ from ftx.protocol._connection import (
     TREE_PUT_FEATURE,
     UPLOAD_FEATURE,
     XXH3_FEATURE,
-    ClientProtocol,
     DigestChoice,
     ErrorCode,
     Hasher,
-    ServerProtocol,
     check_digest_choice,
     choose_digest,
     new_hasher,
 )
+from ftx.protocol._server_side import ServerProtocol
 
 __all__ = [
     "BASE_BLOCK_SIZE",

@@ -14,7 +14,6 @@ from typing import Final, Protocol, TypeVar
 
 import trio
 
-from ftx._threads import ThreadJob
 from ftx.errors import FtxError
 from ftx.framing import BlockingSender
 from ftx.fs import FsEntry, FsError, OpenedFile, file_identity, portable_identity
@@ -50,6 +49,7 @@ from ftx.server._bulk import (
     hash_rest,
     send_span_work,
 )
+from ftx.server._file_hasher import FileHasher
 from ftx.server._fs_wire import error_code, wire_entry
 from ftx.server._readahead import SmallFile, read_small_files
 from ftx.server._resources import ServerResources
@@ -329,7 +329,7 @@ class DownloadHandler:
 
         try:
             background = (
-                _FileHasher(opened, hasher, buffer, on_finished=release_buffer)
+                FileHasher(opened, hasher, buffer, on_finished=release_buffer)
                 if hasher and buffer
                 else None
             )
@@ -491,45 +491,3 @@ def _check_range(request: Get) -> str | None:
 
 class _FileChangedError(FtxError):
     """The file was truncated or modified while it was being sent."""
-
-
-class _FileHasher:
-    """Hashes a whole file in a worker thread, starting now, while it is sent by other means."""
-
-    def __init__(
-        self,
-        opened: OpenedFile,
-        hasher: Hasher,
-        buffer: bytearray,
-        on_finished: Callable[[], object],
-    ) -> None:
-        self._opened = opened
-        self._hasher = hasher
-        self._buffer = buffer
-        self._position = 0
-        self._end = opened.size  # lowered to stop the thread early
-        self._job = ThreadJob(self._run, on_done=on_finished)
-
-    def _run(self) -> str | None:
-        view = memoryview(self._buffer)
-        while self._position < (end := self._end):  # _end may drop to 0 at any time
-            count = self._opened.read_into(view[: end - self._position], self._position)
-            if count == 0:
-                return None  # truncated: the transfer notices the change too
-            self._hasher.update(view[:count])
-            self._position += count
-        return self._hasher.hexdigest() if self._position == self._opened.size else None
-
-    def stop_unless(self, budget: int) -> None:
-        """Stop hashing unless at most ``budget`` bytes remain to hash."""
-        if self._opened.size - self._position > budget:
-            self._end = 0
-
-    async def digest(self) -> str | None:
-        """Wait for the thread; the digest of the whole file, or ``None`` if it stopped or the
-        file was truncated."""
-        return await self._job.result()
-
-    async def wait_quietly(self) -> None:
-        """Wait for the thread, ignoring its outcome: for cleanup after a failure."""
-        await self._job.wait_quietly()
