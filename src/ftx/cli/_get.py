@@ -12,7 +12,7 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ftx.cli._address import Address
 from ftx.cli._checksum import same_digest
@@ -25,14 +25,14 @@ from ftx.cli._retry import Retrying
 from ftx.client import (
     Client,
     Download,
-    Skipped,
-    Source,
-    download_from_sources,
     is_null_device,
     local_destination,
 )
 from ftx.errors import ConnectionLostError, LocalFileError, RemoteError
 from ftx.protocol.messages import Entry, EntryType
+
+if TYPE_CHECKING:
+    from ftx.client import Skipped
 
 __all__ = ["get_command", "ls_command"]
 
@@ -68,6 +68,8 @@ async def get_command(args: argparse.Namespace) -> None:
     async def attempt() -> Download | Skipped:
         async with await retrying.connect() as client:
             if not args.force and await _up_to_date(client, path, target, args.checksum):
+                from ftx.client import Skipped  # (its module is not needed otherwise)
+
                 return Skipped(path, "up to date")
             return await client.get(
                 path,
@@ -89,7 +91,7 @@ def _report(args: argparse.Namespace, path: str, target: Path, result: Download 
     """Say what ``get`` of one file did: a JSON record, or a line on stderr."""
     if args.json:
         print(json.dumps(as_json(path, result)))
-    elif isinstance(result, Skipped):
+    elif not isinstance(result, Download):  # skipped
         say(args, f"{printable(str(target))} is up to date (the server's size and time)")
     else:
         verified = f"{result.digest_algorithm} {result.digest}" if result.digest else "not verified"
@@ -103,6 +105,8 @@ async def get_from_sources(args: argparse.Namespace, path: str, target: Path) ->
     servers, or several connections, at once (:func:`ftx.client.download_from_sources`). A
     source dropped (failed, or sent bytes not matching the digests) is named on stderr in one
     line, even with ``-q``."""
+    from ftx.client import Source, download_from_sources
+
     addresses: list[Address] = args.sources or [args.address]
     retrying = Retrying(args)
     bar = ProgressBar(
@@ -129,6 +133,8 @@ async def get_from_sources(args: argparse.Namespace, path: str, target: Path) ->
         if not args.force and _exists(target):
             async with await retrying.connect() as client:
                 if await _up_to_date(client, path, target, args.checksum):
+                    from ftx.client import Skipped
+
                     return Skipped(path, "up to date")
         try:
             return await download_from_sources(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ftx.client import Download, Skipped, Upload
 from ftx.errors import FtxError, RemoteError
+
+if TYPE_CHECKING:
+    from ftx.client import Download, Skipped, Upload
 
 
 def printable(text: str) -> str:
@@ -76,6 +78,8 @@ def timing(size: int, offset: int, seconds: float) -> str:
 
 def as_json(path: str, result: Download | Upload | FtxError | Skipped) -> dict[str, Any]:
     """What ``--json`` prints about the file at ``path``: saved (or sent), skipped, failed."""
+    from ftx.client import Download, Skipped, Upload  # (not loaded by 'ftx serve')
+
     if isinstance(result, Download):
         return {
             "path": path,

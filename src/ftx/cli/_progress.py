@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ftx.cli._output import human_size, printable
-from ftx.client import ProgressCallback
+
+if TYPE_CHECKING:
+    from ftx.client import ProgressCallback
 
 __all__ = ["ProgressBar", "TreeBar", "TreeTotals", "layout"]
 

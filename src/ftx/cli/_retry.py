@@ -120,14 +120,36 @@ class Retrying:
     async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds or fails in a way not worth retrying.
 
+        The first attempt runs without `stamina`_, which is imported (about 10 ms) only when
+        there is something to retry: its retry loop then starts from that first failure, as if
+        it had run the attempt itself.
+
         Raises:
             Whatever the last attempt raised.
         """
-        import stamina  # (imported when needed: a command that fails on its options is quick)
+        failed: BaseException | None = None
+        while failed is None:
+            before = self._progress()
+            try:
+                return await attempt()
+            except BaseException as exc:
+                progressed = self._progress() > before and isinstance(exc, FtxError)
+                if progressed and self.worth_retrying(exc):
+                    self._say_progressed(exc)
+                    continue
+                if self._args.retries == 0 or not self.worth_retrying(exc):
+                    raise
+                failed = exc
+        return await self._retry(attempt, failed)
+
+    async def _retry(self, attempt: Callable[[], Awaitable[T]], failed: BaseException) -> T:
+        """The retry loop (over stamina) after the first attempt failed with ``failed``."""
+        import stamina
         import stamina.instrumentation
 
         args = self._args
         stamina.instrumentation.set_on_retry_hooks([self._on_retry])
+        replay: BaseException | None = failed
         while True:
             try:
                 async for trying in stamina.retry_context(
@@ -139,6 +161,9 @@ class Retrying:
                     wait_jitter=args.retry_delay,
                 ):
                     with trying:
+                        if replay is not None:  # stamina's first attempt: the one that failed
+                            exc, replay = replay, None
+                            raise exc
                         before = self._progress()
                         try:
                             return await attempt()
@@ -147,10 +172,13 @@ class Retrying:
                                 raise _Progressed(exc) from exc
                             raise
             except _Progressed as progressed:
-                message = describe(progressed.error, args)[0]
-                logger.debug("the attempt made progress before it failed: retrying at once")
-                say(args, f"{message}; retrying")
-        raise AssertionError("unreachable")  # pragma: no cover
+                self._say_progressed(progressed.error)
+
+    def _say_progressed(self, error: BaseException) -> None:
+        """Say that the attempt that failed with ``error`` is tried again at once."""
+        message = describe(error, self._args)[0]
+        logger.debug("the attempt made progress before it failed: retrying at once")
+        say(self._args, f"{message}; retrying")
 
     def _on_retry(self, details: RetryDetails) -> None:
         args = self._args

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -31,13 +31,8 @@ from ftx._tls import open_tls_stream
 from ftx.client._config import ClientConfig
 from ftx.client._connection import ClientConnection
 from ftx.client._destination import check_destination, local_destination
-from ftx.client._flush import sync_file_systems
-from ftx.client._pipeline import fetch_files
-from ftx.client._ranges import fetch_range, request_blocks
 from ftx.client._receive import Download, GetOptions, ProgressCallback, download, get_request
 from ftx.client._streams import StreamPart
-from ftx.client._tree_put import TreePutReport, put_tree
-from ftx.client._upload import Upload, local_name, make_directory, send_file
 from ftx.errors import FtxError, RemoteError, RemoteProtocolError
 from ftx.framing import Buffer
 from ftx.protocol.messages import (
@@ -50,6 +45,10 @@ from ftx.protocol.messages import (
     ListEnd,
     ListEntries,
 )
+
+if TYPE_CHECKING:
+    from ftx.client._tree_put import TreePutReport
+    from ftx.client._upload import Upload
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
 
@@ -183,6 +182,8 @@ class Client(ClientConnection):
             LocalProtocolError: the server does not offer ``ranges`` (nothing was sent).
             RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
         """
+        from ftx.client._ranges import request_blocks
+
         async with self._lock:
             await self._check_open()
             return await request_blocks(self, path, algorithm or self.digest_algorithm)
@@ -205,6 +206,8 @@ class Client(ClientConnection):
             LocalProtocolError: the server does not offer ``ranges`` (nothing was sent).
             RemoteError, ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
         """
+        from ftx.client._ranges import fetch_range
+
         async with self._lock:
             await self._check_open()
             if self._range_buffer is None:
@@ -319,6 +322,9 @@ class Client(ClientConnection):
             skip_unwritable=True,
             into_directories=into_directories,
         )
+        from ftx.client._flush import sync_file_systems
+        from ftx.client._pipeline import fetch_files
+
         async with self._lock:
             await self._check_open()
             directories = await fetch_files(
@@ -388,6 +394,8 @@ class Client(ClientConnection):
                 it was being sent.
             ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
         """
+        from ftx.client._upload import local_name, send_file
+
         local = Path(source)
         target = path if path is not None else local_name(local)
         async with self._lock:
@@ -427,6 +435,8 @@ class Client(ClientConnection):
             ConnectionLostError, RemoteProtocolError: as for :meth:`get`; what was reported
                 stored is stored, and a re-run sends only the rest.
         """
+        from ftx.client._tree_put import TreePutReport, put_tree
+
         report = TreePutReport() if report is None else report
         async with self._lock:
             await self._check_open()
@@ -444,6 +454,8 @@ class Client(ClientConnection):
                 a directory has that name, ``not-found``, ...).
             ConnectionLostError, RemoteProtocolError: as for :meth:`get`.
         """
+        from ftx.client._upload import make_directory
+
         async with self._lock:
             await self._check_open()
             return await make_directory(self, path)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from ftx._net import DEFAULT_IDLE_TIMEOUT
 from ftx._rate import RateLimit
 from ftx.framing import DEFAULT_MAX_FRAME_SIZE, FRAME_SIZE_LIMIT
 from ftx.protocol import MIN_FRAME_SIZE, DigestChoice, check_digest_choice, check_token
 
-__all__ = ["ClientConfig"]
+__all__ = ["DEFAULT_JOBS", "ClientConfig"]
+
+DEFAULT_JOBS: Final = 4
+"""Connections used at once by a batch (``ftx get -r``, ``ftx put -r``, :func:`ftx.tree.download`).
+Here, not in ``_tree``, so that the command line can show it without loading the tree code."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

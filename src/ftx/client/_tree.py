@@ -29,6 +29,7 @@ import trio
 
 from ftx._threads import run_together
 from ftx.client._client import Client, Download
+from ftx.client._config import DEFAULT_JOBS
 from ftx.client._flush import sync_file_systems
 from ftx.client._streams import file_digest
 from ftx.client._tree_disk import Skipped, TreeProgress
@@ -39,7 +40,6 @@ from ftx.protocol.messages import Entry, EntryType
 
 __all__ = ["DEFAULT_JOBS", "Skipped", "TreeProgress", "download", "safe_name"]
 
-DEFAULT_JOBS: Final = 4
 _QUEUE_SIZE: Final = 256
 
 

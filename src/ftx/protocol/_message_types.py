@@ -1,12 +1,13 @@
-"""The ftx message types: one dataclass per message, and the kinds that name them on the wire.
-Re-exported by :mod:`ftx.protocol.messages`, which encodes and decodes them."""
+"""The ftx message types: one frozen class per message (:func:`~ftx.protocol._record.record`),
+and the kinds that name them on the wire. Re-exported by
+:mod:`ftx.protocol.messages`, which encodes and decodes them."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
 from ftx.framing import Buffer
+from ftx.protocol._record import record
 from ftx.protocol._tree_types import (
     TreeMessage,
 )
@@ -84,7 +85,7 @@ class EntryType(enum.StrEnum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hello:
     """The first message in each direction.
 
@@ -102,7 +103,7 @@ class Hello:
     max_data_frame_size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Get:
     """Ask for the regular file at ``path``, from byte ``offset`` on.
 
@@ -121,7 +122,7 @@ class Get:
     length: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ListDir:
     """Ask for the entries of the directory at ``path`` ("" is the served root)."""
 
@@ -129,7 +130,7 @@ class ListDir:
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileHeader:
     """The answer to :class:`Get`: ``size - offset`` bytes of DATA follow, then :class:`FileEnd`.
 
@@ -145,7 +146,7 @@ class FileHeader:
     digest: str | None = "sha256"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Data:
     """A chunk of file content (no request id: it belongs to the file being sent, by the server
     answering a GET or by the client uploading after READY)."""
@@ -153,7 +154,7 @@ class Data:
     data: Buffer
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileEnd:
     """The end of a file: ``digest`` is the hex digest of the *whole* file (from byte 0).
 
@@ -164,7 +165,7 @@ class FileEnd:
     digest: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entry:
     """One directory entry. ``name`` is a single path component."""
 
@@ -175,15 +176,15 @@ class Entry:
     mode: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ListEntries:
     """A page of entries answering :class:`ListDir`; more may follow, then :class:`ListEnd`."""
 
     request_id: int
-    entries: tuple[Entry, ...] = field(default_factory=tuple)
+    entries: tuple[Entry, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ListEnd:
     """The end of a listing; ``count`` entries were sent in all."""
 
@@ -191,7 +192,7 @@ class ListEnd:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Error:
     """A refusal. With a ``request_id`` it ends that request and the connection goes on; with
     ``None`` it concerns the whole connection, which the sender then closes."""
@@ -201,7 +202,7 @@ class Error:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Challenge:
     """The server's challenge (feature ``auth-hmac-sha256``): ``nonce`` is 32 random bytes, as
     64 lowercase hex digits. See :mod:`ftx.protocol._auth`."""
@@ -209,7 +210,7 @@ class Challenge:
     nonce: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Auth:
     """The client's answer to :class:`Challenge`: its own ``nonce`` and its ``proof`` that it
     knows the token (both 64 lowercase hex digits)."""
@@ -218,14 +219,14 @@ class Auth:
     proof: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AuthOk:
     """The server accepted the client's proof, and proves in turn that it knows the token."""
 
     proof: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Put:
     """Ask to upload a file of ``size`` bytes to ``path`` (feature ``upload``).
 
@@ -244,7 +245,7 @@ class Put:
     mtime_ns: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MakeDir:
     """Ask to create the directory ``path`` (feature ``upload``); its parent must exist."""
 
@@ -252,7 +253,7 @@ class MakeDir:
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ready:
     """The server's go-ahead for a :class:`Put`: send the file from byte ``offset`` (the bytes
     before it are already held, from an interrupted upload of the same source)."""
@@ -261,7 +262,7 @@ class Ready:
     offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Done:
     """The end of a :class:`Put` (the file is verified and in place) or of a :class:`MakeDir`.
     ``created`` is false when it replaced a file, or when the directory already existed."""
@@ -270,7 +271,7 @@ class Done:
     created: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Blocks:
     """Ask for the block digests of the file at ``path`` (feature ``ranges``): the ``digest``
     algorithm's digest of each block, and of the whole file. With ``identity`` set, the server
@@ -282,7 +283,7 @@ class Blocks:
     identity: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlockList:
     """The answer to :class:`Blocks`: the file's ``size``, ``mtime_ns`` and ``identity`` (as in
     a FILE header), its ``block_size``, the hex digest of each block in order (``blocks``) and
@@ -298,7 +299,7 @@ class BlockList:
     file_digest: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlockProgress:
     """Part of the answer to :class:`Blocks` (feature ``block-progress``), before its
     :class:`BlockList`: the server has read and hashed ``hashed`` bytes of the file of ``size``

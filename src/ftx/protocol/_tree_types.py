@@ -1,16 +1,16 @@
 """The messages of tree streams (feature ``tree``, docs/protocol.md section 21): one request
 answered with a whole directory tree, small files packed many to a frame.
 
-Only the dataclasses live here (they are part of :data:`ftx.protocol.messages.Message`); their
+Only the message classes live here (they are part of :data:`ftx.protocol.messages.Message`); their
 encoding is in :mod:`ftx.protocol._tree_codec`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Final
 
 from ftx.framing import Buffer
+from ftx.protocol._record import record
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -40,7 +40,7 @@ MAX_NAME_BYTES: Final = 255
 """The longest name (one path component) a tree stream carries, in UTF-8 bytes."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeGet:
     """Ask for the whole tree under the directory ``path`` as one stream.
 
@@ -57,7 +57,7 @@ class TreeGet:
     checksum: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeDir:
     """A directory of the tree: ``path`` is relative to the tree's root (``""``: the root). The
     files that follow, up to the next :class:`TreeDir`, are in it."""
@@ -66,7 +66,7 @@ class TreeDir:
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeRecord:
     """One small file of a :class:`TreeFiles` batch; its ``size`` bytes are in the content."""
 
@@ -77,7 +77,7 @@ class TreeRecord:
     digest: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeFiles:
     """Small files of the current directory, whole: ``content`` is their bytes, back to back,
     in the order of ``records``."""
@@ -87,7 +87,7 @@ class TreeFiles:
     content: Buffer = b""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeFile:
     """The file ``name`` of the current directory follows as FILE, DATA and END (or ends early
     with a :class:`TreeSkip`)."""
@@ -96,7 +96,7 @@ class TreeFile:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeSkip:
     """The entry at ``path`` (relative to the tree's root) was not sent, for the reason
     ``code`` (an error code, or ``"symlink"`` / ``"not-a-file"``)."""
@@ -107,7 +107,7 @@ class TreeSkip:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeSame:
     """Files of the current directory left out because the client has them already."""
 
@@ -115,7 +115,7 @@ class TreeSame:
     names: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeEnd:
     """The end of a tree: ``files`` sent, ``skipped`` entries reported, ``unchanged`` files
     left out because the client has them (named in TREE_SAME messages)."""
@@ -126,7 +126,7 @@ class TreeEnd:
     unchanged: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HaveRecord:
     """One file the client has: its ``name`` in the directory of the page, size, modification
     time, and digest (with ``checksum``; else ``None``)."""
@@ -137,16 +137,16 @@ class HaveRecord:
     digest: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeHave:
     """Files the client has in the directory ``path`` (relative to the tree's root)."""
 
     request_id: int
     path: str
-    files: tuple[HaveRecord, ...] = field(default_factory=tuple)
+    files: tuple[HaveRecord, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeHaveEnd:
     """The end of what the client has."""
 
@@ -162,7 +162,7 @@ TREE_PUT_FEATURE: Final = "tree-put"
 """Listed by a server that accepts tree uploads and a client that can send them."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreePut:
     """Store a tree under the directory ``path`` (created if missing; its parent must exist).
 
@@ -178,7 +178,7 @@ class TreePut:
     checksum: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeAsk:
     """What does the server have in the directory ``path`` of the tree? Answered with
     :class:`TreeHave` pages and a :class:`TreeHaveEnd`."""
@@ -187,7 +187,7 @@ class TreeAsk:
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreePutEnd:
     """The end of a tree upload: ``dirs`` TREE_DIRs and ``files`` records were sent."""
 
@@ -196,7 +196,7 @@ class TreePutEnd:
     files: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeStored:
     """Files of the directory ``path`` (of the tree) stored: verified, published and flushed."""
 
