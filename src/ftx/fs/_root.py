@@ -110,14 +110,7 @@ class ServedRoot:
                 if entry is None:  # pragma: no cover - the request itself was valid UTF-8
                     raise FsError(FsReason.NOT_FOUND, f"no such file: {path!r}")
                 return entry
-            try:
-                fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                raise raced_or(exc, path) from None
-            if not _same_file(os.fstat(fd), st):
-                os.close(fd)
-                raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
-            return DirectoryListing(fd)
+            return DirectoryListing(_open_directory(dir_fd, name, st, path))
 
     def open_parent(self, path: str) -> tuple[int, str]:
         """Open the directory that holds (or is to hold) ``path``, for creating something in it.
@@ -138,14 +131,7 @@ class ServedRoot:
         with self._walk("/".join(parts[:-1])) as (dir_fd, name, st):
             if not stat.S_ISDIR(st.st_mode):
                 raise FsError(FsReason.NOT_FOUND, f"no such directory for {path!r}")
-            try:
-                fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                raise raced_or(exc, path) from None
-            if not _same_file(os.fstat(fd), st):
-                os.close(fd)
-                raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
-            return fd, parts[-1]
+            return _open_directory(dir_fd, name, st, path), parts[-1]
 
     def _walk(self, path: str) -> _Walk:
         return _Walk(self._fd, path)
@@ -158,6 +144,19 @@ def _refuse_upload_in_progress(path: str, reached: str | None) -> None:
     asked = split_request_path(path)[-1:]
     if any(is_upload_in_progress(name) for name in (*asked, reached or "")):
         raise FsError(FsReason.NOT_FOUND, f"no such file or directory: {path!r}")
+
+
+def _open_directory(dir_fd: int, name: str | None, st: os.stat_result, path: str) -> int:
+    """Open the directory ``name`` in ``dir_fd`` (``dir_fd`` itself if ``name`` is ``None``)
+    that the walk found with ``st``; raise FsError if it is no longer that directory."""
+    try:
+        fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise raced_or(exc, path) from None
+    if not _same_file(os.fstat(fd), st):
+        os.close(fd)
+        raise FsError(FsReason.NOT_FOUND, f"{path!r} changed while being opened")
+    return fd
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
