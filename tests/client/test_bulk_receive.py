@@ -27,6 +27,7 @@ import ftx
 import ftx.client._receive as receive_module
 import ftx.framing._tls_span as tls_span
 from ftx.client._bulk import BULK_MIN_SIZE
+from ftx.client._connection import MAX_DATA_FRAME_SIZE
 from ftx.framing import encode_header
 from ftx.protocol.messages import Data, FileEnd, FileHeader, Get, Kind, ListDir, ListEnd
 from hostile_peers import LOOPBACK, Script, ScriptedConnection, ScriptedServer, sha256_hex
@@ -266,6 +267,39 @@ async def test_a_progress_callback_that_raises_stops_the_bulk_path_with_its_exce
     # Whether the thread took the cut frame's bytes before the exception woke it is a race:
     # either way the part holds a prefix of the file, a resume point.
     assert (tmp_path / "big.bin.part").stat().st_size in (SENT_BEFORE_STALL, HELD_AFTER_STALL)
+
+
+@pytest.mark.parametrize("lie", ["more than announced", "over the data limit", "not data"])
+async def test_a_lying_server_on_the_bulk_path_is_a_protocol_error_not_a_file(
+    nursery: trio.Nursery, tmp_path: Path, transport: Transport, spans: list[str], lie: str
+) -> None:
+    # The bulk path checks each DATA frame from its header and kind byte, before it takes any
+    # of its content: a frame that breaks the protocol is refused whole, and nothing is saved.
+    async def script(conn: ScriptedConnection) -> None:
+        get = await announce_and_start(conn)
+        await conn.send_raw(bytes(CHUNK - CUT_FRAME_BYTES))  # the cut frame, completed
+        if lie == "more than announced":
+            left = SIZE - SENT_BEFORE_STALL - CHUNK
+            while left > 1000:
+                step = min(left - 1000, 1 << 19)
+                await conn.send(Data(bytes(step)))
+                left -= step
+            await conn.send_raw(encode_header(2001) + bytes([Kind.DATA]) + bytes(2000))
+        elif lie == "over the data limit":
+            await conn.send_raw(encode_header(MAX_DATA_FRAME_SIZE + 1) + bytes([Kind.DATA]))
+        else:  # a frame over the 1 MiB limit of frames that are not DATA
+            await conn.send_raw(encode_header((1 << 20) + 1) + bytes([Kind.END]) + bytes(1 << 20))
+        assert get.request_id
+        await conn.receive()
+
+    server = await transport.server(script).start(nursery)
+    dest = tmp_path / "big.bin"
+    with trio.fail_after(TIMEOUT):
+        async with transport.connect(server.port) as client:
+            with pytest.raises(ftx.RemoteProtocolError):
+                await client.get("big.bin", dest)
+    assert spans == transport.spans
+    assert not dest.exists()
 
 
 async def test_where_trio_is_not_the_checked_version_the_event_loop_path_is_taken(
