@@ -49,9 +49,11 @@ SPAN_CHUNK: Final = 1 << 20
 """The DATA chunk of a span when the client accepts larger DATA frames (``large-data``)."""
 
 
-TLS_PIECE: Final = 512 * 1024
+TLS_PIECE: Final = 128 * 1024
 """Over TLS, the most of a file a span reads, hashes and encrypts at once (the span's own
-buffer; a frame of ``chunk_size`` bytes goes in several pieces)."""
+buffer; a frame of ``chunk_size`` bytes goes in several pieces). Small enough that the piece,
+its ciphertext in the outgoing BIO and the copy sent stay in a 1 MiB L2 cache: 0.74-0.85x the
+server's CPU of 512 KiB pieces (docs/performance.md, "TLS pieces that fit the cache")."""
 _HEADROOM: Final = 64
 """Room before a piece for its frame's head (length and DATA prefix)."""
 
