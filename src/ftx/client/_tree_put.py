@@ -199,6 +199,7 @@ async def _put_large(
         report.note_failed(remote, exc)
     else:
         report.sizes[remote] = upload.size
+        report.sending = 0  # (counted in note_stored's bytes from now on)
         report.note_stored(remote)
     finally:
         report.sending = 0

@@ -497,9 +497,9 @@ class FramedChannel(trio.abc.Channel[bytes]):
         (see :func:`~ftx.framing._blocking.run_span`); the channel then stays at a frame
         boundary (a payload cut short goes back to the decoder), unless ``work`` had taken
         part of a frame with ``receiver.read_payload_into``: then receiving here is broken.
-        Over TLS the thread owns
-        the TLS session (a :class:`~ftx.framing._tls_span.TlsSpanReceiver`), and sends on this
-        channel wait until the span ends.
+        Over TLS the thread owns the TLS session (a
+        :class:`~ftx.framing._tls_span.TlsSpanReceiver`), and sends on this channel wait until
+        the span ends.
 
         Raises:
             TypeError: no span here now (see :attr:`spans_supported`).
