@@ -46,6 +46,16 @@ def test_framed_file_example_runs() -> None:
     assert lines[-1] == "done"
 
 
+def test_framed_span_example_runs() -> None:
+    """docs/examples/framed_span.py: a receive span taking frames piece by piece, then the
+    event loop receiving the next frame; the example checks the digest itself."""
+    lines = run_example(DOCS / "examples" / "framed_span.py")
+    assert lines == [
+        "took 16777216 bytes in a worker thread; digest matches",
+        "then, on the event loop: the end",
+    ]
+
+
 def run_example(example: Path) -> list[str]:
     """Run an example with warnings as errors; it must succeed silently on stderr. Returns the
     lines it printed."""
