@@ -66,7 +66,7 @@ async def test_a_tree_lands_whole_and_a_rerun_moves_nothing(
     size = sum(len(content) for content, _ in tree_files(local).values())
     assert (report.files_found, report.files_done) == (report.files, report.files)
     assert (report.bytes_found, report.bytes_done) == (size, size)
-    assert (report.queued, report.queued_bytes, report.sending) == (0, 0, 0)
+    assert (report.queued, report.queued_bytes, report.sending) == (0, 0, {})
     assert report.listing_done
     assert not report.in_flight
     assert not report.sizes
@@ -212,3 +212,42 @@ async def test_a_local_root_that_cannot_be_read_sends_nothing(
         with pytest.raises(LocalFileError):
             await client.put_tree(tmp_path / "missing", "up")
         assert await client.list("") == []  # nothing was sent; the connection is usable
+
+
+@pytest.mark.parametrize("extra", ["connects", "refused"])
+async def test_large_files_go_side_by_side_over_extra_connections(
+    tmp_path: Path, start_server: object, extra: str
+) -> None:
+    # Six large files (a PUT each, after the stream): with jobs=3 two more connections share
+    # them. One that cannot connect leaves its share to the tree's own connection.
+    local = tmp_path / "local"
+    (local / "sub").mkdir(parents=True)
+    for index in range(6):
+        (local / "sub" / f"big{index}.bin").write_bytes(os.urandom(300 * 1024 + index))
+    (local / "small.txt").write_bytes(b"small")
+    served = tmp_path / "served"
+    served.mkdir()
+    host, port = await start_server(served, writable=True)  # type: ignore[operator]
+    opened: list[ftx.Client] = []
+
+    async def connect() -> ftx.Client:
+        if extra == "refused":
+            raise ftx.ConnectionLostError("refused, as a busy server would")
+        client = ftx.Client(await trio.open_tcp_stream(host, port))
+        await client.handshake()
+        opened.append(client)
+        return client
+
+    report, seen = recorder()
+    with trio.fail_after(60):
+        async with ftx.connect(host, port) as client:
+            done = await client.put_tree(local, "up", report=report, jobs=3, connect=connect)
+    assert done is report
+    assert tree_files(served / "up") == tree_files(local)
+    assert (report.files, report.failures) == (7, 0)
+    assert sorted(seen["stored"]) == sorted(
+        ["up/small.txt", *(f"up/sub/big{index}.bin" for index in range(6))]
+    )
+    assert len(opened) == (2 if extra == "connects" else 0)
+    assert all(client._closed for client in opened)  # send_large_files closes what it opens
+    assert (report.queued, report.sending) == (0, {})

@@ -244,7 +244,13 @@ async def _put_each_tree(
         report.listing_done = False  # (put_tree sets it once the tree is walked)
         try:
             answered = await client.put_tree(
-                local, remote, overwrite=args.force, checksum=args.checksum, report=report
+                local,
+                remote,
+                overwrite=args.force,
+                checksum=args.checksum,
+                report=report,
+                jobs=args.jobs,
+                connect=args.retrying.connect,
             )
             sent = answered is not None
         except RemoteError as exc:

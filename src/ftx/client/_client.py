@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -418,12 +418,16 @@ class Client(ClientConnection):
         overwrite: bool = False,
         checksum: bool = False,
         report: TreePutReport | None = None,
+        jobs: int = 1,
+        connect: Callable[[], Awaitable[Client]] | None = None,
     ) -> TreePutReport | None:
         """Upload the local directory ``source`` with everything under it to the directory
         ``path`` on the server (created if missing; its parent must exist) as one tree stream
         (feature ``tree-put``, see :mod:`ftx.client._tree_put`). Files the server has with
         the same size and time (``checksum``: the same digest) are not sent; with
-        ``overwrite`` every file is, replacing what is there if the server allows it.
+        ``overwrite`` every file is, replacing what is there if the server allows it. Large
+        files go after the stream, on this connection and, given ``connect`` (which opens a
+        new one to the same server), up to ``jobs - 1`` more side by side.
 
         Returns ``report`` (a new one if ``None``) with the totals, after each file was
         reported through it; ``None``, having sent nothing, if the server does not offer tree
@@ -441,7 +445,14 @@ class Client(ClientConnection):
         async with self._lock:
             await self._check_open()
             sent = await put_tree(
-                self, Path(source), path, overwrite=overwrite, checksum=checksum, report=report
+                self,
+                Path(source),
+                path,
+                overwrite=overwrite,
+                checksum=checksum,
+                report=report,
+                jobs=jobs,
+                connect=connect,
             )
         return report if sent else None
 

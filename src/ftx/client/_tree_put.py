@@ -8,15 +8,15 @@ at most :data:`_ASK_AHEAD` directories' worth), the files stored (TREE_STORED), 
 that failed (TREE_SKIP), and TREE_END. A file the server has with the same size and
 modification time (with ``checksum``: the same digest) is not sent; one it has that differs is
 refused here as ``exists`` unless ``overwrite``. Large files (a quarter of the server's frame
-limit, at most 256 KiB, or more) go after the stream as PUTs on the same connection (which
-resume and are verified the same way).
+limit, at most 256 KiB, or more) go after the stream as PUTs (which resume and are verified
+the same way), over several connections if the caller allows (``_tree_put_large.py``).
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,8 +26,9 @@ import trio
 
 from ftx._threads import ThreadJob, run_together
 from ftx.client._streams import file_digest
+from ftx.client._tree_put_large import Connect, send_large_files
 from ftx.client._tree_put_local import LocalDir, LocalFile, ReadBatch, read_files, walk_tree
-from ftx.client._upload import Upload, UploadWire, send_file
+from ftx.client._upload import UploadWire
 from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import TREE_PUT_FEATURE, ErrorCode
 from ftx.protocol.messages import (
@@ -72,9 +73,13 @@ class TreePutReport:
     sizes: dict[str, int] = field(default_factory=dict)  # sent, not yet answered
     queued: int = 0  # large files put aside for a PUT after the stream
     queued_bytes: int = 0
-    sending: int = 0  # bytes of the large file being sent, sent so far
+    sending: dict[str, int] = field(default_factory=dict)  # large files being sent: bytes sent
     listing_done: bool = False  # the whole tree was walked (and its stream sent)
-    in_flight: set[str] = field(default_factory=set)  # the large file being sent
+
+    @property
+    def in_flight(self) -> Collection[str]:
+        """The large files being sent now (for a progress display)."""
+        return self.sending.keys()
 
     @property
     def files_found(self) -> int:
@@ -93,8 +98,8 @@ class TreePutReport:
 
     @property
     def bytes_done(self) -> int:
-        """The bytes stored so far, and those of the large file being sent."""
-        return self.bytes + self.sending
+        """The bytes stored so far, and those sent of the large files being sent."""
+        return self.bytes + sum(self.sending.values())
 
     def note_stored(self, path: str) -> None:
         size = self.sizes.pop(path, 0)
@@ -127,10 +132,14 @@ async def put_tree(
     overwrite: bool,
     checksum: bool,
     report: TreePutReport,
+    jobs: int = 1,
+    connect: Connect | None = None,
 ) -> bool:
     """Upload the local directory ``local`` to the directory ``remote`` on the server (created
-    if missing; its parent must exist) as one stream, then its large files with PUT; report
-    each file through ``report``. Return False, sending nothing, if the server does not offer
+    if missing; its parent must exist) as one stream, then its large files with PUT (over this
+    connection and up to ``jobs - 1`` more that ``connect`` makes, see
+    :func:`~ftx.client._tree_put_large.send_large_files`); report each file through
+    ``report``. Return False, sending nothing, if the server does not offer
     tree uploads (the caller sends the files one by one).
 
     Raises:
@@ -147,8 +156,8 @@ async def put_tree(
     )
     # What an earlier attempt left in flight is sent again (or found up to date) by this one.
     report.sizes.clear()
-    report.queued = report.queued_bytes = report.sending = 0
-    report.in_flight.clear()
+    report.queued = report.queued_bytes = 0
+    report.sending.clear()
     walk = walk_tree(local)
     first = await trio.to_thread.run_sync(next, walk)  # (raises LocalFileError: nothing sent)
     sender = _Sender(client, request, report, walk, first)
@@ -160,50 +169,8 @@ async def put_tree(
             await client._fail()
         raise
     report.listing_done = True  # every file of the tree is counted now
-    for file_local, file_remote, size in sender.large:
-        report.queued -= 1
-        report.queued_bytes -= size
-        await _put_large(client, file_local, file_remote, size, overwrite, report)
+    await send_large_files(client, sender.large, report, overwrite, jobs=jobs, connect=connect)
     return True
-
-
-async def _put_large(
-    client: UploadWire,
-    local: Path,
-    remote: str,
-    size: int,
-    overwrite: bool,
-    report: TreePutReport,
-) -> None:
-    report.sizes[remote] = size  # in flight (as the walk saw it)
-    report.in_flight.add(remote)
-
-    def progress(done: int, total: int) -> None:
-        report.sending = done
-
-    try:
-        upload: Upload = await send_file(
-            client,
-            local,
-            remote,
-            progress=progress,
-            overwrite=overwrite,
-            resume=True,
-            preserve_mtime=True,
-        )
-    except RemoteError as exc:
-        if exc.code == ErrorCode.EXISTS and not overwrite:
-            exc = RemoteError(exc.code, f"{exc.message} (use --force to replace it)")
-        report.note_failed(remote, exc)
-    except (IntegrityError, LocalFileError) as exc:
-        report.note_failed(remote, exc)
-    else:
-        report.sizes[remote] = upload.size
-        report.sending = 0  # (counted in note_stored's bytes from now on)
-        report.note_stored(remote)
-    finally:
-        report.sending = 0
-        report.in_flight.discard(remote)
 
 
 class _Sender:
