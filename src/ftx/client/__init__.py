@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ftx.client._tree import download as download_tree
     from ftx.client._tree_disk import Skipped as Skipped
     from ftx.client._tree_disk import TreeProgress as TreeProgress
-    from ftx.client._tree_put import TreePutReport as TreePutReport
+    from ftx.client._tree_put_report import TreePutReport as TreePutReport
     from ftx.client._upload import Planned as Planned
     from ftx.client._upload import Upload as Upload
     from ftx.client._upload import local_name as local_name
@@ -58,7 +58,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Skipped": ("ftx.client._tree_disk", "Skipped"),
     "TreeProgress": ("ftx.client._tree_disk", "TreeProgress"),
     "download_tree": ("ftx.client._tree", "download"),
-    "TreePutReport": ("ftx.client._tree_put", "TreePutReport"),
+    "TreePutReport": ("ftx.client._tree_put_report", "TreePutReport"),
     "Planned": ("ftx.client._upload", "Planned"),
     "Upload": ("ftx.client._upload", "Upload"),
     "local_name": ("ftx.client._upload", "local_name"),

@@ -47,7 +47,7 @@ from ftx.protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from ftx.client._tree_put import TreePutReport
+    from ftx.client._tree_put_report import TreePutReport
     from ftx.client._upload import Upload
 
 __all__ = ["Client", "Download", "ProgressCallback", "connect", "local_destination"]
@@ -439,7 +439,8 @@ class Client(ClientConnection):
             ConnectionLostError, RemoteProtocolError: as for :meth:`get`; what was reported
                 stored is stored, and a re-run sends only the rest.
         """
-        from ftx.client._tree_put import TreePutReport, put_tree
+        from ftx.client._tree_put import put_tree
+        from ftx.client._tree_put_report import TreePutReport
 
         report = TreePutReport() if report is None else report
         async with self._lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,16 +24,15 @@ from ftx.errors import FtxError, IntegrityError, LocalFileError, RemoteError
 from ftx.protocol import ErrorCode
 
 if TYPE_CHECKING:
-    from ftx.client._client import Client
-    from ftx.client._tree_put import TreePutReport
+    from ftx.client._tree_put_report import TreePutReport
 
 __all__ = ["Connect", "LargeFile", "send_large_files"]
 
 logger = logging.getLogger("ftx.client")
 
-Connect = Callable[[], Awaitable["Client"]]
-"""Makes one more connection to the same server (an open :class:`ftx.Client`, which the
-caller of ``send_large_files`` closes)."""
+Connect = Callable[[], Awaitable[AbstractAsyncContextManager[UploadWire]]]
+"""Makes one more connection to the same server (an open :class:`ftx.Client`, which
+``send_large_files`` closes when it is done with it)."""
 
 LargeFile = tuple[Path, str, int]
 """``(local path, remote path, size as the walk saw it)``."""
