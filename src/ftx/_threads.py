@@ -70,9 +70,7 @@ async def run_together(*functions: Callable[[], Awaitable[None]]) -> None:
             for function in functions:
                 nursery.start_soon(function)
     except BaseExceptionGroup as group:
-        leaves = leaf_exceptions(group)
-        failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
-        raise (failures or leaves)[0] from None
+        raise _first_failure(group) from None
 
 
 async def with_background(
@@ -92,10 +90,16 @@ async def with_background(
             nursery.start_soon(background)
             nursery.start_soon(run_main, nursery.cancel_scope)
     except BaseExceptionGroup as group:
-        leaves = leaf_exceptions(group)
-        failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
-        raise (failures or leaves)[0] from None
+        raise _first_failure(group) from None
     return result[0]  # (the nursery ends early only by raising)
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception to raise for a nursery's ``group``: its first leaf that is not a
+    cancellation (a cancellation only if all are)."""
+    leaves = leaf_exceptions(group)
+    failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    return (failures or leaves)[0]
 
 
 def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
